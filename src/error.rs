@@ -1,0 +1,195 @@
+//! The engine's errors. Each carries its exit code, so `main` only has to print and exit.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::lock::Holder;
+
+/// Exit codes of the contract (DESIGN.md section 3).
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const STEP_FAILED: i32 = 1;
+    pub const BAD_INPUT: i32 = 2;
+    pub const LOCKED: i32 = 3;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad workflow, params, templates or environment, found before anything ran.
+    #[error("{0}")]
+    Input(Problems),
+    #[error("{root} is locked by another bootstrapper: {holder}\n  hint: wait for it to finish, or check `bootstrapper status`")]
+    Locked { root: PathBuf, holder: Holder },
+    #[error("step `{step}` failed: {message}")]
+    StepFailed { step: String, message: String },
+    /// A signal asked us to stop; the in-flight step was left unfinished.
+    #[error("stopped by {name}; unfinished steps run again on the next start")]
+    Interrupted { signal: i32, name: &'static str },
+    /// The root (the PVC) could not be read or written while working.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Input(_) => exit::BAD_INPUT,
+            Error::Locked { .. } => exit::LOCKED,
+            Error::StepFailed { .. } | Error::Io { .. } => exit::STEP_FAILED,
+            Error::Interrupted { signal, .. } => 128 + signal,
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// One input problem with no position, as an error.
+    pub fn input(message: impl Into<String>) -> Self {
+        Error::Input(Problems::one(Problem::new(message)))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where a problem is: a file and, when known, a 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: Option<(usize, usize)>,
+}
+
+impl Location {
+    pub fn file(file: &Path) -> Self {
+        Location {
+            file: file.to_path_buf(),
+            line: None,
+        }
+    }
+
+    /// The location of a byte offset in `text`, which is the content of `file`.
+    pub fn at(file: &Path, text: &str, offset: usize) -> Self {
+        let before = &text[..offset.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Location {
+            file: file.to_path_buf(),
+            line: Some((line, col)),
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, col)) = self.line {
+            write!(f, ":{line}:{col}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One thing wrong with the input, with where it is and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub location: Option<Location>,
+    pub step: Option<String>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Problem {
+    pub fn new(message: impl Into<String>) -> Self {
+        Problem {
+            location: None,
+            step: None,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn at(mut self, location: Location) -> Self {
+        self.location = Some(location);
+        self
+    }
+
+    pub fn in_step(mut self, step: &str) -> Self {
+        self.step = Some(step.to_string());
+        self
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "error: ")?;
+        if let Some(location) = &self.location {
+            write!(f, "{location}: ")?;
+        }
+        if let Some(step) = &self.step {
+            write!(f, "step `{step}`: ")?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in one pass over the input, so the operator fixes them all at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    pub fn one(problem: Problem) -> Self {
+        Problems(vec![problem])
+    }
+
+    pub fn push(&mut self, problem: Problem) {
+        self.0.push(problem);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn extend(&mut self, other: Problems) {
+        self.0.extend(other.0);
+    }
+
+    /// `Ok(())` when nothing is wrong, else every problem as one error.
+    pub fn into_result(self) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Input(self))
+        }
+    }
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        if self.0.len() > 1 {
+            write!(f, "\n{} problems; nothing was run", self.0.len())?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,267 @@
+//! The journal on the PVC: per step, an `inited` marker once its apply exited 0, and a record
+//! of its latest attempt. Both are written crash-safely; a marker is the only proof that a
+//! step is done.
+//!
+//! Layout: `<root>/.bootstrapper/steps/<step>/{inited,attempt}`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::clock::Timestamp;
+use crate::durable;
+use crate::error::{Error, Location, Problem, Problems, Result};
+
+pub const STATE_DIR: &str = ".bootstrapper";
+const STEPS_DIR: &str = "steps";
+const MARKER: &str = "inited";
+const ATTEMPT: &str = "attempt";
+
+/// Files here may hold sensitive outputs.
+const FILE_MODE: u32 = 0o600;
+
+/// Proof that a step was applied, and what with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Marker {
+    pub step: String,
+    /// The digest of all inputs, and one per input to say which changed.
+    pub digest: String,
+    pub inputs: BTreeMap<String, String>,
+    /// `terraform output -json` values, for later steps' templates after a restart.
+    pub outputs: Map<String, Value>,
+    /// Names of outputs terraform marked sensitive; masked wherever shown.
+    #[serde(default)]
+    pub sensitive: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: Timestamp,
+    #[serde(with = "time::serde::rfc3339")]
+    pub finished_at: Timestamp,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptState {
+    /// Started and not known to have ended: after a restart, this means it was killed.
+    Running,
+    Failed,
+    Succeeded,
+}
+
+/// The latest attempt at a step: how many there were and how the last one went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attempt {
+    pub state: AttemptState,
+    pub attempts: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: Timestamp,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<Timestamp>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Journal {
+    dir: PathBuf,
+}
+
+impl Journal {
+    /// The journal of a root; nothing is read or created yet.
+    pub fn at(root: &Path) -> Self {
+        Journal {
+            dir: root.join(STATE_DIR),
+        }
+    }
+
+    /// `<root>/.bootstrapper`, where the lock lives too.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates the journal's directories; fails when the root is not writable.
+    pub fn create(&self) -> Result<()> {
+        let steps = self.dir.join(STEPS_DIR);
+        fs::create_dir_all(&steps).map_err(|e| {
+            Error::Input(Problems::one(
+                Problem::new(format!("cannot create {}: {e}", steps.display()))
+                    .hint("--root must be a writable directory (the PVC mount)"),
+            ))
+        })?;
+        // A read-only mount lets directories be listed but fails the first write; find out now.
+        let probe = self.dir.join(".write-probe");
+        durable::write(&probe, b"", FILE_MODE)
+            .and_then(|_| durable::remove(&probe))
+            .map_err(|e| {
+                Error::Input(Problems::one(
+                    Problem::new(format!("cannot write under {}: {e}", self.dir.display()))
+                        .hint("--root must be a writable directory (the PVC mount)"),
+                ))
+            })
+    }
+
+    /// Removes temp files that a killed process left half-written. Call with the lock held.
+    pub fn remove_torn(&self) -> Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        for name in self.step_names()? {
+            let dir = self.step_dir(&name);
+            for temp in durable::remove_temps(&dir).map_err(|e| self.io("clean", &dir, e))? {
+                removed.push(dir.join(temp));
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The names of the steps that have a journal directory.
+    pub fn step_names(&self) -> Result<Vec<String>> {
+        let steps = self.dir.join(STEPS_DIR);
+        let entries = match fs::read_dir(&steps) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io("read", &steps, e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io("read", &steps, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !durable::is_temp(&name) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    pub fn marker(&self, step: &str) -> Result<Option<Marker>> {
+        self.read(step, MARKER)
+    }
+
+    pub fn attempt(&self, step: &str) -> Result<Option<Attempt>> {
+        self.read(step, ATTEMPT)
+    }
+
+    pub fn write_marker(&self, marker: &Marker) -> Result<()> {
+        self.write(&marker.step, MARKER, marker)
+    }
+
+    pub fn write_attempt(&self, step: &str, attempt: &Attempt) -> Result<()> {
+        self.write(step, ATTEMPT, attempt)
+    }
+
+    /// Forgets everything about a step, so that the next run applies it again.
+    pub fn forget(&self, step: &str) -> Result<bool> {
+        let dir = self.step_dir(step);
+        if !dir.exists() {
+            return Ok(false);
+        }
+        // The marker goes first: if we die half way, the step is already not done.
+        for file in [MARKER, ATTEMPT] {
+            let path = dir.join(file);
+            durable::remove(&path).map_err(|e| self.io("remove", &path, e))?;
+        }
+        fs::remove_dir_all(&dir).map_err(|e| self.io("remove", &dir, e))?;
+        durable::sync_dir(&self.dir.join(STEPS_DIR)).map_err(|e| self.io("sync", &dir, e))?;
+        Ok(true)
+    }
+
+    pub fn marker_path(&self, step: &str) -> PathBuf {
+        self.step_dir(step).join(MARKER)
+    }
+
+    fn step_dir(&self, step: &str) -> PathBuf {
+        self.dir.join(STEPS_DIR).join(step)
+    }
+
+    fn read<T: serde::de::DeserializeOwned>(&self, step: &str, file: &str) -> Result<Option<T>> {
+        let path = self.step_dir(step).join(file);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io("read", &path, e)),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            let location = Location {
+                file: path.clone(),
+                line: (e.line() > 0).then_some((e.line(), e.column())),
+            };
+            Error::Input(Problems::one(
+                Problem::new(format!("the journal file is corrupt: {e}"))
+                    .at(location)
+                    .in_step(step)
+                    .hint(format!(
+                        "if the step's resources are as they should be, `bootstrapper reset {step}` forgets it and the next run applies it again"
+                    )),
+            ))
+        })
+    }
+
+    fn write<T: Serialize>(&self, step: &str, file: &str, value: &T) -> Result<()> {
+        let dir = self.step_dir(step);
+        if !dir.exists() {
+            fs::create_dir_all(&dir).map_err(|e| self.io("create", &dir, e))?;
+            durable::sync_dir(&self.dir.join(STEPS_DIR)).map_err(|e| self.io("sync", &dir, e))?;
+        }
+        let path = dir.join(file);
+        let mut bytes = serde_json::to_vec_pretty(value).expect("journal records serialize");
+        bytes.push(b'\n');
+        durable::write(&path, &bytes, FILE_MODE).map_err(|e| self.io("write", &path, e))
+    }
+
+    fn io(&self, verb: &str, path: &Path, e: io::Error) -> Error {
+        Error::io(format!("cannot {verb} {}", path.display()), e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker(step: &str) -> Marker {
+        Marker {
+            step: step.into(),
+            digest: "d".into(),
+            inputs: BTreeMap::from([("vars".into(), "v".into())]),
+            outputs: Map::from_iter([("conn_str".to_string(), Value::from("x"))]),
+            sensitive: vec![],
+            started_at: crate::clock::now(),
+            finished_at: crate::clock::now(),
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn markers_round_trip_and_can_be_forgotten() {
+        let root = tempfile::tempdir().unwrap();
+        let journal = Journal::at(root.path());
+        journal.create().unwrap();
+        assert_eq!(journal.marker("network").unwrap(), None);
+        journal.write_marker(&marker("network")).unwrap();
+        let back = journal.marker("network").unwrap().unwrap();
+        assert_eq!(back.step, "network");
+        assert_eq!(back.outputs["conn_str"], "x");
+        assert_eq!(journal.step_names().unwrap(), ["network"]);
+        assert!(journal.forget("network").unwrap());
+        assert_eq!(journal.marker("network").unwrap(), None);
+        assert!(!journal.forget("network").unwrap());
+    }
+
+    #[test]
+    fn a_corrupt_marker_is_an_input_error_naming_the_file() {
+        let root = tempfile::tempdir().unwrap();
+        let journal = Journal::at(root.path());
+        journal.create().unwrap();
+        journal.write_marker(&marker("hosts")).unwrap();
+        fs::write(journal.marker_path("hosts"), "{\"step\": ").unwrap();
+        let err = journal.marker("hosts").unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("inited"), "{err}");
+        assert!(err.to_string().contains("reset hosts"), "{err}");
+    }
+}

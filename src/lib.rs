@@ -1,0 +1,36 @@
+//! bootstrapper: applies a workflow of Terraform root modules from inside a pod, resumably,
+//! and safe to kill at any instant.
+//!
+//! Data flows one way, and the modules follow it:
+//!
+//! - [`cli`]: options and commands; maps every result to an exit code.
+//! - [`workflow`], [`params`]: the input files, parsed with positions for errors.
+//! - [`render`]: templates over params, env and earlier outputs; input digests.
+//! - [`load`]: everything loaded and checked before anything runs.
+//! - [`source`]: the code put on the PVC, atomically.
+//! - [`run`]: applying the steps in order.
+//! - [`terraform`]: the terraform command lines of a step.
+//! - [`process`]: the one way a child process is run, streamed and stopped.
+//! - [`journal`]: markers and attempts on the PVC; [`durable`]: crash-safe writes.
+//! - [`lock`]: the one lock under the root; [`signals`]: SIGTERM and SIGINT.
+//! - [`status`]: what the journal says, per step.
+//! - [`secrets`]: masking; [`log`]: the log; [`clock`]: time; [`error`]: errors and exit codes.
+
+pub mod cli;
+pub mod clock;
+pub mod durable;
+pub mod error;
+pub mod journal;
+pub mod load;
+pub mod lock;
+pub mod log;
+pub mod params;
+pub mod process;
+pub mod render;
+pub mod run;
+pub mod secrets;
+pub mod signals;
+pub mod source;
+pub mod status;
+pub mod terraform;
+pub mod workflow;

@@ -1,0 +1,318 @@
+//! The one way the engine runs a child process: logged, in its own process group, its output
+//! streamed line by line in bounded memory, and stopped gently when the engine must stop.
+//!
+//! Stopping follows terraform's rules: exactly one SIGINT to terraform itself (a second one
+//! makes it abandon its final state write), then wait; only when the grace period is nearly
+//! spent does the whole group get SIGKILL.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::log::Logger;
+use crate::signals::Shutdown;
+
+/// A line longer than this is passed on in pieces: terraform can print megabytes on one line.
+const MAX_LINE: usize = 64 * 1024;
+/// How many of the last lines are kept to explain a failure.
+const TAIL_LINES: usize = 40;
+/// How often the child is checked on while it runs.
+const POLL: Duration = Duration::from_millis(25);
+/// How long output pipes may stay open after the child exited (held by its leftovers).
+const DRAIN: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+    /// The step whose output this is, for tagging its lines.
+    pub label: String,
+}
+
+impl Command {
+    pub fn display(&self) -> String {
+        let mut text = self.program.display().to_string();
+        for arg in &self.args {
+            text.push(' ');
+            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"')
+            {
+                text.push_str(&format!("{arg:?}"));
+            } else {
+                text.push_str(arg);
+            }
+        }
+        text
+    }
+}
+
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    /// The child's whole stdout, when it was captured instead of streamed.
+    pub stdout: Vec<u8>,
+    /// The last lines it printed, masked, to explain a failure.
+    pub tail: Vec<String>,
+    /// Whether the engine had to signal it to stop.
+    pub interrupted: bool,
+}
+
+impl Finished {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// A one-line reason for a failure: terraform's first `Error:` line if it printed one.
+    pub fn reason(&self) -> String {
+        let code = match (
+            self.status.code(),
+            std::os::unix::process::ExitStatusExt::signal(&self.status),
+        ) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => "unknown exit".to_string(),
+        };
+        let detail = self
+            .tail
+            .iter()
+            .map(|l| l.trim_start_matches(['│', '╷', '╵', ' ']).trim())
+            .find(|l| l.starts_with("Error:"))
+            .or_else(|| {
+                self.tail
+                    .iter()
+                    .rev()
+                    .map(|l| l.trim())
+                    .find(|l| !l.is_empty())
+            });
+        match detail {
+            Some(detail) => format!("{code}: {detail}"),
+            None => code,
+        }
+    }
+}
+
+/// Runs child processes for the engine.
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    pub logger: Logger,
+    pub shutdown: Shutdown,
+    /// From the moment a stop is asked for until the group is killed.
+    pub grace: Duration,
+}
+
+enum Event {
+    Line(String),
+    Closed,
+}
+
+impl Supervisor {
+    /// Runs `command` to its end. Its stderr (and its stdout, unless `capture_stdout`) is
+    /// logged line by line as it arrives, tagged with the command's label.
+    pub fn run(&self, command: &Command, capture_stdout: bool) -> std::io::Result<Finished> {
+        let mut cmd = std::process::Command::new(&command.program);
+        cmd.args(&command.args)
+            .current_dir(&command.cwd)
+            .envs(command.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own group: a terminal's Ctrl-C or a signal to us does not reach it unasked,
+            // and the whole group can be killed at the end of the grace period.
+            .process_group(0);
+        self.logger
+            .info(Some(&command.label), &format!("$ {}", command.display()));
+        let mut child = cmd.spawn()?;
+        let pid = Pid::from_raw(child.id() as i32);
+
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("piped");
+        let err_reader = spawn_reader(stderr, tx.clone());
+        let stdout = child.stdout.take().expect("piped");
+        let (out_reader, captured) = if capture_stdout {
+            let handle = thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = BufReader::new(stdout).read_to_end(&mut bytes);
+                bytes
+            });
+            (None, Some(handle))
+        } else {
+            (Some(spawn_reader(stdout, tx.clone())), None)
+        };
+        drop(tx);
+
+        let mut tail = VecDeque::with_capacity(TAIL_LINES);
+        let mut open = if capture_stdout { 1 } else { 2 };
+        let mut interrupted = false;
+        let mut kill_at: Option<Instant> = None;
+        let mut handle_event = |event: Event, open: &mut usize| match event {
+            Event::Line(line) => {
+                let masked = self.logger.redactor().mask(&line).into_owned();
+                self.logger.child_line(&command.label, &masked);
+                if tail.len() == TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(masked);
+            }
+            Event::Closed => *open -= 1,
+        };
+
+        let status = loop {
+            match rx.recv_timeout(POLL) {
+                Ok(event) => handle_event(event, &mut open),
+                Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {}
+            }
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if self.shutdown.requested().is_some() && !interrupted {
+                interrupted = true;
+                kill_at = Some(Instant::now() + self.grace);
+                self.logger.warn(
+                    Some(&command.label),
+                    &format!(
+                        "stopping: sent SIGINT to terraform (pid {pid}); waiting up to {} for it to save its state",
+                        crate::clock::human(self.grace)
+                    ),
+                );
+                let _ = kill(pid, Signal::SIGINT);
+            }
+            if kill_at.is_some_and(|at| Instant::now() >= at) {
+                kill_at = None;
+                self.logger.warn(
+                    Some(&command.label),
+                    "grace period over: killing terraform's process group",
+                );
+                let _ = killpg(pid, Signal::SIGKILL);
+            }
+        };
+
+        // The child is gone; its output may still be in the pipes, or held open by leftovers.
+        let drain_until = Instant::now() + DRAIN;
+        while open > 0 {
+            let left = drain_until.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(event) => handle_event(event, &mut open),
+                Err(_) => {
+                    self.logger.warn(
+                        Some(&command.label),
+                        "processes left behind by terraform hold its output open; killing them",
+                    );
+                    let _ = killpg(pid, Signal::SIGKILL);
+                    while let Ok(event) = rx.recv() {
+                        handle_event(event, &mut open);
+                    }
+                    break;
+                }
+            }
+        }
+        let _ = err_reader.join();
+        if let Some(reader) = out_reader {
+            let _ = reader.join();
+        }
+        let stdout = captured
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        Ok(Finished {
+            status,
+            stdout,
+            tail: tail.into_iter().collect(),
+            interrupted,
+        })
+    }
+}
+
+fn spawn_reader(
+    stream: impl Read + Send + 'static,
+    tx: mpsc::Sender<Event>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match read_line_bounded(&mut reader, &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&line);
+                    let text = text.trim_end_matches(['\n', '\r']);
+                    if tx.send(Event::Line(text.to_string())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Event::Closed);
+    })
+}
+
+/// Reads up to a newline or [`MAX_LINE`] bytes, whichever comes first.
+fn read_line_bounded(reader: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok(total);
+        }
+        let room = MAX_LINE - line.len();
+        let window = &available[..available.len().min(room)];
+        let (used, done) = match window.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (window.len(), line.len() + window.len() >= MAX_LINE),
+        };
+        line.extend_from_slice(&window[..used]);
+        reader.consume(used);
+        total += used;
+        if done {
+            return Ok(total);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_come_in_bounded_pieces() {
+        let data = vec![b'x'; MAX_LINE * 2 + 10];
+        let mut reader = BufReader::new(&data[..]);
+        let mut sizes = Vec::new();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = read_line_bounded(&mut reader, &mut line).unwrap();
+            if n == 0 {
+                break;
+            }
+            sizes.push(line.len());
+        }
+        assert_eq!(sizes, [MAX_LINE, MAX_LINE, 10]);
+    }
+
+    #[test]
+    fn the_reason_names_terraforms_error_line() {
+        let finished = Finished {
+            status: std::process::Command::new("false").status().unwrap(),
+            stdout: vec![],
+            tail: vec![
+                "╷".into(),
+                "│ Error: Backend initialization required".into(),
+                "│".into(),
+            ],
+            interrupted: false,
+        };
+        assert_eq!(
+            finished.reason(),
+            "exit code 1: Error: Backend initialization required"
+        );
+    }
+}

@@ -1,0 +1,328 @@
+//! The workflow file: `[source]`, `[settings]` and the ordered `[[step]]` list, loaded from
+//! TOML with every string kept as an unrendered template and its position in the file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{Location, Problem, Problems};
+
+/// A string from the workflow file, still to be rendered, and where it was written.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub text: String,
+    pub origin: Location,
+}
+
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    pub path: PathBuf,
+    /// Relative paths in the file (`vars`, `image_dir`) are relative to this directory.
+    pub base_dir: PathBuf,
+    pub source: Source,
+    pub settings: Settings,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Where the code lives, relative to `--root`.
+    pub dir: Template,
+    pub image_dir: Option<Template>,
+    pub git_url: Option<Template>,
+    pub git_ref: Option<Template>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub lock_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            lock_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: String,
+    pub location: Location,
+    pub dir: Template,
+    pub workspace: Option<Template>,
+    pub backend_config: Vec<(String, Template)>,
+    pub vars: Option<Template>,
+    pub init_args: Vec<Template>,
+    pub apply_args: Vec<Template>,
+}
+
+impl Workflow {
+    pub fn step(&self, name: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+
+    /// The index of the step that `name` means, accepting `_` for `-` as templates write it.
+    pub fn step_index(&self, name: &str) -> Option<usize> {
+        self.steps
+            .iter()
+            .position(|s| s.name == name || template_key(&s.name) == name)
+    }
+}
+
+/// The name under which a step's outputs are reachable with Tera's dot syntax.
+pub fn template_key(step_name: &str) -> String {
+    step_name.replace('-', "_")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    source: SourceSpec,
+    #[serde(default)]
+    settings: SettingsSpec,
+    #[serde(default, rename = "step")]
+    steps: Vec<Spanned<StepSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceSpec {
+    dir: Spanned<String>,
+    image_dir: Option<Spanned<String>>,
+    git_url: Option<Spanned<String>>,
+    git_ref: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SettingsSpec {
+    lock_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepSpec {
+    name: Spanned<String>,
+    dir: Spanned<String>,
+    workspace: Option<Spanned<String>>,
+    #[serde(default)]
+    backend_config: BTreeMap<Spanned<String>, Spanned<String>>,
+    vars: Option<Spanned<String>>,
+    #[serde(default)]
+    init_args: Vec<Spanned<String>>,
+    #[serde(default)]
+    apply_args: Vec<Spanned<String>>,
+}
+
+/// Reads and checks the workflow file; every problem found is reported at once.
+pub fn load(path: &Path) -> Result<Workflow, Problems> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Problems::one(
+            Problem::new(format!("cannot read the workflow file: {e}"))
+                .at(Location::file(path))
+                .hint("pass --workflow FILE or set BOOTSTRAPPER_WORKFLOW"),
+        )
+    })?;
+    parse(path, &text)
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problems> {
+    let spec: FileSpec = toml::from_str(text).map_err(|e| {
+        let location = match e.span() {
+            Some(span) => Location::at(path, text, span.start),
+            None => Location::file(path),
+        };
+        Problems::one(Problem::new(e.message().trim().to_string()).at(location))
+    })?;
+    let base_dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tpl = |s: Spanned<String>| Template {
+        origin: Location::at(path, text, s.span().start),
+        text: s.into_inner(),
+    };
+    let mut problems = Problems::default();
+
+    let source = Source {
+        dir: tpl(spec.source.dir),
+        image_dir: spec.source.image_dir.map(tpl),
+        git_url: spec.source.git_url.map(tpl),
+        git_ref: spec.source.git_ref.map(tpl),
+    };
+    if source.dir.text.trim().is_empty() {
+        problems.push(
+            Problem::new("`source.dir` is empty")
+                .at(source.dir.origin.clone())
+                .hint("name the directory under --root that holds the code, e.g. dir = \"code\""),
+        );
+    }
+
+    let mut settings = Settings::default();
+    if let Some(timeout) = spec.settings.lock_timeout {
+        match crate::clock::parse_duration(timeout.get_ref()) {
+            Ok(d) => settings.lock_timeout = d,
+            Err(e) => problems.push(
+                Problem::new(format!("`settings.lock_timeout`: {e}")).at(Location::at(
+                    path,
+                    text,
+                    timeout.span().start,
+                )),
+            ),
+        }
+    }
+
+    if spec.steps.is_empty() {
+        problems.push(
+            Problem::new("the workflow has no steps")
+                .at(Location::file(path))
+                .hint("add at least one [[step]] table with a name and a dir"),
+        );
+    }
+    let mut seen: HashMap<String, Location> = HashMap::new();
+    let mut steps = Vec::with_capacity(spec.steps.len());
+    for step in spec.steps {
+        let step_location = Location::at(path, text, step.span().start);
+        let step = step.into_inner();
+        let name_location = Location::at(path, text, step.name.span().start);
+        let name = step.name.into_inner();
+        if let Some(problem) = check_step_name(&name) {
+            problems.push(problem.at(name_location.clone()));
+        }
+        match seen.get(&template_key(&name)) {
+            Some(first) => problems.push(
+                Problem::new(format!(
+                    "step name `{name}` is used twice (first at {first}); `-` and `_` count as the same"
+                ))
+                .at(name_location.clone())
+                .hint("give every step its own name"),
+            ),
+            None => {
+                seen.insert(template_key(&name), name_location.clone());
+            }
+        }
+        let mut backend_config = Vec::new();
+        for (key, value) in step.backend_config {
+            let key_location = Location::at(path, text, key.span().start);
+            let key = key.into_inner();
+            if key.is_empty() || key.contains('=') || key.starts_with('-') {
+                problems.push(
+                    Problem::new(format!(
+                        "backend_config key `{key}` is not a backend setting"
+                    ))
+                    .at(key_location)
+                    .in_step(&name),
+                );
+            }
+            backend_config.push((key, tpl(value)));
+        }
+        steps.push(Step {
+            location: step_location,
+            dir: tpl(step.dir),
+            workspace: step.workspace.map(tpl),
+            backend_config,
+            vars: step.vars.map(tpl),
+            init_args: step.init_args.into_iter().map(tpl).collect(),
+            apply_args: step.apply_args.into_iter().map(tpl).collect(),
+            name,
+        });
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Workflow {
+        path: path.to_path_buf(),
+        base_dir,
+        source,
+        settings,
+        steps,
+    })
+}
+
+fn check_step_name(name: &str) -> Option<Problem> {
+    if name.is_empty() {
+        return Some(Problem::new("a step has an empty name"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Some(
+            Problem::new(format!(
+                "step name `{name}` has characters other than letters, digits, `-` and `_`"
+            ))
+            .hint("step names become directory names and template keys"),
+        );
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Workflow, Problems> {
+        parse(Path::new("wf/demo.toml"), text)
+    }
+
+    #[test]
+    fn a_workflow_loads_in_order_with_positions() {
+        let wf = parse_str(
+            r#"
+[source]
+dir = "code"
+
+[[step]]
+name = "control-network"
+dir = "cn"
+
+[[step]]
+name = "network"
+dir = "net"
+workspace = "{{ params.cluster_id }}"
+backend_config = { conn_str = "{{ steps.control_network.outputs.conn_str }}" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(wf.base_dir, Path::new("wf"));
+        let names: Vec<_> = wf.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["control-network", "network"]);
+        assert_eq!(
+            wf.steps[1].workspace.as_ref().unwrap().origin.line,
+            Some((12, 13))
+        );
+        assert_eq!(wf.step_index("control_network"), Some(0));
+    }
+
+    #[test]
+    fn syntax_errors_point_at_line_and_column() {
+        let err = parse_str("[source]\ndir = \"code\n").unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        let location = err.0[0].location.as_ref().unwrap();
+        assert_eq!(location.line.unwrap().0, 2, "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = parse_str(
+            "[source]\ndir = \"c\"\n[[step]]\nname = \"a\"\ndir = \"a\"\nworkspaces = \"x\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("workspaces"), "{err}");
+        assert_eq!(err.0[0].location.as_ref().unwrap().line.unwrap().0, 6);
+    }
+
+    #[test]
+    fn every_structural_problem_is_reported_at_once() {
+        let err = parse_str(
+            "[source]\ndir = \"\"\n[[step]]\nname = \"a b\"\ndir = \"a\"\n[[step]]\nname = \"x-y\"\ndir = \"a\"\n[[step]]\nname = \"x_y\"\ndir = \"b\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+    }
+}

@@ -1,0 +1,199 @@
+locals {
+  name   = "bootstrapper-${var.cluster_id}"
+  labels = { "app.kubernetes.io/name" = "bootstrapper", "app.kubernetes.io/instance" = var.cluster_id }
+}
+
+resource "kubernetes_secret_v1" "cloud_keys" {
+  metadata {
+    name      = "${local.name}-cloud-keys"
+    namespace = var.namespace
+    labels    = local.labels
+  }
+
+  data = {
+    public-key  = var.ucloud_public_key
+    private-key = var.ucloud_private_key
+  }
+}
+
+resource "kubernetes_config_map_v1" "params" {
+  metadata {
+    name      = "${local.name}-params"
+    namespace = var.namespace
+    labels    = local.labels
+  }
+
+  data = {
+    "params.json" = jsonencode(merge(var.params, { cluster_id = var.cluster_id }))
+  }
+}
+
+resource "kubernetes_persistent_volume_claim_v1" "project" {
+  metadata {
+    name      = "${local.name}-project"
+    namespace = var.namespace
+    labels    = local.labels
+  }
+
+  spec {
+    access_modes       = ["ReadWriteOnce"]
+    storage_class_name = var.storage_class
+
+    resources {
+      requests = {
+        storage = var.storage_size
+      }
+    }
+  }
+
+  # With a WaitForFirstConsumer StorageClass the claim binds only once the pod exists, and the
+  # pod is created after the claim.
+  wait_until_bound = false
+}
+
+resource "kubernetes_pod_v1" "bootstrapper" {
+  metadata {
+    name      = local.name
+    namespace = var.namespace
+    labels    = local.labels
+  }
+
+  spec {
+    restart_policy = "Always"
+    # The engine gives terraform 25 s to save its state after SIGINT; the kubelet must not
+    # SIGKILL before that.
+    termination_grace_period_seconds = 60
+    automount_service_account_token  = false
+    enable_service_links             = false
+
+    security_context {
+      run_as_user     = 10001
+      run_as_group    = 10001
+      run_as_non_root = true
+      fs_group        = 10001
+    }
+
+    dynamic "image_pull_secrets" {
+      for_each = var.image_pull_secret == null ? [] : [var.image_pull_secret]
+      content {
+        name = image_pull_secrets.value
+      }
+    }
+
+    container {
+      name  = "bootstrapper"
+      image = var.image
+      args  = ["run", "--hold"]
+
+      env {
+        name  = "BOOTSTRAPPER_WORKFLOW"
+        value = var.workflow
+      }
+      env {
+        name  = "BOOTSTRAPPER_PARAMS"
+        value = "/etc/bootstrapper/params.json"
+      }
+      env {
+        name  = "BOOTSTRAPPER_ROOT"
+        value = "/project"
+      }
+      env {
+        name = "TF_VAR_ucloud_public_key"
+        value_from {
+          secret_key_ref {
+            name = kubernetes_secret_v1.cloud_keys.metadata[0].name
+            key  = "public-key"
+          }
+        }
+      }
+      env {
+        name = "TF_VAR_ucloud_private_key"
+        value_from {
+          secret_key_ref {
+            name = kubernetes_secret_v1.cloud_keys.metadata[0].name
+            key  = "private-key"
+          }
+        }
+      }
+      dynamic "env" {
+        for_each = var.extra_env
+        content {
+          name  = env.key
+          value = env.value
+        }
+      }
+
+      volume_mount {
+        name       = "params"
+        mount_path = "/etc/bootstrapper"
+        read_only  = true
+      }
+      volume_mount {
+        name       = "project"
+        mount_path = "/project"
+      }
+
+      resources {
+        requests = {
+          cpu    = var.cpu_request
+          memory = var.memory_request
+        }
+        limits = {
+          memory = var.memory_limit
+        }
+      }
+
+      security_context {
+        allow_privilege_escalation = false
+        capabilities {
+          drop = ["ALL"]
+        }
+      }
+    }
+
+    volume {
+      name = "params"
+      config_map {
+        name = kubernetes_config_map_v1.params.metadata[0].name
+      }
+    }
+    volume {
+      name = "project"
+      persistent_volume_claim {
+        claim_name = kubernetes_persistent_volume_claim_v1.project.metadata[0].name
+      }
+    }
+  }
+
+  lifecycle {
+    # The engine reads params and keys when it starts, and re-applies the steps whose inputs
+    # changed; a new pod is how a change takes effect.
+    replace_triggered_by = [kubernetes_config_map_v1.params, kubernetes_secret_v1.cloud_keys]
+  }
+}
+
+# Destroys what the pod built before the pod goes. It is not a provisioner on the pod itself:
+# a destroy-time provisioner also runs whenever its resource is replaced, so a new image or
+# new params would tear the whole cluster down. A failure stops `terraform destroy` with the
+# pod and PVC still in place, so running it again resumes the destroy.
+resource "terraform_data" "destroy_workflow" {
+  depends_on = [kubernetes_pod_v1.bootstrapper]
+
+  input = {
+    namespace  = var.namespace
+    pod        = local.name
+    kubeconfig = pathexpand(var.kubeconfig)
+    context    = var.kube_context == null ? "" : var.kube_context
+  }
+
+  provisioner "local-exec" {
+    when    = destroy
+    command = "kubectl $${KUBE_CONTEXT:+--context \"$KUBE_CONTEXT\"} --namespace \"$NAMESPACE\" exec \"$POD\" --container bootstrapper -- bootstrapper destroy"
+    environment = {
+      KUBECONFIG   = self.input.kubeconfig
+      KUBE_CONTEXT = self.input.context
+      NAMESPACE    = self.input.namespace
+      POD          = self.input.pod
+    }
+  }
+}

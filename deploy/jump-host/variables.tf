@@ -1,0 +1,91 @@
+variable "kubeconfig" {
+  description = "Kubeconfig for both the provider and the kubectl that runs `bootstrapper destroy`."
+  type        = string
+  default     = "~/.kube/config"
+}
+
+variable "kube_context" {
+  description = "Context in the kubeconfig; null uses its current context."
+  type        = string
+  default     = null
+}
+
+variable "namespace" {
+  description = "Existing namespace that holds the bootstrapper's Secret, ConfigMap, PVC and Pod."
+  type        = string
+}
+
+variable "cluster_id" {
+  description = "Names the Kubernetes objects and the Terraform workspaces; it overrides params.cluster_id."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", var.cluster_id)) && length(var.cluster_id) <= 40
+    error_message = "cluster_id must be a lowercase DNS label of at most 40 characters: it is part of Kubernetes object names."
+  }
+}
+
+variable "image" {
+  description = "The bootstrapper image (deploy/Dockerfile)."
+  type        = string
+}
+
+variable "image_pull_secret" {
+  description = "Name of an existing docker-registry Secret for a private registry; null for none."
+  type        = string
+  default     = null
+}
+
+variable "workflow" {
+  description = "Workflow file inside the image."
+  type        = string
+  default     = "/usr/share/bootstrapper/workflows/bootstrap.toml"
+}
+
+variable "params" {
+  description = "The workflow's parameters (see workflows/bootstrap.params.example.json), written to params.json."
+  type        = any
+  sensitive   = true
+}
+
+variable "ucloud_public_key" {
+  type      = string
+  sensitive = true
+}
+
+variable "ucloud_private_key" {
+  type      = string
+  sensitive = true
+}
+
+variable "extra_env" {
+  description = "More environment for the bootstrapper container, e.g. TF_VAR_* that the Terraform tree reads or an HTTPS proxy."
+  type        = map(string)
+  default     = {}
+}
+
+variable "storage_class" {
+  description = "StorageClass of the PVC; null uses the cluster default. Prefer one with reclaimPolicy Retain: the PVC holds the only copy of control-network's state."
+  type        = string
+  default     = null
+}
+
+variable "storage_size" {
+  type    = string
+  default = "2Gi"
+}
+
+variable "cpu_request" {
+  type    = string
+  default = "250m"
+}
+
+variable "memory_request" {
+  type    = string
+  default = "512Mi"
+}
+
+variable "memory_limit" {
+  type    = string
+  default = "2Gi"
+}

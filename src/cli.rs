@@ -13,7 +13,7 @@ use crate::lock::Lock;
 use crate::log::{Format, Logger};
 use crate::process::Supervisor;
 use crate::run::Engine;
-use crate::signals::Shutdown;
+use crate::signals::{Shutdown, YIELD_SIGNAL};
 use crate::terraform::Terraform;
 
 #[derive(Debug, Parser)]
@@ -87,10 +87,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The dry run: what `run` (or `destroy`) would do, without running or writing anything
+    Plan {
+        /// What `destroy` would do instead
+        #[arg(long)]
+        destroy: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check workflow, templates and params; report every problem at once
     Validate,
+    /// Stop a running `run` gracefully, then destroy in reverse every step that ever started
+    Destroy {
+        /// How long to wait for a running command to let go of the lock
+        #[arg(long, env = "BOOTSTRAPPER_WAIT", value_parser = duration, default_value = "10m")]
+        wait: Duration,
+    },
     /// Forget a step's markers so that the next run applies it again
-    Reset { step: String },
+    Reset {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        step: Option<String>,
+        /// Forget every step and the record of a destroy: the next run bootstraps from scratch
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 fn duration(text: &str) -> std::result::Result<Duration, String> {
@@ -140,29 +160,46 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
                 .map_err(|e| Error::io("cannot write to stdout", e))?;
             Ok(exit::OK)
         }
-        Command::Reset { step } => reset(&loaded, &cli.root, step, &logger),
+        Command::Plan { destroy, json } => crate::plan::main(
+            &loaded,
+            &cli.root,
+            &cli.terraform,
+            *destroy,
+            *json,
+            &mut std::io::stdout().lock(),
+        ),
+        Command::Reset { all: true, .. } => reset_all(&cli.root, &logger),
+        Command::Reset { step, .. } => reset(
+            &loaded,
+            &cli.root,
+            step.as_deref().expect("clap requires STEP without --all"),
+            &logger,
+        ),
+        Command::Destroy { wait } => {
+            let mut engine = engine(cli, loaded, logger, shutdown);
+            engine.destroy(*wait).map(|_| exit::OK)
+        }
         Command::Run { hold } => {
-            let lock_timeout = cli
-                .lock_timeout
-                .unwrap_or(loaded.workflow.settings.lock_timeout);
-            let mut engine = Engine {
-                terraform: Terraform::new(cli.terraform.clone(), lock_timeout),
-                root: cli.root.clone(),
-                supervisor: Supervisor {
-                    logger: logger.clone(),
-                    shutdown: shutdown.clone(),
-                    grace: cli.grace,
-                },
-                loaded,
-            };
+            let mut engine = engine(cli, loaded, logger.clone(), shutdown.clone());
             let result = engine.run();
             if !*hold {
-                return result.map(|_| exit::OK);
+                return match result {
+                    Ok(summary) if summary.destroyed.is_some() => Ok(exit::STEP_FAILED),
+                    Ok(_) => Ok(exit::OK),
+                    Err(e) => Err(e),
+                };
             }
             match result {
-                Err(e @ (Error::Interrupted { .. } | Error::Input(_) | Error::Locked { .. })) => {
-                    Err(e)
+                Err(e @ (Error::Input(_) | Error::Locked { .. })) => Err(e),
+                Err(Error::Interrupted { signal, .. }) if signal == YIELD_SIGNAL => {
+                    shutdown.clear_yield();
+                    logger.info(
+                        None,
+                        "stopped and let go of the lock for a destroy; holding until SIGTERM",
+                    );
+                    hold_until_stopped(&shutdown)
                 }
+                Err(e @ Error::Interrupted { .. }) => Err(e),
                 Err(e) => {
                     logger.warn(None, &format!("{e}"));
                     logger.warn(
@@ -180,9 +217,25 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
     }
 }
 
+fn engine(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Engine {
+    let lock_timeout = cli
+        .lock_timeout
+        .unwrap_or(loaded.workflow.settings.lock_timeout);
+    Engine {
+        terraform: Terraform::new(cli.terraform.clone(), lock_timeout),
+        root: cli.root.clone(),
+        supervisor: Supervisor {
+            logger,
+            shutdown,
+            grace: cli.grace,
+        },
+        loaded,
+    }
+}
+
 /// The entrypoint's idle: a stop request is the normal end of the pod's life.
 fn hold_until_stopped(shutdown: &Shutdown) -> Result<i32> {
-    shutdown.wait(None);
+    shutdown.wait(None, false);
     Ok(exit::OK)
 }
 
@@ -222,5 +275,19 @@ fn reset(loaded: &Loaded, root: &std::path::Path, step: &str, logger: &Logger) -
     } else {
         logger.info(Some(step), "nothing recorded; nothing to forget");
     }
+    Ok(exit::OK)
+}
+
+fn reset_all(root: &std::path::Path, logger: &Logger) -> Result<i32> {
+    let journal = Journal::at(root);
+    let _lock = Lock::acquire(journal.dir(), "reset --all")?;
+    let forgotten = journal.forget_all()?;
+    logger.info(
+        None,
+        &format!(
+            "forgot {} step(s) and any record of a destroy: the next run bootstraps from scratch",
+            forgotten.len()
+        ),
+    );
     Ok(exit::OK)
 }

@@ -2,7 +2,8 @@
 //! of its latest attempt. Both are written crash-safely; a marker is the only proof that a
 //! step is done.
 //!
-//! Layout: `<root>/.bootstrapper/steps/<step>/{inited,attempt}`.
+//! Layout: `<root>/.bootstrapper/steps/<step>/{inited,attempt,destroyed,destroy-attempt}`, and
+//! `<root>/.bootstrapper/tombstone` once a destroy has begun.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -20,6 +21,9 @@ pub const STATE_DIR: &str = ".bootstrapper";
 const STEPS_DIR: &str = "steps";
 const MARKER: &str = "inited";
 const ATTEMPT: &str = "attempt";
+const DESTROYED: &str = "destroyed";
+const DESTROY_ATTEMPT: &str = "destroy-attempt";
+const TOMBSTONE: &str = "tombstone";
 
 /// Files here may hold sensitive outputs.
 const FILE_MODE: u32 = 0o600;
@@ -66,6 +70,36 @@ pub struct Attempt {
     #[serde(default)]
     pub last_error: Option<String>,
     pub pid: u32,
+}
+
+/// Proof that a step's resources were destroyed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destroyed {
+    pub step: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: Timestamp,
+    #[serde(with = "time::serde::rfc3339")]
+    pub finished_at: Timestamp,
+    pub attempts: u32,
+}
+
+/// Left by `destroy` when it begins, so that a restarted entrypoint never applies again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tombstone {
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: Timestamp,
+    /// Set once every started step is destroyed.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<Timestamp>,
+}
+
+/// Whether an attempt applied or destroyed; each keeps its own attempt record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Apply,
+    Destroy,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +181,55 @@ impl Journal {
         self.read(step, ATTEMPT)
     }
 
+    pub fn destroyed(&self, step: &str) -> Result<Option<Destroyed>> {
+        self.read(step, DESTROYED)
+    }
+
+    pub fn destroy_attempt(&self, step: &str) -> Result<Option<Attempt>> {
+        self.read(step, DESTROY_ATTEMPT)
+    }
+
+    /// The latest attempt at applying or destroying a step.
+    pub fn attempt_of(&self, action: Action, step: &str) -> Result<Option<Attempt>> {
+        self.read(step, attempt_file(action))
+    }
+
+    pub fn write_attempt_of(&self, action: Action, step: &str, attempt: &Attempt) -> Result<()> {
+        self.write(step, attempt_file(action), attempt)
+    }
+
+    pub fn write_destroyed(&self, destroyed: &Destroyed) -> Result<()> {
+        self.write(&destroyed.step, DESTROYED, destroyed)
+    }
+
+    /// Whether a step ever started applying: it may have created resources.
+    pub fn started(&self, step: &str) -> bool {
+        let dir = self.step_dir(step);
+        dir.join(MARKER).exists() || dir.join(ATTEMPT).exists()
+    }
+
+    pub fn tombstone(&self) -> Result<Option<Tombstone>> {
+        let path = self.dir.join(TOMBSTONE);
+        read_json(&path, None)
+    }
+
+    pub fn write_tombstone(&self, tombstone: &Tombstone) -> Result<()> {
+        let path = self.dir.join(TOMBSTONE);
+        write_json(&path, tombstone)
+    }
+
+    /// Forgets every step and the tombstone: the next run bootstraps from scratch.
+    pub fn forget_all(&self) -> Result<Vec<String>> {
+        let names = self.step_names()?;
+        // The tombstone goes last: until then, a crash leaves the root refusing to apply.
+        for name in &names {
+            self.forget(name)?;
+        }
+        let path = self.dir.join(TOMBSTONE);
+        durable::remove(&path).map_err(|e| self.io("remove", &path, e))?;
+        Ok(names)
+    }
+
     pub fn write_marker(&self, marker: &Marker) -> Result<()> {
         self.write(&marker.step, MARKER, marker)
     }
@@ -162,7 +245,7 @@ impl Journal {
             return Ok(false);
         }
         // The marker goes first: if we die half way, the step is already not done.
-        for file in [MARKER, ATTEMPT] {
+        for file in [MARKER, ATTEMPT, DESTROYED, DESTROY_ATTEMPT] {
             let path = dir.join(file);
             durable::remove(&path).map_err(|e| self.io("remove", &path, e))?;
         }
@@ -180,26 +263,7 @@ impl Journal {
     }
 
     fn read<T: serde::de::DeserializeOwned>(&self, step: &str, file: &str) -> Result<Option<T>> {
-        let path = self.step_dir(step).join(file);
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.io("read", &path, e)),
-        };
-        serde_json::from_str(&text).map(Some).map_err(|e| {
-            let location = Location {
-                file: path.clone(),
-                line: (e.line() > 0).then_some((e.line(), e.column())),
-            };
-            Error::Input(Problems::one(
-                Problem::new(format!("the journal file is corrupt: {e}"))
-                    .at(location)
-                    .in_step(step)
-                    .hint(format!(
-                        "if the step's resources are as they should be, `bootstrapper reset {step}` forgets it and the next run applies it again"
-                    )),
-            ))
-        })
+        read_json(&self.step_dir(step).join(file), Some(step))
     }
 
     fn write<T: Serialize>(&self, step: &str, file: &str, value: &T) -> Result<()> {
@@ -208,15 +272,51 @@ impl Journal {
             fs::create_dir_all(&dir).map_err(|e| self.io("create", &dir, e))?;
             durable::sync_dir(&self.dir.join(STEPS_DIR)).map_err(|e| self.io("sync", &dir, e))?;
         }
-        let path = dir.join(file);
-        let mut bytes = serde_json::to_vec_pretty(value).expect("journal records serialize");
-        bytes.push(b'\n');
-        durable::write(&path, &bytes, FILE_MODE).map_err(|e| self.io("write", &path, e))
+        write_json(&dir.join(file), value)
     }
 
     fn io(&self, verb: &str, path: &Path, e: io::Error) -> Error {
-        Error::io(format!("cannot {verb} {}", path.display()), e)
+        io_error(verb, path, e)
     }
+}
+
+fn attempt_file(action: Action) -> &'static str {
+    match action {
+        Action::Apply => ATTEMPT,
+        Action::Destroy => DESTROY_ATTEMPT,
+    }
+}
+
+fn io_error(verb: &str, path: &Path, e: io::Error) -> Error {
+    Error::io(format!("cannot {verb} {}", path.display()), e)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, step: Option<&str>) -> Result<Option<T>> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("read", path, e)),
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        let location = Location {
+            file: path.to_path_buf(),
+            line: (e.line() > 0).then_some((e.line(), e.column())),
+        };
+        let mut problem = Problem::new(format!("the journal file is corrupt: {e}")).at(location);
+        problem = match step {
+            Some(step) => problem.in_step(step).hint(format!(
+                "if the step's resources are as they should be, `bootstrapper reset {step}` forgets it and the next run applies it again"
+            )),
+            None => problem.hint("`bootstrapper reset --all` forgets the whole journal"),
+        };
+        Error::Input(Problems::one(problem))
+    })
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value).expect("journal records serialize");
+    bytes.push(b'\n');
+    durable::write(path, &bytes, FILE_MODE).map_err(|e| io_error("write", path, e))
 }
 
 #[cfg(test)]

@@ -8,16 +8,17 @@
 //! - [`render`]: templates over params, env and earlier outputs; input digests.
 //! - [`load`]: everything loaded and checked before anything runs.
 //! - [`source`]: the code put on the PVC, atomically.
-//! - [`run`]: applying the steps in order.
+//! - [`run`]: applying the steps in order; [`destroy`]: destroying them in reverse.
 //! - [`terraform`]: the terraform command lines of a step.
 //! - [`process`]: the one way a child process is run, streamed and stopped.
 //! - [`journal`]: markers and attempts on the PVC; [`durable`]: crash-safe writes.
 //! - [`lock`]: the one lock under the root; [`signals`]: SIGTERM and SIGINT.
-//! - [`status`]: what the journal says, per step.
+//! - [`status`]: what the journal says, per step; [`plan`]: the dry run.
 //! - [`secrets`]: masking; [`log`]: the log; [`clock`]: time; [`error`]: errors and exit codes.
 
 pub mod cli;
 pub mod clock;
+pub mod destroy;
 pub mod durable;
 pub mod error;
 pub mod journal;
@@ -25,6 +26,7 @@ pub mod load;
 pub mod lock;
 pub mod log;
 pub mod params;
+pub mod plan;
 pub mod process;
 pub mod render;
 pub mod run;

@@ -69,16 +69,16 @@ pub struct Lock {
 impl Lock {
     /// Takes the lock at once, or fails with [`Error::Locked`] naming the holder.
     pub fn acquire(state_dir: &Path, command: &str) -> Result<Lock> {
-        Self::acquire_within(state_dir, command, SHARED_PROBE_PATIENCE, |_| {})
+        Self::acquire_within(state_dir, command, SHARED_PROBE_PATIENCE, |_, _| true)
     }
 
-    /// Takes the lock, waiting up to `patience` for the holder to let go; `waiting` is called
-    /// once, with the holder, when the lock is not free at first.
+    /// Takes the lock, waiting up to `patience` for the holder to let go. While waiting,
+    /// `waiting(holder, first)` is called at every poll; it returns false to stop waiting.
     pub fn acquire_within(
         state_dir: &Path,
         command: &str,
         patience: Duration,
-        mut waiting: impl FnMut(&Holder),
+        mut waiting: impl FnMut(&Holder, bool) -> bool,
     ) -> Result<Lock> {
         let path = state_dir.join(FILE_NAME);
         let mut file = OpenOptions::new()
@@ -95,15 +95,16 @@ impl Lock {
                 Ok(()) => break,
                 Err(TryLockError::WouldBlock) => {
                     let holder = read_holder(&mut file);
-                    if Instant::now() >= deadline {
+                    // The holder writes its name just after locking; an empty file is a
+                    // holder still starting, not a reason to give up.
+                    let known = holder.pid != 0;
+                    let keep_waiting = !known || waiting(&holder, !told);
+                    told |= known;
+                    if !keep_waiting || Instant::now() >= deadline {
                         return Err(Error::Locked {
                             root: root_of(state_dir),
                             holder,
                         });
-                    }
-                    if !told && holder.pid != 0 {
-                        waiting(&holder);
-                        told = true;
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }

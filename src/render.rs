@@ -195,7 +195,7 @@ impl<'w> Renderer<'w> {
             match render_str(&t.text, &self.context(&Map::new())) {
                 Ok(path) => {
                     let path = self.workflow.base_dir.join(path);
-                    match std::fs::read_to_string(&path) {
+                    match read_template(&path) {
                         Ok(text) => Some((path, text)),
                         Err(e) => {
                             problems.push(
@@ -438,6 +438,31 @@ fn step_templates(step: &Step) -> impl Iterator<Item = &Template> {
         .chain(step.vars.iter())
         .chain(step.init_args.iter())
         .chain(step.apply_args.iter())
+}
+
+/// Far more than any tfvars template; a larger file is a wrong path, not a template.
+const MAX_TEMPLATE: u64 = 4 << 20;
+
+/// Reads a vars template; a device, FIFO or directory named by mistake (`/dev/zero`,
+/// `/dev/stdin`) would hang or exhaust memory, so only a regular file of sane size is read.
+fn read_template(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    // Checked before opening: opening a FIFO blocks until someone writes to it.
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > MAX_TEMPLATE {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("larger than {} MiB", MAX_TEMPLATE >> 20),
+        ));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_TEMPLATE)
+        .read_to_string(&mut text)?;
+    Ok(text)
 }
 
 fn render_str(text: &str, context: &tera::Context) -> Result<String, tera::Error> {

@@ -1,18 +1,25 @@
 //! `run`: check everything, take the lock, put the code in place, then apply every step that
-//! is not done with its current inputs, in order, leaving a marker after each.
+//! is not done with its current inputs, in order, leaving a marker after each. The pieces
+//! that `destroy` shares (preparing, one terraform step, retries) live here too.
 
 use std::path::{Path, PathBuf};
 
-use crate::clock;
+use crate::clock::{self, Timestamp};
 use crate::durable;
 use crate::error::{Error, Problem, Problems, Result};
-use crate::journal::{Attempt, AttemptState, Journal, Marker};
+pub use crate::journal::Action;
+use crate::journal::{Attempt, AttemptState, Journal, Marker, Tombstone};
 use crate::load::{self, Loaded};
 use crate::lock::Lock;
-use crate::process::Supervisor;
+use crate::log::Logger;
+use crate::process::{Command, Supervisor};
 use crate::render::{self, Outputs, RenderedStep, VARS_FILE};
 use crate::source;
 use crate::terraform::{self, Terraform};
+use crate::workflow::Retry;
+
+/// Terraform leaves this in the step's directory when it could not upload the final state.
+const ERRORED_STATE: &str = "errored.tfstate";
 
 /// Everything a state-changing command needs.
 pub struct Engine {
@@ -23,13 +30,15 @@ pub struct Engine {
 }
 
 /// What a finished `run` did.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Summary {
     pub applied: Vec<String>,
     pub unchanged: Vec<String>,
+    /// Set when the root was destroyed and `run` refused to apply.
+    pub destroyed: Option<Tombstone>,
 }
 
-/// The state a run works with once every check has passed and the lock is held.
+/// The state a command works with once every check has passed and the lock is held.
 pub struct Prepared {
     pub journal: Journal,
     pub code: source::Code,
@@ -38,13 +47,13 @@ pub struct Prepared {
 }
 
 impl Engine {
-    fn logger(&self) -> &crate::log::Logger {
+    pub fn logger(&self) -> &Logger {
         &self.supervisor.logger
     }
 
-    /// Checks everything, takes the lock and puts the code in place; nothing has run yet
-    /// when this fails with an input error.
-    pub fn prepare(&mut self, command: &str) -> Result<Prepared> {
+    /// Checks everything, takes the lock (with `take_lock`) and puts the code in place;
+    /// nothing has run yet when this fails with an input error.
+    pub fn prepare(&mut self, take_lock: impl FnOnce(&Path) -> Result<Lock>) -> Result<Prepared> {
         let journal = Journal::at(&self.root);
         let mut problems = Problems::default();
         match self.terraform.resolve() {
@@ -67,7 +76,7 @@ impl Engine {
         problems.into_result()?;
         let source = source.expect("no problems");
 
-        let lock = Lock::acquire(journal.dir(), command)?;
+        let lock = take_lock(journal.dir())?;
         for torn in journal.remove_torn()? {
             self.logger().warn(
                 None,
@@ -114,21 +123,30 @@ impl Engine {
     }
 
     pub fn run(&mut self) -> Result<Summary> {
-        let prepared = self.prepare("run")?;
+        let prepared = self.prepare(|dir| Lock::acquire(dir, "run"))?;
         let Prepared {
             journal,
             code,
             recorded,
             ..
         } = &prepared;
+        let mut summary = Summary::default();
+        if let Some(tombstone) = journal.tombstone()? {
+            self.logger().warn(None, &tombstone_message(&tombstone));
+            summary.destroyed = Some(tombstone);
+            return Ok(summary);
+        }
         let renderer = self.loaded.renderer();
         let mut outputs = Outputs::new();
-        let mut summary = Summary::default();
         for (index, step) in self.loaded.workflow.steps.iter().enumerate() {
             self.supervisor.shutdown.check()?;
-            let rendered = renderer
-                .render_step(index, &outputs, false)
-                .map_err(|p| self.step_failed(journal, &step.name, &p.to_string()))?;
+            let rendered =
+                renderer
+                    .render_step(index, &outputs, false)
+                    .map_err(|p| Error::StepFailed {
+                        step: step.name.clone(),
+                        message: p.to_string(),
+                    })?;
             let inputs = rendered.inputs(code.record.identity.as_deref());
             let digest = render::digest(&inputs);
             match &recorded.markers[index] {
@@ -149,7 +167,30 @@ impl Engine {
                 ),
                 None => self.logger().info(Some(&step.name), "applying"),
             }
-            let marker = self.apply_step(journal, &code.dir, &rendered, inputs, digest)?;
+            let (started_at, attempts, (values, sensitive)) =
+                self.with_retries(journal, &rendered.name, step.retry, Action::Apply, || {
+                    self.terraform_step(&code.dir, &rendered, Action::Apply)
+                        .map(|o| o.unwrap_or_default())
+                })?;
+            let marker = Marker {
+                step: step.name.clone(),
+                digest,
+                inputs,
+                outputs: values,
+                sensitive,
+                started_at,
+                finished_at: clock::now(),
+                attempts,
+            };
+            load::mask_sensitive(self.logger().redactor(), &marker);
+            journal.write_marker(&marker)?;
+            self.logger().info(
+                Some(&step.name),
+                &format!(
+                    "applied in {} (attempt {attempts}); marker written",
+                    clock::human((marker.finished_at - started_at).unsigned_abs())
+                ),
+            );
             outputs.insert(step.name.clone(), marker.outputs);
             summary.applied.push(step.name.clone());
         }
@@ -164,21 +205,23 @@ impl Engine {
         Ok(summary)
     }
 
-    fn apply_step(
+    /// Runs `op` until it succeeds, retrying with backoff, recording each attempt in the
+    /// journal. Returns when the last attempt started, how many there were, and the result.
+    pub fn with_retries<T>(
         &self,
         journal: &Journal,
-        code: &Path,
-        step: &RenderedStep,
-        inputs: std::collections::BTreeMap<String, String>,
-        digest: String,
-    ) -> Result<Marker> {
-        let previous = journal.attempt(&step.name)?;
+        step: &str,
+        retry: Retry,
+        action: Action,
+        mut op: impl FnMut() -> Result<T>,
+    ) -> Result<(Timestamp, u32, T)> {
+        let previous = journal.attempt_of(action, step)?;
         if let Some(prev) = previous
             .as_ref()
             .filter(|p| p.state == AttemptState::Running)
         {
             self.logger().warn(
-                Some(&step.name),
+                Some(step),
                 &format!(
                     "attempt {} (started {}) was cut off before it finished; running it again",
                     prev.attempts,
@@ -186,120 +229,170 @@ impl Engine {
                 ),
             );
         }
-        let attempts = match &previous {
-            Some(p) if p.state != AttemptState::Succeeded => p.attempts + 1,
-            _ => 1,
+        let mut attempts = match &previous {
+            Some(p) if p.state != AttemptState::Succeeded => p.attempts,
+            _ => 0,
         };
-        let started_at = clock::now();
-        let mut attempt = Attempt {
-            state: AttemptState::Running,
-            attempts,
-            started_at,
-            finished_at: None,
-            last_error: None,
-            pid: std::process::id(),
-        };
-        journal.write_attempt(&step.name, &attempt)?;
-
-        let result = self.apply_commands(code, step);
-        attempt.finished_at = Some(clock::now());
-        match result {
-            Ok((outputs, sensitive)) => {
-                let marker = Marker {
-                    step: step.name.clone(),
-                    digest,
-                    inputs,
-                    outputs,
-                    sensitive,
-                    started_at,
-                    finished_at: clock::now(),
-                    attempts,
-                };
-                load::mask_sensitive(self.logger().redactor(), &marker);
-                journal.write_marker(&marker)?;
-                attempt.state = AttemptState::Succeeded;
-                journal.write_attempt(&step.name, &attempt)?;
-                self.logger().info(
-                    Some(&step.name),
-                    &format!(
-                        "applied in {} (attempt {attempts}); marker written",
-                        clock::human((marker.finished_at - started_at).unsigned_abs())
-                    ),
-                );
-                Ok(marker)
-            }
-            Err(e) => {
-                attempt.state = AttemptState::Failed;
-                attempt.last_error =
-                    Some(self.logger().redactor().mask(&e.to_string()).into_owned());
-                journal.write_attempt(&step.name, &attempt)?;
-                Err(e)
+        let mut retries_left = retry.retries;
+        let mut retry_number = 0;
+        loop {
+            attempts += 1;
+            let started_at = clock::now();
+            let mut attempt = Attempt {
+                state: AttemptState::Running,
+                attempts,
+                started_at,
+                finished_at: None,
+                last_error: None,
+                pid: std::process::id(),
+            };
+            journal.write_attempt_of(action, step, &attempt)?;
+            let result = op();
+            attempt.finished_at = Some(clock::now());
+            match result {
+                Ok(value) => {
+                    attempt.state = AttemptState::Succeeded;
+                    journal.write_attempt_of(action, step, &attempt)?;
+                    return Ok((started_at, attempts, value));
+                }
+                Err(e) => {
+                    attempt.state = AttemptState::Failed;
+                    let message = self.logger().redactor().mask(&e.to_string()).into_owned();
+                    attempt.last_error = Some(message.clone());
+                    journal.write_attempt_of(action, step, &attempt)?;
+                    let retryable = matches!(e, Error::StepFailed { .. });
+                    if !retryable || retries_left == 0 {
+                        return Err(e);
+                    }
+                    retries_left -= 1;
+                    retry_number += 1;
+                    let delay = retry.delay_before(retry_number);
+                    self.logger().warn(
+                        Some(step),
+                        &format!(
+                            "attempt {attempts} failed: {message}; retrying in {} ({retries_left} retries left after that)",
+                            clock::human(delay)
+                        ),
+                    );
+                    if let Some(signal) = self.supervisor.shutdown.wait(Some(delay), true) {
+                        return Err(crate::signals::interrupted(signal));
+                    }
+                }
             }
         }
     }
 
-    /// Writes the vars file and runs init, workspace, apply and output for one step.
-    fn apply_commands(
+    /// One try at applying or destroying a step: writes its vars file, then init, workspace,
+    /// a pending `errored.tfstate` push, and apply (with `output -json`) or destroy.
+    pub fn terraform_step(
         &self,
         code: &Path,
         step: &RenderedStep,
-    ) -> Result<(serde_json::Map<String, serde_json::Value>, Vec<String>)> {
+        action: Action,
+    ) -> Result<Option<terraform::Outputs>> {
         let cwd = code.join(&step.dir);
         if let Some(vars) = &step.vars {
             let path = cwd.join(VARS_FILE);
             durable::write(&path, vars.as_bytes(), 0o600)
                 .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
         }
-        for command in self.terraform.apply_commands(step, &cwd) {
-            self.supervisor.shutdown.check()?;
-            let finished = self
-                .supervisor
-                .run(&command, false)
-                .map_err(|e| Error::StepFailed {
-                    step: step.name.clone(),
-                    message: format!("cannot start {}: {e}", command.program.display()),
-                })?;
-            if let (Some(signal), false) =
-                (self.supervisor.shutdown.requested(), finished.success())
-            {
-                return Err(crate::signals::interrupted(signal));
-            }
-            if !finished.success() {
-                return Err(Error::StepFailed {
-                    step: step.name.clone(),
-                    message: format!(
-                        "`terraform {}` failed with {}",
-                        command.args[0],
-                        finished.reason()
-                    ),
-                });
-            }
+        for command in self.terraform.prepare_commands(step, &cwd) {
+            self.run_command(step, &command)?;
         }
+        self.push_errored_state(step, &cwd)?;
+        if action == Action::Destroy {
+            self.run_command(step, &self.terraform.destroy_command(step, &cwd))?;
+            return Ok(None);
+        }
+        let apply = self
+            .terraform
+            .apply_commands(step, &cwd)
+            .pop()
+            .expect("apply is last");
+        self.run_command(step, &apply)?;
         let command = self.terraform.output_command(step, &cwd);
+        let stdout = self.run_command_captured(step, &command)?;
+        terraform::parse_outputs(&stdout)
+            .map(Some)
+            .map_err(|message| Error::StepFailed {
+                step: step.name.clone(),
+                message,
+            })
+    }
+
+    /// Terraform leaves `errored.tfstate` when its last state upload failed; the resources
+    /// in it exist, so the backend must get it back before anything else runs.
+    fn push_errored_state(&self, step: &RenderedStep, cwd: &Path) -> Result<()> {
+        let errored = cwd.join(ERRORED_STATE);
+        if !errored.exists() {
+            return Ok(());
+        }
+        self.logger().warn(
+            Some(&step.name),
+            &format!(
+                "found {}, a state terraform could not save to its backend: pushing it first",
+                errored.display()
+            ),
+        );
+        self.run_command(
+            step,
+            &self.terraform.state_push_command(step, cwd, ERRORED_STATE),
+        )?;
+        let kept = cwd.join(format!(
+            "{ERRORED_STATE}.pushed-{}",
+            clock::now().unix_timestamp()
+        ));
+        std::fs::rename(&errored, &kept)
+            .and_then(|_| durable::sync_dir(cwd))
+            .map_err(|e| Error::io(format!("cannot rename {}", errored.display()), e))?;
+        self.logger().info(
+            Some(&step.name),
+            &format!("pushed; kept the file as {}", kept.display()),
+        );
+        Ok(())
+    }
+
+    fn run_command(&self, step: &RenderedStep, command: &Command) -> Result<()> {
+        self.execute(step, command, false).map(|_| ())
+    }
+
+    fn run_command_captured(&self, step: &RenderedStep, command: &Command) -> Result<Vec<u8>> {
+        self.execute(step, command, true)
+    }
+
+    fn execute(&self, step: &RenderedStep, command: &Command, capture: bool) -> Result<Vec<u8>> {
+        self.supervisor.shutdown.check()?;
         let finished = self
             .supervisor
-            .run(&command, true)
+            .run(command, capture)
             .map_err(|e| Error::StepFailed {
                 step: step.name.clone(),
                 message: format!("cannot start {}: {e}", command.program.display()),
             })?;
+        if let (Some(signal), false) = (self.supervisor.shutdown.requested(), finished.success()) {
+            return Err(crate::signals::interrupted(signal));
+        }
         if !finished.success() {
+            let subcommand = command.args.first().map(String::as_str).unwrap_or("");
             return Err(Error::StepFailed {
                 step: step.name.clone(),
-                message: format!("`terraform output -json` failed with {}", finished.reason()),
+                message: format!("`terraform {subcommand}` failed with {}", finished.reason()),
             });
         }
-        terraform::parse_outputs(&finished.stdout).map_err(|message| Error::StepFailed {
-            step: step.name.clone(),
-            message,
-        })
+        Ok(finished.stdout)
     }
+}
 
-    fn step_failed(&self, journal: &Journal, step: &str, message: &str) -> Error {
-        let _ = journal;
-        Error::StepFailed {
-            step: step.to_string(),
-            message: message.to_string(),
-        }
+/// What `run` says when the root was destroyed.
+pub fn tombstone_message(tombstone: &Tombstone) -> String {
+    match tombstone.finished_at {
+        Some(at) => format!(
+            "this workflow was destroyed at {}; not applying it again. To bootstrap again, run `bootstrapper reset --all`, then `bootstrapper run`",
+            clock::format(at)
+        ),
+        None => format!(
+            "a destroy of this workflow began at {} and has not finished; not applying. Run `bootstrapper destroy` to finish it, or `bootstrapper reset --all` to bootstrap again",
+            clock::format(tombstone.started_at)
+        ),
     }
 }

@@ -1,35 +1,59 @@
-//! SIGTERM and SIGINT, turned into a flag the engine checks between and during commands.
+//! Signals, turned into flags the engine checks between and during commands.
+//!
+//! SIGTERM and SIGINT end the process (after terraform has stopped). SIGUSR1 is `destroy`
+//! asking a running `run` to stop its work and give up the lock: the entrypoint must not exit
+//! then, or its container would restart and apply again.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
 use crate::error::Error;
 
-/// Whether, and by which signal, the engine has been asked to stop.
+/// The signal `destroy` sends to the process holding the lock.
+pub const YIELD_SIGNAL: i32 = SIGUSR1;
+
+/// Whether, and why, the engine has been asked to stop.
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
-    signal: Arc<AtomicUsize>,
+    terminate: Arc<AtomicUsize>,
+    yield_lock: Arc<AtomicUsize>,
 }
 
 impl Shutdown {
-    /// Routes SIGTERM and SIGINT to the flag, replacing their default (die at once), so the
-    /// engine can stop terraform gracefully first.
+    /// Routes the signals to the flags, replacing their default (die at once), so the engine
+    /// can stop terraform gracefully first.
     pub fn install() -> std::io::Result<Self> {
         let shutdown = Shutdown::default();
         for signal in [SIGTERM, SIGINT] {
-            signal_hook::flag::register_usize(signal, shutdown.signal.clone(), signal as usize)?;
+            signal_hook::flag::register_usize(signal, shutdown.terminate.clone(), signal as usize)?;
         }
+        signal_hook::flag::register_usize(SIGUSR1, shutdown.yield_lock.clone(), SIGUSR1 as usize)?;
         Ok(shutdown)
     }
 
+    /// The signal that asked the current work to stop, if any: SIGTERM/SIGINT first.
     pub fn requested(&self) -> Option<i32> {
-        match self.signal.load(Ordering::SeqCst) {
+        self.terminated()
+            .or(match self.yield_lock.load(Ordering::SeqCst) {
+                0 => None,
+                n => Some(n as i32),
+            })
+    }
+
+    /// SIGTERM or SIGINT, which end the process.
+    pub fn terminated(&self) -> Option<i32> {
+        match self.terminate.load(Ordering::SeqCst) {
             0 => None,
             n => Some(n as i32),
         }
+    }
+
+    /// Forgets a yield request once it has been honoured.
+    pub fn clear_yield(&self) {
+        self.yield_lock.store(0, Ordering::SeqCst);
     }
 
     /// `Err(Interrupted)` once a stop was asked for: the check before starting anything new.
@@ -40,12 +64,18 @@ impl Shutdown {
         }
     }
 
-    /// Waits until a stop is asked for or `timeout` passes; returns the signal, if any.
-    pub fn wait(&self, timeout: Option<Duration>) -> Option<i32> {
+    /// Waits until SIGTERM/SIGINT (or, with `yields`, also SIGUSR1) or `timeout`; returns
+    /// the signal, if any.
+    pub fn wait(&self, timeout: Option<Duration>, yields: bool) -> Option<i32> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            if let Some(signal) = self.requested() {
-                return Some(signal);
+            let signal = if yields {
+                self.requested()
+            } else {
+                self.terminated()
+            };
+            if signal.is_some() {
+                return signal;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return None;
@@ -59,6 +89,7 @@ pub fn interrupted(signal: i32) -> Error {
     let name = match signal {
         SIGTERM => "SIGTERM",
         SIGINT => "SIGINT",
+        SIGUSR1 => "a destroy asking for the lock (SIGUSR1)",
         _ => "a signal",
     };
     Error::Interrupted { signal, name }

@@ -23,6 +23,8 @@ pub enum State {
     Failed,
     /// Done, but its inputs changed since: the next run applies it again.
     Changed,
+    /// Its resources were destroyed by `destroy`.
+    Destroyed,
 }
 
 impl State {
@@ -33,6 +35,7 @@ impl State {
             State::Done => "done",
             State::Failed => "failed",
             State::Changed => "changed",
+            State::Destroyed => "destroyed",
         }
     }
 }
@@ -53,6 +56,8 @@ pub struct Row {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub root: String,
+    /// When a destroy began and, once done, ended; `run` refuses to apply meanwhile.
+    pub destroy: Option<crate::journal::Tombstone>,
     pub code: Option<source::Record>,
     /// Who holds the lock now, if anyone.
     pub lock: Option<Holder>,
@@ -126,10 +131,36 @@ pub fn collect(loaded: &Loaded, root: &Path) -> Result<Report> {
                 _ => {}
             }
         }
+        // A destroy's own progress overrides what the apply left.
+        let destroy_attempt = journal.destroy_attempt(&step.name)?;
+        if let Some(destroyed) = journal.destroyed(&step.name)? {
+            row.state = State::Destroyed;
+            row.attempts = destroyed.attempts;
+            row.started_at = Some(clock::format(destroyed.started_at));
+            row.finished_at = Some(clock::format(destroyed.finished_at));
+            row.duration_seconds =
+                Some((destroyed.finished_at - destroyed.started_at).as_seconds_f64());
+            row.last_error = None;
+        } else if let Some(attempt) = destroy_attempt {
+            row.attempts = attempt.attempts;
+            row.last_error = attempt.last_error.map(|e| format!("destroy: {e}"));
+            row.state = match attempt.state {
+                AttemptState::Running if holder.is_some() => State::Running,
+                AttemptState::Running | AttemptState::Failed => State::Failed,
+                AttemptState::Succeeded => row.state,
+            };
+            if attempt.state == AttemptState::Running && holder.is_none() {
+                row.last_error = Some(format!(
+                    "destroy interrupted: attempt {} (pid {}) stopped before it finished",
+                    attempt.attempts, attempt.pid
+                ));
+            }
+        }
         rows.push(row);
     }
     Ok(Report {
         root: root.display().to_string(),
+        destroy: journal.tombstone()?,
         code: code.map(|c| c.record),
         lock: holder,
         steps: rows,
@@ -151,6 +182,20 @@ pub fn print(
         Some(holder) => writeln!(out, "root {}: locked by {holder}", report.root)?,
         None => writeln!(out, "root {}: idle", report.root)?,
     }
+    if let Some(t) = &report.destroy {
+        match t.finished_at {
+            Some(at) => writeln!(
+                out,
+                "destroyed at {}: `run` idles until `bootstrapper reset --all`",
+                clock::format(at)
+            )?,
+            None => writeln!(
+                out,
+                "destroy began at {} and has not finished: `bootstrapper destroy` resumes it",
+                clock::format(t.started_at)
+            )?,
+        }
+    }
     if let Some(code) = &report.code {
         writeln!(
             out,
@@ -169,7 +214,7 @@ pub fn print(
         .max(4);
     writeln!(
         out,
-        "{:width$}  {:8}  {:8}  {:9}  LAST ERROR",
+        "{:width$}  {:9}  {:8}  {:9}  LAST ERROR",
         "STEP", "STATE", "ATTEMPTS", "DURATION"
     )?;
     for row in &report.steps {
@@ -180,12 +225,12 @@ pub fn print(
         let mut note = row.last_error.clone().unwrap_or_else(|| "-".into());
         if row.state == State::Changed {
             note = format!("inputs changed: {}", row.changed_inputs.join(", "));
-        } else if row.state == State::Done {
+        } else if matches!(row.state, State::Done | State::Destroyed) {
             note = "-".into();
         }
         writeln!(
             out,
-            "{:width$}  {:8}  {:8}  {:9}  {}",
+            "{:width$}  {:9}  {:8}  {:9}  {}",
             row.step,
             row.state.as_str(),
             row.attempts,

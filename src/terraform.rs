@@ -85,6 +85,35 @@ impl Terraform {
         commands
     }
 
+    /// `destroy` with the same vars the step was applied with.
+    pub fn destroy_command(&self, step: &RenderedStep, cwd: &Path) -> Command {
+        let mut args = vec![
+            "destroy".to_string(),
+            "-auto-approve".to_string(),
+            "-input=false".to_string(),
+            self.lock_timeout_arg(),
+        ];
+        if step.vars.is_some() {
+            args.push(format!("-var-file={VARS_FILE}"));
+        }
+        args.extend(step.apply_args.iter().cloned());
+        self.command(step, cwd, args)
+    }
+
+    /// Pushes a state file that terraform could not upload (`errored.tfstate`) to the backend.
+    pub fn state_push_command(&self, step: &RenderedStep, cwd: &Path, file: &str) -> Command {
+        self.command(
+            step,
+            cwd,
+            vec![
+                "state".into(),
+                "push".into(),
+                self.lock_timeout_arg(),
+                file.into(),
+            ],
+        )
+    }
+
     pub fn output_command(&self, step: &RenderedStep, cwd: &Path) -> Command {
         self.command(step, cwd, vec!["output".into(), "-json".into()])
     }
@@ -98,7 +127,8 @@ impl Terraform {
 
     fn command(&self, step: &RenderedStep, cwd: &Path, mut args: Vec<String>) -> Command {
         // Global-style flags go after the subcommand; `workspace select` takes them before NAME.
-        if !self.color {
+        // `output` and `state push` have no -no-color flag worth passing; everything else does.
+        if !self.color && args[0] != "state" {
             let at = if args[0] == "workspace" { 3 } else { 1 };
             args.insert(at, "-no-color".into());
         }
@@ -115,8 +145,11 @@ impl Terraform {
     }
 }
 
-/// Parsed `terraform output -json`: the values, and which of them are sensitive.
-pub fn parse_outputs(stdout: &[u8]) -> Result<(Map<String, Value>, Vec<String>), String> {
+/// A step's output values, and the names of those terraform marked sensitive.
+pub type Outputs = (Map<String, Value>, Vec<String>);
+
+/// Parses `terraform output -json`.
+pub fn parse_outputs(stdout: &[u8]) -> Result<Outputs, String> {
     let all: Map<String, Value> = serde_json::from_slice(stdout).map_err(|e| {
         format!("`terraform output -json` printed something that is not a JSON object: {e}")
     })?;

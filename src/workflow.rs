@@ -39,12 +39,41 @@ pub struct Source {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub lock_timeout: Duration,
+    pub retry: Retry,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             lock_timeout: Duration::from_secs(300),
+            retry: Retry::default(),
+        }
+    }
+}
+
+/// How a failed apply or destroy is tried again: `retries` more times, waiting `delay`, then
+/// twice as long each time, never more than [`Retry::MAX_DELAY`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub retries: u32,
+    pub delay: Duration,
+}
+
+impl Retry {
+    pub const MAX_DELAY: Duration = Duration::from_secs(300);
+
+    /// The wait before retry number `n` (1-based).
+    pub fn delay_before(&self, n: u32) -> Duration {
+        let factor = 2u32.saturating_pow(n.saturating_sub(1));
+        self.delay.saturating_mul(factor).min(Self::MAX_DELAY)
+    }
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            retries: 3,
+            delay: Duration::from_secs(10),
         }
     }
 }
@@ -59,6 +88,7 @@ pub struct Step {
     pub vars: Option<Template>,
     pub init_args: Vec<Template>,
     pub apply_args: Vec<Template>,
+    pub retry: Retry,
 }
 
 impl Workflow {
@@ -102,6 +132,8 @@ struct SourceSpec {
 #[serde(deny_unknown_fields)]
 struct SettingsSpec {
     lock_timeout: Option<Spanned<String>>,
+    retries: Option<u32>,
+    retry_delay: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -117,6 +149,8 @@ struct StepSpec {
     init_args: Vec<Spanned<String>>,
     #[serde(default)]
     apply_args: Vec<Spanned<String>>,
+    retries: Option<u32>,
+    retry_delay: Option<Spanned<String>>,
 }
 
 /// Reads and checks the workflow file; every problem found is reported at once.
@@ -163,18 +197,44 @@ pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problems> {
         );
     }
 
-    let mut settings = Settings::default();
-    if let Some(timeout) = spec.settings.lock_timeout {
-        match crate::clock::parse_duration(timeout.get_ref()) {
-            Ok(d) => settings.lock_timeout = d,
-            Err(e) => problems.push(
-                Problem::new(format!("`settings.lock_timeout`: {e}")).at(Location::at(
+    let mut duration = |field: &str, value: Option<Spanned<String>>, into: &mut Duration| {
+        if let Some(value) = value {
+            match crate::clock::parse_duration(value.get_ref()) {
+                Ok(d) => *into = d,
+                Err(e) => problems.push(Problem::new(format!("`{field}`: {e}")).at(Location::at(
                     path,
                     text,
-                    timeout.span().start,
-                )),
-            ),
+                    value.span().start,
+                ))),
+            }
         }
+    };
+    let mut settings = Settings::default();
+    duration(
+        "settings.lock_timeout",
+        spec.settings.lock_timeout,
+        &mut settings.lock_timeout,
+    );
+    duration(
+        "settings.retry_delay",
+        spec.settings.retry_delay,
+        &mut settings.retry.delay,
+    );
+    if let Some(retries) = spec.settings.retries {
+        settings.retry.retries = retries;
+    }
+    let mut step_retries = Vec::with_capacity(spec.steps.len());
+    for step in &spec.steps {
+        let mut retry = settings.retry;
+        if let Some(retries) = step.get_ref().retries {
+            retry.retries = retries;
+        }
+        duration(
+            "retry_delay",
+            step.get_ref().retry_delay.clone(),
+            &mut retry.delay,
+        );
+        step_retries.push(retry);
     }
 
     if spec.steps.is_empty() {
@@ -186,7 +246,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problems> {
     }
     let mut seen: HashMap<String, Location> = HashMap::new();
     let mut steps = Vec::with_capacity(spec.steps.len());
-    for step in spec.steps {
+    for (step, retry) in spec.steps.into_iter().zip(step_retries) {
         let step_location = Location::at(path, text, step.span().start);
         let step = step.into_inner();
         let name_location = Location::at(path, text, step.name.span().start);
@@ -229,6 +289,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problems> {
             vars: step.vars.map(tpl),
             init_args: step.init_args.into_iter().map(tpl).collect(),
             apply_args: step.apply_args.into_iter().map(tpl).collect(),
+            retry,
             name,
         });
     }
@@ -297,6 +358,26 @@ backend_config = { conn_str = "{{ steps.control_network.outputs.conn_str }}" }
             Some((12, 13))
         );
         assert_eq!(wf.step_index("control_network"), Some(0));
+    }
+
+    #[test]
+    fn retries_default_from_settings_and_back_off() {
+        let wf = parse_str(
+            "[source]\ndir = \"c\"\n[settings]\nretries = 5\nretry_delay = \"2s\"\n[[step]]\nname = \"a\"\ndir = \"a\"\n[[step]]\nname = \"b\"\ndir = \"b\"\nretries = 0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            wf.steps[0].retry,
+            Retry {
+                retries: 5,
+                delay: Duration::from_secs(2)
+            }
+        );
+        assert_eq!(wf.steps[1].retry.retries, 0);
+        let r = wf.steps[0].retry;
+        assert_eq!(r.delay_before(1), Duration::from_secs(2));
+        assert_eq!(r.delay_before(3), Duration::from_secs(8));
+        assert_eq!(r.delay_before(30), Retry::MAX_DELAY);
     }
 
     #[test]

@@ -1,0 +1,158 @@
+//! `destroy`: stop a running `run`, take the lock, leave a tombstone, then destroy in reverse
+//! order every step that ever started applying, each followed by a `destroyed` marker.
+
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::journal::{Destroyed, Tombstone};
+use crate::lock::{Holder, Lock};
+use crate::render::Outputs;
+use crate::run::{Action, Engine};
+
+/// The signal that asks a running `run` to let go of the lock (see [`crate::signals`]).
+const YIELD: Signal = Signal::SIGUSR1;
+
+/// What a finished `destroy` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub destroyed: Vec<String>,
+    pub already: Vec<String>,
+    pub never_started: Vec<String>,
+}
+
+impl Engine {
+    /// Destroys the workflow, waiting up to `wait` for a running command to let go of the lock.
+    pub fn destroy(&mut self, wait: Duration) -> Result<Summary> {
+        let logger = self.logger().clone();
+        let shutdown = self.supervisor.shutdown.clone();
+        let prepared = self.prepare(|dir| {
+            Lock::acquire_within(dir, "destroy", wait, |holder, first| {
+                if first {
+                    ask_to_yield(holder, &logger);
+                }
+                shutdown.terminated().is_none()
+            })
+            .map_err(|e| match shutdown.terminated() {
+                Some(signal) => crate::signals::interrupted(signal),
+                None => e,
+            })
+        })?;
+        let journal = &prepared.journal;
+        let code = &prepared.code;
+        let markers = &prepared.recorded.markers;
+
+        let tombstone = match journal.tombstone()? {
+            Some(t) => t,
+            None => {
+                let t = Tombstone {
+                    started_at: clock::now(),
+                    finished_at: None,
+                };
+                journal.write_tombstone(&t)?;
+                t
+            }
+        };
+        self.logger().info(
+            None,
+            &format!(
+                "destroying in reverse order (began {}); `run` will not apply again until `reset --all`",
+                clock::format(tombstone.started_at)
+            ),
+        );
+
+        // Outputs of every step that has a marker: a later step's backend address may come
+        // from an earlier one, which is still there since destroy goes backwards.
+        let mut outputs = Outputs::new();
+        for (step, marker) in self.loaded.workflow.steps.iter().zip(markers) {
+            if let Some(marker) = marker {
+                outputs.insert(step.name.clone(), marker.outputs.clone());
+            }
+        }
+        let renderer = self.loaded.renderer();
+        let mut summary = Summary::default();
+        for (index, step) in self.loaded.workflow.steps.iter().enumerate().rev() {
+            self.supervisor.shutdown.check()?;
+            if journal.destroyed(&step.name)?.is_some() {
+                self.logger()
+                    .info(Some(&step.name), "already destroyed: skipped");
+                summary.already.push(step.name.clone());
+                continue;
+            }
+            if !journal.started(&step.name) {
+                self.logger().info(
+                    Some(&step.name),
+                    "never started applying: nothing to destroy",
+                );
+                summary.never_started.push(step.name.clone());
+                continue;
+            }
+            let rendered =
+                renderer
+                    .render_step(index, &outputs, false)
+                    .map_err(|p| Error::StepFailed {
+                        step: step.name.clone(),
+                        message: format!("cannot render it to destroy it: {p}"),
+                    })?;
+            self.logger().info(Some(&step.name), "destroying");
+            let (started_at, attempts, _) =
+                self.with_retries(journal, &step.name, step.retry, Action::Destroy, || {
+                    self.terraform_step(&code.dir, &rendered, Action::Destroy)
+                })?;
+            journal.write_destroyed(&Destroyed {
+                step: step.name.clone(),
+                started_at,
+                finished_at: clock::now(),
+                attempts,
+            })?;
+            self.logger().info(
+                Some(&step.name),
+                &format!("destroyed (attempt {attempts}); marker written"),
+            );
+            summary.destroyed.push(step.name.clone());
+        }
+        journal.write_tombstone(&Tombstone {
+            finished_at: Some(clock::now()),
+            ..tombstone
+        })?;
+        self.logger().info(
+            None,
+            &format!(
+                "workflow destroyed: {} destroyed now, {} earlier, {} never started",
+                summary.destroyed.len(),
+                summary.already.len(),
+                summary.never_started.len()
+            ),
+        );
+        Ok(summary)
+    }
+}
+
+/// Asks the holder of the lock to stop its work and let go, if it is a process we can reach:
+/// in a pod, `kubectl exec` shares the process namespace and the host name with the
+/// entrypoint.
+fn ask_to_yield(holder: &Holder, logger: &crate::log::Logger) {
+    let me = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if holder.pid == 0 || holder.pid == std::process::id() || holder.host != me {
+        logger.info(None, &format!("waiting for the lock, held by {holder}"));
+        return;
+    }
+    match kill(Pid::from_raw(holder.pid as i32), YIELD) {
+        Ok(()) => logger.info(
+            None,
+            &format!(
+                "asked pid {} (`bootstrapper {}`) to finish its terraform gracefully and let go of the lock",
+                holder.pid, holder.command
+            ),
+        ),
+        Err(e) => logger.warn(
+            None,
+            &format!("cannot signal pid {} ({e}); waiting for the lock", holder.pid),
+        ),
+    }
+}

@@ -128,32 +128,40 @@ pub fn main(cli: Cli) -> i32 {
     };
     let loaded = match load::load(&cli.workflow, &cli.params) {
         Ok(loaded) => loaded,
-        Err(e) => return report(&e, None),
+        Err(e) => return report(&e, None, cli.log_format),
     };
     let logger = Logger::new(cli.log_format, loaded.redactor.clone());
     let result = dispatch(&cli, loaded.clone(), logger.clone(), shutdown);
     match result {
         Ok(code) => code,
-        Err(e) => report(&e, Some(&loaded)),
+        Err(e) => report(&e, Some(&loaded), cli.log_format),
     }
 }
 
-fn report(e: &Error, loaded: Option<&Loaded>) -> i32 {
+fn report(e: &Error, loaded: Option<&Loaded>, format: Format) -> i32 {
     let text = e.to_string();
     let text = match loaded {
         Some(l) => l.redactor.mask(&text).into_owned(),
         None => crate::secrets::mask_url_userinfo(text.as_str().into()).into_owned(),
     };
-    match e {
-        Error::Input(_) => eprintln!("{text}"),
-        _ => eprintln!("error: {text}"),
+    match (format, e) {
+        // In JSON, the last word is a log line like every other: one object, masked above.
+        (Format::Json, _) => {
+            let step = match e {
+                Error::StepFailed { step, .. } => Some(step.as_str()),
+                _ => None,
+            };
+            Logger::new(format, Default::default()).error(step, &text);
+        }
+        (Format::Text, Error::Input(_)) => eprintln!("{text}"),
+        (Format::Text, _) => eprintln!("error: {text}"),
     }
     e.exit_code()
 }
 
 fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Result<i32> {
     match &cli.command {
-        Command::Validate => validate(&loaded),
+        Command::Validate => validate(&loaded, &logger),
         Command::Status { json } => {
             let report = crate::status::collect(&loaded, &cli.root)?;
             crate::status::print(&report, *json, &loaded, &mut std::io::stdout().lock())
@@ -181,7 +189,7 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
         }
         Command::Run { hold } => {
             let mut engine = engine(cli, loaded, logger.clone(), shutdown.clone());
-            let result = engine.run();
+            let result = engine.run(*hold);
             if !*hold {
                 return match result {
                     Ok(summary) if summary.destroyed.is_some() => Ok(exit::STEP_FAILED),
@@ -239,10 +247,13 @@ fn hold_until_stopped(shutdown: &Shutdown) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn validate(loaded: &Loaded) -> Result<i32> {
+fn validate(loaded: &Loaded, logger: &Logger) -> Result<i32> {
     load::check(loaded, &Default::default()).map_err(Error::Input)?;
     for warning in load::warnings(loaded) {
-        eprintln!("warning: {warning}");
+        match logger.format() {
+            Format::Json => logger.warn(None, &warning),
+            Format::Text => eprintln!("warning: {warning}"),
+        }
     }
     println!(
         "{}: {} steps, templates and params are valid",
@@ -254,6 +265,18 @@ fn validate(loaded: &Loaded) -> Result<i32> {
 
 fn reset(loaded: &Loaded, root: &std::path::Path, step: &str, logger: &Logger) -> Result<i32> {
     let journal = Journal::at(root);
+    if step == crate::source::RESET_NAME {
+        let source = loaded.renderer().render_source().map_err(Error::Input)?;
+        let code = root.join(&source.dir);
+        if !journal.dir().is_dir() && code.symlink_metadata().is_err() {
+            logger.info(None, "code: nothing on the root yet; nothing to forget");
+            return Ok(exit::OK);
+        }
+        journal.create()?;
+        let _lock = Lock::acquire(journal.dir(), &format!("reset {step}"))?;
+        crate::source::forget(root, &source, &journal, logger)?;
+        return Ok(exit::OK);
+    }
     let known = journal
         .step_names()
         .map_err(|e| Error::input(e.to_string()))?;
@@ -265,8 +288,11 @@ fn reset(loaded: &Loaded, root: &std::path::Path, step: &str, logger: &Logger) -
             .map(|s| s.name.as_str())
             .collect();
         return Err(Error::Input(Problems::one(
-            Problem::new(format!("no step `{step}` in the workflow or the journal"))
-                .hint(format!("steps are: {}", names.join(", "))),
+            Problem::new(format!("no step `{step}` in the workflow or the journal")).hint(format!(
+                "steps are: {}; `{}` forgets the code",
+                names.join(", "),
+                crate::source::RESET_NAME
+            )),
         )));
     }
     let _lock = Lock::acquire(journal.dir(), &format!("reset {step}"))?;

@@ -37,6 +37,15 @@ impl Logger {
         self.write("warn", "bootstrapper", step, message);
     }
 
+    /// The error a command ends with.
+    pub fn error(&self, step: Option<&str>, message: &str) {
+        self.write("error", "bootstrapper", step, message);
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
     /// One line that a child process printed.
     pub fn child_line(&self, step: &str, line: &str) {
         self.write("info", "terraform", Some(step), line);

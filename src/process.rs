@@ -28,6 +28,9 @@ const TAIL_LINES: usize = 40;
 const POLL: Duration = Duration::from_millis(25);
 /// How long output pipes may stay open after the child exited (held by its leftovers).
 const DRAIN: Duration = Duration::from_secs(2);
+/// Lines in flight between the pipe readers and the logger. Bounded, so that a child printing
+/// faster than the log can be written waits on its pipe instead of filling our memory.
+const QUEUE: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct Command {
@@ -133,7 +136,7 @@ impl Supervisor {
         let mut child = cmd.spawn()?;
         let pid = Pid::from_raw(child.id() as i32);
 
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
         let stderr = child.stderr.take().expect("piped");
         let err_reader = spawn_reader(stderr, tx.clone());
         let stdout = child.stdout.take().expect("piped");
@@ -195,6 +198,17 @@ impl Supervisor {
             }
         };
 
+        // Terraform stopped as asked, and the step with it; a provisioner it cancelled may
+        // have left children running in its group (terraform kills only the provisioner's own
+        // process). Nobody waits for them any more: they must not go on working behind the
+        // engine's back, e.g. while a `destroy` that asked for this stop runs.
+        if interrupted && killpg(pid, Signal::SIGKILL).is_ok() {
+            self.logger.warn(
+                Some(&command.label),
+                "killed what terraform left running in its process group",
+            );
+        }
+
         // The child is gone; its output may still be in the pipes, or held open by leftovers.
         let drain_until = Instant::now() + DRAIN;
         while open > 0 {
@@ -232,7 +246,7 @@ impl Supervisor {
 
 fn spawn_reader(
     stream: impl Read + Send + 'static,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::SyncSender<Event>,
 ) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut reader = BufReader::new(stream);

@@ -18,6 +18,9 @@ use crate::source;
 use crate::terraform::{self, Terraform};
 use crate::workflow::Retry;
 
+/// Long enough to mean "until the holder lets go", short enough not to overflow an `Instant`.
+const LOCK_WAIT_FOREVER: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// Terraform leaves this in the step's directory when it could not upload the final state.
 const ERRORED_STATE: &str = "errored.tfstate";
 
@@ -122,8 +125,27 @@ impl Engine {
         problems.into_result()
     }
 
-    pub fn run(&mut self) -> Result<Summary> {
-        let prepared = self.prepare(|dir| Lock::acquire(dir, "run"))?;
+    /// Applies the workflow. With `wait_for_lock` (the entrypoint), a lock held by another
+    /// process is waited for instead of failing: an entrypoint that exits restarts its
+    /// container, and with it whatever was holding the lock there.
+    pub fn run(&mut self, wait_for_lock: bool) -> Result<Summary> {
+        let logger = self.logger().clone();
+        let shutdown = self.supervisor.shutdown.clone();
+        let prepared = self.prepare(|dir| {
+            if !wait_for_lock {
+                return Lock::acquire(dir, "run");
+            }
+            Lock::acquire_within(dir, "run --hold", LOCK_WAIT_FOREVER, |holder, first| {
+                if first {
+                    logger.info(None, &format!("waiting for the lock, held by {holder}"));
+                }
+                shutdown.requested().is_none()
+            })
+            .map_err(|e| match shutdown.requested() {
+                Some(signal) => crate::signals::interrupted(signal),
+                None => e,
+            })
+        })?;
         let Prepared {
             journal,
             code,

@@ -1,29 +1,46 @@
-//! Putting the code on the PVC: reuse what is there, or copy the image's tree, atomically
-//! (into a temp sibling, synced, then one rename), and remember the code's identity.
+//! Putting the code on the PVC: reuse what is there, or copy the image's tree, or clone it
+//! with git, atomically (into a temp sibling, synced, then one rename), and remember the
+//! code's identity. `reset source` takes it away again, just as atomically.
+
+mod credentials;
+mod git;
+mod kept_state;
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use credentials::{
+    FILE_SUFFIX, PASSWORD, SSH_KEY, SSH_KNOWN_HOSTS, SSH_PASSPHRASE, TOKEN, USERNAME,
+};
+
 use crate::durable;
 use crate::error::{Error, Problem, Problems, Result};
-use crate::journal::Journal;
+use crate::journal::{Journal, STATE_DIR};
 use crate::log::Logger;
 use crate::render::{hex, RenderedSource};
+use credentials::{Credentials, GitUrl, Scheme};
 
 const RECORD: &str = "source";
+
+/// What `bootstrapper reset` calls the code; no step may take this name.
+pub const RESET_NAME: &str = "source";
 
 /// Where the code on the PVC came from, recorded when it was put there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    /// `image` (copied) or `existing` (found in place).
+    /// `image` (copied), `git` (cloned) or `existing` (found in place).
     pub kind: String,
+    /// The image directory, or the repository's URL with its userinfo masked.
     pub origin: String,
-    /// A content hash of the tree as it was put there.
+    /// For a clone, the ref the workflow asked for (none: the default branch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    /// The commit id of a clone, or a content hash of a copied tree.
     pub identity: Option<String>,
     pub at: String,
 }
@@ -51,29 +68,42 @@ pub fn ensure(
     journal: &Journal,
     logger: &Logger,
 ) -> Result<Code> {
-    for torn in durable::remove_temps(root)
-        .map_err(|e| Error::io(format!("cannot clean {}", root.display()), e))?
-    {
-        logger.warn(
-            None,
-            &format!("removed {torn}, a copy of the code left unfinished by an earlier run"),
-        );
-    }
-    let dir = root.join(&source.dir);
+    let dir = code_dir(root, source)?;
+    let parent = dir.parent().unwrap_or(root).to_path_buf();
+    remove_leftovers(&[root, &parent, journal.dir()], logger)?;
+    let kept = journal.dir().join(kept_state::DIR);
     if dir.is_dir() {
         let record = read_record(journal).unwrap_or_else(|| existing_record(&dir));
         logger.info(
             None,
             &format!("code: using {} ({})", dir.display(), describe(&record)),
         );
+        if let Some(drift) = drift(&record, source) {
+            logger.warn(
+                None,
+                &format!("code: {drift}; the code on the root is kept until `bootstrapper reset {RESET_NAME}`"),
+            );
+        }
+        if kept.is_dir() {
+            // Left by a run that died just after renaming the new code into place, or by an
+            // operator who put code there by hand after `reset source`.
+            let restored = kept_state::restore(&kept, &dir, true)
+                .and_then(|n| sync_filesystem(&dir).map(|_| n))
+                .map_err(|e| {
+                    Error::io(format!("cannot restore state into {}", dir.display()), e)
+                })?;
+            discard_kept_state(&kept, restored, logger)?;
+        }
         return Ok(Code { dir, record });
     }
-    if dir.exists() {
+    if dir.symlink_metadata().is_ok() {
         return Err(input(
             format!("{} exists but is not a directory", dir.display()),
             "remove it, or point `source.dir` elsewhere",
         ));
     }
+    fs::create_dir_all(&parent)
+        .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
     if let Some(image_dir) = &source.image_dir {
         if image_dir.exists() {
             if !image_dir.is_dir() {
@@ -89,27 +119,43 @@ pub fn ensure(
                 None,
                 &format!("code: copying {} to {}", image_dir.display(), dir.display()),
             );
-            let identity = copy_atomically(image_dir, &dir)?;
-            let record = Record {
-                kind: "image".into(),
-                origin: image_dir.display().to_string(),
-                identity: Some(identity),
-                at: crate::clock::now_rfc3339(),
-            };
-            write_record(journal, &record)?;
+            let record = build_atomically(&dir, journal, logger, |temp| {
+                let identity = copy_hashed(image_dir, temp).map_err(|e| {
+                    Error::io(
+                        format!(
+                            "cannot copy {} into {}",
+                            image_dir.display(),
+                            temp.display()
+                        ),
+                        e,
+                    )
+                })?;
+                Ok(Record {
+                    kind: "image".into(),
+                    origin: image_dir.display().to_string(),
+                    git_ref: None,
+                    identity: Some(identity),
+                    at: crate::clock::now_rfc3339(),
+                })
+            })?;
             logger.info(None, &format!("code: copied ({})", describe(&record)));
             return Ok(Code { dir, record });
         }
     }
     match (&source.git_url, &source.image_dir) {
-        (Some(url), _) => Err(input(
-            format!(
-                "{} does not exist and cloning {} is not available in this build",
-                dir.display(),
-                crate::secrets::mask_url_userinfo(url.into())
-            ),
-            "put the code into the image at `source.image_dir`, or under the root yourself",
-        )),
+        (Some(url), image_dir) => {
+            if let Some(image_dir) = image_dir {
+                logger.info(
+                    None,
+                    &format!(
+                        "code: {} is not in the image; cloning instead",
+                        image_dir.display()
+                    ),
+                );
+            }
+            let record = clone(url, source.git_ref.as_deref(), &dir, journal, logger)?;
+            Ok(Code { dir, record })
+        }
         (None, Some(image_dir)) => Err(input(
             format!(
                 "neither the code directory {} nor `source.image_dir` {} exists",
@@ -125,13 +171,318 @@ pub fn ensure(
     }
 }
 
+/// Takes the code directory and its record away, so that the next run copies or clones the
+/// code again, keeping terraform's local state for the new code; must be called with the
+/// root lock held. Returns whether there was code.
+pub fn forget(
+    root: &Path,
+    source: &RenderedSource,
+    journal: &Journal,
+    logger: &Logger,
+) -> Result<bool> {
+    let dir = code_dir(root, source)?;
+    let parent = dir.parent().unwrap_or(root).to_path_buf();
+    remove_leftovers(&[root, &parent, journal.dir()], logger)?;
+    let record = journal.dir().join(RECORD);
+    let remove_record = || {
+        durable::remove(&record)
+            .map_err(|e| Error::io(format!("cannot remove {}", record.display()), e))
+    };
+    if dir.symlink_metadata().is_err() {
+        remove_record()?;
+        logger.info(
+            None,
+            &format!("code: {} does not exist; nothing to forget", dir.display()),
+        );
+        return Ok(false);
+    }
+    if dir.is_dir() {
+        let kept = journal.dir().join(kept_state::DIR);
+        let count = keep_state(&dir, &kept).map_err(|e| {
+            Error::io(
+                format!("cannot keep the state files of {}", dir.display()),
+                e,
+            )
+        })?;
+        if count > 0 {
+            logger.info(
+                None,
+                &format!(
+                    "code: kept {count} terraform state file(s) of the code in {}; the next run puts them into the new code",
+                    kept.display()
+                ),
+            );
+        }
+    }
+    // One rename takes the whole tree out of use: a crash while deleting leaves a temp
+    // sibling, which the next run removes, never a half tree it would take for the code.
+    let aside = durable::temp_sibling(&dir);
+    fs::rename(&dir, &aside)
+        .and_then(|_| durable::sync_dir(&parent))
+        .map_err(|e| Error::io(format!("cannot move {} aside", dir.display()), e))?;
+    remove_record()?;
+    remove_any(&aside).map_err(|e| Error::io(format!("cannot remove {}", aside.display()), e))?;
+    logger.info(
+        None,
+        &format!(
+            "code: removed {}; the next run copies or clones it again",
+            dir.display()
+        ),
+    );
+    Ok(true)
+}
+
+/// Replaces the kept state with the state files of `code`, atomically; returns their count.
+fn keep_state(code: &Path, kept: &Path) -> io::Result<usize> {
+    let temp = durable::temp_sibling(kept);
+    let result = kept_state::keep(code, &temp).and_then(|count| {
+        if count == 0 {
+            return Ok(0);
+        }
+        sync_filesystem(&temp)?;
+        if kept.exists() {
+            // Older than the code's own state, which is a superset of it by now.
+            let old = durable::temp_sibling(kept);
+            fs::rename(kept, &old)?;
+            remove_any(&old)?;
+        }
+        fs::rename(&temp, kept)?;
+        durable::sync_dir(kept.parent().unwrap_or(Path::new(".")))?;
+        Ok(count)
+    });
+    if temp.exists() {
+        let _ = remove_any(&temp);
+    }
+    result
+}
+
+/// Drops the kept state once the code it was restored into is in place.
+fn discard_kept_state(kept: &Path, restored: usize, logger: &Logger) -> Result<()> {
+    if restored > 0 {
+        logger.info(
+            None,
+            &format!(
+                "code: put back {restored} terraform state file(s) kept by `reset {RESET_NAME}`"
+            ),
+        );
+    }
+    let old = durable::temp_sibling(kept);
+    fs::rename(kept, &old)
+        .and_then(|_| durable::sync_dir(kept.parent().unwrap_or(Path::new("."))))
+        .and_then(|_| remove_any(&old))
+        .map_err(|e| Error::io(format!("cannot remove {}", kept.display()), e))
+}
+
+/// Removes what a killed process left half done in these directories.
+fn remove_leftovers(places: &[&Path], logger: &Logger) -> Result<()> {
+    let mut done: Vec<&Path> = Vec::new();
+    for place in places.iter().copied() {
+        if done.contains(&place) {
+            continue;
+        }
+        done.push(place);
+        for torn in durable::remove_temps(place)
+            .map_err(|e| Error::io(format!("cannot clean {}", place.display()), e))?
+        {
+            logger.warn(
+                None,
+                &format!(
+                    "removed {}, left unfinished by an earlier run",
+                    place.join(torn).display()
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn remove_any(path: &Path) -> io::Result<()> {
+    if path.symlink_metadata()?.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    }
+}
+
+/// Fills a temp sibling of `dir` with `fill`, puts back the state kept by `reset source`,
+/// records where the code came from, and renames it into place: a crash at any point leaves
+/// no half tree under `dir`, and never code without its record.
+fn build_atomically(
+    dir: &Path,
+    journal: &Journal,
+    logger: &Logger,
+    fill: impl FnOnce(&Path) -> Result<Record>,
+) -> Result<Record> {
+    let kept = journal.dir().join(kept_state::DIR);
+    let temp = durable::temp_sibling(dir);
+    let result = fill(&temp).and_then(|record| {
+        let restored = if kept.is_dir() {
+            kept_state::restore(&kept, &temp, false).map_err(|e| {
+                Error::io(format!("cannot restore state into {}", temp.display()), e)
+            })?
+        } else {
+            0
+        };
+        // Before the rename: a record without its code is harmless (the next run puts the
+        // code there and records it again), code without its record would lose its identity.
+        write_record(journal, &record)?;
+        publish(&temp, dir)
+            .map_err(|e| Error::io(format!("cannot put the code at {}", dir.display()), e))?;
+        Ok((record, restored))
+    });
+    if result.is_err() && temp.exists() {
+        let _ = fs::remove_dir_all(&temp);
+    }
+    let (record, restored) = result?;
+    if kept.is_dir() {
+        discard_kept_state(&kept, restored, logger)?;
+    }
+    Ok(record)
+}
+
+/// The code directory, refused where it would hide the root or the journal.
+fn code_dir(root: &Path, source: &RenderedSource) -> Result<PathBuf> {
+    let first = source.dir.components().next();
+    match first {
+        Some(Component::Normal(name)) if name != STATE_DIR => Ok(root.join(&source.dir)),
+        _ => Err(input(
+            format!(
+                "`source.dir` = `{}` is the root itself or the journal's directory",
+                source.dir.display()
+            ),
+            "name a directory of its own below --root, like \"code\"",
+        )),
+    }
+}
+
+/// Clones into a temp sibling of `dir`, then renames it into place.
+fn clone(
+    url: &str,
+    wanted: Option<&str>,
+    dir: &Path,
+    journal: &Journal,
+    logger: &Logger,
+) -> Result<Record> {
+    let url = GitUrl::parse(url);
+    let creds = Credentials::from_env(|name| std::env::var(name).ok());
+    let creds = match creds {
+        Ok(creds) => creds,
+        Err(problems) => {
+            url.register(&Credentials::default(), logger.redactor());
+            return Err(Error::Input(problems));
+        }
+    };
+    url.register(&creds, logger.redactor());
+    creds.register(logger.redactor());
+    logger.info(
+        None,
+        &format!(
+            "code: cloning {} ({}) into {}",
+            url.shown,
+            wanted.unwrap_or("its default branch"),
+            dir.display()
+        ),
+    );
+    build_atomically(dir, journal, logger, |temp| {
+        let cloned =
+            git::clone(&url, wanted, &creds, temp).map_err(|f| clone_error(f, &url, wanted))?;
+        logger.info(
+            None,
+            &format!(
+                "code: cloned {} at commit {}",
+                cloned.resolved, cloned.commit
+            ),
+        );
+        Ok(Record {
+            kind: "git".into(),
+            origin: url.shown.clone(),
+            git_ref: wanted.map(str::to_string),
+            identity: Some(cloned.commit),
+            at: crate::clock::now_rfc3339(),
+        })
+    })
+}
+
+fn clone_error(failure: git::Failure, url: &GitUrl, wanted: Option<&str>) -> Error {
+    use git::Failure::*;
+    let shown = url.shown.clone();
+    let credentials_hint = format!(
+        "for https set {TOKEN} (or {TOKEN}{FILE_SUFFIX}, a mounted secret), or {USERNAME} and {PASSWORD}; for ssh set {SSH_KEY} to a private key file"
+    );
+    match failure {
+        UnknownRef { wanted: _, known } => {
+            let what = match wanted {
+                Some(wanted) => format!(
+                    "`source.git_ref` = `{wanted}` is not a branch, tag or commit of {shown}"
+                ),
+                None => format!("`source.git_ref` is not set and {shown} has no default branch"),
+            };
+            let hint = if known.is_empty() {
+                "the repository has no branches or tags yet".to_string()
+            } else {
+                let shown_refs: Vec<&str> = known.iter().take(10).map(String::as_str).collect();
+                let more = if known.len() > 10 { ", ..." } else { "" };
+                format!("branches and tags there: {}{more}", shown_refs.join(", "))
+            };
+            input(what, &hint)
+        }
+        NotFound(why) => input(
+            format!("no git repository at {shown}: {why}"),
+            "check `source.git_url`",
+        ),
+        AuthRefused(why) => input(
+            format!("authentication to {shown} failed: {why}"),
+            &credentials_hint,
+        ),
+        Untrusted(why) => input(
+            format!("{shown} is not trusted: {why}"),
+            &match url.scheme {
+                Scheme::Ssh => format!("list the server's host key in ~/.ssh/known_hosts, or in a file named by {SSH_KNOWN_HOSTS}"),
+                _ => "for a server with a private CA, point SSL_CERT_FILE at the CA's certificate".to_string(),
+            },
+        ),
+        Unreachable(why) => Error::StepFailed {
+            step: RESET_NAME.into(),
+            message: format!(
+                "cannot reach {shown}: {why} (check the URL, and that this pod can reach the host)"
+            ),
+        },
+        Other(why) => Error::StepFailed {
+            step: RESET_NAME.into(),
+            message: format!("cannot clone {shown}: {why}"),
+        },
+    }
+}
+
+/// How the workflow's source differs from the code in place, if it does.
+fn drift(record: &Record, source: &RenderedSource) -> Option<String> {
+    let url = source.git_url.as_deref()?;
+    if record.kind != "git" || source.image_dir.as_ref().is_some_and(|d| d.exists()) {
+        return None;
+    }
+    let url = GitUrl::parse(url).shown;
+    if record.origin != url || record.git_ref != source.git_ref {
+        Some(format!(
+            "the workflow now names {url} ({}), not {} ({})",
+            source.git_ref.as_deref().unwrap_or("default branch"),
+            record.origin,
+            record.git_ref.as_deref().unwrap_or("default branch"),
+        ))
+    } else {
+        None
+    }
+}
+
 fn describe(record: &Record) -> String {
     let identity = record
         .identity
         .as_deref()
         .map(|i| &i[..i.len().min(19)])
         .unwrap_or("identity unknown");
-    format!("{} {}, {identity}", record.kind, record.origin)
+    match &record.git_ref {
+        Some(git_ref) => format!("{} {} {git_ref}, {identity}", record.kind, record.origin),
+        None => format!("{} {}, {identity}", record.kind, record.origin),
+    }
 }
 
 fn input(message: String, hint: &str) -> Error {
@@ -154,32 +505,24 @@ fn existing_record(dir: &Path) -> Record {
     Record {
         kind: "existing".into(),
         origin: dir.display().to_string(),
+        git_ref: None,
         identity: None,
         at: crate::clock::now_rfc3339(),
     }
 }
 
-/// Copies `from` to `to` through a temp sibling and one rename; returns the tree's hash.
-pub fn copy_atomically(from: &Path, to: &Path) -> Result<String> {
-    let temp = durable::temp_sibling(to);
-    let io_err = |what: &str, e: io::Error| {
-        Error::io(
-            format!("cannot {what} {} into {}", from.display(), temp.display()),
-            e,
-        )
-    };
+/// Makes a finished temp tree durable and puts it in place with one rename.
+fn publish(temp: &Path, to: &Path) -> io::Result<()> {
+    sync_filesystem(temp)?;
+    fs::rename(temp, to)?;
+    durable::sync_dir(to.parent().unwrap_or(Path::new(".")))
+}
+
+/// Copies the tree `from` to `to` (which must not exist); returns the tree's hash.
+fn copy_hashed(from: &Path, to: &Path) -> io::Result<String> {
     let mut hasher = Sha256::new();
-    let result = copy_tree(from, &temp, Path::new(""), &mut hasher)
-        .map_err(|e| io_err("copy", e))
-        .and_then(|_| sync_filesystem(&temp).map_err(|e| io_err("sync", e)))
-        .and_then(|_| fs::rename(&temp, to).map_err(|e| io_err("rename", e)))
-        .and_then(|_| {
-            durable::sync_dir(to.parent().unwrap_or(Path::new("."))).map_err(|e| io_err("sync", e))
-        });
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&temp);
-    }
-    result.map(|_| format!("sha256:{}", hex(&hasher.finalize())))
+    copy_tree(from, to, Path::new(""), &mut hasher)?;
+    Ok(format!("sha256:{}", hex(&hasher.finalize())))
 }
 
 /// Copies one directory level, in name order so the hash does not depend on the filesystem.
@@ -249,6 +592,36 @@ fn sync_filesystem(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::Format;
+    use crate::secrets::Redactor;
+
+    fn logger() -> Logger {
+        Logger::new(Format::Text, Redactor::default())
+    }
+
+    fn copy(from: &Path, to: &Path) -> String {
+        let journal = Journal::at(&to.with_extension("root"));
+        journal.create().unwrap();
+        let record = build_atomically(to, &journal, &logger(), |temp| {
+            let identity = copy_hashed(from, temp).map_err(|e| Error::io("copy", e))?;
+            Ok(Record {
+                identity: Some(identity),
+                ..existing_record(temp)
+            })
+        })
+        .unwrap();
+        assert_eq!(read_record(&journal), Some(record.clone()));
+        record.identity.unwrap()
+    }
+
+    fn image_source(image: &Path, dir: &str) -> RenderedSource {
+        RenderedSource {
+            dir: PathBuf::from(dir),
+            image_dir: Some(image.to_path_buf()),
+            git_url: None,
+            git_ref: None,
+        }
+    }
 
     #[test]
     fn a_copy_keeps_modes_and_links_and_hashes_the_content() {
@@ -259,26 +632,85 @@ mod tests {
         fs::write(src.join("run.sh"), "#!/bin/sh\n").unwrap();
         fs::set_permissions(src.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
         std::os::unix::fs::symlink("modules/a", src.join("link")).unwrap();
-        let one = copy_atomically(&src, &tmp.path().join("one")).unwrap();
-        let two = copy_atomically(&src, &tmp.path().join("two")).unwrap();
+        let one = copy(&src, &tmp.path().join("one"));
+        let two = copy(&src, &tmp.path().join("two"));
         assert_eq!(one, two);
-        let copy = tmp.path().join("one");
+        let copied = tmp.path().join("one");
         assert_eq!(
-            fs::metadata(copy.join("run.sh")).unwrap().mode() & 0o777,
+            fs::metadata(copied.join("run.sh")).unwrap().mode() & 0o777,
             0o755
         );
         assert_eq!(
-            fs::read_link(copy.join("link")).unwrap(),
+            fs::read_link(copied.join("link")).unwrap(),
             Path::new("modules/a")
         );
         assert_eq!(
-            fs::read_to_string(copy.join("modules/a/main.tf")).unwrap(),
+            fs::read_to_string(copied.join("modules/a/main.tf")).unwrap(),
             "x"
         );
         fs::write(src.join("modules/a/main.tf"), "y").unwrap();
-        assert_ne!(
-            copy_atomically(&src, &tmp.path().join("three")).unwrap(),
-            one
+        assert_ne!(copy(&src, &tmp.path().join("three")), one);
+    }
+
+    #[test]
+    fn forgetting_the_code_keeps_its_state_for_the_next_copy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = tmp.path().join("image");
+        fs::create_dir_all(image.join("app")).unwrap();
+        fs::write(image.join("app/main.tf"), "x").unwrap();
+        let root = tmp.path().join("root");
+        let journal = Journal::at(&root);
+        journal.create().unwrap();
+        let source = image_source(&image, "nested/code");
+        let code = ensure(&root, &source, &journal, &logger()).unwrap();
+        assert_eq!(code.dir, root.join("nested/code"));
+        assert_eq!(code.record.kind, "image");
+        fs::write(code.dir.join("app/terraform.tfstate"), "state").unwrap();
+        // A leftover beside a nested code directory is found too.
+        let torn = durable::temp_sibling(&code.dir);
+        fs::create_dir(&torn).unwrap();
+
+        assert!(forget(&root, &source, &journal, &logger()).unwrap());
+        assert!(!code.dir.exists());
+        assert!(!torn.exists());
+        assert!(read_record(&journal).is_none());
+        assert!(!forget(&root, &source, &journal, &logger()).unwrap());
+
+        let again = ensure(&root, &source, &journal, &logger()).unwrap();
+        assert_eq!(again.record.identity, code.record.identity);
+        assert_eq!(
+            fs::read_to_string(again.dir.join("app/terraform.tfstate")).unwrap(),
+            "state"
         );
+        assert!(!journal.dir().join(kept_state::DIR).exists());
+        let names: Vec<_> = fs::read_dir(root.join("nested"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["code"]);
+    }
+
+    #[test]
+    fn the_code_cannot_be_the_root_or_the_journal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let journal = Journal::at(tmp.path());
+        for dir in [".", ".bootstrapper/x"] {
+            let source = image_source(tmp.path(), dir);
+            let err = ensure(tmp.path(), &source, &journal, &logger()).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{err}");
+        }
+    }
+
+    #[test]
+    fn an_image_dir_that_is_a_file_is_an_input_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("not-a-dir");
+        fs::write(&file, "x").unwrap();
+        let root = tmp.path().join("root");
+        let journal = Journal::at(&root);
+        journal.create().unwrap();
+        let err = ensure(&root, &image_source(&file, "code"), &journal, &logger()).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("is not a directory"), "{err}");
     }
 }

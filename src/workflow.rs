@@ -320,6 +320,14 @@ fn check_step_name(name: &str) -> Option<Problem> {
             .hint("step names become directory names and template keys"),
         );
     }
+    if name == crate::source::RESET_NAME {
+        return Some(
+            Problem::new(format!(
+                "step name `{name}` is reserved: `bootstrapper reset {name}` means the code"
+            ))
+            .hint("give the step another name"),
+        );
+    }
     None
 }
 

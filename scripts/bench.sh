@@ -3,7 +3,9 @@
 #   1. a restart with nothing to do: `run` over the finished demo, which must start no process;
 #   2. peak memory while terraform prints a lot: the same step printing 2 MB and 20 MB,
 #      whose peak RSS should be about equal, since output is streamed line by line.
-# Usage: scripts/bench.sh [RUNS]   (RUNS of the restart, default 20). Needs GNU time.
+# Usage: scripts/bench.sh [RUNS]   (RUNS of the restart, default 20).
+# Memory is the engine's own peak (VmHWM), sampled from /proc while it runs: terraform and its
+# children are not counted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-20}
@@ -12,11 +14,25 @@ bin=$PWD/target/release/bootstrapper
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+# Runs the engine with the given arguments; prints its peak RSS in KiB.
+peak_rss() {
+  "$bin" "$@" >/dev/null 2>&1 &
+  local pid=$! hwm=0 now
+  while kill -0 "$pid" 2>/dev/null; do
+    now=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+    [ -n "$now" ] && hwm=$now
+    sleep 0.05
+  done
+  wait "$pid"
+  echo "$hwm"
+}
+
 demo=(--workflow workflows/demo.toml --params workflows/demo.params.json --root "$work/demo")
 "$bin" "${demo[@]}" run 2>/dev/null
 start=$(date +%s%N)
 for _ in $(seq "$runs"); do "$bin" "${demo[@]}" run 2>/dev/null; done
 end=$(date +%s%N)
+# A restart with nothing to do starts no process, so GNU time's peak is the engine's own.
 rss=$( { /usr/bin/time -f %M "$bin" "${demo[@]}" run 2>&1 >/dev/null; } | tail -1)
 echo "restart with 4 finished steps: $(( (end - start) / runs / 1000 )) us per run (mean of $runs), peak RSS ${rss} KiB"
 
@@ -43,8 +59,7 @@ for mb in 2 20; do
   echo "{\"mb\": $mb}" > "$work/loud/params.json"
   rm -rf "$work/loud/root" && mkdir -p "$work/loud/root" && cp -r "$work/loud/code" "$work/loud/root/"
   start=$(date +%s%N)
-  rss=$( { /usr/bin/time -f %M "$bin" --workflow "$work/loud/workflow.toml" --params "$work/loud/params.json" \
-      --root "$work/loud/root" run 2>&1 >/dev/null | tail -1; } )
+  rss=$(peak_rss --workflow "$work/loud/workflow.toml" --params "$work/loud/params.json" --root "$work/loud/root" run)
   end=$(date +%s%N)
   echo "terraform printing ${mb} MB: engine peak RSS ${rss} KiB, $(( (end - start) / 1000000 )) ms"
 done

@@ -103,8 +103,9 @@ pub enum Command {
         #[arg(long, env = "BOOTSTRAPPER_WAIT", value_parser = duration, default_value = "10m")]
         wait: Duration,
     },
-    /// Forget a step's markers so that the next run applies it again
+    /// Forget a step so that the next run applies it again (`source`: the code on the PVC)
     Reset {
+        /// A step name, or `source` for the code
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         step: Option<String>,
         /// Forget every step and the record of a destroy: the next run bootstraps from scratch
@@ -171,7 +172,7 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
         Command::Plan { destroy, json } => crate::plan::main(
             &loaded,
             &cli.root,
-            &cli.terraform,
+            &engine(cli, loaded.clone(), logger, shutdown).terraform,
             *destroy,
             *json,
             &mut std::io::stdout().lock(),

@@ -24,6 +24,8 @@ const ATTEMPT: &str = "attempt";
 const DESTROYED: &str = "destroyed";
 const DESTROY_ATTEMPT: &str = "destroy-attempt";
 const TOMBSTONE: &str = "tombstone";
+/// The values of a step's sensitive outputs, kept out of its marker ([`Journal::write_marker`]).
+const SENSITIVE: &str = "sensitive";
 
 /// Files here may hold sensitive outputs.
 const FILE_MODE: u32 = 0o600;
@@ -120,8 +122,25 @@ impl Journal {
         &self.dir
     }
 
+    /// Whether the root can hold a journal: a directory, or nothing yet. One clear problem,
+    /// instead of the same "Not a directory" from every file the journal would read below it.
+    pub fn check_root(&self) -> Result<()> {
+        let root = self.dir.parent().unwrap_or(&self.dir);
+        let why = match fs::metadata(root) {
+            Ok(meta) if meta.is_dir() => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Ok(_) => "is not a directory".to_string(),
+            Err(e) => format!("cannot be used: {e}"),
+        };
+        Err(Error::Input(Problems::one(
+            Problem::new(format!("--root {} {why}", root.display()))
+                .hint("--root is the PVC mount: a directory, or a path that does not exist yet"),
+        )))
+    }
+
     /// Creates the journal's directories; fails when the root is not writable.
     pub fn create(&self) -> Result<()> {
+        self.check_root()?;
         let steps = self.dir.join(STEPS_DIR);
         fs::create_dir_all(&steps).map_err(|e| {
             Error::Input(Problems::one(
@@ -173,8 +192,44 @@ impl Journal {
         Ok(names)
     }
 
+    /// The step's marker, with its sensitive outputs' values put back in.
     pub fn marker(&self, step: &str) -> Result<Option<Marker>> {
-        self.read(step, MARKER)
+        let Some(mut marker) = self.read::<Marker>(step, MARKER)? else {
+            return Ok(None);
+        };
+        // A marker written before sensitive values moved out still has them inline.
+        let missing: Vec<String> = marker
+            .sensitive
+            .iter()
+            .filter(|name| !marker.outputs.contains_key(*name))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(Some(marker));
+        }
+        let path = self.step_dir(step).join(SENSITIVE);
+        let mut values: Map<String, Value> = self.read(step, SENSITIVE)?.unwrap_or_default();
+        for name in missing {
+            match values.remove(&name) {
+                Some(value) => {
+                    marker.outputs.insert(name, value);
+                }
+                None => {
+                    return Err(Error::Input(Problems::one(
+                        Problem::new(format!(
+                            "the marker lists a sensitive output `{name}`, but {} does not hold its value",
+                            path.display()
+                        ))
+                        .at(Location::file(&self.marker_path(step)))
+                        .in_step(step)
+                        .hint(format!(
+                            "`bootstrapper reset {step}` forgets the step; the next run applies it again and records its outputs anew"
+                        )),
+                    )))
+                }
+            }
+        }
+        Ok(Some(marker))
     }
 
     pub fn attempt(&self, step: &str) -> Result<Option<Attempt>> {
@@ -230,8 +285,27 @@ impl Journal {
         Ok(names)
     }
 
+    /// Writes a marker. The values of sensitive outputs go to a separate file, written first
+    /// (a marker is proof of done, so what it needs must be durable before it), so that the
+    /// marker itself holds no secret and can be read, shown and copied freely.
     pub fn write_marker(&self, marker: &Marker) -> Result<()> {
-        self.write(&marker.step, MARKER, marker)
+        let mut public = marker.clone();
+        let mut secret = Map::new();
+        for name in &marker.sensitive {
+            if let Some(value) = public.outputs.remove(name) {
+                secret.insert(name.clone(), value);
+            }
+        }
+        let sensitive = self.step_dir(&marker.step).join(SENSITIVE);
+        if !secret.is_empty() {
+            self.write(&marker.step, SENSITIVE, &secret)?;
+        }
+        self.write(&marker.step, MARKER, &public)?;
+        if secret.is_empty() {
+            // Left by an earlier apply that had sensitive outputs: no secret outlives its use.
+            durable::remove(&sensitive).map_err(|e| self.io("remove", &sensitive, e))?;
+        }
+        Ok(())
     }
 
     pub fn write_attempt(&self, step: &str, attempt: &Attempt) -> Result<()> {
@@ -245,7 +319,7 @@ impl Journal {
             return Ok(false);
         }
         // The marker goes first: if we die half way, the step is already not done.
-        for file in [MARKER, ATTEMPT, DESTROYED, DESTROY_ATTEMPT] {
+        for file in [MARKER, SENSITIVE, ATTEMPT, DESTROYED, DESTROY_ATTEMPT] {
             let path = dir.join(file);
             durable::remove(&path).map_err(|e| self.io("remove", &path, e))?;
         }
@@ -350,6 +424,38 @@ mod tests {
         assert!(journal.forget("network").unwrap());
         assert_eq!(journal.marker("network").unwrap(), None);
         assert!(!journal.forget("network").unwrap());
+    }
+
+    #[test]
+    fn sensitive_values_live_outside_the_marker_and_come_back_on_read() {
+        let root = tempfile::tempdir().unwrap();
+        let journal = Journal::at(root.path());
+        let mut m = marker("hosts");
+        m.outputs
+            .insert("token".into(), Value::from("s3cr3t-token-value"));
+        m.sensitive = vec!["token".into()];
+        journal.write_marker(&m).unwrap();
+        let on_disk = fs::read_to_string(journal.marker_path("hosts")).unwrap();
+        assert!(!on_disk.contains("s3cr3t-token-value"), "{on_disk}");
+        assert!(on_disk.contains("\"token\""), "the name stays: {on_disk}");
+        let kept = journal.step_dir("hosts").join(SENSITIVE);
+        let mode = fs::metadata(&kept).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        assert_eq!(journal.marker("hosts").unwrap().unwrap(), m);
+
+        // Applied again without sensitive outputs: the old secret goes.
+        journal.write_marker(&marker("hosts")).unwrap();
+        assert!(!kept.exists());
+
+        // A marker naming a sensitive output whose value is gone is a clear input error.
+        journal.write_marker(&m).unwrap();
+        fs::remove_file(&kept).unwrap();
+        let err = journal.marker("hosts").unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("`token`"), "{err}");
     }
 
     #[test]

@@ -57,6 +57,11 @@ pub struct Recorded {
 
 /// Reads every step's marker; a corrupt one, or one of a step the workflow lacks, is a problem.
 pub fn read_journal(loaded: &Loaded, journal: &Journal) -> std::result::Result<Recorded, Problems> {
+    match journal.check_root() {
+        Ok(()) => {}
+        Err(Error::Input(p)) => return Err(p),
+        Err(e) => return Err(Problems::one(Problem::new(e.to_string()))),
+    }
     let mut problems = Problems::default();
     let mut markers = Vec::new();
     let mut outputs = Outputs::new();
@@ -78,6 +83,25 @@ pub fn read_journal(loaded: &Loaded, journal: &Journal) -> std::result::Result<R
                 markers.push(None);
             }
         }
+        // The other records are read only when their step comes up; a corrupt one must stop
+        // the command now, not after the steps before it were applied.
+        let others = [
+            journal.attempt(&step.name).map(drop),
+            journal.destroyed(&step.name).map(drop),
+            journal.destroy_attempt(&step.name).map(drop),
+        ];
+        for result in others {
+            match result {
+                Ok(()) => {}
+                Err(Error::Input(p)) => problems.extend(p),
+                Err(e) => problems.push(Problem::new(e.to_string()).in_step(&step.name)),
+            }
+        }
+    }
+    match journal.tombstone() {
+        Ok(_) => {}
+        Err(Error::Input(p)) => problems.extend(p),
+        Err(e) => problems.push(Problem::new(e.to_string())),
     }
     match journal.step_names() {
         Ok(names) => {

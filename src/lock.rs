@@ -52,6 +52,13 @@ impl Holder {
 
 impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.pid == 0 {
+            // Not a bootstrapper, or one that died between locking and saying who it is.
+            return write!(
+                f,
+                "a process that left no record of itself in the lock file"
+            );
+        }
         write!(
             f,
             "pid {} on {}, running `bootstrapper {}` since {}",

@@ -1,18 +1,872 @@
-//! `plan`: the dry run.
+//! `plan`: the dry run. What `run` (or `destroy`) would do now with this workflow, these
+//! params and this root: per step, run, skip or run again and why, the exact commands and the
+//! files it would write, every secret masked.
+//!
+//! It decides as `run` and `destroy` do, from the same journal, digests and command builders,
+//! so the plan cannot drift from the real thing. It only reads: no process is started, and
+//! nothing is created under the root, not even the journal directory or the lock.
 
+use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
-use crate::load::Loaded;
+use serde::Serialize;
+use serde_json::{Map, Value};
 
+use crate::clock;
+use crate::error::{exit, Error, Result};
+use crate::journal::{Attempt, AttemptState, Journal, Marker};
+use crate::load::{self, Loaded, Recorded};
+use crate::lock::{self, Holder};
+use crate::process::Command;
+use crate::render::{self, Outputs, RenderedSource, RenderedStep, VARS_FILE};
+use crate::run::ERRORED_STATE;
+use crate::source;
+use crate::terraform::Terraform;
+
+/// Which command is being planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandKind {
+    Run,
+    Destroy,
+}
+
+/// What would happen to one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Never applied: it would be applied.
+    Run,
+    /// Applied, and inputs known to differ: it would be applied again.
+    RunAgain,
+    /// Applied; whether it runs again depends on values known only later (outputs of a step
+    /// that runs before it, or the code's identity once the code is in place).
+    RunAgainIfChanged,
+    /// Applied with these very inputs (or, for destroy: nothing to destroy).
+    Skip,
+    /// It would be destroyed.
+    Destroy,
+    /// The command would not get to it (the workflow was destroyed; see the plan's `blocked`).
+    Blocked,
+}
+
+impl Decision {
+    fn as_str(self) -> &'static str {
+        match self {
+            Decision::Run => "run",
+            Decision::RunAgain => "run again",
+            Decision::RunAgainIfChanged => "run again if changed",
+            Decision::Skip => "skip",
+            Decision::Destroy => "destroy",
+            Decision::Blocked => "blocked",
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub command: CommandKind,
+    pub root: String,
+    /// False when nothing was ever put under the root (a plan from a laptop).
+    pub root_exists: bool,
+    /// Who holds the root's lock now: the command would wait for it, or fail with exit 3.
+    pub lock: Option<Holder>,
+    pub terraform: Program,
+    pub code: CodePlan,
+    /// Why the command would do nothing at all, if it would not.
+    pub blocked: Option<String>,
+    /// Things that would stop the command or that the operator should know.
+    pub notes: Vec<String>,
+    pub steps: Vec<StepPlan>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Program {
+    /// The binary as it would be run: resolved in PATH when found.
+    pub path: String,
+    pub found: bool,
+}
+
+/// The code the steps run in.
+#[derive(Debug, Serialize)]
+pub struct CodePlan {
+    /// `<root>/<source.dir>`.
+    pub dir: String,
+    /// `use` (it is there), `copy` (from the image), `clone` (with git), or `none` (nothing
+    /// to take it from: the command would stop).
+    pub action: &'static str,
+    /// The image directory or the repository URL (credentials masked), when not there yet.
+    pub from: Option<String>,
+    pub git_ref: Option<String>,
+    /// What the root records of the code that is there.
+    pub record: Option<source::Record>,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepPlan {
+    pub step: String,
+    pub decision: Decision,
+    pub reason: String,
+    /// For `run_again`: the inputs that differ from what the step was applied with; for
+    /// `run_again_if_changed`: the inputs that cannot be compared yet.
+    pub changed_inputs: Vec<String>,
+    /// `steps.<step>.outputs.<output>` values not known yet, shown as placeholders.
+    pub unknown_outputs: Vec<String>,
+    /// The directory terraform would run in.
+    pub dir: String,
+    pub workspace: Option<String>,
+    pub backend_config: Map<String, Value>,
+    /// The vars file it would write before running terraform.
+    pub vars_file: Option<VarsFile>,
+    pub commands: Vec<PlannedCommand>,
+    /// Why the command would stop at this step, if it would.
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VarsFile {
+    pub path: String,
+    pub mode: &'static str,
+    pub content: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlannedCommand {
+    pub cwd: String,
+    pub argv: Vec<String>,
+    pub env: Map<String, Value>,
+}
+
+/// `bootstrapper plan [--destroy] [--json]`.
 pub fn main(
-    _loaded: &Loaded,
-    _root: &Path,
-    _terraform: &Path,
-    _destroy: bool,
-    _json: bool,
-    _out: &mut impl Write,
+    loaded: &Loaded,
+    root: &Path,
+    terraform: &Terraform,
+    destroy: bool,
+    json: bool,
+    out: &mut impl Write,
 ) -> Result<i32> {
-    Err(Error::input("plan: being written"))
+    let plan = make(loaded, root, terraform, destroy)?;
+    print(&plan, json, loaded, out).map_err(|e| Error::io("cannot write to stdout", e))?;
+    Ok(exit::OK)
+}
+
+/// Works out the plan; an input error is what the command itself would stop with.
+pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) -> Result<Plan> {
+    let journal = Journal::at(root);
+    // Checks that the root is a directory or absent, before anything else reads it.
+    let recorded = load::read_journal(loaded, &journal).map_err(Error::Input)?;
+    let root_exists = root.is_dir();
+    let source = load::check(loaded, &recorded.outputs).map_err(Error::Input)?;
+
+    let mut terraform = terraform.clone();
+    let mut notes = Vec::new();
+    let found = match terraform.resolve() {
+        Ok(program) => {
+            terraform.program = program;
+            true
+        }
+        Err(e) => {
+            let why = match &e {
+                Error::Input(problems) if !problems.is_empty() => problems.0[0].message.clone(),
+                e => e.to_string(),
+            };
+            notes.push(format!("{why}: the command would stop with exit 2"));
+            false
+        }
+    };
+    let lock = lock::holder(journal.dir());
+    if let Some(holder) = &lock {
+        notes.push(format!(
+            "the root is locked by {holder}: {}",
+            if destroy {
+                "destroy would ask it to stop and wait for the lock"
+            } else {
+                "run would stop with exit 3 (run --hold waits for the lock)"
+            }
+        ));
+    }
+    let code = plan_code(root, &source, &journal);
+    let code_dir = root.join(&source.dir);
+    let identity = code
+        .record
+        .as_ref()
+        .map(|r| r.identity.clone())
+        .unwrap_or_default();
+    let context = Context {
+        loaded,
+        journal: &journal,
+        terraform: &terraform,
+        code_dir: &code_dir,
+        code_present: code.record.is_some(),
+        identity: identity.as_deref(),
+    };
+    let tombstone = journal.tombstone()?;
+    let (blocked, steps) = if destroy {
+        if let Some(t) = &tombstone {
+            notes.push(match t.finished_at {
+                Some(at) => format!(
+                    "a destroy finished at {}; steps destroyed then are skipped",
+                    clock::format(at)
+                ),
+                None => format!(
+                    "a destroy began at {} and did not finish; this one would finish it",
+                    clock::format(t.started_at)
+                ),
+            });
+        }
+        (None, context.destroy_steps(&recorded)?)
+    } else {
+        match &tombstone {
+            Some(t) => (
+                Some(crate::run::tombstone_message(t)),
+                context.blocked_steps(),
+            ),
+            None => (None, context.apply_steps(&recorded)?),
+        }
+    };
+    Ok(Plan {
+        command: if destroy {
+            CommandKind::Destroy
+        } else {
+            CommandKind::Run
+        },
+        root: root.display().to_string(),
+        root_exists,
+        lock,
+        terraform: Program {
+            path: terraform.program.display().to_string(),
+            found,
+        },
+        code,
+        blocked,
+        notes,
+        steps,
+    })
+}
+
+/// What the command would do about the code: use it, or copy or clone it first.
+fn plan_code(root: &Path, source: &RenderedSource, journal: &Journal) -> CodePlan {
+    let dir = root.join(&source.dir);
+    let mut plan = CodePlan {
+        dir: dir.display().to_string(),
+        action: "use",
+        from: None,
+        git_ref: None,
+        record: None,
+        note: None,
+    };
+    if let Some(code) = source::inspect(root, source, journal) {
+        plan.record = Some(code.record);
+        return plan;
+    }
+    let unknown = "the code's identity is known only once it is in place, so steps applied \
+                   before cannot be compared on it until then";
+    match (&source.image_dir, &source.git_url) {
+        (Some(image), _) if image.is_dir() => {
+            plan.action = "copy";
+            plan.from = Some(image.display().to_string());
+        }
+        (_, Some(url)) => {
+            plan.action = "clone";
+            plan.from = Some(crate::secrets::mask_url_userinfo(url.as_str().into()).into_owned());
+            plan.git_ref = source.git_ref.clone();
+        }
+        (Some(image), None) => {
+            plan.action = "none";
+            plan.note = Some(format!(
+                "neither the code directory nor `source.image_dir` {} exists: the command would stop here with exit 2",
+                image.display()
+            ));
+            return plan;
+        }
+        (None, None) => {
+            plan.action = "none";
+            plan.note = Some(
+                "the code directory does not exist and the workflow names no `source.image_dir` or `source.git_url`: the command would stop here with exit 2"
+                    .to_string(),
+            );
+            return plan;
+        }
+    }
+    plan.note = Some(unknown.to_string());
+    plan
+}
+
+/// What every step's plan is worked out from.
+struct Context<'a> {
+    loaded: &'a Loaded,
+    journal: &'a Journal,
+    terraform: &'a Terraform,
+    code_dir: &'a Path,
+    code_present: bool,
+    identity: Option<&'a str>,
+}
+
+impl Context<'_> {
+    /// `run`, step by step in order, deciding as `Engine::run` does.
+    fn apply_steps(&self, recorded: &Recorded) -> Result<Vec<StepPlan>> {
+        let renderer = self.loaded.renderer();
+        // The outputs `run` would have when it reaches each step: those of skipped steps;
+        // a step that is applied (again) has outputs known only afterwards.
+        let mut outputs = Outputs::new();
+        let mut plans = Vec::new();
+        for (index, step) in self.loaded.workflow.steps.iter().enumerate() {
+            let rendered = renderer
+                .render_step(index, &outputs, true)
+                .map_err(Error::Input)?;
+            let inputs = rendered.inputs(self.identity);
+            let marker = recorded.markers[index].as_ref();
+            let (decision, reason, changed) = match marker {
+                Some(marker) if marker.digest == render::digest(&inputs) => (
+                    Decision::Skip,
+                    format!(
+                        "applied at {} with these very inputs",
+                        clock::format(marker.finished_at)
+                    ),
+                    Vec::new(),
+                ),
+                Some(marker) => self.compare(marker, &rendered, &inputs),
+                None => (Decision::Run, self.never_applied(&step.name)?, Vec::new()),
+            };
+            let mut plan = self.step_plan(&rendered, decision, reason, changed);
+            if decision == Decision::Skip {
+                let marker = marker.expect("skipped steps have markers");
+                outputs.insert(step.name.clone(), marker.outputs.clone());
+            } else {
+                plan.commands = self.apply_commands(&rendered);
+                plan.problem = self.missing_dir(&rendered);
+            }
+            plans.push(plan);
+        }
+        Ok(plans)
+    }
+
+    /// A step that has a marker whose digest differs: which inputs differ for sure, and
+    /// which cannot be compared until earlier steps ran or the code is in place.
+    fn compare(
+        &self,
+        marker: &Marker,
+        rendered: &RenderedStep,
+        inputs: &std::collections::BTreeMap<String, String>,
+    ) -> (Decision, String, Vec<String>) {
+        let uncertain = self.uncertain_inputs(rendered);
+        let changed = render::changed_inputs(&marker.inputs, inputs);
+        let (unsure, sure): (Vec<String>, Vec<String>) = changed
+            .into_iter()
+            .partition(|name| uncertain.contains(name));
+        let applied = clock::format(marker.finished_at);
+        if !sure.is_empty() {
+            return (
+                Decision::RunAgain,
+                format!(
+                    "inputs changed since it was applied at {applied}: {}",
+                    sure.join(", ")
+                ),
+                sure,
+            );
+        }
+        let mut why = Vec::new();
+        if !rendered.unknown_outputs.is_empty() {
+            why.push(format!(
+                "the outputs it uses ({}) are known only after the steps before it run again",
+                unknown_outputs(rendered).join(", ")
+            ));
+        }
+        if unsure.iter().any(|n| n == "code") {
+            why.push("the code's identity is known only once the code is in place".to_string());
+        }
+        (
+            Decision::RunAgainIfChanged,
+            format!(
+                "applied at {applied}; whether it runs again depends on its {}: {}",
+                unsure.join(", "),
+                why.join("; ")
+            ),
+            unsure,
+        )
+    }
+
+    /// Inputs whose value the plan cannot know: they hold placeholders, or (for `code`) the
+    /// code is not in place yet.
+    fn uncertain_inputs(&self, rendered: &RenderedStep) -> BTreeSet<String> {
+        let placeholders: Vec<String> = rendered
+            .unknown_outputs
+            .iter()
+            .map(|(step, output)| render::placeholder(step, output))
+            .collect();
+        let unknown = |text: &str| placeholders.iter().any(|p| text.contains(p.as_str()));
+        let mut uncertain = BTreeSet::new();
+        let mut check = |name: &str, texts: Vec<&str>| {
+            if texts.into_iter().any(unknown) {
+                uncertain.insert(name.to_string());
+            }
+        };
+        let dir = rendered.dir.to_string_lossy();
+        check("dir", vec![&dir]);
+        check(
+            "workspace",
+            rendered.workspace.iter().map(String::as_str).collect(),
+        );
+        check(
+            "backend_config",
+            rendered
+                .backend_config
+                .iter()
+                .map(|(_, v)| v.as_str())
+                .collect(),
+        );
+        check("vars", rendered.vars.iter().map(String::as_str).collect());
+        check(
+            "init_args",
+            rendered.init_args.iter().map(String::as_str).collect(),
+        );
+        check(
+            "apply_args",
+            rendered.apply_args.iter().map(String::as_str).collect(),
+        );
+        if !self.code_present {
+            uncertain.insert("code".to_string());
+        }
+        uncertain
+    }
+
+    /// Why a step without a marker would run: never tried, or an earlier attempt's fate.
+    fn never_applied(&self, step: &str) -> Result<String> {
+        Ok(match self.journal.attempt(step)? {
+            None => "never applied".to_string(),
+            Some(attempt) => format!("not applied yet: {}", describe_attempt(&attempt)),
+        })
+    }
+
+    /// `destroy`, in reverse order, deciding as `Engine::destroy` does.
+    fn destroy_steps(&self, recorded: &Recorded) -> Result<Vec<StepPlan>> {
+        let renderer = self.loaded.renderer();
+        // Every marker's outputs: earlier steps are still there when a later one is destroyed.
+        let outputs = recorded.outputs.clone();
+        let mut plans = Vec::new();
+        for (index, step) in self.loaded.workflow.steps.iter().enumerate().rev() {
+            let rendered = renderer
+                .render_step(index, &outputs, true)
+                .map_err(Error::Input)?;
+            let (decision, reason) = if let Some(d) = self.journal.destroyed(&step.name)? {
+                (
+                    Decision::Skip,
+                    format!("already destroyed at {}", clock::format(d.finished_at)),
+                )
+            } else if !self.journal.started(&step.name) {
+                (
+                    Decision::Skip,
+                    "never started applying: nothing to destroy".to_string(),
+                )
+            } else {
+                let why = match (
+                    &recorded.markers[index],
+                    self.journal.destroy_attempt(&step.name)?,
+                ) {
+                    (_, Some(attempt)) => {
+                        format!(
+                            "an earlier destroy did not finish: {}",
+                            describe_attempt(&attempt)
+                        )
+                    }
+                    (Some(marker), None) => {
+                        format!("applied at {}", clock::format(marker.finished_at))
+                    }
+                    (None, None) => match self.journal.attempt(&step.name)? {
+                        Some(attempt) => format!(
+                            "an apply started and may have created resources: {}",
+                            describe_attempt(&attempt)
+                        ),
+                        None => "an apply started and may have created resources".to_string(),
+                    },
+                };
+                (Decision::Destroy, why)
+            };
+            let mut plan = self.step_plan(&rendered, decision, reason, Vec::new());
+            if decision == Decision::Destroy {
+                plan.commands = self.destroy_commands(&rendered);
+                plan.problem = self.missing_dir(&rendered);
+                if !rendered.unknown_outputs.is_empty() {
+                    plan.problem = Some(format!(
+                        "destroy cannot render it: the outputs {} are not in the journal",
+                        unknown_outputs(&rendered).join(", ")
+                    ));
+                }
+            }
+            plans.push(plan);
+        }
+        Ok(plans)
+    }
+
+    /// Every step, untouched: `run` on a destroyed root applies nothing.
+    fn blocked_steps(&self) -> Vec<StepPlan> {
+        self.loaded
+            .workflow
+            .steps
+            .iter()
+            .map(|step| StepPlan {
+                step: step.name.clone(),
+                decision: Decision::Blocked,
+                reason: "the workflow was destroyed; run applies nothing".to_string(),
+                changed_inputs: Vec::new(),
+                unknown_outputs: Vec::new(),
+                dir: String::new(),
+                workspace: None,
+                backend_config: Map::new(),
+                vars_file: None,
+                commands: Vec::new(),
+                problem: None,
+            })
+            .collect()
+    }
+
+    fn step_plan(
+        &self,
+        rendered: &RenderedStep,
+        decision: Decision,
+        reason: String,
+        changed_inputs: Vec<String>,
+    ) -> StepPlan {
+        let cwd = self.cwd(rendered);
+        let writes = matches!(
+            decision,
+            Decision::Run | Decision::RunAgain | Decision::RunAgainIfChanged | Decision::Destroy
+        );
+        StepPlan {
+            step: rendered.name.clone(),
+            decision,
+            reason,
+            changed_inputs,
+            unknown_outputs: unknown_outputs(rendered),
+            dir: cwd.display().to_string(),
+            workspace: rendered.workspace.clone(),
+            backend_config: rendered
+                .backend_config
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+            vars_file: rendered
+                .vars
+                .as_ref()
+                .filter(|_| writes)
+                .map(|content| VarsFile {
+                    path: cwd.join(VARS_FILE).display().to_string(),
+                    mode: "0600",
+                    content: content.clone(),
+                }),
+            commands: Vec::new(),
+            problem: None,
+        }
+    }
+
+    fn cwd(&self, rendered: &RenderedStep) -> PathBuf {
+        self.code_dir.join(&rendered.dir)
+    }
+
+    /// What `Engine::terraform_step` runs to apply: init, workspace, a pending
+    /// `errored.tfstate` push, apply, then `output -json`.
+    fn apply_commands(&self, rendered: &RenderedStep) -> Vec<PlannedCommand> {
+        let cwd = self.cwd(rendered);
+        let mut commands = self.prepare_commands(rendered, &cwd);
+        let apply = self
+            .terraform
+            .apply_commands(rendered, &cwd)
+            .pop()
+            .expect("apply is last");
+        commands.push(apply);
+        commands.push(self.terraform.output_command(rendered, &cwd));
+        commands.iter().map(planned).collect()
+    }
+
+    /// What `Engine::terraform_step` runs to destroy: init, workspace, a pending push, destroy.
+    fn destroy_commands(&self, rendered: &RenderedStep) -> Vec<PlannedCommand> {
+        let cwd = self.cwd(rendered);
+        let mut commands = self.prepare_commands(rendered, &cwd);
+        commands.push(self.terraform.destroy_command(rendered, &cwd));
+        commands.iter().map(planned).collect()
+    }
+
+    fn prepare_commands(&self, rendered: &RenderedStep, cwd: &Path) -> Vec<Command> {
+        let mut commands = self.terraform.prepare_commands(rendered, cwd);
+        if cwd.join(ERRORED_STATE).exists() {
+            commands.push(
+                self.terraform
+                    .state_push_command(rendered, cwd, ERRORED_STATE),
+            );
+        }
+        commands
+    }
+
+    /// `run` checks every step's directory before the first step; say so where it would fail.
+    fn missing_dir(&self, rendered: &RenderedStep) -> Option<String> {
+        let cwd = self.cwd(rendered);
+        let dir_known = !uncertain_dir(rendered);
+        (self.code_present && dir_known && !cwd.is_dir()).then(|| {
+            format!(
+                "its directory {} does not exist in the code: the command would stop before the first step, with exit 2",
+                cwd.display()
+            )
+        })
+    }
+}
+
+fn uncertain_dir(rendered: &RenderedStep) -> bool {
+    let dir = rendered.dir.to_string_lossy();
+    rendered
+        .unknown_outputs
+        .iter()
+        .any(|(step, output)| dir.contains(&render::placeholder(step, output)))
+}
+
+fn unknown_outputs(rendered: &RenderedStep) -> Vec<String> {
+    rendered
+        .unknown_outputs
+        .iter()
+        .map(|(step, output)| format!("steps.{step}.outputs.{output}"))
+        .collect()
+}
+
+fn describe_attempt(attempt: &Attempt) -> String {
+    let n = attempt.attempts;
+    match attempt.state {
+        AttemptState::Running => format!(
+            "attempt {n} (started {}) was cut off before it finished",
+            clock::format(attempt.started_at)
+        ),
+        AttemptState::Failed => format!(
+            "attempt {n} failed: {}",
+            attempt.last_error.as_deref().unwrap_or("no error recorded")
+        ),
+        AttemptState::Succeeded => format!("attempt {n} succeeded"),
+    }
+}
+
+fn planned(command: &Command) -> PlannedCommand {
+    let mut argv = vec![command.program.display().to_string()];
+    argv.extend(command.args.iter().cloned());
+    PlannedCommand {
+        cwd: command.cwd.display().to_string(),
+        argv,
+        env: command
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    }
+}
+
+/// Prints the plan as text or as one JSON document; every secret is masked either way.
+pub fn print(
+    plan: &Plan,
+    json: bool,
+    loaded: &Loaded,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let text = if json {
+        let mut text = serde_json::to_string_pretty(plan).expect("plans serialize");
+        text.push('\n');
+        text
+    } else {
+        render_text(plan)
+    };
+    out.write_all(loaded.redactor.mask(&text).as_bytes())
+}
+
+fn render_text(plan: &Plan) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let command = match plan.command {
+        CommandKind::Run => "run",
+        CommandKind::Destroy => "destroy",
+    };
+    let _ = writeln!(
+        s,
+        "plan: what `bootstrapper {command}` would do now; nothing is run or written"
+    );
+    if plan.root_exists {
+        let _ = writeln!(s, "root: {}", plan.root);
+    } else {
+        let _ = writeln!(
+            s,
+            "root: {} (does not exist: nothing applied yet)",
+            plan.root
+        );
+    }
+    let _ = writeln!(
+        s,
+        "terraform: {}{}",
+        plan.terraform.path,
+        if plan.terraform.found {
+            ""
+        } else {
+            " (not found)"
+        }
+    );
+    let code = &plan.code;
+    match (&code.record, code.action) {
+        (Some(record), _) => {
+            let _ = writeln!(
+                s,
+                "code: {} ({} from {}{}, {})",
+                code.dir,
+                record.kind,
+                record.origin,
+                record
+                    .git_ref
+                    .as_deref()
+                    .map(|r| format!(" at {r}"))
+                    .unwrap_or_default(),
+                record.identity.as_deref().unwrap_or("identity unknown")
+            );
+        }
+        (None, "copy") => {
+            let _ = writeln!(
+                s,
+                "code: {} does not exist: {command} would copy it from {}",
+                code.dir,
+                code.from.as_deref().unwrap_or("?")
+            );
+        }
+        (None, "clone") => {
+            let _ = writeln!(
+                s,
+                "code: {} does not exist: {command} would clone {}{}",
+                code.dir,
+                code.from.as_deref().unwrap_or("?"),
+                code.git_ref
+                    .as_deref()
+                    .map(|r| format!(" at {r}"))
+                    .unwrap_or_default()
+            );
+        }
+        (None, _) => {
+            let _ = writeln!(s, "code: {} does not exist", code.dir);
+        }
+    }
+    if let Some(note) = &code.note {
+        let _ = writeln!(s, "  {note}");
+    }
+    for note in &plan.notes {
+        let _ = writeln!(s, "note: {note}");
+    }
+    if let Some(blocked) = &plan.blocked {
+        let _ = writeln!(s, "blocked: {blocked}");
+    }
+    for (i, step) in plan.steps.iter().enumerate() {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "{}. {}: {} ({})",
+            i + 1,
+            step.step,
+            step.decision.as_str(),
+            step.reason
+        );
+        if let Some(problem) = &step.problem {
+            let _ = writeln!(s, "   problem: {problem}");
+        }
+        if step.decision == Decision::Blocked || step.decision == Decision::Skip {
+            continue;
+        }
+        if !step.unknown_outputs.is_empty() {
+            let _ = writeln!(
+                s,
+                "   not known yet (placeholders below): {}",
+                step.unknown_outputs.join(", ")
+            );
+        }
+        let _ = writeln!(s, "   in {}", step.dir);
+        if let Some(ws) = &step.workspace {
+            let _ = writeln!(s, "   workspace: {ws}");
+        }
+        if !step.backend_config.is_empty() {
+            let _ = writeln!(s, "   backend config:");
+            for (k, v) in &step.backend_config {
+                let _ = writeln!(s, "     {k} = {}", v.as_str().unwrap_or_default());
+            }
+        }
+        if let Some(vars) = &step.vars_file {
+            let _ = writeln!(s, "   writes {} (mode {}):", vars.path, vars.mode);
+            for line in vars.content.lines() {
+                let _ = writeln!(s, "     | {line}");
+            }
+        }
+        for command in &step.commands {
+            let _ = writeln!(s, "   $ {}", shell_words(&command.argv));
+        }
+    }
+    let count = |d: Decision| plan.steps.iter().filter(|s| s.decision == d).count();
+    let _ = writeln!(s);
+    match plan.command {
+        CommandKind::Run => {
+            let _ = writeln!(
+                s,
+                "{} to run, {} to run again, {} to run again if changed, {} skipped{}",
+                count(Decision::Run),
+                count(Decision::RunAgain),
+                count(Decision::RunAgainIfChanged),
+                count(Decision::Skip),
+                if plan.blocked.is_some() {
+                    ", all blocked"
+                } else {
+                    ""
+                }
+            );
+        }
+        CommandKind::Destroy => {
+            let _ = writeln!(
+                s,
+                "{} to destroy, {} skipped",
+                count(Decision::Destroy),
+                count(Decision::Skip)
+            );
+        }
+    }
+    s
+}
+
+/// An argv as a POSIX shell would need it typed, so a printed command can be copied and run:
+/// only the display is quoted, the real command never meets a shell.
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|arg| {
+            let plain = !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_=./:,@%+".contains(c));
+            if plain {
+                arg.clone()
+            } else {
+                format!("'{}'", arg.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_words_quote_what_a_shell_would_split_or_expand() {
+        let argv: Vec<String> = [
+            "terraform",
+            "-backend-config=k=a b",
+            "x;touch /tmp/p",
+            "it's",
+            "$(id)",
+            "",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            shell_words(&argv),
+            r#"terraform '-backend-config=k=a b' 'x;touch /tmp/p' 'it'\''s' '$(id)' ''"#
+        );
+    }
 }

@@ -131,6 +131,15 @@ impl Supervisor {
             // Its own group: a terminal's Ctrl-C or a signal to us does not reach it unasked,
             // and the whole group can be killed at the end of the grace period.
             .process_group(0);
+        // Terraform writes states and backend settings, which hold secrets, under the
+        // usual umask world-readable; the child's files are its owner's only.
+        // SAFETY: umask is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0o077);
+                Ok(())
+            });
+        }
         self.logger
             .info(Some(&command.label), &format!("$ {}", command.display()));
         let mut child = cmd.spawn()?;

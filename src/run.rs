@@ -22,7 +22,7 @@ use crate::workflow::Retry;
 const LOCK_WAIT_FOREVER: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Terraform leaves this in the step's directory when it could not upload the final state.
-const ERRORED_STATE: &str = "errored.tfstate";
+pub const ERRORED_STATE: &str = "errored.tfstate";
 
 /// Everything a state-changing command needs.
 pub struct Engine {

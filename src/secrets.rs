@@ -60,10 +60,11 @@ impl Redactor {
             return;
         }
         let mut secrets = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        if secrets.iter().any(|s| s == secret) {
-            return;
+        for form in escaped_forms(secret) {
+            if !secrets.contains(&form) {
+                secrets.push(form);
+            }
         }
-        secrets.push(secret.to_string());
         // Longest first, so a secret containing another is masked whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     }
@@ -78,6 +79,22 @@ impl Redactor {
         }
         mask_url_userinfo(out)
     }
+}
+
+/// A secret as printed raw, inside a JSON string (a tfvars value written with `json_encode`,
+/// a `--json` report) and with HCL's template escapes on top, as the tfvars templates write
+/// values: a secret holding a quote or `${` must not slip through in its escaped form.
+fn escaped_forms(secret: &str) -> Vec<String> {
+    let quoted = serde_json::to_string(secret).expect("strings serialize");
+    let json = quoted[1..quoted.len() - 1].to_string();
+    let hcl = json.replace("${", "$${").replace("%{", "%%{");
+    let mut forms = vec![secret.to_string()];
+    for form in [json, hcl] {
+        if !forms.contains(&form) {
+            forms.push(form);
+        }
+    }
+    forms
 }
 
 /// Hides `user:password@` in any URL inside `text`.
@@ -123,6 +140,16 @@ mod tests {
         let r = Redactor::from_inputs(&params, &env);
         let masked = r.mask("cn-bj2 hunter22 tok-1234 PRIVATEKEY /root");
         assert_eq!(masked, format!("cn-bj2 {MASK} {MASK} {MASK} /root"));
+    }
+
+    #[test]
+    fn escaped_forms_of_a_secret_are_masked_too() {
+        let r = Redactor::default();
+        r.add("pa\"ss${x}\\word");
+        let json = serde_json::json!({"v": "pa\"ss${x}\\word"}).to_string();
+        assert_eq!(r.mask(&json), format!("{{\"v\":\"{MASK}\"}}"));
+        let hcl = r#"root_password = "pa\"ss$${x}\\word""#;
+        assert_eq!(r.mask(hcl), format!("root_password = \"{MASK}\""));
     }
 
     #[test]

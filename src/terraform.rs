@@ -32,9 +32,15 @@ impl Terraform {
         find_program(&self.program).ok_or_else(|| {
             Error::Input(Problems::one(
                 Problem::new(format!(
-                    "terraform binary `{}` not found{}",
+                    "terraform binary `{}` {}",
                     self.program.display(),
-                    if self.program.components().count() > 1 { "" } else { " in PATH" }
+                    if self.program.components().count() == 1 {
+                        "not found in PATH"
+                    } else if self.program.is_file() {
+                        "is not executable"
+                    } else {
+                        "not found"
+                    }
                 ))
                 .hint("install terraform (>= 1.4) or OpenTofu, or pass --terraform BIN (BOOTSTRAPPER_TERRAFORM)"),
             ))
@@ -127,7 +133,7 @@ impl Terraform {
 
     fn command(&self, step: &RenderedStep, cwd: &Path, mut args: Vec<String>) -> Command {
         // Global-style flags go after the subcommand; `workspace select` takes them before NAME.
-        // `output` and `state push` have no -no-color flag worth passing; everything else does.
+        // `state push` takes no -no-color flag; every other subcommand does.
         if !self.color && args[0] != "state" {
             let at = if args[0] == "workspace" { 3 } else { 1 };
             args.insert(at, "-no-color".into());

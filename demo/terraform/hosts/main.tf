@@ -68,3 +68,10 @@ output "nomad_address" {
 output "nomad_client_ids" {
   value = terraform_data.nomad_client[*].id
 }
+
+# Stands for the token Nomad's ACL bootstrap returns: a secret the next step needs. Terraform
+# prints it nowhere; bootstrapper keeps it out of its logs, reports and markers.
+output "nomad_token" {
+  value     = sha256("${terraform_data.nomad_server_lb.id}/acl-bootstrap")
+  sensitive = true
+}

@@ -1,0 +1,254 @@
+//! No secret is ever shown: the demo, run with real terraform and known secret values (a
+//! secret param, a `TF_VAR_*` value that terraform prints, a sensitive output), through every
+//! command that prints something, in text and JSON. Every byte printed and every journal file
+//! is searched for each secret in every form it could take (raw, JSON-escaped, HCL-escaped);
+//! every file under the root that holds one must be readable by its owner only.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use support::{Bootstrapper, Outcome};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A password with a quote and an HCL template sequence, so that its escaped forms differ.
+const ROOT_PASSWORD: &str = "Sup3r\"Secret${x}Root-Pw";
+/// A secret param that no template uses.
+const API_TOKEN: &str = "tok-unused-7c1f9e";
+/// A `TF_VAR_*` value that reaches terraform, which prints it in its plan.
+const TF_VAR_REGION: &str = "tfvar-region-9d2e41";
+
+/// The demo, its paths made absolute, network's region taken from `TF_VAR_region`.
+fn workflow() -> String {
+    let text = fs::read_to_string(repo().join("workflows/demo.toml")).unwrap();
+    let text = text.replace("\"../", &format!("\"{}/", repo().display()));
+    let network = "name = \"network\"\ndir = \"network\"\n";
+    assert!(text.contains(network));
+    text.replace(
+        network,
+        &format!("{network}apply_args = [\"-var=region={{{{ env.TF_VAR_region }}}}\"]\n"),
+    )
+}
+
+fn params(nomad_client_count: u32) -> Value {
+    let text = fs::read_to_string(repo().join("workflows/demo.params.json")).unwrap();
+    let mut params: Value = serde_json::from_str(&text).unwrap();
+    params["root_password"] = json!(ROOT_PASSWORD);
+    params["api_token"] = json!(API_TOKEN);
+    params["nomad_client_count"] = json!(nomad_client_count);
+    params
+}
+
+/// Each secret as printed raw, inside a JSON string, and with HCL's escapes on top.
+fn forms(secret: &str) -> Vec<String> {
+    let quoted = serde_json::to_string(secret).unwrap();
+    let json = quoted[1..quoted.len() - 1].to_string();
+    let hcl = json.replace("${", "$${");
+    let mut forms = vec![secret.to_string(), json, hcl];
+    forms.dedup();
+    forms
+}
+
+/// Which secret, in which form, `bytes` holds, if any.
+fn leak(bytes: &[u8], secrets: &[String]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    secrets
+        .iter()
+        .flat_map(|s| forms(s))
+        .find(|form| text.contains(form.as_str()))
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            files.extend(files_under(&entry.path()));
+        } else if kind.is_file() {
+            files.push(entry.path());
+        }
+    }
+    files
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn the_demo_never_shows_a_secret_and_keeps_them_in_owner_only_files() {
+    let mut b = Bootstrapper::new();
+    b.write_workflow(&workflow());
+    b.write_params(&params(2));
+    b.env("TF_VAR_region", TF_VAR_REGION);
+    let mut printed: Vec<(String, Outcome)> = Vec::new();
+    // Runs one command that must succeed, keeps what it printed, returns its stderr.
+    let run = |printed: &mut Vec<(String, Outcome)>, b: &Bootstrapper, args: &[&str]| {
+        let out = b.run(args);
+        out.assert_success();
+        let stderr = out.stderr.clone();
+        printed.push((args.join(" "), out));
+        stderr
+    };
+
+    run(&mut printed, &b, &["validate"]);
+    run(&mut printed, &b, &["plan"]);
+    run(&mut printed, &b, &["plan", "--json"]);
+    let first_run = run(&mut printed, &b, &["--log-format", "json", "run"]);
+    // Terraform printed the TF_VAR value in its plan, so the masking was put to work.
+    assert!(
+        first_run.contains("\\\"region\\\": \\\"********\\\"")
+            || first_run.contains("region = \\\"********\\\""),
+        "{first_run}"
+    );
+
+    let sensitive = b.root().join(".bootstrapper/steps/hosts/sensitive");
+    let kept: Value = serde_json::from_str(&fs::read_to_string(&sensitive).unwrap()).unwrap();
+    let token = kept["nomad_token"].as_str().unwrap().to_string();
+    assert_eq!(token.len(), 64, "{kept}");
+    let system_job_vars = b.root().join("demo/system-job/bootstrapper.tfvars");
+    assert!(fs::read_to_string(&system_job_vars)
+        .unwrap()
+        .contains(&token));
+
+    run(&mut printed, &b, &["status"]);
+    run(&mut printed, &b, &["status", "--json"]);
+    run(&mut printed, &b, &["plan"]);
+    run(&mut printed, &b, &["plan", "--json"]);
+    run(&mut printed, &b, &["plan", "--destroy"]);
+    run(&mut printed, &b, &["plan", "--destroy", "--json"]);
+    // After a restart, the next step still gets the sensitive output, read back from the
+    // journal: system-job is applied again with the token while hosts is skipped.
+    run(&mut printed, &b, &["reset", "system-job"]);
+    fs::remove_file(&system_job_vars).unwrap();
+    run(&mut printed, &b, &["run"]);
+    assert!(fs::read_to_string(&system_job_vars)
+        .unwrap()
+        .contains(&token));
+    let rerun = &printed.last().unwrap().1.stderr;
+    assert!(
+        rerun.contains("hosts: done, inputs unchanged: skipped"),
+        "{rerun}"
+    );
+    // Hosts applied again: its sensitive output is learned anew, from `output -json`.
+    b.write_params(&params(3));
+    run(&mut printed, &b, &["plan"]);
+    run(&mut printed, &b, &["--log-format", "json", "run"]);
+    run(&mut printed, &b, &["status", "--json"]);
+    run(&mut printed, &b, &["--log-format", "json", "destroy"]);
+    run(&mut printed, &b, &["status"]);
+
+    let secrets = vec![
+        ROOT_PASSWORD.to_string(),
+        API_TOKEN.to_string(),
+        TF_VAR_REGION.to_string(),
+        token.clone(),
+    ];
+    for (command, out) in &printed {
+        for (stream, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            if let Some(form) = leak(bytes.as_bytes(), &secrets) {
+                panic!("`{command}` printed {form:?} on {stream}:\n{out}");
+            }
+        }
+    }
+
+    // The journal: markers, attempts, the tombstone, the code's record, the lock. Sensitive
+    // output values live in one file per step beside the marker, owner-only, and nowhere else.
+    let journal = b.root().join(".bootstrapper");
+    let mut holding = Vec::new();
+    for file in files_under(&journal) {
+        if leak(&fs::read(&file).unwrap(), &secrets).is_some() {
+            holding.push(file);
+        }
+    }
+    assert_eq!(
+        holding,
+        std::slice::from_ref(&sensitive),
+        "journal files holding a secret"
+    );
+    assert_eq!(mode(&sensitive), 0o600);
+    let marker = fs::read_to_string(journal.join("steps/hosts/inited")).unwrap();
+    assert!(marker.contains("\"nomad_token\""), "{marker}");
+
+    // Everywhere under the root (vars files, terraform's states and backend settings): a
+    // file holding a secret is its owner's alone.
+    let mut checked = 0;
+    for file in files_under(&b.root()) {
+        if leak(&fs::read(&file).unwrap(), &secrets).is_some() {
+            checked += 1;
+            assert_eq!(
+                mode(&file) & 0o077,
+                0,
+                "{} is {:o}",
+                file.display(),
+                mode(&file)
+            );
+        }
+    }
+    // The hosts and system-job vars files and hosts' state, at least.
+    assert!(checked >= 4, "only {checked} files hold a secret");
+    assert_eq!(mode(&system_job_vars), 0o600);
+    assert_eq!(
+        mode(&b.root().join("demo/hosts/bootstrapper.tfvars")),
+        0o600
+    );
+}
+
+#[test]
+fn credentials_in_a_git_url_are_masked_in_every_report_and_error() {
+    let secret = "gh-pat-Secr3tValue";
+    let mut b = Bootstrapper::new();
+    b.write_workflow(&format!(
+        r#"
+[source]
+dir = "code"
+git_url = "https://deploy-user:{secret}@127.0.0.1:9/org/repo.git"
+git_ref = "main"
+
+[settings]
+retries = 0
+
+[[step]]
+name = "a"
+dir = "a"
+"#
+    ));
+    b.write_params(&json!({}));
+    b.arg("--terraform").arg("/bin/true");
+    let mut outs = vec![("validate", b.run(&["validate"]))];
+    outs[0].1.assert_success();
+    let plan = b.run(&["plan"]);
+    plan.assert_success();
+    assert!(
+        plan.stdout
+            .contains("would clone https://********@127.0.0.1:9/org/repo.git at main"),
+        "{plan}"
+    );
+    outs.push(("plan", plan));
+    let plan_json = b.run(&["plan", "--json"]);
+    plan_json.assert_success();
+    outs.push(("plan --json", plan_json));
+    // Nothing listens there: the clone fails, and says so without the credentials.
+    let run = b.run(&["run"]);
+    assert_ne!(run.code, Some(0), "{run}");
+    assert!(run.stderr.contains("127.0.0.1:9"), "{run}");
+    outs.push(("run", run));
+    let run_json = b.run(&["--log-format", "json", "run"]);
+    outs.push(("run --log-format json", run_json));
+    let status = b.run(&["status", "--json"]);
+    status.assert_success();
+    outs.push(("status --json", status));
+    for (command, out) in &outs {
+        assert!(
+            !out.stdout.contains(secret) && !out.stderr.contains(secret),
+            "`{command}` showed the credentials:\n{out}"
+        );
+    }
+}

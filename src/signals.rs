@@ -5,7 +5,7 @@
 //! then, or its container would restart and apply again.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
@@ -14,6 +14,15 @@ use crate::error::Error;
 
 /// The signal `destroy` sends to the process holding the lock.
 pub const YIELD_SIGNAL: i32 = SIGUSR1;
+
+/// The flags of the installed handlers, for work that has no [`Shutdown`] at hand (copying or
+/// cloning the code) but must still stop when asked.
+static INSTALLED: OnceLock<Shutdown> = OnceLock::new();
+
+/// The signal that asked the process to stop, if handlers are installed and one came.
+pub fn stop_requested() -> Option<i32> {
+    INSTALLED.get().and_then(Shutdown::requested)
+}
 
 /// Whether, and why, the engine has been asked to stop.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +40,7 @@ impl Shutdown {
             signal_hook::flag::register_usize(signal, shutdown.terminate.clone(), signal as usize)?;
         }
         signal_hook::flag::register_usize(SIGUSR1, shutdown.yield_lock.clone(), SIGUSR1 as usize)?;
+        let _ = INSTALLED.set(shutdown.clone());
         Ok(shutdown)
     }
 

@@ -333,6 +333,10 @@ fn build_atomically(
     if result.is_err() && temp.exists() {
         let _ = fs::remove_dir_all(&temp);
     }
+    // A copy or clone cut short by a signal failed because we asked it to; say so.
+    if let (Err(_), Some(signal)) = (&result, crate::signals::stop_requested()) {
+        return Err(crate::signals::interrupted(signal));
+    }
     let (record, restored) = result?;
     if kept.is_dir() {
         discard_kept_state(&kept, restored, logger)?;
@@ -531,6 +535,12 @@ fn copy_tree(from: &Path, to: &Path, rel: &Path, hasher: &mut Sha256) -> io::Res
     let mut entries: Vec<_> = fs::read_dir(from)?.collect::<io::Result<_>>()?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
+        if crate::signals::stop_requested().is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "stopped by a signal",
+            ));
+        }
         let name = entry.file_name();
         let src = entry.path();
         let dst = to.join(&name);

@@ -430,9 +430,8 @@ fn clone_each_ref(repo: &Repo, url: &str) {
     }
 }
 
-#[test]
-fn a_kill_in_the_middle_of_a_copy_leaves_no_half_tree() {
-    let b = Bootstrapper::new();
+/// An image of 5,000 files, big enough for a signal to land in the middle of copying it.
+fn big_image(b: &Bootstrapper) -> PathBuf {
     let image = b.dir().join("image");
     fs::create_dir_all(image.join("app")).unwrap();
     fs::write(image.join("app/main.tf"), module("big")).unwrap();
@@ -445,14 +444,16 @@ fn a_kill_in_the_middle_of_a_copy_leaves_no_half_tree() {
         }
     }
     setup(
-        &b,
+        b,
         &format!("image_dir = {}", toml_string(&image.display().to_string())),
     );
+    image
+}
 
-    let running = b.spawn(&["run"]);
-    let root = b.root();
+/// Polls (tightly: the copy is quick) until the copy's temporary sibling appears.
+fn wait_for_copy_to_start(running: &support::Running, root: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while temps_in(&root).is_empty() {
+    while temps_in(root).is_empty() {
         assert!(
             Instant::now() < deadline,
             "no copy started\n{}",
@@ -460,6 +461,15 @@ fn a_kill_in_the_middle_of_a_copy_leaves_no_half_tree() {
         );
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+#[test]
+fn a_kill_in_the_middle_of_a_copy_leaves_no_half_tree() {
+    let b = Bootstrapper::new();
+    let image = big_image(&b);
+    let running = b.spawn(&["run"]);
+    let root = b.root();
+    wait_for_copy_to_start(&running, &root);
     running.kill_session();
     assert!(
         !root.join("code").exists(),
@@ -478,6 +488,35 @@ fn a_kill_in_the_middle_of_a_copy_leaves_no_half_tree() {
         tree(&root.join("code"), &step_byproduct)
     );
     assert_eq!(temps_in(&root), Vec::<String>::new());
+    assert_eq!(b.ledger(), ["create app big"]);
+}
+
+#[test]
+fn sigterm_in_the_middle_of_a_copy_stops_it_at_once_and_cleans_up() {
+    let b = Bootstrapper::new();
+    let image = big_image(&b);
+    let running = b.spawn(&["run"]);
+    let root = b.root();
+    wait_for_copy_to_start(&running, &root);
+    running.signal(libc::SIGTERM);
+    let outcome = running.wait(Duration::from_secs(60));
+    assert_eq!(outcome.code, Some(143), "{outcome}");
+    assert!(
+        !root.join("code").exists(),
+        "the signal came after the copy was complete; the test needs a bigger tree"
+    );
+    assert_eq!(
+        temps_in(&root),
+        Vec::<String>::new(),
+        "a stopped copy removes its temporary"
+    );
+    assert!(b.ledger().is_empty(), "no step ran");
+
+    b.run(&["run"]).assert_success();
+    assert_eq!(
+        tree(&image, &|_| false),
+        tree(&root.join("code"), &step_byproduct)
+    );
     assert_eq!(b.ledger(), ["create app big"]);
 }
 

@@ -259,6 +259,8 @@ impl<'a> Auth<'a> {
         let mut callbacks = RemoteCallbacks::new();
         callbacks.credentials(move |_, user, allowed| self.credential(user, allowed));
         callbacks.certificate_check(move |cert, host| Ok(self.check_certificate(cert, host)));
+        // Returning false aborts the transfer: a pod being stopped must not wait for a clone.
+        callbacks.transfer_progress(|_| crate::signals::stop_requested().is_none());
         callbacks
     }
 

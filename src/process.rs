@@ -177,13 +177,16 @@ impl Supervisor {
             Event::Closed => *open -= 1,
         };
 
-        let status = loop {
+        // The child is not reaped until the very end: its zombie keeps its pid, and with it
+        // the number of its process group, from being handed to an unrelated process while
+        // the group may still be signalled below.
+        loop {
             match rx.recv_timeout(POLL) {
                 Ok(event) => handle_event(event, &mut open),
                 Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {}
             }
-            if let Some(status) = child.try_wait()? {
-                break status;
+            if has_exited(pid)? {
+                break;
             }
             if self.shutdown.requested().is_some() && !interrupted {
                 interrupted = true;
@@ -205,7 +208,7 @@ impl Supervisor {
                 );
                 let _ = killpg(pid, Signal::SIGKILL);
             }
-        };
+        }
 
         // Terraform stopped as asked, and the step with it; a provisioner it cancelled may
         // have left children running in its group (terraform kills only the provisioner's own
@@ -237,6 +240,7 @@ impl Supervisor {
                 }
             }
         }
+        let status = child.wait()?;
         let _ = err_reader.join();
         if let Some(reader) = out_reader {
             let _ = reader.join();
@@ -251,6 +255,31 @@ impl Supervisor {
             interrupted,
         })
     }
+}
+
+/// Whether the child `pid` has exited, without reaping it.
+fn has_exited(pid: Pid) -> std::io::Result<bool> {
+    // SAFETY: an all-zero siginfo_t is valid; waitid only writes into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: plain syscall on our own child; WNOWAIT leaves it waitable.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid.as_raw() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if rc == -1 {
+        let err = std::io::Error::last_os_error();
+        return match err.kind() {
+            std::io::ErrorKind::Interrupted => Ok(false),
+            _ => Err(err),
+        };
+    }
+    // With WNOHANG and nothing to report, waitid leaves si_pid zero.
+    // SAFETY: si_pid is the field waitid fills in for every outcome.
+    Ok(unsafe { info.si_pid() } != 0)
 }
 
 fn spawn_reader(
@@ -319,6 +348,24 @@ mod tests {
             sizes.push(line.len());
         }
         assert_eq!(sizes, [MAX_LINE, MAX_LINE, 10]);
+    }
+
+    #[test]
+    fn an_exited_child_is_seen_but_left_to_reap() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !has_exited(pid).unwrap() {
+            assert!(Instant::now() < deadline, "child never exited");
+            thread::sleep(POLL);
+        }
+        // Still a zombie holding its pid, so its group number cannot be reused yet.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        assert_eq!(stat.rsplit_once(") ").unwrap().1.chars().next(), Some('Z'));
+        assert_eq!(child.wait().unwrap().code(), Some(3));
     }
 
     #[test]

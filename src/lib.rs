@@ -9,7 +9,8 @@
 //! - [`load`]: everything loaded and checked before anything runs.
 //! - [`source`]: the code put on the PVC, atomically.
 //! - [`run`]: applying the steps in order; [`destroy`]: destroying them in reverse.
-//! - [`terraform`]: the terraform command lines of a step.
+//! - [`terraform`]: the terraform command lines of a step; [`local_state`]: a local state
+//!   file kept whole across a kill in the middle of terraform's write.
 //! - [`process`]: the one way a child process is run, streamed and stopped.
 //! - [`journal`]: markers and attempts on the PVC; [`durable`]: crash-safe writes.
 //! - [`lock`]: the one lock under the root; [`signals`]: SIGTERM and SIGINT.
@@ -23,6 +24,7 @@ pub mod durable;
 pub mod error;
 pub mod journal;
 pub mod load;
+pub mod local_state;
 pub mod lock;
 pub mod log;
 pub mod params;

@@ -121,6 +121,17 @@ impl Supervisor {
     /// Runs `command` to its end. Its stderr (and its stdout, unless `capture_stdout`) is
     /// logged line by line as it arrives, tagged with the command's label.
     pub fn run(&self, command: &Command, capture_stdout: bool) -> std::io::Result<Finished> {
+        self.run_watching(command, capture_stdout, &mut || {})
+    }
+
+    /// [`Supervisor::run`], calling `watch` on every poll while the child runs and once after
+    /// it exited: for what must keep up with the child's files as they change.
+    pub fn run_watching(
+        &self,
+        command: &Command,
+        capture_stdout: bool,
+        watch: &mut dyn FnMut(),
+    ) -> std::io::Result<Finished> {
         let mut cmd = std::process::Command::new(&command.program);
         cmd.args(&command.args)
             .current_dir(&command.cwd)
@@ -185,7 +196,9 @@ impl Supervisor {
                 Ok(event) => handle_event(event, &mut open),
                 Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {}
             }
+            watch();
             if has_exited(pid)? {
+                watch();
                 break;
             }
             if self.shutdown.requested().is_some() && !interrupted {

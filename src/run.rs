@@ -10,6 +10,7 @@ use crate::error::{Error, Problem, Problems, Result};
 pub use crate::journal::Action;
 use crate::journal::{Attempt, AttemptState, Journal, Marker, Tombstone};
 use crate::load::{self, Loaded};
+use crate::local_state::LocalState;
 use crate::lock::Lock;
 use crate::log::Logger;
 use crate::process::{Command, Supervisor};
@@ -313,17 +314,29 @@ impl Engine {
         action: Action,
     ) -> Result<Option<terraform::Outputs>> {
         let cwd = code.join(&step.dir);
+        let mut state = LocalState::of(&cwd, step.workspace.as_deref());
+        match state.repair() {
+            Ok(None) => {}
+            Ok(Some(done)) => self.logger().warn(Some(&step.name), &done),
+            Err(message) => {
+                return Err(Error::StepFailed {
+                    step: step.name.clone(),
+                    message,
+                })
+            }
+        }
         if let Some(vars) = &step.vars {
             let path = cwd.join(VARS_FILE);
             durable::write(&path, vars.as_bytes(), 0o600)
                 .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
         }
         for command in self.terraform.prepare_commands(step, &cwd) {
-            self.run_command(step, &command)?;
+            self.run_command(step, &command, &mut state)?;
         }
-        self.push_errored_state(step, &cwd)?;
+        self.push_errored_state(step, &cwd, &mut state)?;
         if action == Action::Destroy {
-            self.run_command(step, &self.terraform.destroy_command(step, &cwd))?;
+            let destroy = self.terraform.destroy_command(step, &cwd);
+            self.run_command(step, &destroy, &mut state)?;
             return Ok(None);
         }
         let apply = self
@@ -331,9 +344,9 @@ impl Engine {
             .apply_commands(step, &cwd)
             .pop()
             .expect("apply is last");
-        self.run_command(step, &apply)?;
+        self.run_command(step, &apply, &mut state)?;
         let command = self.terraform.output_command(step, &cwd);
-        let stdout = self.run_command_captured(step, &command)?;
+        let stdout = self.execute(step, &command, true, &mut state)?;
         terraform::parse_outputs(&stdout)
             .map(Some)
             .map_err(|message| Error::StepFailed {
@@ -344,7 +357,12 @@ impl Engine {
 
     /// Terraform leaves `errored.tfstate` when its last state upload failed; the resources
     /// in it exist, so the backend must get it back before anything else runs.
-    fn push_errored_state(&self, step: &RenderedStep, cwd: &Path) -> Result<()> {
+    fn push_errored_state(
+        &self,
+        step: &RenderedStep,
+        cwd: &Path,
+        state: &mut LocalState,
+    ) -> Result<()> {
         let errored = cwd.join(ERRORED_STATE);
         if !errored.exists() {
             return Ok(());
@@ -359,6 +377,7 @@ impl Engine {
         self.run_command(
             step,
             &self.terraform.state_push_command(step, cwd, ERRORED_STATE),
+            state,
         )?;
         let kept = cwd.join(format!(
             "{ERRORED_STATE}.pushed-{}",
@@ -374,19 +393,43 @@ impl Engine {
         Ok(())
     }
 
-    fn run_command(&self, step: &RenderedStep, command: &Command) -> Result<()> {
-        self.execute(step, command, false).map(|_| ())
+    fn run_command(
+        &self,
+        step: &RenderedStep,
+        command: &Command,
+        state: &mut LocalState,
+    ) -> Result<()> {
+        self.execute(step, command, false, state).map(|_| ())
     }
 
-    fn run_command_captured(&self, step: &RenderedStep, command: &Command) -> Result<Vec<u8>> {
-        self.execute(step, command, true)
-    }
-
-    fn execute(&self, step: &RenderedStep, command: &Command, capture: bool) -> Result<Vec<u8>> {
+    /// Runs one terraform command of `step`, keeping a copy of each complete local state
+    /// it writes.
+    fn execute(
+        &self,
+        step: &RenderedStep,
+        command: &Command,
+        capture: bool,
+        state: &mut LocalState,
+    ) -> Result<Vec<u8>> {
         self.supervisor.shutdown.check()?;
+        let mut warned = false;
+        let mut watch = || {
+            if let Err(e) = state.watch() {
+                if !warned {
+                    warned = true;
+                    self.logger().warn(
+                        Some(&step.name),
+                        &format!(
+                            "cannot keep a copy of {}: {e}; a kill now could not be repaired",
+                            state.file().display()
+                        ),
+                    );
+                }
+            }
+        };
         let finished = self
             .supervisor
-            .run(command, capture)
+            .run_watching(command, capture, &mut watch)
             .map_err(|e| Error::StepFailed {
                 step: step.name.clone(),
                 message: format!("cannot start {}: {e}", command.program.display()),

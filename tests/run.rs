@@ -450,6 +450,102 @@ fn sigkill_just_after_a_marker_leaves_a_torn_temp_that_the_rerun_removes_and_ign
 }
 
 // ---------------------------------------------------------------------------
+// Terraform's local backend rewrites terraform.tfstate in place (truncate, then
+// write): a kill between the two leaves it empty or cut short. The engine keeps
+// the last complete state beside it and puts it back before the step runs again.
+
+/// Cuts the file to `keep` bytes, as a kill in the middle of terraform's write leaves it.
+fn tear(path: &Path, keep: usize) -> Vec<u8> {
+    let whole = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(keep < whole.len());
+    fs::write(path, &whole[..keep]).expect("tear the state");
+    whole
+}
+
+/// The torn files the engine kept beside the state it put back.
+fn kept_torn(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .expect("step dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("terraform.tfstate.torn-"))
+        .collect()
+}
+
+#[test]
+fn a_local_state_torn_by_a_kill_is_put_back_and_nothing_is_created_twice() {
+    let (b, conn_str) = four_steps();
+    set_params(
+        &b,
+        &conn_str,
+        json!({ "sleep_control_network": SLOW_SECONDS }),
+    );
+    let running = b.spawn(&["run"]);
+    wait_for_ledger(&b, "start control-network/slow");
+    let state_file = step_dir(&b, "control-network").join("terraform.tfstate");
+    // `first` is in the state before `slow` starts; the engine's copy follows within a poll.
+    let copy = state_file.with_file_name("terraform.tfstate.last-complete");
+    wait_for(
+        || local_state_resources(&copy) == ["terraform_data.first"],
+        PATIENCE,
+    );
+    let killed = running.kill_session();
+    assert_eq!(killed.signal, Some(libc::SIGKILL), "{killed}");
+    assert_eq!(local_state_resources(&state_file), ["terraform_data.first"]);
+    let whole = tear(&state_file, 40);
+    let at_kill = b.ledger();
+
+    set_params(&b, &conn_str, json!({}));
+    let rerun = b.run(&["run"]);
+    rerun.assert_success();
+    assert!(
+        rerun
+            .stderr
+            .contains("was torn by a kill while terraform wrote it (40 bytes)"),
+        "{rerun}"
+    );
+    let after = &b.ledger()[at_kill.len()..];
+    assert_eq!(
+        count(after, "start", "control-network/first"),
+        0,
+        "{after:#?}"
+    );
+    assert_eq!(
+        count(after, "create", "control-network/slow"),
+        1,
+        "{after:#?}"
+    );
+    assert_states_complete(&b, &conn_str);
+    let kept = kept_torn(&step_dir(&b, "control-network"));
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(fs::read(&kept[0]).expect("kept"), &whole[..40]);
+    assert_eq!(
+        fs::metadata(&copy).expect("copy").permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn destroy_puts_back_an_emptied_local_state_and_destroys_what_it_held() {
+    let (b, conn_str) = four_steps();
+    b.run(&["run"]).assert_success();
+    let state_file = step_dir(&b, "control-network").join("terraform.tfstate");
+    tear(&state_file, 0);
+    let applied = b.ledger();
+
+    let destroy = b.run(&["destroy"]);
+    destroy.assert_success();
+    assert!(destroy.stderr.contains("was torn by a kill"), "{destroy}");
+    let after = &b.ledger()[applied.len()..];
+    for resource in all_resources() {
+        assert_eq!(count(after, "destroy", &resource), 1, "{after:#?}");
+    }
+    for step in FOUR_STEPS {
+        assert!(state_of(&b, &conn_str, step).is_empty(), "state of {step}");
+    }
+}
+
+// ---------------------------------------------------------------------------
 // d. A changed param re-applies only the steps whose rendered inputs changed.
 
 #[test]

@@ -122,6 +122,8 @@ struct Totals {
     rounds: u32,
     kills: u32,
     restarts: u32,
+    /// Local states that a kill left torn and the engine put back.
+    repairs: u32,
 }
 
 impl Totals {
@@ -129,7 +131,14 @@ impl Totals {
         self.rounds += other.rounds;
         self.kills += other.kills;
         self.restarts += other.restarts;
+        self.repairs += other.repairs;
     }
+}
+
+/// How many torn local states the engine put back in this attempt.
+fn repairs(outcome: &Outcome) -> u32 {
+    let found = outcome.stderr.matches("was torn by a kill").count();
+    found.try_into().expect("few")
 }
 
 /// Tells the other workers to stop taking rounds when this one panics.
@@ -197,16 +206,21 @@ impl Round {
         )
     }
 
-    fn states(&self) -> States {
+    /// The resources in every state. `at_kill`: right after a kill, when the local state
+    /// may be torn.
+    fn states(&self, at_kill: bool) -> States {
         let mut states = BTreeMap::new();
         // Terraform creates the local state file empty when it takes the state lock, and
-        // fills it once the first resource exists; a kill in between leaves it empty, which
-        // terraform reads as no state. A non-empty file that does not parse fails the test.
+        // rewrites it in place (truncate, then write) after every resource: a kill can leave
+        // it empty or cut short. Then nothing is known from it at that kill; the engine puts
+        // back its last complete copy before the step runs again. Once a phase is over the
+        // file must be whole.
         let local = self.b.root().join("code/control-network/terraform.tfstate");
-        let empty = std::fs::metadata(&local).is_ok_and(|m| m.len() == 0);
+        let torn = std::fs::read(&local)
+            .is_ok_and(|bytes| serde_json::from_slice::<Value>(&bytes).is_err());
         states.insert(
             FOUR_STEPS[0],
-            if empty {
+            if torn && at_kill {
                 Vec::new()
             } else {
                 local_state_resources(&local)
@@ -267,6 +281,7 @@ impl Round {
                     running.try_wait().expect("exited")
                 } else {
                     let outcome = running.kill_session();
+                    totals.repairs += repairs(&outcome);
                     // It may have exited on its own just before the kill.
                     if outcome.signal == Some(libc::SIGKILL) {
                         totals.kills += 1;
@@ -279,7 +294,7 @@ impl Round {
                         );
                         kills.push(Kill {
                             ledger_len: ledger.len(),
-                            states: self.states(),
+                            states: self.states(true),
                             marked: self.marked(command),
                         });
                         continue;
@@ -289,6 +304,7 @@ impl Round {
             } else {
                 running.wait(PHASE_TIMEOUT)
             };
+            totals.repairs += repairs(&outcome);
             self.assert_marked_skipped(&kills, &outcome);
             // Not killed by us: it ran to its end, which must be success. A failure here is
             // the engine tripping over what an earlier kill left behind.
@@ -310,7 +326,7 @@ impl Round {
         let context = self.context();
 
         let run_kills = self.phase("run", totals);
-        let states = self.states();
+        let states = self.states(false);
         for step in FOUR_STEPS {
             assert_eq!(
                 states[step],
@@ -327,7 +343,7 @@ impl Round {
         }
 
         let destroy_kills = self.phase("destroy", totals);
-        let states = self.states();
+        let states = self.states(false);
         for (step, resources) in &states {
             assert!(
                 resources.is_empty(),
@@ -443,10 +459,11 @@ fn kill_torture_bootstrap_and_destroy() {
     });
     let totals = totals.into_inner().expect("totals");
     eprintln!(
-        "kill torture: {} rounds, {} kills, {} restarts, in {:.0?}",
+        "kill torture: {} rounds, {} kills, {} restarts, {} torn local states put back, in {:.0?}",
         totals.rounds,
         totals.kills,
         totals.restarts,
+        totals.repairs,
         started.elapsed()
     );
     assert_eq!(totals.rounds, rounds);

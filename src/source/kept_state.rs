@@ -20,13 +20,15 @@ pub const DIR: &str = "source-state";
 /// directory (plugins and the backend settings, all made again by `init`).
 const SKIPPED_DIRS: [&str; 2] = [".git", ".terraform"];
 
-/// Local state, its backup, the per-workspace states, and a state terraform could not upload.
+/// Local state, its backup and its last complete copy, the per-workspace states, and a state
+/// terraform could not upload.
 fn is_state(name: &OsStr) -> bool {
     let name = name.to_string_lossy();
     matches!(
         name.as_ref(),
         "terraform.tfstate" | "terraform.tfstate.backup" | "terraform.tfstate.d"
-    ) || name.starts_with("errored.tfstate")
+    ) || name == crate::local_state::COPY
+        || name.starts_with("errored.tfstate")
 }
 
 /// Copies every state file under `code` to the same relative path under `into`, which must

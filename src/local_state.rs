@@ -1,0 +1,264 @@
+//! Terraform's local state, guarded against a kill in the middle of its write.
+//!
+//! The local backend rewrites `terraform.tfstate` in place: truncate, then write. A kill
+//! between the two leaves the file empty or cut short, and terraform reads an empty file as
+//! "no state": the next apply would create again everything the step had made, and a destroy
+//! would destroy nothing and call it done. So while terraform runs, every complete state it
+//! writes is copied beside the file, crash-safely; before the step runs again, a torn file is
+//! put back from that copy.
+//!
+//! Steps whose state lives in a remote backend have no such file, and nothing here happens.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use crate::durable;
+
+pub const FILE: &str = "terraform.tfstate";
+/// The last complete state seen, beside the state file.
+pub const COPY: &str = "terraform.tfstate.last-complete";
+/// Terraform's own copy of the state as it was before its run's first write.
+const BACKUP: &str = "terraform.tfstate.backup";
+/// States hold secrets.
+const MODE: u32 = 0o600;
+/// Two writes this close together may share a length and a timestamp, so a file changed this
+/// recently is read again even when its length and timestamp look unchanged.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// The local state file of one step and workspace.
+#[derive(Debug)]
+pub struct LocalState {
+    file: PathBuf,
+    copy: PathBuf,
+    backup: PathBuf,
+    seen: Option<(u64, SystemTime)>,
+}
+
+impl LocalState {
+    /// Where the local backend keeps the state of `workspace` for the module in `cwd`.
+    pub fn of(cwd: &Path, workspace: Option<&str>) -> Self {
+        let dir = match workspace {
+            Some(name) if name != "default" => cwd.join("terraform.tfstate.d").join(name),
+            _ => cwd.to_path_buf(),
+        };
+        LocalState {
+            file: dir.join(FILE),
+            copy: dir.join(COPY),
+            backup: dir.join(BACKUP),
+            seen: None,
+        }
+    }
+
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Copies the state file when terraform has written a new, complete one; returns whether
+    /// it did. A copy missed through an error only makes a later repair older.
+    pub fn watch(&mut self) -> io::Result<bool> {
+        let meta = match fs::metadata(&self.file) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let modified = meta.modified()?;
+        let stamp = (meta.len(), modified);
+        let settled = SystemTime::now()
+            .duration_since(modified)
+            .is_ok_and(|age| age >= SETTLE);
+        if self.seen == Some(stamp) && settled {
+            return Ok(false);
+        }
+        let bytes = fs::read(&self.file)?;
+        if !is_complete(&bytes) {
+            // Terraform is in the middle of writing it: look again next time.
+            return Ok(false);
+        }
+        self.seen = Some(stamp);
+        if fs::read(&self.copy).is_ok_and(|copy| copy == bytes) {
+            return Ok(false);
+        }
+        durable::write(&self.copy, &bytes, MODE)?;
+        Ok(true)
+    }
+
+    /// Before terraform runs: puts back a state file that a kill left torn. Returns what it
+    /// did, for the log, or why it cannot go on.
+    pub fn repair(&self) -> Result<Option<String>, String> {
+        self.remove_temps()
+            .map_err(|e| format!("cannot clean beside {}: {e}", self.file.display()))?;
+        let torn = match fs::read(&self.file) {
+            Ok(bytes) if is_complete(&bytes) => return Ok(None),
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", self.file.display())),
+        };
+        let good = [&self.copy, &self.backup].into_iter().find_map(|path| {
+            let bytes = fs::read(path).ok()?;
+            is_complete(&bytes).then_some((path, bytes))
+        });
+        let Some((source, bytes)) = good else {
+            if torn.is_empty() {
+                // Nothing complete was ever written: no state is what terraform knew.
+                return Ok(Some(format!(
+                    "{} is empty and no complete copy exists; terraform starts from no state",
+                    self.file.display()
+                )));
+            }
+            return Err(format!(
+                "{} is cut short ({} bytes, not a complete state), and neither {} nor {} holds a complete one; \
+                 repair it by hand (`terraform state push` of a good copy) before running again",
+                self.file.display(),
+                torn.len(),
+                COPY,
+                BACKUP
+            ));
+        };
+        let kept = self.file.with_file_name(format!(
+            "{FILE}.torn-{}",
+            crate::clock::now().unix_timestamp()
+        ));
+        // The torn bytes are kept for a post-mortem; the state file itself is only ever
+        // replaced whole, so a crash here leaves it torn or repaired, never missing.
+        durable::write(&kept, &torn, MODE)
+            .and_then(|_| durable::write(&self.file, &bytes, MODE))
+            .map_err(|e| format!("cannot repair {}: {e}", self.file.display()))?;
+        Ok(Some(format!(
+            "{} was torn by a kill while terraform wrote it ({} bytes); put back the last complete state (serial {}) from {}; the torn file is kept as {}",
+            self.file.display(),
+            torn.len(),
+            serial(&bytes).map_or_else(|| "unknown".to_string(), |s| s.to_string()),
+            source.file_name().unwrap_or_default().to_string_lossy(),
+            kept.display()
+        )))
+    }
+}
+
+impl LocalState {
+    /// Removes what a kill left of this module's own half-written copies; terraform's files
+    /// and the user's are left alone. Called with the root lock held.
+    fn remove_temps(&self) -> io::Result<()> {
+        let Some(dir) = self.file.parent() else {
+            return Ok(());
+        };
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!(".{FILE}")) && durable::is_temp(&name) {
+                durable::remove(&dir.join(name))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `bytes` are a whole state document, not one cut short.
+fn is_complete(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(bytes)
+        .is_ok_and(|doc| doc.get("version").is_some() && doc.get("lineage").is_some())
+}
+
+fn serial(bytes: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()?
+        .get("serial")?
+        .as_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATE: &str = r#"{"version":4,"serial":7,"lineage":"l-1","outputs":{},"resources":[]}"#;
+
+    fn guarded() -> (tempfile::TempDir, LocalState) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = LocalState::of(dir.path(), None);
+        (dir, state)
+    }
+
+    #[test]
+    fn a_workspace_has_its_own_file() {
+        let state = LocalState::of(Path::new("/c/m"), Some("c1"));
+        assert_eq!(
+            state.file(),
+            Path::new("/c/m/terraform.tfstate.d/c1/terraform.tfstate")
+        );
+        let state = LocalState::of(Path::new("/c/m"), Some("default"));
+        assert_eq!(state.file(), Path::new("/c/m/terraform.tfstate"));
+    }
+
+    #[test]
+    fn complete_states_are_copied_and_torn_ones_are_not() {
+        let (dir, mut state) = guarded();
+        assert!(!state.watch().unwrap(), "no file yet");
+        fs::write(dir.path().join(FILE), &STATE[..20]).unwrap();
+        assert!(!state.watch().unwrap(), "cut short");
+        fs::write(dir.path().join(FILE), STATE).unwrap();
+        assert!(state.watch().unwrap());
+        assert_eq!(fs::read_to_string(dir.path().join(COPY)).unwrap(), STATE);
+        assert!(!state.watch().unwrap(), "same content again");
+    }
+
+    #[test]
+    fn an_empty_or_cut_short_file_is_put_back_from_the_copy() {
+        for torn in ["", &STATE[..30]] {
+            let (dir, mut state) = guarded();
+            fs::write(dir.path().join(FILE), STATE).unwrap();
+            state.watch().unwrap();
+            fs::write(dir.path().join(FILE), torn).unwrap();
+            let half_copy = durable::temp_sibling(&dir.path().join(COPY));
+            fs::write(&half_copy, &STATE[..9]).unwrap();
+            let said = state.repair().unwrap().expect("repaired");
+            assert!(said.contains("serial 7"), "{said}");
+            assert_eq!(fs::read_to_string(dir.path().join(FILE)).unwrap(), STATE);
+            let kept: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().contains(".torn-"))
+                .collect();
+            assert_eq!(kept.len(), 1);
+            assert_eq!(fs::read_to_string(kept[0].path()).unwrap(), torn);
+            assert!(!half_copy.exists(), "a half-written copy is left");
+        }
+    }
+
+    #[test]
+    fn a_complete_file_is_left_alone() {
+        let (dir, state) = guarded();
+        fs::write(dir.path().join(COPY), STATE.replace("7", "6")).unwrap();
+        fs::write(dir.path().join(FILE), STATE).unwrap();
+        assert_eq!(state.repair().unwrap(), None);
+        assert_eq!(fs::read_to_string(dir.path().join(FILE)).unwrap(), STATE);
+    }
+
+    #[test]
+    fn terraforms_backup_serves_when_no_copy_exists() {
+        let (dir, state) = guarded();
+        fs::write(dir.path().join(BACKUP), STATE).unwrap();
+        fs::write(dir.path().join(FILE), "").unwrap();
+        let said = state.repair().unwrap().expect("repaired");
+        assert!(said.contains(BACKUP), "{said}");
+        assert_eq!(fs::read_to_string(dir.path().join(FILE)).unwrap(), STATE);
+    }
+
+    #[test]
+    fn a_cut_short_file_with_nothing_to_put_back_stops_the_step() {
+        let (dir, state) = guarded();
+        fs::write(dir.path().join(FILE), &STATE[..30]).unwrap();
+        let err = state.repair().unwrap_err();
+        assert!(err.contains("cut short"), "{err}");
+        let (dir2, state) = guarded();
+        fs::write(dir2.path().join(FILE), "").unwrap();
+        assert!(state.repair().unwrap().unwrap().contains("no state"));
+        drop(dir);
+    }
+}

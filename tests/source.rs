@@ -285,6 +285,7 @@ fn step_byproduct(rel: &Path) -> bool {
                 ".terraform.lock.hcl",
                 "terraform.tfstate",
                 "terraform.tfstate.backup",
+                "terraform.tfstate.last-complete",
                 "bootstrapper.tfvars",
             ]
             .iter()

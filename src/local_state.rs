@@ -91,32 +91,15 @@ impl LocalState {
     pub fn repair(&self) -> Result<Option<String>, String> {
         self.remove_temps()
             .map_err(|e| format!("cannot clean beside {}: {e}", self.file.display()))?;
-        let torn = match fs::read(&self.file) {
-            Ok(bytes) if is_complete(&bytes) => return Ok(None),
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read {}: {e}", self.file.display())),
+        let Some(torn) = self.torn()? else {
+            return Ok(None);
         };
-        let good = [&self.copy, &self.backup].into_iter().find_map(|path| {
-            let bytes = fs::read(path).ok()?;
-            is_complete(&bytes).then_some((path, bytes))
-        });
-        let Some((source, bytes)) = good else {
-            if torn.is_empty() {
-                // Nothing complete was ever written: no state is what terraform knew.
-                return Ok(Some(format!(
-                    "{} is empty and no complete copy exists; terraform starts from no state",
-                    self.file.display()
-                )));
-            }
-            return Err(format!(
-                "{} is cut short ({} bytes, not a complete state), and neither {} nor {} holds a complete one; \
-                 repair it by hand (`terraform state push` of a good copy) before running again",
-                self.file.display(),
-                torn.len(),
-                COPY,
-                BACKUP
-            ));
+        let Some((source, bytes)) = &torn.good else {
+            // Nothing complete was ever written: no state is what terraform knew.
+            return Ok(Some(format!(
+                "{} is empty and no complete copy exists; terraform starts from no state",
+                self.file.display()
+            )));
         };
         let kept = self.file.with_file_name(format!(
             "{FILE}.torn-{}",
@@ -124,18 +107,70 @@ impl LocalState {
         ));
         // The torn bytes are kept for a post-mortem; the state file itself is only ever
         // replaced whole, so a crash here leaves it torn or repaired, never missing.
-        durable::write(&kept, &torn, MODE)
-            .and_then(|_| durable::write(&self.file, &bytes, MODE))
+        durable::write(&kept, &torn.bytes, MODE)
+            .and_then(|_| durable::write(&self.file, bytes, MODE))
             .map_err(|e| format!("cannot repair {}: {e}", self.file.display()))?;
         Ok(Some(format!(
             "{} was torn by a kill while terraform wrote it ({} bytes); put back the last complete state (serial {}) from {}; the torn file is kept as {}",
             self.file.display(),
-            torn.len(),
-            serial(&bytes).map_or_else(|| "unknown".to_string(), |s| s.to_string()),
+            torn.bytes.len(),
+            serial(bytes).map_or_else(|| "unknown".to_string(), |s| s.to_string()),
             source.file_name().unwrap_or_default().to_string_lossy(),
             kept.display()
         )))
     }
+
+    /// What [`LocalState::repair`] would do, without doing it: for `plan`.
+    pub fn check(&self) -> Result<Option<String>, String> {
+        let Some(torn) = self.torn()? else {
+            return Ok(None);
+        };
+        Ok(Some(match &torn.good {
+            Some((source, bytes)) => format!(
+                "{} is torn ({} bytes, left by a kill while terraform wrote it): the last complete state (serial {}) would be put back from {} first",
+                self.file.display(),
+                torn.bytes.len(),
+                serial(bytes).map_or_else(|| "unknown".to_string(), |s| s.to_string()),
+                source.file_name().unwrap_or_default().to_string_lossy(),
+            ),
+            None => format!(
+                "{} is empty and no complete copy exists: terraform would start from no state",
+                self.file.display()
+            ),
+        }))
+    }
+
+    /// The state file when it is not a complete state, with the best complete one to put
+    /// back; an error when it is cut short and nothing can replace it.
+    fn torn(&self) -> Result<Option<Torn<'_>>, String> {
+        let bytes = match fs::read(&self.file) {
+            Ok(bytes) if is_complete(&bytes) => return Ok(None),
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", self.file.display())),
+        };
+        let good = [&self.copy, &self.backup].into_iter().find_map(|path| {
+            let bytes = fs::read(path).ok()?;
+            is_complete(&bytes).then_some((path.as_path(), bytes))
+        });
+        if good.is_none() && !bytes.is_empty() {
+            return Err(format!(
+                "{} is cut short ({} bytes, not a complete state), and neither {} nor {} holds a complete one; \
+                 repair it by hand (`terraform state push` of a good copy) before running again",
+                self.file.display(),
+                bytes.len(),
+                COPY,
+                BACKUP
+            ));
+        }
+        Ok(Some(Torn { bytes, good }))
+    }
+}
+
+struct Torn<'a> {
+    bytes: Vec<u8>,
+    /// Where a complete state was found, and its content.
+    good: Option<(&'a Path, Vec<u8>)>,
 }
 
 impl LocalState {
@@ -215,6 +250,11 @@ mod tests {
             fs::write(dir.path().join(FILE), STATE).unwrap();
             state.watch().unwrap();
             fs::write(dir.path().join(FILE), torn).unwrap();
+            assert!(state
+                .check()
+                .unwrap()
+                .unwrap()
+                .contains("would be put back"));
             let half_copy = durable::temp_sibling(&dir.path().join(COPY));
             fs::write(&half_copy, &STATE[..9]).unwrap();
             let said = state.repair().unwrap().expect("repaired");

@@ -17,6 +17,7 @@ use crate::clock;
 use crate::error::{exit, Error, Result};
 use crate::journal::{Attempt, AttemptState, Journal, Marker};
 use crate::load::{self, Loaded, Recorded};
+use crate::local_state::LocalState;
 use crate::lock::{self, Holder};
 use crate::process::Command;
 use crate::render::{self, Outputs, RenderedSource, RenderedStep, VARS_FILE};
@@ -227,6 +228,17 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
             None => (None, context.apply_steps(&recorded)?),
         }
     };
+    for step in &steps {
+        if matches!(step.decision, Decision::Skip | Decision::Blocked) {
+            continue;
+        }
+        let state = LocalState::of(Path::new(&step.dir), step.workspace.as_deref());
+        match state.check() {
+            Ok(None) => {}
+            Ok(Some(what)) => notes.push(format!("step {}: {what}", step.step)),
+            Err(why) => notes.push(format!("step {}: {why}; the step would fail", step.step)),
+        }
+    }
     Ok(Plan {
         command: if destroy {
             CommandKind::Destroy

@@ -533,6 +533,16 @@ fn destroy_puts_back_an_emptied_local_state_and_destroys_what_it_held() {
     tear(&state_file, 0);
     let applied = b.ledger();
 
+    // The dry run says what the destroy would do first, and does not do it.
+    let plan = b.run(&["plan", "--destroy"]);
+    plan.assert_success();
+    assert!(
+        plan.stdout
+            .contains("would be put back from terraform.tfstate.last-complete first"),
+        "{plan}"
+    );
+    assert_eq!(fs::metadata(&state_file).expect("state").len(), 0);
+
     let destroy = b.run(&["destroy"]);
     destroy.assert_success();
     assert!(destroy.stderr.contains("was torn by a kill"), "{destroy}");

@@ -111,7 +111,8 @@ type States = BTreeMap<&'static str, Vec<String>>;
 /// What the test saw right after a kill: how far the ledger had got, and every state.
 struct Kill {
     ledger_len: usize,
-    states: States,
+    /// `None` for a step whose state the kill left torn: what it held is unknown.
+    states: BTreeMap<&'static str, Option<Vec<String>>>,
     /// The steps whose journal held a marker: `inited` after a run, `destroyed` after a
     /// destroy.
     marked: Vec<&'static str>,
@@ -206,30 +207,40 @@ impl Round {
         )
     }
 
-    /// The resources in every state. `at_kill`: right after a kill, when the local state
-    /// may be torn.
-    fn states(&self, at_kill: bool) -> States {
+    /// The resources in every state, once a phase is over: every file must be whole.
+    fn states(&self) -> States {
         let mut states = BTreeMap::new();
-        // Terraform creates the local state file empty when it takes the state lock, and
-        // rewrites it in place (truncate, then write) after every resource: a kill can leave
-        // it empty or cut short. Then nothing is known from it at that kill; the engine puts
-        // back its last complete copy before the step runs again. Once a phase is over the
-        // file must be whole.
-        let local = self.b.root().join("code/control-network/terraform.tfstate");
-        let torn = std::fs::read(&local)
-            .is_ok_and(|bytes| serde_json::from_slice::<Value>(&bytes).is_err());
-        states.insert(
-            FOUR_STEPS[0],
-            if torn && at_kill {
-                Vec::new()
-            } else {
-                local_state_resources(&local)
-            },
-        );
+        states.insert(FOUR_STEPS[0], local_state_resources(&self.local_state()));
         for step in &FOUR_STEPS[1..] {
             states.insert(*step, pg_state_resources(&self.conn_str, step, WORKSPACE));
         }
         states
+    }
+
+    /// The states right after a kill. Terraform creates the local state file empty when it
+    /// takes the state lock, and rewrites it in place (truncate, then write) after every
+    /// resource, so a kill can leave it empty or cut short. What it held is then unknown;
+    /// the engine puts back its last complete copy before the step runs again.
+    fn states_at_kill(&self) -> BTreeMap<&'static str, Option<Vec<String>>> {
+        let local = self.local_state();
+        let torn = std::fs::read(&local)
+            .is_ok_and(|bytes| serde_json::from_slice::<Value>(&bytes).is_err());
+        let mut states: BTreeMap<_, _> = FOUR_STEPS[1..]
+            .iter()
+            .map(|step| {
+                let state = pg_state_resources(&self.conn_str, step, WORKSPACE);
+                (*step, Some(state))
+            })
+            .collect();
+        states.insert(
+            FOUR_STEPS[0],
+            (!torn).then(|| local_state_resources(&local)),
+        );
+        states
+    }
+
+    fn local_state(&self) -> std::path::PathBuf {
+        self.b.root().join("code/control-network/terraform.tfstate")
     }
 
     /// The steps with the marker that `command` leaves when a step is done.
@@ -294,7 +305,7 @@ impl Round {
                         );
                         kills.push(Kill {
                             ledger_len: ledger.len(),
-                            states: self.states(true),
+                            states: self.states_at_kill(),
                             marked: self.marked(command),
                         });
                         continue;
@@ -326,7 +337,7 @@ impl Round {
         let context = self.context();
 
         let run_kills = self.phase("run", totals);
-        let states = self.states(false);
+        let states = self.states();
         for step in FOUR_STEPS {
             assert_eq!(
                 states[step],
@@ -343,7 +354,7 @@ impl Round {
         }
 
         let destroy_kills = self.phase("destroy", totals);
-        let states = self.states(false);
+        let states = self.states();
         for (step, resources) in &states {
             assert!(
                 resources.is_empty(),
@@ -366,7 +377,10 @@ impl Round {
         // In a state when a kill came: never created again, in this round.
         for kill in &run_kills {
             for (step, resource, address) in all_resources() {
-                if kill.states[step].contains(&address) {
+                if kill.states[step]
+                    .as_ref()
+                    .is_some_and(|state| state.contains(&address))
+                {
                     let again = ledger[kill.ledger_len..]
                         .iter()
                         .filter(|l| **l == format!("start {resource}"))
@@ -384,7 +398,10 @@ impl Round {
         // only when terraform ends, so terraform cannot know.)
         for kill in &destroy_kills {
             for (step, resource, address) in all_resources() {
-                if !kill.states[step].contains(&address) {
+                if kill.states[step]
+                    .as_ref()
+                    .is_some_and(|state| !state.contains(&address))
+                {
                     let again = ledger[kill.ledger_len..]
                         .iter()
                         .filter(|l| **l == format!("destroy {resource}"))

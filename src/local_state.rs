@@ -36,6 +36,8 @@ pub struct LocalState {
     copy: PathBuf,
     backup: PathBuf,
     seen: Option<(u64, SystemTime)>,
+    /// What the copy holds, once read or written, so that it is not read again on every poll.
+    copied: Option<Vec<u8>>,
 }
 
 impl LocalState {
@@ -50,6 +52,7 @@ impl LocalState {
             copy: dir.join(COPY),
             backup: dir.join(BACKUP),
             seen: None,
+            copied: None,
         }
     }
 
@@ -79,10 +82,14 @@ impl LocalState {
             return Ok(false);
         }
         self.seen = Some(stamp);
-        if fs::read(&self.copy).is_ok_and(|copy| copy == bytes) {
+        let copied = self
+            .copied
+            .get_or_insert_with(|| fs::read(&self.copy).unwrap_or_default());
+        if *copied == bytes {
             return Ok(false);
         }
         durable::write(&self.copy, &bytes, MODE)?;
+        *copied = bytes;
         Ok(true)
     }
 
@@ -114,7 +121,7 @@ impl LocalState {
             "{} was torn by a kill while terraform wrote it ({} bytes); put back the last complete state (serial {}) from {}; the torn file is kept as {}",
             self.file.display(),
             torn.bytes.len(),
-            serial(bytes).map_or_else(|| "unknown".to_string(), |s| s.to_string()),
+            serial(bytes),
             source.file_name().unwrap_or_default().to_string_lossy(),
             kept.display()
         )))
@@ -130,7 +137,7 @@ impl LocalState {
                 "{} is torn ({} bytes, left by a kill while terraform wrote it): the last complete state (serial {}) would be put back from {} first",
                 self.file.display(),
                 torn.bytes.len(),
-                serial(bytes).map_or_else(|| "unknown".to_string(), |s| s.to_string()),
+                serial(bytes),
                 source.file_name().unwrap_or_default().to_string_lossy(),
             ),
             None => format!(
@@ -165,15 +172,7 @@ impl LocalState {
         }
         Ok(Some(Torn { bytes, good }))
     }
-}
 
-struct Torn<'a> {
-    bytes: Vec<u8>,
-    /// Where a complete state was found, and its content.
-    good: Option<(&'a Path, Vec<u8>)>,
-}
-
-impl LocalState {
     /// Removes what a kill left of this module's own half-written copies; terraform's files
     /// and the user's are left alone. Called with the root lock held.
     fn remove_temps(&self) -> io::Result<()> {
@@ -195,17 +194,24 @@ impl LocalState {
     }
 }
 
+struct Torn<'a> {
+    bytes: Vec<u8>,
+    /// Where a complete state was found, and its content.
+    good: Option<(&'a Path, Vec<u8>)>,
+}
+
 /// Whether `bytes` are a whole state document, not one cut short.
 fn is_complete(bytes: &[u8]) -> bool {
     serde_json::from_slice::<Value>(bytes)
         .is_ok_and(|doc| doc.get("version").is_some() && doc.get("lineage").is_some())
 }
 
-fn serial(bytes: &[u8]) -> Option<u64> {
+/// The state's serial, for the log.
+fn serial(bytes: &[u8]) -> String {
     serde_json::from_slice::<Value>(bytes)
-        .ok()?
-        .get("serial")?
-        .as_u64()
+        .ok()
+        .and_then(|doc| doc.get("serial")?.as_u64())
+        .map_or_else(|| "unknown".to_string(), |serial| serial.to_string())
 }
 
 #[cfg(test)]
@@ -292,13 +298,12 @@ mod tests {
 
     #[test]
     fn a_cut_short_file_with_nothing_to_put_back_stops_the_step() {
-        let (dir, state) = guarded();
-        fs::write(dir.path().join(FILE), &STATE[..30]).unwrap();
+        let (cut, state) = guarded();
+        fs::write(cut.path().join(FILE), &STATE[..30]).unwrap();
         let err = state.repair().unwrap_err();
         assert!(err.contains("cut short"), "{err}");
-        let (dir2, state) = guarded();
-        fs::write(dir2.path().join(FILE), "").unwrap();
+        let (empty, state) = guarded();
+        fs::write(empty.path().join(FILE), "").unwrap();
         assert!(state.repair().unwrap().unwrap().contains("no state"));
-        drop(dir);
     }
 }

@@ -65,6 +65,12 @@ pub fn is_temp(name: &str) -> bool {
 /// returns their names. Only call this while holding the root lock: another live process
 /// may be writing them otherwise.
 pub fn remove_temps(dir: &Path) -> io::Result<Vec<String>> {
+    remove_temps_of(dir, "")
+}
+
+/// [`remove_temps`], only for the temporaries of files whose names start with `prefix`: for
+/// a directory where other programs keep files too.
+pub fn remove_temps_of(dir: &Path, prefix: &str) -> io::Result<Vec<String>> {
     let mut removed = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -74,7 +80,7 @@ pub fn remove_temps(dir: &Path) -> io::Result<Vec<String>> {
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !is_temp(&name) {
+        if !is_temp(&name) || !name[1..].starts_with(prefix) {
             continue;
         }
         if entry.file_type()?.is_dir() {

@@ -96,8 +96,12 @@ impl LocalState {
     /// Before terraform runs: puts back a state file that a kill left torn. Returns what it
     /// did, for the log, or why it cannot go on.
     pub fn repair(&self) -> Result<Option<String>, String> {
-        self.remove_temps()
-            .map_err(|e| format!("cannot clean beside {}: {e}", self.file.display()))?;
+        // What a kill left of our own half-written copies; terraform's files and the
+        // user's are left alone.
+        if let Some(dir) = self.file.parent() {
+            durable::remove_temps_of(dir, FILE)
+                .map_err(|e| format!("cannot clean beside {}: {e}", self.file.display()))?;
+        }
         let Some(torn) = self.torn()? else {
             return Ok(None);
         };
@@ -171,26 +175,6 @@ impl LocalState {
             ));
         }
         Ok(Some(Torn { bytes, good }))
-    }
-
-    /// Removes what a kill left of this module's own half-written copies; terraform's files
-    /// and the user's are left alone. Called with the root lock held.
-    fn remove_temps(&self) -> io::Result<()> {
-        let Some(dir) = self.file.parent() else {
-            return Ok(());
-        };
-        let entries = match fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&format!(".{FILE}")) && durable::is_temp(&name) {
-                durable::remove(&dir.join(name))?;
-            }
-        }
-        Ok(())
     }
 }
 

@@ -11,11 +11,21 @@ variable "cluster_id" {
 variable "haproxy_image" {
   description = "HAProxy image, pinned by digest."
   type        = string
+
+  validation {
+    condition     = can(regex("@sha256:[0-9a-f]{64}$", var.haproxy_image))
+    error_message = "Pin the image by digest (…@sha256:<64 hex digits>): a tag can move under a running control plane."
+  }
 }
 
 variable "controller_image" {
   description = "The bootstrapper image (it also carries the tenant workflow), pinned by digest."
   type        = string
+
+  validation {
+    condition     = can(regex("@sha256:[0-9a-f]{64}$", var.controller_image))
+    error_message = "Pin the image by digest (…@sha256:<64 hex digits>): a tag can move under a running control plane."
+  }
 }
 
 variable "backend_ip" {

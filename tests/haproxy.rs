@@ -221,3 +221,66 @@ fn every_listener_relays_to_its_load_balancer() {
     // The stand-ins answer with their names, so a listener wired to the wrong one shows.
     assert!(haproxy.try_wait().is_none(), "haproxy stopped");
 }
+
+/// The `haproxy.cfg` of the plain manifest's ConfigMap, dedented.
+fn manifest_cfg() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s/haproxy.yaml");
+    let text = fs::read_to_string(path).expect("read haproxy.yaml");
+    let start = text
+        .find("  haproxy.cfg: |\n")
+        .expect("haproxy.cfg in the ConfigMap");
+    let block: Vec<&str> = text[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect();
+    block.join("\n") + "\n"
+}
+
+/// A configuration without its comments and blank lines.
+fn significant(cfg: &str) -> Vec<String> {
+    cfg.lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_plain_manifest_carries_what_the_module_renders() {
+    let cfg = manifest_cfg();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("manifest.cfg");
+    fs::write(&file, &cfg).expect("write cfg");
+    haproxy_check(&file);
+
+    // The module, given the addresses the manifest stands for, renders the same thing.
+    let found = sections(&cfg);
+    let backends = hcl_map(LISTENERS.iter().map(|name| {
+        let server = &found
+            .get(*name)
+            .unwrap_or_else(|| panic!("no {name} in\n{cfg}"))
+            .1;
+        let target = server.split_whitespace().nth(2).expect("server address");
+        let (address, port) = target.rsplit_once(':').expect("address:port");
+        (
+            name.to_string(),
+            format!(r#"{{ address = "{address}", port = {port} }}"#),
+        )
+    }));
+    let main = format!(
+        "module \"cfg\" {{\n  source   = \"{}\"\n  backends = {backends}\n}}\n\noutput \"cfg\" {{\n  value = module.cfg.haproxy_cfg\n}}\n",
+        module_dir().display()
+    );
+    fs::write(dir.path().join("main.tf"), main).expect("write main.tf");
+    terraform(dir.path(), &["init", "-input=false", "-no-color"]).assert_success();
+    terraform(
+        dir.path(),
+        &["apply", "-auto-approve", "-input=false", "-no-color"],
+    )
+    .assert_success();
+    let rendered = terraform(dir.path(), &["output", "-raw", "cfg"]);
+    rendered.assert_success();
+    assert_eq!(significant(&cfg), significant(&rendered.stdout));
+}

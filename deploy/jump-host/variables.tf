@@ -99,3 +99,15 @@ variable "memory_limit" {
   type    = string
   default = "2Gi"
 }
+
+variable "controller_tokens" {
+  description = "Bearer tokens the controller accepts, one per caller; they become the Secret the controller mounts."
+  type        = list(string)
+  sensitive   = true
+  default     = []
+
+  validation {
+    condition     = alltrue([for t in var.controller_tokens : length(t) >= 32 && !strcontains(t, "\n")])
+    error_message = "A controller token is one line of at least 32 characters."
+  }
+}

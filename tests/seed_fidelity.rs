@@ -2,7 +2,8 @@
 //! (`nomad-ucloud-sample`, the seed's original repository): every variable a module declares
 //! without a default is given, by the rendered tfvars or by a `TF_VAR_*` that the pod's
 //! manifest sets; nothing the module does not declare is rendered; list, number and bool
-//! variables get values of that shape; and no backend setting but the address overrides the
+//! variables get values of that shape; every `steps.<step>.outputs.<output>` names an output
+//! the step's module has; and no backend setting but the address overrides the
 //! tree's own `backend.tf`, so that its `terraform_remote_state` reads find the states.
 //!
 //! The tree is found at `$SEED_TREE`, else `../shared/seed/nomad-ucloud-sample` beside the
@@ -43,9 +44,8 @@ struct Declared {
     kind: String,
 }
 
-/// The `variable` blocks of every `.tf` file directly in `dir` (a module is one directory).
-fn declared_variables(dir: &Path) -> BTreeMap<String, Declared> {
-    let mut vars = BTreeMap::new();
+/// Every `.tf` file directly in `dir` (a module is one directory), parsed.
+fn module_bodies(dir: &Path) -> Vec<hcl::Body> {
     let mut files: Vec<_> = fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
         .map(|e| e.expect("dir entry").path())
@@ -53,16 +53,28 @@ fn declared_variables(dir: &Path) -> BTreeMap<String, Declared> {
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no .tf file in {}", dir.display());
+    let mut bodies = Vec::new();
     for file in files {
         let text = fs::read_to_string(&file).expect("read .tf");
-        let declares = text.lines().any(|l| l.trim_start().starts_with("variable"));
-        let body = match hcl::parse(&text) {
-            Ok(body) => body,
+        let declares = text.lines().any(|l| {
+            let l = l.trim_start();
+            l.starts_with("variable") || l.starts_with("output")
+        });
+        match hcl::parse(&text) {
+            Ok(body) => bodies.push(body),
             // rocketmq-job-broker/main.tf repeats a key in an object, which HCL refuses; a
-            // file that declares no variable does not matter here.
-            Err(_) if !declares => continue,
+            // file that declares no variable or output does not matter here.
+            Err(_) if !declares => {}
             Err(e) => panic!("parse {}: {e}", file.display()),
-        };
+        }
+    }
+    bodies
+}
+
+/// The `variable` blocks of a module.
+fn declared_variables(dir: &Path) -> BTreeMap<String, Declared> {
+    let mut vars = BTreeMap::new();
+    for body in module_bodies(dir) {
         for block in body.blocks().filter(|b| b.identifier() == "variable") {
             let name = block.labels()[0].as_str().to_owned();
             let attr = |key: &str| block.body().attributes().find(|a| a.key() == key);
@@ -79,6 +91,33 @@ fn declared_variables(dir: &Path) -> BTreeMap<String, Declared> {
         }
     }
     vars
+}
+
+/// The names of a module's `output` blocks.
+fn declared_outputs(dir: &Path) -> BTreeSet<String> {
+    module_bodies(dir)
+        .iter()
+        .flat_map(|body| body.blocks().filter(|b| b.identifier() == "output"))
+        .map(|b| b.labels()[0].as_str().to_owned())
+        .collect()
+}
+
+/// Every `steps.<step>.outputs.<output>` a template text names.
+fn output_refs(text: &str) -> BTreeSet<(String, String)> {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut refs = BTreeSet::new();
+    for (at, _) in text.match_indices("steps.") {
+        let rest = &text[at + "steps.".len()..];
+        let step = ident(rest);
+        if let Some(rest) = rest[step.len()..].strip_prefix(".outputs.") {
+            refs.insert((step, ident(rest)));
+        }
+    }
+    refs
 }
 
 /// The outermost type constructor: `list(string)` is `list`; the pre-0.12 quoted `"string"`
@@ -126,6 +165,8 @@ struct Step {
     dir: String,
     /// The backend address template, unrendered.
     address: Option<String>,
+    /// The vars template, as the copy names it.
+    vars: Option<PathBuf>,
 }
 
 /// The backend address that the controller's environment gives, and the template naming it.
@@ -152,6 +193,7 @@ fn workflow_on_tree(workflow: &str, templates: Option<&Path>) -> (String, Vec<St
             };
             step.insert("vars".into(), vars.display().to_string().into());
         }
+        let vars = step.get("vars").and_then(|v| v.as_str()).map(PathBuf::from);
         steps.push(Step {
             name: step["name"].as_str().expect("name").to_owned(),
             dir: step["dir"].as_str().expect("dir").to_owned(),
@@ -160,6 +202,7 @@ fn workflow_on_tree(workflow: &str, templates: Option<&Path>) -> (String, Vec<St
                 .and_then(|b| b.get("address"))
                 .and_then(|a| a.as_str())
                 .map(str::to_owned),
+            vars,
         });
     }
     (toml::to_string(&doc).expect("serialize workflow"), steps)
@@ -201,7 +244,35 @@ fn problems(workflow: &str, params: &str, manifest: &str, templates: Option<&Pat
     let mut workspaces = BTreeSet::new();
     let mut addresses = BTreeSet::new();
     let mut backend_urls = BTreeSet::new();
-    for (Step { name, dir, address }, step) in steps.iter().zip(planned) {
+    // Outputs named by the workflow or a template exist in the module of the step they name
+    // (in templates `-` reads `_`).
+    let mut texts =
+        vec![fs::read_to_string(repo().join("workflows").join(workflow)).expect("read workflow")];
+    texts.extend(
+        steps
+            .iter()
+            .filter_map(|s| s.vars.as_ref())
+            .map(|p| fs::read_to_string(p).expect("read template")),
+    );
+    for (step, output) in texts.iter().flat_map(|t| output_refs(t)) {
+        match steps.iter().find(|s| s.name.replace('-', "_") == step) {
+            None => problems.push(format!("`steps.{step}` names no step")),
+            Some(s) if !declared_outputs(&tree.join(&s.dir)).contains(&output) => {
+                problems.push(format!(
+                    "`steps.{step}.outputs.{output}` is not an output of {}",
+                    s.dir
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    for (
+        Step {
+            name, dir, address, ..
+        },
+        step,
+    ) in steps.iter().zip(planned)
+    {
         assert_eq!(step["step"], name.as_str());
         let module = tree.join(dir);
         let declared = declared_variables(&module);
@@ -306,7 +377,7 @@ fn the_rocketmq_workflow_satisfies_the_namesvr_and_broker_modules() {
 }
 
 #[test]
-fn a_dropped_a_renamed_and_a_mistyped_variable_are_all_reported() {
+fn dropped_renamed_and_mistyped_variables_and_a_missing_output_are_all_reported() {
     let templates = tempfile::tempdir().expect("temp dir");
     for entry in fs::read_dir(repo().join("templates/bootstrap")).expect("templates") {
         let path = entry.expect("entry").path();
@@ -321,10 +392,12 @@ fn a_dropped_a_renamed_and_a_mistyped_variable_are_all_reported() {
                 })
                 .collect::<Vec<_>>()
                 .join("\n"),
-            Some("hosts.tfvars.tera") => text.replace(
-                "broker_count                = {{ params.broker_count | json_encode() }}",
-                "broker_count                = 3",
-            ),
+            Some("hosts.tfvars.tera") => text
+                .replace(
+                    "broker_count                = {{ params.broker_count | json_encode() }}",
+                    "broker_count                = 3",
+                )
+                .replace("outputs.backend_ip", "outputs.consul_address"),
             _ => text,
         };
         fs::write(templates.path().join(path.file_name().expect("name")), text)
@@ -342,11 +415,17 @@ fn a_dropped_a_renamed_and_a_mistyped_variable_are_all_reported() {
         "network: `mgr_vpc_cidr` is not declared by network",
         "network: `mgrVpcCidr` (network) has no default",
         "hosts: `broker_count` is declared list but rendered as 3",
+        "`steps.control_network.outputs.consul_address` is not an output of control-network",
     ] {
         assert!(
             report.contains(expected),
             "missing {expected:?} in:\n{report}"
         );
     }
-    assert_eq!(problems.len(), 4, "{report}");
+    // The hosts template's backend URL now differs from the backend address, too.
+    assert!(
+        report.contains("is not the backend address"),
+        "missing the address mismatch in:\n{report}"
+    );
+    assert_eq!(problems.len(), 6, "{report}");
 }

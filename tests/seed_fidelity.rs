@@ -429,3 +429,35 @@ fn dropped_renamed_and_mistyped_variables_and_a_missing_output_are_all_reported(
     );
     assert_eq!(problems.len(), 6, "{report}");
 }
+
+/// The `TF_VAR_*` names a file mentions (a manifest's env, a module's env blocks and maps).
+fn tf_var_names(path: &Path) -> BTreeSet<String> {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.match_indices("TF_VAR_")
+        .map(|(at, _)| {
+            text[at + "TF_VAR_".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .collect::<String>()
+        })
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+/// The Terraform that creates the pods gives them what the manifests (checked above against
+/// the tree) give.
+#[test]
+fn the_terraform_pods_get_the_same_tf_vars_as_the_manifests() {
+    for (module, manifest) in [
+        ("deploy/jump-host/main.tf", "deploy/k8s/bootstrapper.yaml"),
+        (
+            "deploy/control-plane/controller.tf",
+            "deploy/k8s/controller.yaml",
+        ),
+    ] {
+        let from_module = tf_var_names(&repo().join(module));
+        let from_manifest = manifest_tf_vars(&repo().join(manifest));
+        assert!(!from_module.is_empty(), "{module} sets no TF_VAR_*");
+        assert_eq!(from_module, from_manifest, "{module} against {manifest}");
+    }
+}

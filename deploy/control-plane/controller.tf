@@ -1,6 +1,12 @@
 locals {
   controller_labels = { "app.kubernetes.io/name" = "bootstrapper-controller", "app.kubernetes.io/instance" = var.cluster_id }
-  backend_url       = "http://[${trimsuffix(trimprefix(var.backend_ip, "["), "]")}]:8500"
+  # An IPv6 address goes in brackets in a URL, an IPv4 one does not.
+  hosts = {
+    for name, ip in {
+      backend = var.backend_ip, nomad = var.nomad_server_ip, consul = var.consul_access_ip
+    } : name => strcontains(ip, ":") ? "[${trimsuffix(trimprefix(ip, "["), "]")}]" : ip
+  }
+  backend_url = "http://${local.hosts.backend}:8500"
   # What the original controller got, and what the tenant modules read: see
   # workflows/README.md. Undeclared ones are ignored by terraform but kept for templates.
   controller_env = merge({
@@ -9,13 +15,16 @@ locals {
     TF_VAR_allow_multiple_tasks_in_az = tostring(length(var.az) != length(distinct(var.az)))
     TF_VAR_provision_from_kun         = "true"
     TF_VAR_ucloud_api_base_url        = var.ucloud_api_base_url
-    TF_VAR_nomad_server_access_url    = "http://[${var.nomad_server_ip}]:4646"
-    TF_VAR_consul_access_url          = "http://[${var.consul_access_ip}]:8500"
+    TF_VAR_nomad_server_access_url    = "http://${local.hosts.nomad}:4646"
+    TF_VAR_consul_access_url          = "http://${local.hosts.consul}:8500"
     TF_VAR_region                     = var.region
     TF_VAR_az                         = jsonencode(var.az)
     TF_VAR_project_id                 = var.project_id
     TF_VAR_vpc_id                     = var.vpc_id
     TF_VAR_subnet_id                  = var.subnet_id
+    TF_VAR_rocketmq_docker_image      = var.rocketmq_docker_image
+    "TF_VAR_terraform-image"          = var.terraform_image
+    "TF_VAR_golang-image"             = var.golang_image
     NAMESVR_INDEX_IP                  = var.namesvr_lb_ip
   }, var.tenant_env)
 }

@@ -85,8 +85,26 @@ variable "tokens_secret" {
   type        = string
 }
 
+variable "rocketmq_docker_image" {
+  description = "The RocketMQ image repository the tenants' clusters run (the version is a tenant's param)."
+  type        = string
+  default     = "uhub.service.ucloud.cn/lonegunmanb/rocketmq"
+}
+
+variable "terraform_image" {
+  description = "The image the NameServer and broker jobs run terraform in (binding EIPs)."
+  type        = string
+  default     = "uhub.service.ucloud.cn/lonegunmanb/terraform:0.12.10"
+}
+
+variable "golang_image" {
+  description = "The image the NameServer's HTTP endpoint runs in."
+  type        = string
+  default     = "uhub.service.ucloud.cn/lonegunmanb/golang:alpine"
+}
+
 variable "tenant_env" {
-  description = "More TF_VAR_* for the tenant workflow (rocketmq_docker_image, terraform-image, golang-image)."
+  description = "More environment for the controller and the tenant workflow it runs."
   type        = map(string)
   default     = {}
 }

@@ -16,7 +16,8 @@ resource "kubernetes_secret_v1" "cloud_keys" {
   }
 }
 
-resource "kubernetes_config_map_v1" "params" {
+# The params hold the hosts' root passwords: a Secret, mounted as a file, never a ConfigMap.
+resource "kubernetes_secret_v1" "params" {
   metadata {
     name      = "${local.name}-params"
     namespace = var.namespace
@@ -52,6 +53,9 @@ resource "kubernetes_persistent_volume_claim_v1" "project" {
 }
 
 resource "kubernetes_pod_v1" "bootstrapper" {
+  # Its last step needs the Role; on destroy, the binding outlives the destroy it runs.
+  depends_on = [kubernetes_role_binding_v1.bootstrapper]
+
   metadata {
     name      = local.name
     namespace = var.namespace
@@ -63,14 +67,19 @@ resource "kubernetes_pod_v1" "bootstrapper" {
     # The engine gives terraform 25 s to save its state after SIGINT; the kubelet must not
     # SIGKILL before that.
     termination_grace_period_seconds = 60
-    automount_service_account_token  = false
-    enable_service_links             = false
+    # The last step creates HAProxy and the controller through the API (rbac.tf).
+    service_account_name            = kubernetes_service_account_v1.bootstrapper.metadata[0].name
+    automount_service_account_token = true
+    enable_service_links            = false
 
     security_context {
       run_as_user     = 10001
       run_as_group    = 10001
       run_as_non_root = true
       fs_group        = 10001
+      seccomp_profile {
+        type = "RuntimeDefault"
+      }
     }
 
     dynamic "image_pull_secrets" {
@@ -91,14 +100,22 @@ resource "kubernetes_pod_v1" "bootstrapper" {
       }
       env {
         name  = "BOOTSTRAPPER_PARAMS"
-        value = "/etc/bootstrapper/params.json"
+        value = "/etc/bootstrapper/params/params.json"
       }
       env {
         name  = "BOOTSTRAPPER_ROOT"
         value = "/project"
       }
       env {
-        name = "TF_VAR_ucloud_public_key"
+        name  = "HOME"
+        value = "/home/bootstrapper"
+      }
+      env {
+        name  = "TF_VAR_ucloud_api_base_url"
+        value = var.ucloud_api_base_url
+      }
+      env {
+        name = "TF_VAR_ucloud_pub_key"
         value_from {
           secret_key_ref {
             name = kubernetes_secret_v1.cloud_keys.metadata[0].name
@@ -107,7 +124,7 @@ resource "kubernetes_pod_v1" "bootstrapper" {
         }
       }
       env {
-        name = "TF_VAR_ucloud_private_key"
+        name = "TF_VAR_ucloud_secret"
         value_from {
           secret_key_ref {
             name = kubernetes_secret_v1.cloud_keys.metadata[0].name
@@ -125,12 +142,21 @@ resource "kubernetes_pod_v1" "bootstrapper" {
 
       volume_mount {
         name       = "params"
-        mount_path = "/etc/bootstrapper"
+        mount_path = "/etc/bootstrapper/params"
         read_only  = true
       }
       volume_mount {
         name       = "project"
         mount_path = "/project"
+      }
+      # Terraform writes plugins' temporaries under /tmp and its CLI state under $HOME.
+      volume_mount {
+        name       = "tmp"
+        mount_path = "/tmp"
+      }
+      volume_mount {
+        name       = "home"
+        mount_path = "/home/bootstrapper"
       }
 
       resources {
@@ -145,6 +171,8 @@ resource "kubernetes_pod_v1" "bootstrapper" {
 
       security_context {
         allow_privilege_escalation = false
+        read_only_root_filesystem  = true
+        run_as_non_root            = true
         capabilities {
           drop = ["ALL"]
         }
@@ -153,8 +181,21 @@ resource "kubernetes_pod_v1" "bootstrapper" {
 
     volume {
       name = "params"
-      config_map {
-        name = kubernetes_config_map_v1.params.metadata[0].name
+      secret {
+        secret_name  = kubernetes_secret_v1.params.metadata[0].name
+        default_mode = "0400"
+      }
+    }
+    volume {
+      name = "tmp"
+      empty_dir {
+        size_limit = "1Gi"
+      }
+    }
+    volume {
+      name = "home"
+      empty_dir {
+        size_limit = "1Gi"
       }
     }
     volume {
@@ -168,7 +209,7 @@ resource "kubernetes_pod_v1" "bootstrapper" {
   lifecycle {
     # The engine reads params and keys when it starts, and re-applies the steps whose inputs
     # changed; a new pod is how a change takes effect.
-    replace_triggered_by = [kubernetes_config_map_v1.params, kubernetes_secret_v1.cloud_keys]
+    replace_triggered_by = [kubernetes_secret_v1.params, kubernetes_secret_v1.cloud_keys]
   }
 }
 

@@ -9,3 +9,11 @@ output "status_command" {
 output "logs_command" {
   value = "kubectl --namespace ${var.namespace} logs --follow ${local.name} --container bootstrapper"
 }
+
+output "controller_tokens_secret" {
+  value = kubernetes_secret_v1.controller_tokens.metadata[0].name
+}
+
+output "cloud_keys_secret" {
+  value = kubernetes_secret_v1.cloud_keys.metadata[0].name
+}

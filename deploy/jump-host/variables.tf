@@ -11,7 +11,7 @@ variable "kube_context" {
 }
 
 variable "namespace" {
-  description = "Existing namespace that holds the bootstrapper's Secret, ConfigMap, PVC and Pod."
+  description = "Existing namespace that holds the bootstrapper's Secrets, PVC, Pod and the control plane it creates."
   type        = string
 }
 
@@ -26,8 +26,13 @@ variable "cluster_id" {
 }
 
 variable "image" {
-  description = "The bootstrapper image (deploy/Dockerfile)."
+  description = "The bootstrapper image (deploy/Dockerfile), pinned by digest."
   type        = string
+
+  validation {
+    condition     = can(regex("@sha256:[0-9a-f]{64}$", var.image))
+    error_message = "Pin the image by digest (…@sha256:<64 hex digits>): a tag can move under a running control plane."
+  }
 }
 
 variable "image_pull_secret" {
@@ -56,6 +61,11 @@ variable "ucloud_public_key" {
 variable "ucloud_private_key" {
   type      = string
   sensitive = true
+}
+
+variable "ucloud_api_base_url" {
+  type    = string
+  default = "https://api.ucloud.cn"
 }
 
 variable "extra_env" {
@@ -88,4 +98,16 @@ variable "memory_request" {
 variable "memory_limit" {
   type    = string
   default = "2Gi"
+}
+
+variable "controller_tokens" {
+  description = "Bearer tokens the controller accepts, one per caller; they become the Secret the controller mounts."
+  type        = list(string)
+  sensitive   = true
+  default     = []
+
+  validation {
+    condition     = alltrue([for t in var.controller_tokens : length(t) >= 32 && !strcontains(t, "\n")])
+    error_message = "A controller token is one line of at least 32 characters."
+  }
 }

@@ -162,7 +162,7 @@ fn report(e: &Error, loaded: Option<&Loaded>, format: Format) -> i32 {
 
 fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Result<i32> {
     match &cli.command {
-        Command::Validate => validate(&loaded, &logger),
+        Command::Validate => validate(&loaded, &cli.root, &logger),
         Command::Status { json } => {
             let report = crate::status::collect(&loaded, &cli.root)?;
             crate::status::print(&report, *json, &loaded, &mut std::io::stdout().lock())
@@ -248,9 +248,9 @@ fn hold_until_stopped(shutdown: &Shutdown) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn validate(loaded: &Loaded, logger: &Logger) -> Result<i32> {
-    load::check(loaded, &Default::default()).map_err(Error::Input)?;
-    for warning in load::warnings(loaded) {
+fn validate(loaded: &Loaded, root: &std::path::Path, logger: &Logger) -> Result<i32> {
+    let checked = load::check(loaded, &Default::default(), Some(root)).map_err(Error::Input)?;
+    for warning in load::warnings(loaded).into_iter().chain(checked.notes) {
         match logger.format() {
             Format::Json => logger.warn(None, &warning),
             Format::Text => eprintln!("warning: {warning}"),

@@ -6,7 +6,9 @@
 //! - [`cli`]: options and commands; maps every result to an exit code.
 //! - [`workflow`], [`params`]: the input files, parsed with positions for errors.
 //! - [`render`]: templates over params, env and earlier outputs; input digests.
-//! - [`load`]: everything loaded and checked before anything runs.
+//! - [`load`]: everything loaded and checked before anything runs; [`tfvars`]: a step's
+//!   rendered vars, parsed in either syntax; [`module_vars`]: the variables a step's module
+//!   declares, checked against what the step sets.
 //! - [`source`]: the code put on the PVC, atomically.
 //! - [`run`]: applying the steps in order; [`destroy`]: destroying them in reverse.
 //! - [`terraform`]: the terraform command lines of a step; [`local_state`]: a local state
@@ -27,6 +29,7 @@ pub mod load;
 pub mod local_state;
 pub mod lock;
 pub mod log;
+pub mod module_vars;
 pub mod params;
 pub mod plan;
 pub mod process;
@@ -37,4 +40,5 @@ pub mod signals;
 pub mod source;
 pub mod status;
 pub mod terraform;
+pub mod tfvars;
 pub mod workflow;

@@ -1,13 +1,13 @@
 //! Loading and checking everything before anything runs: the workflow, the params, every
 //! template of every step, and the journal, with every problem reported at once.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use crate::error::{Error, Problem, Problems, Result};
 use crate::journal::{Journal, Marker};
-use crate::render::{Outputs, RenderedSource, Renderer};
+use crate::render::{Outputs, RenderedSource, RenderedStep, Renderer};
 use crate::secrets::Redactor;
 use crate::workflow::Workflow;
 
@@ -138,24 +138,166 @@ pub fn mask_sensitive(redactor: &Redactor, marker: &Marker) {
     }
 }
 
+/// What [`check`] found that is not a problem but that the operator should know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub source: RenderedSource,
+    /// Checks that could not be made, and why.
+    pub notes: Vec<String>,
+}
+
 /// Renders the source and every step (placeholders standing for outputs not known yet),
-/// collecting every problem.
-pub fn check(loaded: &Loaded, outputs: &Outputs) -> std::result::Result<RenderedSource, Problems> {
+/// parsing every rendered tfvars file, collecting every problem. With `root`, the variables
+/// each step sets are also checked against its module, in the code under the root or else
+/// in the image's tree; when neither is there yet, a note says so.
+pub fn check(
+    loaded: &Loaded,
+    outputs: &Outputs,
+    root: Option<&Path>,
+) -> std::result::Result<Checked, Problems> {
     let renderer = loaded.renderer();
     let mut problems = Problems::default();
     let source = renderer
         .render_source()
         .map_err(|p| problems.extend(p))
         .ok();
+    let mut steps = Vec::with_capacity(loaded.workflow.steps.len());
     for index in 0..loaded.workflow.steps.len() {
-        if let Err(p) = renderer.render_step(index, outputs, true) {
-            problems.extend(p);
+        match renderer.render_step(index, outputs, true) {
+            Ok(step) => steps.push(Some(step)),
+            Err(p) => {
+                problems.extend(p);
+                steps.push(None);
+            }
+        }
+    }
+    let mut notes = Vec::new();
+    if let (Some(root), Some(source)) = (root, &source) {
+        match find_code(root, source) {
+            Ok(code) => problems.extend(check_variables(loaded, &code, &steps)),
+            Err(why) => notes.push(format!(
+                "the steps' variables were not checked against their modules: {why}"
+            )),
         }
     }
     match source {
-        Some(source) if problems.is_empty() => Ok(source),
+        Some(source) if problems.is_empty() => Ok(Checked { source, notes }),
         _ => Err(problems),
     }
+}
+
+/// Everything `validate` checks, for a caller that holds a workflow, params and environment
+/// in memory (one tenant's request, say): every problem at once, or what could not be checked.
+pub fn check_inputs(
+    workflow: Workflow,
+    params: Value,
+    env: Vec<(String, String)>,
+    root: Option<&Path>,
+) -> std::result::Result<Vec<String>, Problems> {
+    let redactor = Redactor::from_inputs(&params, &env);
+    let loaded = Loaded {
+        workflow,
+        params,
+        env,
+        redactor,
+    };
+    let checked = check(
+        &loaded,
+        &Outputs::new(),
+        Some(root.unwrap_or(Path::new(""))),
+    )?;
+    Ok(checked.notes)
+}
+
+/// The code the steps' modules are read from before the command puts it in place: the code
+/// under the root if it is there, else the image's tree it would be copied from.
+fn find_code(root: &Path, source: &RenderedSource) -> std::result::Result<PathBuf, String> {
+    let placed = root.join(&source.dir);
+    if !root.as_os_str().is_empty() && placed.is_dir() {
+        return Ok(placed);
+    }
+    match (&source.image_dir, &source.git_url) {
+        (Some(image), _) if image.is_dir() => Ok(image.clone()),
+        (_, Some(_)) => Err(format!(
+            "the code is not under {} yet; it is cloned on the first run, and checked then",
+            placed.display()
+        )),
+        (Some(image), None) => Err(format!(
+            "neither {} nor the image's {} exists",
+            placed.display(),
+            image.display()
+        )),
+        (None, None) => Err(format!("{} does not exist", placed.display())),
+    }
+}
+
+/// Checks each rendered step (`None`: it did not render) against the `variable` blocks of its
+/// module under `code`. A step whose directory is not known yet, or is missing, is left to
+/// the check of step directories.
+pub fn check_variables(loaded: &Loaded, code: &Path, steps: &[Option<RenderedStep>]) -> Problems {
+    let mut problems = Problems::default();
+    for (step, rendered) in loaded.workflow.steps.iter().zip(steps) {
+        let Some(rendered) = rendered else { continue };
+        if !step.check_variables || dir_unknown(rendered) {
+            continue;
+        }
+        let module = code.join(&rendered.dir);
+        if !module.is_dir() {
+            continue;
+        }
+        let variables = match crate::module_vars::read(&module) {
+            Ok(v) => v,
+            Err(p) => {
+                problems.extend(p);
+                continue;
+            }
+        };
+        let auto_loaded = match crate::tfvars::auto_loaded(&module) {
+            Ok(names) => names,
+            Err(p) => {
+                problems.extend(p);
+                continue;
+            }
+        };
+        let vars = match (&rendered.vars_source, &rendered.vars) {
+            (Some(source), Some(text)) => Some(crate::tfvars::Source {
+                step: &step.name,
+                template: &source.template,
+                template_text: &source.text,
+                syntax: source.syntax,
+                rendered: text,
+            }),
+            _ => None,
+        };
+        let settings = rendered
+            .vars_source
+            .as_ref()
+            .map(|v| v.settings.as_slice())
+            .unwrap_or_default();
+        let supplied = crate::module_vars::Supplied {
+            env: &loaded.env,
+            apply_args: &rendered.apply_args,
+            auto_loaded: &auto_loaded,
+        };
+        problems.extend(crate::module_vars::check(
+            &variables,
+            settings,
+            vars.as_ref(),
+            &supplied,
+            &step.name,
+            &module,
+        ));
+    }
+    problems
+}
+
+/// Whether a step's directory holds a value not known yet.
+pub fn dir_unknown(rendered: &RenderedStep) -> bool {
+    let dir = rendered.dir.to_string_lossy();
+    rendered
+        .placeholders()
+        .iter()
+        .any(|p| dir.contains(p.as_str()))
 }
 
 /// Warnings that do not stop a run, for `validate` to show.

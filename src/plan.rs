@@ -20,7 +20,7 @@ use crate::load::{self, Loaded, Recorded};
 use crate::local_state::LocalState;
 use crate::lock::{self, Holder};
 use crate::process::Command;
-use crate::render::{self, Outputs, RenderedSource, RenderedStep, VARS_FILE};
+use crate::render::{self, Outputs, RenderedSource, RenderedStep};
 use crate::run::ERRORED_STATE;
 use crate::source;
 use crate::terraform::Terraform;
@@ -160,10 +160,11 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
     // Checks that the root is a directory or absent, before anything else reads it.
     let recorded = load::read_journal(loaded, &journal).map_err(Error::Input)?;
     let root_exists = root.is_dir();
-    let source = load::check(loaded, &recorded.outputs).map_err(Error::Input)?;
+    let checked = load::check(loaded, &recorded.outputs, Some(root)).map_err(Error::Input)?;
+    let source = checked.source;
 
     let mut terraform = terraform.clone();
-    let mut notes = Vec::new();
+    let mut notes = checked.notes;
     let found = match terraform.resolve() {
         Ok(program) => {
             terraform.program = program;
@@ -565,7 +566,7 @@ impl Context<'_> {
                 .as_ref()
                 .filter(|_| writes)
                 .map(|content| VarsFile {
-                    path: cwd.join(VARS_FILE).display().to_string(),
+                    path: cwd.join(rendered.vars_file()).display().to_string(),
                     mode: "0600",
                     content: content.clone(),
                 }),

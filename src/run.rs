@@ -14,7 +14,7 @@ use crate::local_state::LocalState;
 use crate::lock::Lock;
 use crate::log::Logger;
 use crate::process::{Command, Supervisor};
-use crate::render::{self, Outputs, RenderedStep, VARS_FILE};
+use crate::render::{self, Outputs, RenderedStep};
 use crate::source;
 use crate::terraform::{self, Terraform};
 use crate::workflow::Retry;
@@ -68,8 +68,9 @@ impl Engine {
         let outputs_so_far = load::read_journal(&self.loaded, &journal)
             .map(|r| r.outputs)
             .unwrap_or_default();
-        let source = load::check(&self.loaded, &outputs_so_far)
+        let source = load::check(&self.loaded, &outputs_so_far, None)
             .map_err(|p| problems.extend(p))
+            .map(|checked| checked.source)
             .ok();
         if let Err(e) = journal.create() {
             match e {
@@ -99,19 +100,19 @@ impl Engine {
         })
     }
 
-    /// Every step's directory must exist in the code before the first step runs.
+    /// Every step's directory must exist in the code, and every step's tfvars must fit its
+    /// module's variables, before the first step runs.
     fn check_step_dirs(&self, code: &Path, outputs: &Outputs) -> Result<()> {
         let renderer = self.loaded.renderer();
         let mut problems = Problems::default();
+        let mut rendered_steps = Vec::with_capacity(self.loaded.workflow.steps.len());
         for (index, step) in self.loaded.workflow.steps.iter().enumerate() {
             let Ok(rendered) = renderer.render_step(index, outputs, true) else {
+                rendered_steps.push(None);
                 continue;
             };
-            if !rendered.unknown_outputs.is_empty() && step.dir.text.contains("steps") {
-                continue;
-            }
             let dir = code.join(&rendered.dir);
-            if !dir.is_dir() {
+            if !load::dir_unknown(&rendered) && !dir.is_dir() {
                 problems.push(
                     Problem::new(format!(
                         "its directory {} does not exist in the code",
@@ -122,7 +123,9 @@ impl Engine {
                     .hint("`dir` is relative to the code directory (`source.dir` under --root)"),
                 );
             }
+            rendered_steps.push(Some(rendered));
         }
+        problems.extend(load::check_variables(&self.loaded, code, &rendered_steps));
         problems.into_result()
     }
 
@@ -326,7 +329,7 @@ impl Engine {
             }
         }
         if let Some(vars) = &step.vars {
-            let path = cwd.join(VARS_FILE);
+            let path = cwd.join(step.vars_file());
             durable::write(&path, vars.as_bytes(), 0o600)
                 .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
         }

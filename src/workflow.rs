@@ -89,6 +89,8 @@ pub struct Step {
     pub init_args: Vec<Template>,
     pub apply_args: Vec<Template>,
     pub retry: Retry,
+    /// Whether its tfvars are checked against its module's `variable` blocks.
+    pub check_variables: bool,
 }
 
 impl Workflow {
@@ -151,6 +153,7 @@ struct StepSpec {
     apply_args: Vec<Spanned<String>>,
     retries: Option<u32>,
     retry_delay: Option<Spanned<String>>,
+    check_variables: Option<bool>,
 }
 
 /// Reads and checks the workflow file; every problem found is reported at once.
@@ -290,6 +293,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problems> {
             init_args: step.init_args.into_iter().map(tpl).collect(),
             apply_args: step.apply_args.into_iter().map(tpl).collect(),
             retry,
+            check_variables: step.check_variables.unwrap_or(true),
             name,
         });
     }

@@ -237,6 +237,10 @@ impl Source<'_> {
     /// A problem at `offset` of the rendered text, placed in the template when its lines
     /// match the rendered ones, otherwise in the rendered text, which is then shown.
     pub fn problem(&self, offset: usize, name: Option<&str>, message: String) -> Problem {
+        let mut offset = offset.min(self.rendered.len());
+        while !self.rendered.is_char_boundary(offset) {
+            offset -= 1;
+        }
         let at = Location::at(Path::new(""), self.rendered, offset);
         let (line, column) = at.line.unwrap_or((1, 1));
         let rendered_line = self.rendered.lines().nth(line - 1).unwrap_or("");
@@ -409,6 +413,36 @@ mod tests {
         let text = format!("{{\"x\": {p}}}");
         assert!(parse(Syntax::Json, &text, std::slice::from_ref(&p)).is_ok());
         assert!(parse(Syntax::Json, &text, &[]).is_err());
+    }
+
+    #[test]
+    fn every_cut_of_a_vars_text_is_an_answer_not_a_panic() {
+        let texts = [
+            (
+                Syntax::Hcl,
+                "région = \"é\"\nzone = { a = [1, \"ü\"] }\nx = <<EOT\nß\nEOT\n",
+            ),
+            (
+                Syntax::Json,
+                "{\"région\": \"é\", \"o\": {\"a\": [null, \"ü\"]}}",
+            ),
+        ];
+        for (syntax, text) in texts {
+            for (cut, _) in text.char_indices() {
+                let rendered = &text[..cut];
+                let template = rendered.replace('a', "{{ a }}");
+                let source = Source {
+                    step: "s",
+                    template: Path::new("t"),
+                    template_text: &template,
+                    syntax,
+                    rendered,
+                };
+                if let Err(problems) = source.check(&[]) {
+                    assert!(problems.to_string().contains("step `s`"));
+                }
+            }
+        }
     }
 
     #[test]

@@ -519,11 +519,27 @@ fn read_template(path: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
+/// The name Tera's own one-off rendering gives a template, which [`tera_message`] strips.
+const ONE_OFF: &str = "__tera_one_off";
+
+/// Renders `text`, compiling it once per process: a command renders each step's templates
+/// several times (checking, then running), and compiling is most of a restart's work.
 fn render_str(text: &str, context: &tera::Context) -> Result<String, tera::Error> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    // Keyed by the template's text, so it holds no more than the workflows' templates.
+    static COMPILED: OnceLock<Mutex<HashMap<String, tera::Tera>>> = OnceLock::new();
     if !text.contains("{{") && !text.contains("{%") && !text.contains("{#") {
         return Ok(text.to_string());
     }
-    tera::Tera::one_off(text, context, false)
+    let compiled = COMPILED.get_or_init(Default::default);
+    let mut compiled = compiled.lock().unwrap_or_else(|e| e.into_inner());
+    if !compiled.contains_key(text) {
+        let mut tera = tera::Tera::default();
+        tera.add_raw_template(ONE_OFF, text)?;
+        compiled.insert(text.to_string(), tera);
+    }
+    compiled[text].render(ONE_OFF, context)
 }
 
 /// Tera's error chain, without its wrapper that only names the one-off template.
@@ -532,10 +548,10 @@ fn tera_message(e: &tera::Error) -> String {
     let mut current: Option<&dyn std::error::Error> = Some(e);
     while let Some(err) = current {
         let text = err.to_string();
-        if !text.starts_with("Failed to render '__tera_one_off'")
-            && !text.starts_with("Failed to parse '__tera_one_off'")
+        if !text.starts_with(&format!("Failed to render '{ONE_OFF}'"))
+            && !text.starts_with(&format!("Failed to parse '{ONE_OFF}'"))
         {
-            parts.push(text.replace(" while rendering '__tera_one_off'", ""));
+            parts.push(text.replace(&format!(" while rendering '{ONE_OFF}'"), ""));
         }
         current = err.source();
     }

@@ -110,7 +110,7 @@ impl Lock {
                     if !keep_waiting || Instant::now() >= deadline {
                         return Err(Error::Locked {
                             root: root_of(state_dir),
-                            holder,
+                            holder: holder.to_string(),
                         });
                     }
                     std::thread::sleep(Duration::from_millis(50));

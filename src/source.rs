@@ -27,8 +27,7 @@ use credentials::{Credentials, GitUrl, Scheme};
 
 const RECORD: &str = "source";
 
-/// What `bootstrapper reset` calls the code; no step may take this name.
-pub const RESET_NAME: &str = "source";
+pub use crate::workflow::RESET_NAME;
 
 /// Where the code on the PVC came from, recorded when it was put there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

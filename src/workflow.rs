@@ -106,6 +106,9 @@ impl Workflow {
     }
 }
 
+/// What `bootstrapper reset` calls the code; no step may take this name.
+pub const RESET_NAME: &str = "source";
+
 /// The name under which a step's outputs are reachable with Tera's dot syntax.
 pub fn template_key(step_name: &str) -> String {
     step_name.replace('-', "_")
@@ -324,7 +327,7 @@ fn check_step_name(name: &str) -> Option<Problem> {
             .hint("step names become directory names and template keys"),
         );
     }
-    if name == crate::source::RESET_NAME {
+    if name == RESET_NAME {
         return Some(
             Problem::new(format!(
                 "step name `{name}` is reserved: `bootstrapper reset {name}` means the code"

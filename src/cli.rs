@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::engine::Engine;
 use crate::error::{exit, Error, Problem, Problems, Result};
 use crate::journal::Journal;
 use crate::load::{self, Loaded};
 use crate::lock::Lock;
 use crate::log::{Format, Logger};
 use crate::process::Supervisor;
-use crate::run::Engine;
 use crate::signals::{Shutdown, YIELD_SIGNAL};
 use crate::terraform::Terraform;
 

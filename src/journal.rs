@@ -27,6 +27,12 @@ const DESTROY_ATTEMPT: &str = "destroy-attempt";
 const TOMBSTONE: &str = "tombstone";
 /// The values of a step's sensitive outputs, kept out of its marker ([`Journal::write_marker`]).
 const SENSITIVE: &str = "sensitive";
+/// The lock file ([`crate::lock`]), which names its holder.
+pub const LOCK: &str = "lock";
+/// Where the code on the root came from ([`crate::source`]).
+const SOURCE_RECORD: &str = "source";
+/// Terraform's local states, kept across `reset source` ([`crate::source`]).
+const KEPT_STATE: &str = "source-state";
 
 /// Files here may hold sensitive outputs.
 const FILE_MODE: u32 = 0o600;
@@ -121,6 +127,16 @@ impl Journal {
     /// `<root>/.bootstrapper`, where the lock lives too.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The record of where the code came from.
+    pub fn source_record(&self) -> PathBuf {
+        self.dir.join(SOURCE_RECORD)
+    }
+
+    /// Where terraform's local states wait while the code is replaced.
+    pub fn kept_state_dir(&self) -> PathBuf {
+        self.dir.join(KEPT_STATE)
     }
 
     /// Whether the root can hold a journal: a directory, or nothing yet. One clear problem,

@@ -10,7 +10,11 @@
 //!   rendered vars, parsed in either syntax; [`module_vars`]: the variables a step's module
 //!   declares, checked against what the step sets.
 //! - [`source`]: the code put on the PVC, atomically.
-//! - [`run`]: applying the steps in order; [`destroy`]: destroying them in reverse.
+//! - [`decide`]: the one place that decides, for every step, apply, skip or destroy, why,
+//!   and the exact commands; [`plan`] prints it, [`run`] and [`destroy`] carry it out.
+//! - [`engine`]: what `run` and `destroy` share (checks and lock, code, retries, running one
+//!   step's commands); [`run`]: applying the steps in order; [`destroy`]: destroying them in
+//!   reverse.
 //! - [`terraform`]: the terraform command lines of a step; [`local_state`]: a local state
 //!   file kept whole across a kill in the middle of terraform's write.
 //! - [`process`]: the one way a child process is run, streamed and stopped.
@@ -21,8 +25,10 @@
 
 pub mod cli;
 pub mod clock;
+pub mod decide;
 pub mod destroy;
 pub mod durable;
+pub mod engine;
 pub mod error;
 pub mod journal;
 pub mod load;

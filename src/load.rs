@@ -142,6 +142,8 @@ pub fn mask_sensitive(redactor: &Redactor, marker: &Marker) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
     pub source: RenderedSource,
+    /// Every step, rendered with placeholders for the outputs not known yet.
+    pub steps: Vec<RenderedStep>,
     /// Checks that could not be made, and why.
     pub notes: Vec<String>,
 }
@@ -181,7 +183,11 @@ pub fn check(
         }
     }
     match source {
-        Some(source) if problems.is_empty() => Ok(Checked { source, notes }),
+        Some(source) if problems.is_empty() => Ok(Checked {
+            source,
+            steps: steps.into_iter().flatten().collect(),
+            notes,
+        }),
         _ => Err(problems),
     }
 }
@@ -238,7 +244,7 @@ pub fn check_variables(loaded: &Loaded, code: &Path, steps: &[Option<RenderedSte
     let mut problems = Problems::default();
     for (step, rendered) in loaded.workflow.steps.iter().zip(steps) {
         let Some(rendered) = rendered else { continue };
-        if !step.check_variables || dir_unknown(rendered) {
+        if !step.check_variables || crate::decide::dir_unknown(rendered) {
             continue;
         }
         let module = code.join(&rendered.dir);
@@ -289,15 +295,6 @@ pub fn check_variables(loaded: &Loaded, code: &Path, steps: &[Option<RenderedSte
         ));
     }
     problems
-}
-
-/// Whether a step's directory holds a value not known yet.
-pub fn dir_unknown(rendered: &RenderedStep) -> bool {
-    let dir = rendered.dir.to_string_lossy();
-    rendered
-        .placeholders()
-        .iter()
-        .any(|p| dir.contains(p.as_str()))
 }
 
 /// Warnings that do not stop a run, for `validate` to show.

@@ -48,18 +48,14 @@ impl Prepared {
         index: usize,
         outputs: &Outputs,
     ) -> std::result::Result<Cow<'a, RenderedStep>, Problems> {
-        let prepared = &self.rendered[index];
-        let earlier = &loaded.workflow.steps[..index];
-        let same = earlier
-            .iter()
-            .all(|s| outputs.get(&s.name) == self.recorded.outputs.get(&s.name));
-        if same && prepared.unknown_outputs.is_empty() {
-            return Ok(Cow::Borrowed(prepared));
-        }
-        loaded
-            .renderer()
-            .render_step(index, outputs, false)
-            .map(Cow::Owned)
+        load::render_again(
+            loaded,
+            &self.rendered,
+            &self.recorded.outputs,
+            index,
+            outputs,
+            false,
+        )
     }
 }
 

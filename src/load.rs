@@ -1,6 +1,7 @@
 //! Loading and checking everything before anything runs: the workflow, the params, every
 //! template of every step, and the journal, with every problem reported at once.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -189,6 +190,32 @@ pub fn check(
             notes,
         }),
         _ => Err(problems),
+    }
+}
+
+/// Step `index` rendered with `outputs` (placeholders for the others, if `placeholders`):
+/// the rendering in `steps`, made with `rendered_with`, when nothing it could use differs,
+/// a new one otherwise.
+pub fn render_again<'a>(
+    loaded: &Loaded,
+    steps: &'a [RenderedStep],
+    rendered_with: &Outputs,
+    index: usize,
+    outputs: &Outputs,
+    placeholders: bool,
+) -> std::result::Result<Cow<'a, RenderedStep>, Problems> {
+    let earlier = &loaded.workflow.steps[..index];
+    let same = earlier
+        .iter()
+        .all(|s| outputs.get(&s.name) == rendered_with.get(&s.name));
+    match steps.get(index) {
+        Some(step) if same && (placeholders || step.unknown_outputs.is_empty()) => {
+            Ok(Cow::Borrowed(step))
+        }
+        _ => loaded
+            .renderer()
+            .render_step(index, outputs, placeholders)
+            .map(Cow::Owned),
     }
 }
 

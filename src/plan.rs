@@ -131,6 +131,7 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
     let root_exists = root.is_dir();
     let checked = load::check(loaded, &recorded.outputs, Some(root)).map_err(Error::Input)?;
     let source = checked.source;
+    let rendered = checked.steps;
 
     let mut terraform = terraform.clone();
     let mut notes = checked.notes;
@@ -173,6 +174,8 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
         code_dir: &code_dir,
         code_present: code.record.is_some(),
         identity: identity.as_deref(),
+        rendered: &rendered,
+        rendered_with: &recorded.outputs,
     };
     let tombstone = journal.tombstone()?;
     let (blocked, steps) = if destroy {
@@ -282,20 +285,28 @@ struct Context<'a> {
     code_dir: &'a Path,
     code_present: bool,
     identity: Option<&'a str>,
+    /// Every step as the checks rendered it, with `rendered_with`, to use again.
+    rendered: &'a [RenderedStep],
+    rendered_with: &'a Outputs,
 }
 
 impl Context<'_> {
     /// `run`, step by step in order.
     fn apply_steps(&self, recorded: &Recorded) -> Result<Vec<StepPlan>> {
-        let renderer = self.loaded.renderer();
         // The outputs `run` would have when it reaches each step: those of skipped steps;
         // a step that is applied (again) has outputs known only afterwards.
         let mut outputs = Outputs::new();
         let mut plans = Vec::new();
         for (index, step) in self.loaded.workflow.steps.iter().enumerate() {
-            let rendered = renderer
-                .render_step(index, &outputs, true)
-                .map_err(Error::Input)?;
+            let rendered = load::render_again(
+                self.loaded,
+                self.rendered,
+                self.rendered_with,
+                index,
+                &outputs,
+                true,
+            )
+            .map_err(Error::Input)?;
             let inputs = rendered.inputs(self.identity);
             let marker = recorded.markers[index].as_ref();
             let uncertain = decide::uncertain_inputs(&rendered, self.code_present);
@@ -315,14 +326,19 @@ impl Context<'_> {
 
     /// `destroy`, in reverse order.
     fn destroy_steps(&self, recorded: &Recorded) -> Result<Vec<StepPlan>> {
-        let renderer = self.loaded.renderer();
         // Every marker's outputs: earlier steps are still there when a later one is destroyed.
         let outputs = recorded.outputs.clone();
         let mut plans = Vec::new();
         for (index, step) in self.loaded.workflow.steps.iter().enumerate().rev() {
-            let rendered = renderer
-                .render_step(index, &outputs, true)
-                .map_err(Error::Input)?;
+            let rendered = load::render_again(
+                self.loaded,
+                self.rendered,
+                self.rendered_with,
+                index,
+                &outputs,
+                true,
+            )
+            .map_err(Error::Input)?;
             let decided =
                 decide::destroy(&step.name, recorded.markers[index].as_ref(), self.journal)?;
             let mut plan = self.step_plan(&rendered, &decided);

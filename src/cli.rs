@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tracing::Level;
 
 use crate::engine::Engine;
 use crate::error::{exit, Error, Problem, Problems, Result};
@@ -120,10 +121,12 @@ fn duration(text: &str) -> std::result::Result<Duration, String> {
 
 /// Runs the command line and returns the process's exit code.
 pub fn main(cli: Cli) -> i32 {
+    crate::log::init(cli.log_format);
     let shutdown = match Shutdown::install() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot install signal handlers: {e}");
+            Logger::new(cli.log_format, Default::default())
+                .error(None, &format!("cannot install signal handlers: {e}"));
             return exit::STEP_FAILED;
         }
     };
@@ -131,6 +134,7 @@ pub fn main(cli: Cli) -> i32 {
         Ok(loaded) => loaded,
         Err(e) => return report(&e, None, cli.log_format),
     };
+    crate::log::mask_with(&loaded.redactor);
     let logger = Logger::new(cli.log_format, loaded.redactor.clone());
     let result = dispatch(&cli, loaded.clone(), logger.clone(), shutdown);
     match result {
@@ -145,17 +149,16 @@ fn report(e: &Error, loaded: Option<&Loaded>, format: Format) -> i32 {
         Some(l) => l.redactor.mask(&text).into_owned(),
         None => crate::secrets::mask_url_userinfo(text.as_str().into()).into_owned(),
     };
+    let step = match e {
+        Error::StepFailed { step, .. } => Some(step.as_str()),
+        _ => None,
+    };
+    let logger = Logger::new(format, Default::default());
     match (format, e) {
         // In JSON, the last word is a log line like every other: one object, masked above.
-        (Format::Json, _) => {
-            let step = match e {
-                Error::StepFailed { step, .. } => Some(step.as_str()),
-                _ => None,
-            };
-            Logger::new(format, Default::default()).error(step, &text);
-        }
-        (Format::Text, Error::Input(_)) => eprintln!("{text}"),
-        (Format::Text, _) => eprintln!("error: {text}"),
+        (Format::Json, _) => logger.error(step, &text),
+        (Format::Text, Error::Input(_)) => logger.as_is(Level::ERROR, step, &text),
+        (Format::Text, _) => logger.as_is(Level::ERROR, step, &format!("error: {text}")),
     }
     e.exit_code()
 }
@@ -253,7 +256,7 @@ fn validate(loaded: &Loaded, root: &std::path::Path, logger: &Logger) -> Result<
     for warning in load::warnings(loaded).into_iter().chain(checked.notes) {
         match logger.format() {
             Format::Json => logger.warn(None, &warning),
-            Format::Text => eprintln!("warning: {warning}"),
+            Format::Text => logger.as_is(Level::WARN, None, &format!("warning: {warning}")),
         }
     }
     println!(

@@ -70,6 +70,7 @@ impl Engine {
         let outputs = &prepared.recorded.outputs;
         let mut summary = Summary::default();
         for (index, step) in self.loaded.workflow.steps.iter().enumerate().rev() {
+            let _step = tracing::info_span!("step", step = %step.name).entered();
             self.supervisor.shutdown.check()?;
             let decided = decide::destroy(&step.name, markers[index].as_ref(), journal)?;
             match decided.decision {

@@ -60,6 +60,7 @@ impl Engine {
         let mut outputs = Outputs::new();
         let nothing_uncertain = Default::default();
         for (index, step) in self.loaded.workflow.steps.iter().enumerate() {
+            let _step = tracing::info_span!("step", step = %step.name).entered();
             self.supervisor.shutdown.check()?;
             let rendered = prepared
                 .rendered(&self.loaded, index, &outputs)

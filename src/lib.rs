@@ -21,7 +21,8 @@
 //! - [`journal`]: markers and attempts on the PVC; [`durable`]: crash-safe writes.
 //! - [`lock`]: the one lock under the root; [`signals`]: SIGTERM and SIGINT.
 //! - [`status`]: what the journal says, per step; [`plan`]: the dry run.
-//! - [`secrets`]: masking; [`log`]: the log; [`clock`]: time; [`error`]: errors and exit codes.
+//! - [`secrets`]: masking; [`log`]: every log line a `tracing` event, masked, as text or JSON;
+//!   [`clock`]: time; [`error`]: errors and exit codes.
 
 pub mod cli;
 pub mod clock;

@@ -252,7 +252,8 @@ fn hold_until_stopped(shutdown: &Shutdown) -> Result<i32> {
 }
 
 fn validate(loaded: &Loaded, root: &std::path::Path, logger: &Logger) -> Result<i32> {
-    let checked = load::check(loaded, &Default::default(), Some(root)).map_err(Error::Input)?;
+    let checked = load::check(loaded, &Default::default(), load::Modules::Under(root))
+        .map_err(Error::Input)?;
     for warning in load::warnings(loaded).into_iter().chain(checked.notes) {
         match logger.format() {
             Format::Json => logger.warn(None, &warning),

@@ -77,7 +77,7 @@ impl Engine {
         let outputs_so_far = load::read_journal(&self.loaded, &journal)
             .map(|r| r.outputs)
             .unwrap_or_default();
-        let checked = load::check(&self.loaded, &outputs_so_far, None)
+        let checked = load::check(&self.loaded, &outputs_so_far, load::Modules::Later)
             .map_err(|p| problems.extend(p))
             .ok();
         if let Err(e) = journal.create() {
@@ -101,7 +101,7 @@ impl Engine {
         let rendered = if recorded.outputs == outputs_so_far {
             checked.steps
         } else {
-            load::check(&self.loaded, &recorded.outputs, None)
+            load::check(&self.loaded, &recorded.outputs, load::Modules::Later)
                 .map_err(Error::Input)?
                 .steps
         };

@@ -149,14 +149,25 @@ pub struct Checked {
     pub notes: Vec<String>,
 }
 
+/// Where [`check`] finds the steps' modules, to check their variables.
+#[derive(Debug, Clone, Copy)]
+pub enum Modules<'a> {
+    /// The code under this root if it is there, else the image's tree it would be copied from.
+    Under(&'a Path),
+    /// The image's tree: no root holds the code.
+    Image,
+    /// Not now: the command checks them once it has put the code in place.
+    Later,
+}
+
 /// Renders the source and every step (placeholders standing for outputs not known yet),
-/// parsing every rendered tfvars file, collecting every problem. With `root`, the variables
-/// each step sets are also checked against its module, in the code under the root or else
-/// in the image's tree; when neither is there yet, a note says so.
+/// parsing every rendered tfvars file, and checks the variables each step sets against its
+/// module where `modules` says, collecting every problem. When no code is there to check
+/// against, a note says so.
 pub fn check(
     loaded: &Loaded,
     outputs: &Outputs,
-    root: Option<&Path>,
+    modules: Modules<'_>,
 ) -> std::result::Result<Checked, Problems> {
     let renderer = loaded.renderer();
     let mut problems = Problems::default();
@@ -175,7 +186,12 @@ pub fn check(
         }
     }
     let mut notes = Vec::new();
-    if let (Some(root), Some(source)) = (root, &source) {
+    let root = match modules {
+        Modules::Under(root) => Some(root),
+        Modules::Image => None,
+        Modules::Later => return finish(source, steps, Vec::new(), problems),
+    };
+    if let Some(source) = &source {
         match find_code(root, source) {
             Ok(code) => problems.extend(check_variables(loaded, &code, &steps)),
             Err(why) => notes.push(format!(
@@ -183,6 +199,15 @@ pub fn check(
             )),
         }
     }
+    finish(source, steps, notes, problems)
+}
+
+fn finish(
+    source: Option<RenderedSource>,
+    steps: Vec<Option<RenderedStep>>,
+    notes: Vec<String>,
+    problems: Problems,
+) -> std::result::Result<Checked, Problems> {
     match source {
         Some(source) if problems.is_empty() => Ok(Checked {
             source,
@@ -234,19 +259,16 @@ pub fn check_inputs(
         env,
         redactor,
     };
-    let checked = check(
-        &loaded,
-        &Outputs::new(),
-        Some(root.unwrap_or(Path::new(""))),
-    )?;
+    let modules = root.map_or(Modules::Image, Modules::Under);
+    let checked = check(&loaded, &Outputs::new(), modules)?;
     Ok(checked.notes)
 }
 
 /// The code the steps' modules are read from before the command puts it in place: the code
 /// under the root if it is there, else the image's tree it would be copied from.
-fn find_code(root: &Path, source: &RenderedSource) -> std::result::Result<PathBuf, String> {
-    let placed = root.join(&source.dir);
-    if !root.as_os_str().is_empty() && placed.is_dir() {
+fn find_code(root: Option<&Path>, source: &RenderedSource) -> std::result::Result<PathBuf, String> {
+    let placed = root.unwrap_or(Path::new("<root>")).join(&source.dir);
+    if root.is_some() && placed.is_dir() {
         return Ok(placed);
     }
     match (&source.image_dir, &source.git_url) {
@@ -343,4 +365,42 @@ pub fn warnings(loaded: &Loaded) -> Vec<String> {
         }
     }
     warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A workflow whose image holds a module with one required variable, `region`.
+    fn tenant_workflow(dir: &Path, vars: &str) -> Workflow {
+        std::fs::create_dir_all(dir.join("image/net")).unwrap();
+        std::fs::write(dir.join("image/net/main.tf"), "variable \"region\" {}\n").unwrap();
+        std::fs::write(dir.join("net.tfvars.tera"), vars).unwrap();
+        let path = dir.join("wf.toml");
+        let text = "[source]\ndir = \"code\"\nimage_dir = \"image\"\n[[step]]\nname = \"net\"\ndir = \"net\"\nvars = \"net.tfvars.tera\"\n";
+        crate::workflow::parse(&path, text).unwrap()
+    }
+
+    #[test]
+    fn check_inputs_answers_a_caller_with_every_problem_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let workflow = tenant_workflow(dir.path(), "regoin = \"{{ params.region }}\"\n");
+        let problems = check_inputs(workflow, json!({"region": "bj"}), Vec::new(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(problems.contains("sets `regoin`"), "{problems}");
+        assert!(
+            problems.contains("required variable `region`"),
+            "{problems}"
+        );
+
+        let workflow = tenant_workflow(dir.path(), "region = \"{{ params.region }}\"\n");
+        let notes = check_inputs(workflow, json!({"region": "bj"}), Vec::new(), None).unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+
+        let workflow = tenant_workflow(dir.path(), "");
+        let env = vec![("TF_VAR_region".to_string(), "bj".to_string())];
+        assert!(check_inputs(workflow, json!({}), env, None).is_ok());
+    }
 }

@@ -129,7 +129,8 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
     // Checks that the root is a directory or absent, before anything else reads it.
     let recorded = load::read_journal(loaded, &journal).map_err(Error::Input)?;
     let root_exists = root.is_dir();
-    let checked = load::check(loaded, &recorded.outputs, Some(root)).map_err(Error::Input)?;
+    let checked =
+        load::check(loaded, &recorded.outputs, load::Modules::Under(root)).map_err(Error::Input)?;
     let source = checked.source;
     let rendered = checked.steps;
 

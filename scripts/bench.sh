@@ -41,6 +41,12 @@ median=$(printf '%s\n' "${times[@]}" | sort -n | awk '{t[NR] = $1} END {print (N
 # A restart with nothing to do starts no process, so GNU time's peak is the engine's own.
 rss=$( { /usr/bin/time -f %M "$bin" "${demo[@]}" run 2>&1 >/dev/null; } | tail -1)
 echo "restart with 4 finished steps: ${median} us wall (median of $runs runs), peak RSS ${rss} KiB"
+if command -v strace >/dev/null; then
+  # Threads are clones too; a process is a clone without CLONE_THREAD, or a fork or exec.
+  spawned=$(strace -f -e trace=execve,fork,vfork,clone,clone3 -o "$work/strace" "$bin" "${demo[@]}" run 2>/dev/null; \
+    grep -E 'execve|fork|clone' "$work/strace" | grep -v CLONE_THREAD | grep -vc "execve(\"$bin\"" || true)
+  echo "processes a restart starts: $spawned"
+fi
 
 mkdir -p "$work/loud/code/loud"
 cat > "$work/loud/code/loud/main.tf" <<'TF'

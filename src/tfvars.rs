@@ -64,14 +64,14 @@ pub struct Setting {
 
 /// What is wrong at a byte offset of a tfvars text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Issue {
+pub struct Flaw {
     pub offset: usize,
     pub message: String,
 }
 
 /// The variables a tfvars text sets, or everything that keeps terraform from reading it.
 /// `unknown` are placeholder strings standing for values not known yet: they parse as `null`.
-pub fn parse(syntax: Syntax, text: &str, unknown: &[String]) -> Result<Vec<Setting>, Vec<Issue>> {
+pub fn parse(syntax: Syntax, text: &str, unknown: &[String]) -> Result<Vec<Setting>, Vec<Flaw>> {
     let mut neutral = text.to_string();
     for placeholder in unknown {
         // Same length, so that offsets still point into the text as rendered.
@@ -84,15 +84,15 @@ pub fn parse(syntax: Syntax, text: &str, unknown: &[String]) -> Result<Vec<Setti
     }
 }
 
-fn parse_hcl(text: &str) -> Result<Vec<Setting>, Vec<Issue>> {
+fn parse_hcl(text: &str) -> Result<Vec<Setting>, Vec<Flaw>> {
     let body: Body = hcl::edit::parser::parse_body(text).map_err(|e| {
-        vec![Issue {
+        vec![Flaw {
             offset: e.location().offset(),
             message: format!("not valid HCL: {}", e.message()),
         }]
     })?;
     let mut settings = Vec::new();
-    let mut issues = Vec::new();
+    let mut flaws = Vec::new();
     for structure in body.iter() {
         match structure {
             Structure::Attribute(attr) => {
@@ -100,7 +100,7 @@ fn parse_hcl(text: &str) -> Result<Vec<Setting>, Vec<Issue>> {
                 let mut refs = References::default();
                 refs.visit_expr(&attr.value);
                 for (offset, what) in refs.found {
-                    issues.push(Issue {
+                    flaws.push(Flaw {
                         offset,
                         message: format!(
                             "the value of `{}` {what}; tfvars hold only literal values",
@@ -113,7 +113,7 @@ fn parse_hcl(text: &str) -> Result<Vec<Setting>, Vec<Issue>> {
                     offset,
                 });
             }
-            Structure::Block(block) => issues.push(Issue {
+            Structure::Block(block) => flaws.push(Flaw {
                 offset: block.span().map_or(0, |s| s.start),
                 message: format!(
                     "a `{}` block; tfvars hold only `name = value` lines",
@@ -122,10 +122,10 @@ fn parse_hcl(text: &str) -> Result<Vec<Setting>, Vec<Issue>> {
             }),
         }
     }
-    if issues.is_empty() {
+    if flaws.is_empty() {
         Ok(settings)
     } else {
-        Err(issues)
+        Err(flaws)
     }
 }
 
@@ -155,15 +155,15 @@ impl Visit for References {
     }
 }
 
-fn parse_json(text: &str) -> Result<Vec<Setting>, Vec<Issue>> {
+fn parse_json(text: &str) -> Result<Vec<Setting>, Vec<Flaw>> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
-        vec![Issue {
+        vec![Flaw {
             offset: offset_of(text, e.line(), e.column()),
             message: format!("not valid JSON: {}", strip_position(&e.to_string())),
         }]
     })?;
     let Value::Object(map) = value else {
-        return Err(vec![Issue {
+        return Err(vec![Flaw {
             offset: text.len() - text.trim_start().len(),
             message: "a JSON tfvars file must be one JSON object of variable names".to_string(),
         }]);
@@ -215,18 +215,18 @@ pub struct Source<'a> {
 }
 
 impl Source<'_> {
-    /// Parses the rendered text; every issue becomes a problem pointing into the template.
+    /// Parses the rendered text; every flaw becomes a problem pointing into the template.
     pub fn check(&self, unknown: &[String]) -> Result<Vec<Setting>, Problems> {
-        parse(self.syntax, self.rendered, unknown).map_err(|issues| {
+        parse(self.syntax, self.rendered, unknown).map_err(|flaws| {
             let mut problems = Problems::default();
-            for issue in issues {
+            for flaw in flaws {
                 problems.push(self.problem(
-                    issue.offset,
+                    flaw.offset,
                     None,
                     format!(
                         "the rendered {} is not what terraform can read: {}",
                         self.syntax.describe(),
-                        issue.message
+                        flaw.message
                     ),
                 ));
             }
@@ -306,14 +306,14 @@ pub fn auto_loaded(dir: &Path) -> Result<Vec<String>, Problems> {
         };
         match parse(Syntax::of_file(&file), &text, &[]) {
             Ok(settings) => names.extend(settings.into_iter().map(|s| s.name)),
-            Err(issues) => {
-                for issue in issues {
+            Err(flaws) => {
+                for flaw in flaws {
                     problems.push(
                         Problem::new(format!(
                             "terraform reads this file on its own and cannot: {}",
-                            issue.message
+                            flaw.message
                         ))
-                        .at(Location::at(&file, &text, issue.offset)),
+                        .at(Location::at(&file, &text, flaw.offset)),
                     );
                 }
             }
@@ -374,30 +374,30 @@ mod tests {
     #[test]
     fn a_syntax_error_has_the_offset_where_it_is() {
         let text = "a = 1\nb = \"unclosed\n";
-        let issues = parse(Syntax::Hcl, text, &[]).unwrap_err();
-        let at = Location::at(Path::new("f"), text, issues[0].offset);
-        assert_eq!(at.line.unwrap().0, 2, "{issues:?}");
+        let flaws = parse(Syntax::Hcl, text, &[]).unwrap_err();
+        let at = Location::at(Path::new("f"), text, flaws[0].offset);
+        assert_eq!(at.line.unwrap().0, 2, "{flaws:?}");
 
         let text = "{\n  \"a\": 1,\n  \"b\": oops\n}";
-        let issues = parse(Syntax::Json, text, &[]).unwrap_err();
+        let flaws = parse(Syntax::Json, text, &[]).unwrap_err();
         assert_eq!(
-            Location::at(Path::new("f"), text, issues[0].offset).line,
+            Location::at(Path::new("f"), text, flaws[0].offset).line,
             Some((3, 8))
         );
     }
 
     #[test]
     fn json_must_be_one_object() {
-        let issues = parse(Syntax::Json, "[1, 2]", &[]).unwrap_err();
-        assert!(issues[0].message.contains("one JSON object"), "{issues:?}");
+        let flaws = parse(Syntax::Json, "[1, 2]", &[]).unwrap_err();
+        assert!(flaws[0].message.contains("one JSON object"), "{flaws:?}");
     }
 
     #[test]
     fn an_unquoted_string_or_a_block_is_refused() {
-        let issues = parse(Syntax::Hcl, "region = cn-bj2\n", &[]).unwrap_err();
-        assert!(issues[0].message.contains("`cn-bj2`"), "{issues:?}");
-        let issues = parse(Syntax::Hcl, "variable \"x\" {}\n", &[]).unwrap_err();
-        assert!(issues[0].message.contains("`variable` block"), "{issues:?}");
+        let flaws = parse(Syntax::Hcl, "region = cn-bj2\n", &[]).unwrap_err();
+        assert!(flaws[0].message.contains("`cn-bj2`"), "{flaws:?}");
+        let flaws = parse(Syntax::Hcl, "variable \"x\" {}\n", &[]).unwrap_err();
+        assert!(flaws[0].message.contains("`variable` block"), "{flaws:?}");
     }
 
     #[test]

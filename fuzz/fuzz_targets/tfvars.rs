@@ -1,6 +1,6 @@
 //! The tfvars checks on arbitrary input: the first byte picks HCL or JSON and whether a
 //! placeholder stands for a value not known yet; the rest is the rendered text, parsed as
-//! `validate` parses it and every issue placed in a template of the same text. None of it may
+//! `validate` parses it and every flaw placed in a template of the same text. None of it may
 //! panic or hang, whatever the text says.
 
 #![no_main]

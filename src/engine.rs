@@ -134,8 +134,11 @@ impl Engine {
                 );
             }
         }
-        let rendered: Vec<Option<RenderedStep>> = rendered.iter().cloned().map(Some).collect();
-        problems.extend(load::check_variables(&self.loaded, code, &rendered));
+        problems.extend(load::check_variables(
+            &self.loaded,
+            code,
+            rendered.iter().map(Some),
+        ));
         problems.into_result()
     }
 

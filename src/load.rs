@@ -193,7 +193,11 @@ pub fn check(
     };
     if let Some(source) = &source {
         match find_code(root, source) {
-            Ok(code) => problems.extend(check_variables(loaded, &code, &steps)),
+            Ok(code) => problems.extend(check_variables(
+                loaded,
+                &code,
+                steps.iter().map(Option::as_ref),
+            )),
             Err(why) => notes.push(format!(
                 "the steps' variables were not checked against their modules: {why}"
             )),
@@ -289,7 +293,11 @@ fn find_code(root: Option<&Path>, source: &RenderedSource) -> std::result::Resul
 /// Checks each rendered step (`None`: it did not render) against the `variable` blocks of its
 /// module under `code`. A step whose directory is not known yet, or is missing, is left to
 /// the check of step directories.
-pub fn check_variables(loaded: &Loaded, code: &Path, steps: &[Option<RenderedStep>]) -> Problems {
+pub fn check_variables<'a>(
+    loaded: &Loaded,
+    code: &Path,
+    steps: impl IntoIterator<Item = Option<&'a RenderedStep>>,
+) -> Problems {
     let mut problems = Problems::default();
     for (step, rendered) in loaded.workflow.steps.iter().zip(steps) {
         let Some(rendered) = rendered else { continue };

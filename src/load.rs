@@ -249,7 +249,8 @@ pub fn render_again<'a>(
 }
 
 /// Everything `validate` checks, for a caller that holds a workflow, params and environment
-/// in memory (one tenant's request, say): every problem at once, or what could not be checked.
+/// in memory (one tenant's request, say): every problem at once, secrets masked since they
+/// may quote the rendered text, or the notes of what could not be checked.
 pub fn check_inputs(
     workflow: Workflow,
     params: Value,
@@ -264,8 +265,19 @@ pub fn check_inputs(
         redactor,
     };
     let modules = root.map_or(Modules::Image, Modules::Under);
-    let checked = check(&loaded, &Outputs::new(), modules)?;
-    Ok(checked.notes)
+    match check(&loaded, &Outputs::new(), modules) {
+        Ok(checked) => Ok(checked.notes),
+        Err(mut problems) => {
+            let mask = |text: &mut String| *text = loaded.redactor.mask(text).into_owned();
+            for problem in &mut problems.0 {
+                mask(&mut problem.message);
+                if let Some(hint) = &mut problem.hint {
+                    mask(hint);
+                }
+            }
+            Err(problems)
+        }
+    }
 }
 
 /// The code the steps' modules are read from before the command puts it in place: the code
@@ -402,6 +414,18 @@ mod tests {
             problems.contains("required variable `region`"),
             "{problems}"
         );
+
+        // A problem quoting the rendered text quotes no secret.
+        let workflow = tenant_workflow(dir.path(), "region = {{ params.api_token }}\n");
+        let params = json!({"api_token": "tok-123456"});
+        let problems = check_inputs(workflow, params, Vec::new(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            problems.contains("renders as: region = ********"),
+            "{problems}"
+        );
+        assert!(!problems.contains("tok-123456"), "{problems}");
 
         let workflow = tenant_workflow(dir.path(), "region = \"{{ params.region }}\"\n");
         let notes = check_inputs(workflow, json!({"region": "bj"}), Vec::new(), None).unwrap();

@@ -372,7 +372,7 @@ impl<'w> Renderer<'w> {
         }
         let vars_source = match (&vars_template, &vars) {
             (Some((path, text)), Some(rendered)) => {
-                let syntax = Syntax::of_template(path);
+                let syntax = Syntax::of_name(path);
                 let placeholders: Vec<String> = unknown_outputs
                     .iter()
                     .map(|(step, output)| placeholder(step, output))

@@ -21,8 +21,9 @@ pub enum Syntax {
 }
 
 impl Syntax {
-    /// `*.json.tera` and `*.json` templates render JSON; any other, HCL.
-    pub fn of_template(path: &Path) -> Syntax {
+    /// `*.json.tera` and `*.json` templates render JSON, and terraform reads `*.json` vars
+    /// files as JSON; any other is HCL.
+    pub fn of_name(path: &Path) -> Syntax {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy())
@@ -32,11 +33,6 @@ impl Syntax {
         } else {
             Syntax::Hcl
         }
-    }
-
-    /// Terraform's own auto-loaded files follow the same rule.
-    pub fn of_file(path: &Path) -> Syntax {
-        Self::of_template(path)
     }
 
     /// The file a step's rendered vars are written to, in the step's directory.
@@ -304,7 +300,7 @@ pub fn auto_loaded(dir: &Path) -> Result<Vec<String>, Problems> {
                 continue;
             }
         };
-        match parse(Syntax::of_file(&file), &text, &[]) {
+        match parse(Syntax::of_name(&file), &text, &[]) {
             Ok(settings) => names.extend(settings.into_iter().map(|s| s.name)),
             Err(flaws) => {
                 for flaw in flaws {
@@ -341,17 +337,14 @@ mod tests {
     #[test]
     fn the_template_name_chooses_the_syntax_and_the_file() {
         assert_eq!(
-            Syntax::of_template(Path::new("a/net.tfvars.json.tera")),
+            Syntax::of_name(Path::new("a/net.tfvars.json.tera")),
             Syntax::Json
         );
         assert_eq!(
-            Syntax::of_template(Path::new("a/net.tfvars.json")),
+            Syntax::of_name(Path::new("a/net.tfvars.json")),
             Syntax::Json
         );
-        assert_eq!(
-            Syntax::of_template(Path::new("a/net.tfvars.tera")),
-            Syntax::Hcl
-        );
+        assert_eq!(Syntax::of_name(Path::new("a/net.tfvars.tera")), Syntax::Hcl);
         assert_eq!(Syntax::Json.file_name(), "bootstrapper.tfvars.json");
         assert_eq!(Syntax::Hcl.file_name(), "bootstrapper.tfvars");
     }

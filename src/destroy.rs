@@ -28,6 +28,8 @@ pub struct Summary {
 impl Engine {
     /// Destroys the workflow, waiting up to `wait` for a running command to let go of the lock.
     pub fn destroy(&mut self, wait: Duration) -> Result<Summary> {
+        let root = self.root.display().to_string();
+        let _command = tracing::info_span!("command", command = "destroy", root).entered();
         let logger = self.logger().clone();
         let shutdown = self.supervisor.shutdown.clone();
         let prepared = self.prepare(|dir| {

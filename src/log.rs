@@ -1,7 +1,8 @@
 //! The engine's log: every line is a `tracing` event, written to stderr by
 //! `tracing-subscriber`, as text for people or as its JSON lines (`--log-format json`). Each
 //! line is masked whole on its way out, fields included, so no event can carry a secret past
-//! the writer. Steps run inside a `step` span, which a subscriber of a caller's own gets too.
+//! the writer. `run` and `destroy` work inside a `command` span naming the root, and each step
+//! inside a `step` span, which a subscriber of a caller's own gets too.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -121,7 +122,7 @@ pub fn init(format: Format) {
                 .json()
                 .flatten_event(true)
                 .with_current_span(true)
-                .with_span_list(false)
+                .with_span_list(true)
                 .with_target(false)
                 .finish(),
         ),

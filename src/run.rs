@@ -27,6 +27,8 @@ impl Engine {
     /// process is waited for instead of failing: an entrypoint that exits restarts its
     /// container, and with it whatever was holding the lock there.
     pub fn run(&mut self, wait_for_lock: bool) -> Result<Summary> {
+        let root = self.root.display().to_string();
+        let _command = tracing::info_span!("command", command = "run", root).entered();
         let logger = self.logger().clone();
         let shutdown = self.supervisor.shutdown.clone();
         let prepared = self.prepare(|dir| {

@@ -909,11 +909,12 @@ fn log_format_json_makes_every_stderr_line_a_json_object() {
             assert!(line.get(key).is_some(), "no {key}: {line}");
         }
     }
-    // The engine's events about a step happen inside that step's span.
+    // The engine's events about a step happen inside that step's span, within the command's.
     assert!(
-        lines
-            .iter()
-            .any(|l| l["source"] == "bootstrapper" && l["span"]["step"] == "control-network"),
+        lines.iter().any(|l| l["source"] == "bootstrapper"
+            && l["span"]["step"] == "control-network"
+            && l["spans"][0]["command"] == "run"
+            && l["spans"][0]["root"] == b.root().to_str().unwrap()),
         "{outcome}"
     );
     let from = |source: &str| {

@@ -29,12 +29,24 @@ peak_rss() {
 
 demo=(--workflow workflows/demo.toml --params workflows/demo.params.json --root "$work/demo")
 "$bin" "${demo[@]}" run 2>/dev/null
-start=$(date +%s%N)
-for _ in $(seq "$runs"); do "$bin" "${demo[@]}" run 2>/dev/null; done
-end=$(date +%s%N)
+# Each run timed on its own with bash's clock, which starts no process of its own.
+times=()
+for _ in $(seq "$runs"); do
+  start=$EPOCHREALTIME
+  "$bin" "${demo[@]}" run 2>/dev/null
+  end=$EPOCHREALTIME
+  times+=($(( (${end/./} - ${start/./}) )))
+done
+median=$(printf '%s\n' "${times[@]}" | sort -n | awk '{t[NR] = $1} END {print (NR % 2) ? t[(NR + 1) / 2] : int((t[NR / 2] + t[NR / 2 + 1]) / 2)}')
 # A restart with nothing to do starts no process, so GNU time's peak is the engine's own.
 rss=$( { /usr/bin/time -f %M "$bin" "${demo[@]}" run 2>&1 >/dev/null; } | tail -1)
-echo "restart with 4 finished steps: $(( (end - start) / runs / 1000 )) us per run (mean of $runs), peak RSS ${rss} KiB"
+echo "restart with 4 finished steps: ${median} us wall (median of $runs runs), peak RSS ${rss} KiB"
+if command -v strace >/dev/null; then
+  # Threads are clones too; a process is a clone without CLONE_THREAD, or a fork or exec.
+  spawned=$(strace -f -e trace=execve,fork,vfork,clone,clone3 -o "$work/strace" "$bin" "${demo[@]}" run 2>/dev/null; \
+    grep -E 'execve|fork|clone' "$work/strace" | grep -v CLONE_THREAD | grep -vc "execve(\"$bin\"" || true)
+  echo "processes a restart starts: $spawned"
+fi
 
 mkdir -p "$work/loud/code/loud"
 cat > "$work/loud/code/loud/main.tf" <<'TF'

@@ -5,14 +5,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tracing::Level;
 
+use crate::engine::Engine;
 use crate::error::{exit, Error, Problem, Problems, Result};
 use crate::journal::Journal;
 use crate::load::{self, Loaded};
 use crate::lock::Lock;
 use crate::log::{Format, Logger};
 use crate::process::Supervisor;
-use crate::run::Engine;
 use crate::signals::{Shutdown, YIELD_SIGNAL};
 use crate::terraform::Terraform;
 
@@ -120,10 +121,12 @@ fn duration(text: &str) -> std::result::Result<Duration, String> {
 
 /// Runs the command line and returns the process's exit code.
 pub fn main(cli: Cli) -> i32 {
+    crate::log::init(cli.log_format);
     let shutdown = match Shutdown::install() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot install signal handlers: {e}");
+            Logger::new(cli.log_format, Default::default())
+                .error(None, &format!("cannot install signal handlers: {e}"));
             return exit::STEP_FAILED;
         }
     };
@@ -131,6 +134,7 @@ pub fn main(cli: Cli) -> i32 {
         Ok(loaded) => loaded,
         Err(e) => return report(&e, None, cli.log_format),
     };
+    crate::log::mask_with(&loaded.redactor);
     let logger = Logger::new(cli.log_format, loaded.redactor.clone());
     let result = dispatch(&cli, loaded.clone(), logger.clone(), shutdown);
     match result {
@@ -145,24 +149,23 @@ fn report(e: &Error, loaded: Option<&Loaded>, format: Format) -> i32 {
         Some(l) => l.redactor.mask(&text).into_owned(),
         None => crate::secrets::mask_url_userinfo(text.as_str().into()).into_owned(),
     };
+    let step = match e {
+        Error::StepFailed { step, .. } => Some(step.as_str()),
+        _ => None,
+    };
+    let logger = Logger::new(format, Default::default());
     match (format, e) {
         // In JSON, the last word is a log line like every other: one object, masked above.
-        (Format::Json, _) => {
-            let step = match e {
-                Error::StepFailed { step, .. } => Some(step.as_str()),
-                _ => None,
-            };
-            Logger::new(format, Default::default()).error(step, &text);
-        }
-        (Format::Text, Error::Input(_)) => eprintln!("{text}"),
-        (Format::Text, _) => eprintln!("error: {text}"),
+        (Format::Json, _) => logger.error(step, &text),
+        (Format::Text, Error::Input(_)) => logger.as_is(Level::ERROR, step, &text),
+        (Format::Text, _) => logger.as_is(Level::ERROR, step, &format!("error: {text}")),
     }
     e.exit_code()
 }
 
 fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Result<i32> {
     match &cli.command {
-        Command::Validate => validate(&loaded, &logger),
+        Command::Validate => validate(&loaded, &cli.root, &logger),
         Command::Status { json } => {
             let report = crate::status::collect(&loaded, &cli.root)?;
             crate::status::print(&report, *json, &loaded, &mut std::io::stdout().lock())
@@ -248,12 +251,13 @@ fn hold_until_stopped(shutdown: &Shutdown) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn validate(loaded: &Loaded, logger: &Logger) -> Result<i32> {
-    load::check(loaded, &Default::default()).map_err(Error::Input)?;
-    for warning in load::warnings(loaded) {
+fn validate(loaded: &Loaded, root: &std::path::Path, logger: &Logger) -> Result<i32> {
+    let checked = load::check(loaded, &Default::default(), load::Modules::Under(root))
+        .map_err(Error::Input)?;
+    for warning in load::warnings(loaded).into_iter().chain(checked.notes) {
         match logger.format() {
             Format::Json => logger.warn(None, &warning),
-            Format::Text => eprintln!("warning: {warning}"),
+            Format::Text => logger.as_is(Level::WARN, None, &format!("warning: {warning}")),
         }
     }
     println!(

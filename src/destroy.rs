@@ -7,11 +7,12 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::clock;
+use crate::decide::{self, Decision};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::journal::Action;
 use crate::journal::{Destroyed, Tombstone};
 use crate::lock::{Holder, Lock};
-use crate::render::Outputs;
-use crate::run::{Action, Engine};
 
 /// The signal that asks a running `run` to let go of the lock (see [`crate::signals`]).
 const YIELD: Signal = Signal::SIGUSR1;
@@ -27,6 +28,8 @@ pub struct Summary {
 impl Engine {
     /// Destroys the workflow, waiting up to `wait` for a running command to let go of the lock.
     pub fn destroy(&mut self, wait: Duration) -> Result<Summary> {
+        let root = self.root.display().to_string();
+        let _command = tracing::info_span!("command", command = "destroy", root).entered();
         let logger = self.logger().clone();
         let shutdown = self.supervisor.shutdown.clone();
         let prepared = self.prepare(|dir| {
@@ -66,37 +69,35 @@ impl Engine {
 
         // Outputs of every step that has a marker: a later step's backend address may come
         // from an earlier one, which is still there since destroy goes backwards.
-        let mut outputs = Outputs::new();
-        for (step, marker) in self.loaded.workflow.steps.iter().zip(markers) {
-            if let Some(marker) = marker {
-                outputs.insert(step.name.clone(), marker.outputs.clone());
-            }
-        }
-        let renderer = self.loaded.renderer();
+        let outputs = &prepared.recorded.outputs;
         let mut summary = Summary::default();
         for (index, step) in self.loaded.workflow.steps.iter().enumerate().rev() {
+            let _step = tracing::info_span!("step", step = %step.name).entered();
             self.supervisor.shutdown.check()?;
-            if journal.destroyed(&step.name)?.is_some() {
-                self.logger()
-                    .info(Some(&step.name), "already destroyed: skipped");
-                summary.already.push(step.name.clone());
-                continue;
+            let decided = decide::destroy(&step.name, markers[index].as_ref(), journal)?;
+            match decided.decision {
+                Decision::Destroy => {}
+                _ if journal.destroyed(&step.name)?.is_some() => {
+                    self.logger()
+                        .info(Some(&step.name), "already destroyed: skipped");
+                    summary.already.push(step.name.clone());
+                    continue;
+                }
+                _ => {
+                    self.logger().info(
+                        Some(&step.name),
+                        "never started applying: nothing to destroy",
+                    );
+                    summary.never_started.push(step.name.clone());
+                    continue;
+                }
             }
-            if !journal.started(&step.name) {
-                self.logger().info(
-                    Some(&step.name),
-                    "never started applying: nothing to destroy",
-                );
-                summary.never_started.push(step.name.clone());
-                continue;
-            }
-            let rendered =
-                renderer
-                    .render_step(index, &outputs, false)
-                    .map_err(|p| Error::StepFailed {
-                        step: step.name.clone(),
-                        message: format!("cannot render it to destroy it: {p}"),
-                    })?;
+            let rendered = prepared
+                .rendered(&self.loaded, index, outputs)
+                .map_err(|p| Error::StepFailed {
+                    step: step.name.clone(),
+                    message: format!("cannot render it to destroy it: {p}"),
+                })?;
             self.logger().info(Some(&step.name), "destroying");
             let (started_at, attempts, _) =
                 self.with_retries(journal, &step.name, step.retry, Action::Destroy, || {

@@ -3,9 +3,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::lock::Holder;
-
-/// Exit codes of the contract (DESIGN.md section 3).
+/// Exit codes of the contract (README.md, "Commands").
 pub mod exit {
     pub const OK: i32 = 0;
     pub const STEP_FAILED: i32 = 1;
@@ -19,7 +17,11 @@ pub enum Error {
     #[error("{0}")]
     Input(Problems),
     #[error("{root} is locked by another bootstrapper: {holder}\n  hint: wait for it to finish, or check `bootstrapper status`")]
-    Locked { root: PathBuf, holder: Holder },
+    Locked {
+        root: PathBuf,
+        /// Who holds it, as the lock file says.
+        holder: String,
+    },
     #[error("step `{step}` failed: {message}")]
     StepFailed { step: String, message: String },
     /// A signal asked us to stop; the in-flight step was left unfinished.

@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,12 @@ const DESTROY_ATTEMPT: &str = "destroy-attempt";
 const TOMBSTONE: &str = "tombstone";
 /// The values of a step's sensitive outputs, kept out of its marker ([`Journal::write_marker`]).
 const SENSITIVE: &str = "sensitive";
+/// The lock file ([`crate::lock`]), which names its holder.
+pub const LOCK: &str = "lock";
+/// Where the code on the root came from ([`crate::source`]).
+const SOURCE_RECORD: &str = "source";
+/// Terraform's local states, kept across `reset source` ([`crate::source`]).
+const KEPT_STATE: &str = "source-state";
 
 /// Files here may hold sensitive outputs.
 const FILE_MODE: u32 = 0o600;
@@ -122,6 +129,16 @@ impl Journal {
         &self.dir
     }
 
+    /// The record of where the code came from.
+    pub fn source_record(&self) -> PathBuf {
+        self.dir.join(SOURCE_RECORD)
+    }
+
+    /// Where terraform's local states wait while the code is replaced.
+    pub fn kept_state_dir(&self) -> PathBuf {
+        self.dir.join(KEPT_STATE)
+    }
+
     /// Whether the root can hold a journal: a directory, or nothing yet. One clear problem,
     /// instead of the same "Not a directory" from every file the journal would read below it.
     pub fn check_root(&self) -> Result<()> {
@@ -149,9 +166,16 @@ impl Journal {
             ))
         })?;
         // A read-only mount lets directories be listed but fails the first write; find out now.
+        // The probe is never read back, so it needs no fsync: a restart pays nothing for it.
         let probe = self.dir.join(".write-probe");
-        durable::write(&probe, b"", FILE_MODE)
-            .and_then(|_| durable::remove(&probe))
+        let _ = fs::remove_file(&probe);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&probe)
+            .and_then(|mut f| f.write_all(b"probe"))
+            .and_then(|_| fs::remove_file(&probe))
             .map_err(|e| {
                 Error::Input(Problems::one(
                     Problem::new(format!("cannot write under {}: {e}", self.dir.display()))

@@ -6,27 +6,37 @@
 //! - [`cli`]: options and commands; maps every result to an exit code.
 //! - [`workflow`], [`params`]: the input files, parsed with positions for errors.
 //! - [`render`]: templates over params, env and earlier outputs; input digests.
-//! - [`load`]: everything loaded and checked before anything runs.
+//! - [`load`]: everything loaded and checked before anything runs; [`tfvars`]: a step's
+//!   rendered vars, parsed in either syntax; [`module_vars`]: the variables a step's module
+//!   declares, checked against what the step sets.
 //! - [`source`]: the code put on the PVC, atomically.
-//! - [`run`]: applying the steps in order; [`destroy`]: destroying them in reverse.
+//! - [`decide`]: the one place that decides, for every step, apply, skip or destroy, why,
+//!   and the exact commands; [`plan`] prints it, [`run`] and [`destroy`] carry it out.
+//! - [`engine`]: what `run` and `destroy` share (checks and lock, code, retries, running one
+//!   step's commands); [`run`]: applying the steps in order; [`destroy`]: destroying them in
+//!   reverse.
 //! - [`terraform`]: the terraform command lines of a step; [`local_state`]: a local state
 //!   file kept whole across a kill in the middle of terraform's write.
 //! - [`process`]: the one way a child process is run, streamed and stopped.
 //! - [`journal`]: markers and attempts on the PVC; [`durable`]: crash-safe writes.
 //! - [`lock`]: the one lock under the root; [`signals`]: SIGTERM and SIGINT.
 //! - [`status`]: what the journal says, per step; [`plan`]: the dry run.
-//! - [`secrets`]: masking; [`log`]: the log; [`clock`]: time; [`error`]: errors and exit codes.
+//! - [`secrets`]: masking; [`log`]: every log line a `tracing` event, masked, as text or JSON;
+//!   [`clock`]: time; [`error`]: errors and exit codes.
 
 pub mod cli;
 pub mod clock;
+pub mod decide;
 pub mod destroy;
 pub mod durable;
+pub mod engine;
 pub mod error;
 pub mod journal;
 pub mod load;
 pub mod local_state;
 pub mod lock;
 pub mod log;
+pub mod module_vars;
 pub mod params;
 pub mod plan;
 pub mod process;
@@ -37,4 +47,5 @@ pub mod signals;
 pub mod source;
 pub mod status;
 pub mod terraform;
+pub mod tfvars;
 pub mod workflow;

@@ -14,8 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-const FILE_NAME: &str = "lock";
-
 /// `status` takes the lock shared for an instant to see whether it is held; a state-changing
 /// command that meets it retries this long before calling the root locked.
 const SHARED_PROBE_PATIENCE: Duration = Duration::from_millis(300);
@@ -87,7 +85,7 @@ impl Lock {
         patience: Duration,
         mut waiting: impl FnMut(&Holder, bool) -> bool,
     ) -> Result<Lock> {
-        let path = state_dir.join(FILE_NAME);
+        let path = state_dir.join(crate::journal::LOCK);
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -110,7 +108,7 @@ impl Lock {
                     if !keep_waiting || Instant::now() >= deadline {
                         return Err(Error::Locked {
                             root: root_of(state_dir),
-                            holder,
+                            holder: holder.to_string(),
                         });
                     }
                     std::thread::sleep(Duration::from_millis(50));
@@ -121,11 +119,12 @@ impl Lock {
             }
         }
         let holder = serde_json::to_vec(&Holder::me(command)).unwrap_or_default();
+        // Not synced: the note is for processes that find the lock held, and a crash that
+        // could lose it releases the lock too.
         let write = (|| {
             file.set_len(0)?;
             file.rewind()?;
-            file.write_all(&holder)?;
-            file.sync_data()
+            file.write_all(&holder)
         })();
         write.map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
         Ok(Lock { file })
@@ -142,7 +141,7 @@ impl Drop for Lock {
 
 /// Who holds the lock of this state directory right now, if anyone.
 pub fn holder(state_dir: &Path) -> Option<Holder> {
-    let mut file = File::open(state_dir.join(FILE_NAME)).ok()?;
+    let mut file = File::open(state_dir.join(crate::journal::LOCK)).ok()?;
     match file.try_lock_shared() {
         Ok(()) => {
             let _ = file.unlock();

@@ -2,11 +2,10 @@
 //! params and this root: per step, run, skip or run again and why, the exact commands and the
 //! files it would write, every secret masked.
 //!
-//! It decides as `run` and `destroy` do, from the same journal, digests and command builders,
-//! so the plan cannot drift from the real thing. It only reads: no process is started, and
+//! Its decisions and commands are those of [`crate::decide`], which `run` and `destroy`
+//! carry out, so the plan cannot drift from the real thing. It only reads: no process is started, and
 //! nothing is created under the root, not even the journal directory or the lock.
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -14,14 +13,14 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::clock;
+use crate::decide;
 use crate::error::{exit, Error, Result};
-use crate::journal::{Attempt, AttemptState, Journal, Marker};
+use crate::journal::Journal;
 use crate::load::{self, Loaded, Recorded};
 use crate::local_state::LocalState;
 use crate::lock::{self, Holder};
 use crate::process::Command;
-use crate::render::{self, Outputs, RenderedSource, RenderedStep, VARS_FILE};
-use crate::run::ERRORED_STATE;
+use crate::render::{Outputs, RenderedSource, RenderedStep};
 use crate::source;
 use crate::terraform::Terraform;
 
@@ -33,37 +32,7 @@ pub enum CommandKind {
     Destroy,
 }
 
-/// What would happen to one step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Decision {
-    /// Never applied: it would be applied.
-    Run,
-    /// Applied, and inputs known to differ: it would be applied again.
-    RunAgain,
-    /// Applied; whether it runs again depends on values known only later (outputs of a step
-    /// that runs before it, or the code's identity once the code is in place).
-    RunAgainIfChanged,
-    /// Applied with these very inputs (or, for destroy: nothing to destroy).
-    Skip,
-    /// It would be destroyed.
-    Destroy,
-    /// The command would not get to it (the workflow was destroyed; see the plan's `blocked`).
-    Blocked,
-}
-
-impl Decision {
-    fn as_str(self) -> &'static str {
-        match self {
-            Decision::Run => "run",
-            Decision::RunAgain => "run again",
-            Decision::RunAgainIfChanged => "run again if changed",
-            Decision::Skip => "skip",
-            Decision::Destroy => "destroy",
-            Decision::Blocked => "blocked",
-        }
-    }
-}
+pub use crate::decide::Decision;
 
 #[derive(Debug, Serialize)]
 pub struct Plan {
@@ -160,10 +129,13 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
     // Checks that the root is a directory or absent, before anything else reads it.
     let recorded = load::read_journal(loaded, &journal).map_err(Error::Input)?;
     let root_exists = root.is_dir();
-    let source = load::check(loaded, &recorded.outputs).map_err(Error::Input)?;
+    let checked =
+        load::check(loaded, &recorded.outputs, load::Modules::Under(root)).map_err(Error::Input)?;
+    let source = checked.source;
+    let rendered = checked.steps;
 
     let mut terraform = terraform.clone();
-    let mut notes = Vec::new();
+    let mut notes = checked.notes;
     let found = match terraform.resolve() {
         Ok(program) => {
             terraform.program = program;
@@ -203,6 +175,8 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
         code_dir: &code_dir,
         code_present: code.record.is_some(),
         identity: identity.as_deref(),
+        rendered: &rendered,
+        rendered_with: &recorded.outputs,
     };
     let tombstone = journal.tombstone()?;
     let (blocked, steps) = if destroy {
@@ -221,10 +195,7 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
         (None, context.destroy_steps(&recorded)?)
     } else {
         match &tombstone {
-            Some(t) => (
-                Some(crate::run::tombstone_message(t)),
-                context.blocked_steps(),
-            ),
+            Some(t) => (Some(decide::tombstone_message(t)), context.blocked_steps()),
             None => (None, context.apply_steps(&recorded)?),
         }
     };
@@ -315,40 +286,38 @@ struct Context<'a> {
     code_dir: &'a Path,
     code_present: bool,
     identity: Option<&'a str>,
+    /// Every step as the checks rendered it, with `rendered_with`, to use again.
+    rendered: &'a [RenderedStep],
+    rendered_with: &'a Outputs,
 }
 
 impl Context<'_> {
-    /// `run`, step by step in order, deciding as `Engine::run` does.
+    /// `run`, step by step in order.
     fn apply_steps(&self, recorded: &Recorded) -> Result<Vec<StepPlan>> {
-        let renderer = self.loaded.renderer();
         // The outputs `run` would have when it reaches each step: those of skipped steps;
         // a step that is applied (again) has outputs known only afterwards.
         let mut outputs = Outputs::new();
         let mut plans = Vec::new();
         for (index, step) in self.loaded.workflow.steps.iter().enumerate() {
-            let rendered = renderer
-                .render_step(index, &outputs, true)
-                .map_err(Error::Input)?;
+            let rendered = load::render_again(
+                self.loaded,
+                self.rendered,
+                self.rendered_with,
+                index,
+                &outputs,
+                true,
+            )
+            .map_err(Error::Input)?;
             let inputs = rendered.inputs(self.identity);
             let marker = recorded.markers[index].as_ref();
-            let (decision, reason, changed) = match marker {
-                Some(marker) if marker.digest == render::digest(&inputs) => (
-                    Decision::Skip,
-                    format!(
-                        "applied at {} with these very inputs",
-                        clock::format(marker.finished_at)
-                    ),
-                    Vec::new(),
-                ),
-                Some(marker) => self.compare(marker, &rendered, &inputs),
-                None => (Decision::Run, self.never_applied(&step.name)?, Vec::new()),
-            };
-            let mut plan = self.step_plan(&rendered, decision, reason, changed);
-            if decision == Decision::Skip {
+            let uncertain = decide::uncertain_inputs(&rendered, self.code_present);
+            let decided = decide::apply(&rendered, &inputs, marker, &uncertain, self.journal)?;
+            let mut plan = self.step_plan(&rendered, &decided);
+            if decided.decision == Decision::Skip {
                 let marker = marker.expect("skipped steps have markers");
                 outputs.insert(step.name.clone(), marker.outputs.clone());
             } else {
-                plan.commands = self.apply_commands(&rendered);
+                plan.commands = self.commands(&rendered, false);
                 plan.problem = self.missing_dir(&rendered);
             }
             plans.push(plan);
@@ -356,155 +325,31 @@ impl Context<'_> {
         Ok(plans)
     }
 
-    /// A step that has a marker whose digest differs: which inputs differ for sure, and
-    /// which cannot be compared until earlier steps ran or the code is in place.
-    fn compare(
-        &self,
-        marker: &Marker,
-        rendered: &RenderedStep,
-        inputs: &std::collections::BTreeMap<String, String>,
-    ) -> (Decision, String, Vec<String>) {
-        let uncertain = self.uncertain_inputs(rendered);
-        let changed = render::changed_inputs(&marker.inputs, inputs);
-        let (unsure, sure): (Vec<String>, Vec<String>) = changed
-            .into_iter()
-            .partition(|name| uncertain.contains(name));
-        let applied = clock::format(marker.finished_at);
-        if !sure.is_empty() {
-            return (
-                Decision::RunAgain,
-                format!(
-                    "inputs changed since it was applied at {applied}: {}",
-                    sure.join(", ")
-                ),
-                sure,
-            );
-        }
-        let mut why = Vec::new();
-        if !rendered.unknown_outputs.is_empty() {
-            why.push(format!(
-                "the outputs it uses ({}) are known only after the steps before it run again",
-                unknown_outputs(rendered).join(", ")
-            ));
-        }
-        if unsure.iter().any(|n| n == "code") {
-            why.push("the code's identity is known only once the code is in place".to_string());
-        }
-        (
-            Decision::RunAgainIfChanged,
-            format!(
-                "applied at {applied}; whether it runs again depends on its {}: {}",
-                unsure.join(", "),
-                why.join("; ")
-            ),
-            unsure,
-        )
-    }
-
-    /// Inputs whose value the plan cannot know: they hold placeholders, or (for `code`) the
-    /// code is not in place yet.
-    fn uncertain_inputs(&self, rendered: &RenderedStep) -> BTreeSet<String> {
-        let placeholders: Vec<String> = rendered
-            .unknown_outputs
-            .iter()
-            .map(|(step, output)| render::placeholder(step, output))
-            .collect();
-        let unknown = |text: &str| placeholders.iter().any(|p| text.contains(p.as_str()));
-        let mut uncertain = BTreeSet::new();
-        let mut check = |name: &str, texts: Vec<&str>| {
-            if texts.into_iter().any(unknown) {
-                uncertain.insert(name.to_string());
-            }
-        };
-        let dir = rendered.dir.to_string_lossy();
-        check("dir", vec![&dir]);
-        check(
-            "workspace",
-            rendered.workspace.iter().map(String::as_str).collect(),
-        );
-        check(
-            "backend_config",
-            rendered
-                .backend_config
-                .iter()
-                .map(|(_, v)| v.as_str())
-                .collect(),
-        );
-        check("vars", rendered.vars.iter().map(String::as_str).collect());
-        check(
-            "init_args",
-            rendered.init_args.iter().map(String::as_str).collect(),
-        );
-        check(
-            "apply_args",
-            rendered.apply_args.iter().map(String::as_str).collect(),
-        );
-        if !self.code_present {
-            uncertain.insert("code".to_string());
-        }
-        uncertain
-    }
-
-    /// Why a step without a marker would run: never tried, or an earlier attempt's fate.
-    fn never_applied(&self, step: &str) -> Result<String> {
-        Ok(match self.journal.attempt(step)? {
-            None => "never applied".to_string(),
-            Some(attempt) => format!("not applied yet: {}", describe_attempt(&attempt)),
-        })
-    }
-
-    /// `destroy`, in reverse order, deciding as `Engine::destroy` does.
+    /// `destroy`, in reverse order.
     fn destroy_steps(&self, recorded: &Recorded) -> Result<Vec<StepPlan>> {
-        let renderer = self.loaded.renderer();
         // Every marker's outputs: earlier steps are still there when a later one is destroyed.
         let outputs = recorded.outputs.clone();
         let mut plans = Vec::new();
         for (index, step) in self.loaded.workflow.steps.iter().enumerate().rev() {
-            let rendered = renderer
-                .render_step(index, &outputs, true)
-                .map_err(Error::Input)?;
-            let (decision, reason) = if let Some(d) = self.journal.destroyed(&step.name)? {
-                (
-                    Decision::Skip,
-                    format!("already destroyed at {}", clock::format(d.finished_at)),
-                )
-            } else if !self.journal.started(&step.name) {
-                (
-                    Decision::Skip,
-                    "never started applying: nothing to destroy".to_string(),
-                )
-            } else {
-                let why = match (
-                    &recorded.markers[index],
-                    self.journal.destroy_attempt(&step.name)?,
-                ) {
-                    (_, Some(attempt)) => {
-                        format!(
-                            "an earlier destroy did not finish: {}",
-                            describe_attempt(&attempt)
-                        )
-                    }
-                    (Some(marker), None) => {
-                        format!("applied at {}", clock::format(marker.finished_at))
-                    }
-                    (None, None) => match self.journal.attempt(&step.name)? {
-                        Some(attempt) => format!(
-                            "an apply started and may have created resources: {}",
-                            describe_attempt(&attempt)
-                        ),
-                        None => "an apply started and may have created resources".to_string(),
-                    },
-                };
-                (Decision::Destroy, why)
-            };
-            let mut plan = self.step_plan(&rendered, decision, reason, Vec::new());
-            if decision == Decision::Destroy {
-                plan.commands = self.destroy_commands(&rendered);
+            let rendered = load::render_again(
+                self.loaded,
+                self.rendered,
+                self.rendered_with,
+                index,
+                &outputs,
+                true,
+            )
+            .map_err(Error::Input)?;
+            let decided =
+                decide::destroy(&step.name, recorded.markers[index].as_ref(), self.journal)?;
+            let mut plan = self.step_plan(&rendered, &decided);
+            if decided.decision == Decision::Destroy {
+                plan.commands = self.commands(&rendered, true);
                 plan.problem = self.missing_dir(&rendered);
                 if !rendered.unknown_outputs.is_empty() {
                     plan.problem = Some(format!(
                         "destroy cannot render it: the outputs {} are not in the journal",
-                        unknown_outputs(&rendered).join(", ")
+                        decide::unknown_outputs(&rendered).join(", ")
                     ));
                 }
             }
@@ -515,14 +360,15 @@ impl Context<'_> {
 
     /// Every step, untouched: `run` on a destroyed root applies nothing.
     fn blocked_steps(&self) -> Vec<StepPlan> {
+        let decided = decide::blocked();
         self.loaded
             .workflow
             .steps
             .iter()
             .map(|step| StepPlan {
                 step: step.name.clone(),
-                decision: Decision::Blocked,
-                reason: "the workflow was destroyed; run applies nothing".to_string(),
+                decision: decided.decision,
+                reason: decided.reason.clone(),
                 changed_inputs: Vec::new(),
                 unknown_outputs: Vec::new(),
                 dir: String::new(),
@@ -535,24 +381,14 @@ impl Context<'_> {
             .collect()
     }
 
-    fn step_plan(
-        &self,
-        rendered: &RenderedStep,
-        decision: Decision,
-        reason: String,
-        changed_inputs: Vec<String>,
-    ) -> StepPlan {
+    fn step_plan(&self, rendered: &RenderedStep, decided: &decide::Decided) -> StepPlan {
         let cwd = self.cwd(rendered);
-        let writes = matches!(
-            decision,
-            Decision::Run | Decision::RunAgain | Decision::RunAgainIfChanged | Decision::Destroy
-        );
         StepPlan {
             step: rendered.name.clone(),
-            decision,
-            reason,
-            changed_inputs,
-            unknown_outputs: unknown_outputs(rendered),
+            decision: decided.decision,
+            reason: decided.reason.clone(),
+            changed_inputs: decided.changed_inputs.clone(),
+            unknown_outputs: decide::unknown_outputs(rendered),
             dir: cwd.display().to_string(),
             workspace: rendered.workspace.clone(),
             backend_config: rendered
@@ -563,9 +399,9 @@ impl Context<'_> {
             vars_file: rendered
                 .vars
                 .as_ref()
-                .filter(|_| writes)
+                .filter(|_| decided.decision.runs())
                 .map(|content| VarsFile {
-                    path: cwd.join(VARS_FILE).display().to_string(),
+                    path: cwd.join(rendered.vars_file()).display().to_string(),
                     mode: "0600",
                     content: content.clone(),
                 }),
@@ -578,81 +414,23 @@ impl Context<'_> {
         self.code_dir.join(&rendered.dir)
     }
 
-    /// What `Engine::terraform_step` runs to apply: init, workspace, a pending
-    /// `errored.tfstate` push, apply, then `output -json`.
-    fn apply_commands(&self, rendered: &RenderedStep) -> Vec<PlannedCommand> {
-        let cwd = self.cwd(rendered);
-        let mut commands = self.prepare_commands(rendered, &cwd);
-        let apply = self
-            .terraform
-            .apply_commands(rendered, &cwd)
-            .pop()
-            .expect("apply is last");
-        commands.push(apply);
-        commands.push(self.terraform.output_command(rendered, &cwd));
-        commands.iter().map(planned).collect()
-    }
-
-    /// What `Engine::terraform_step` runs to destroy: init, workspace, a pending push, destroy.
-    fn destroy_commands(&self, rendered: &RenderedStep) -> Vec<PlannedCommand> {
-        let cwd = self.cwd(rendered);
-        let mut commands = self.prepare_commands(rendered, &cwd);
-        commands.push(self.terraform.destroy_command(rendered, &cwd));
-        commands.iter().map(planned).collect()
-    }
-
-    fn prepare_commands(&self, rendered: &RenderedStep, cwd: &Path) -> Vec<Command> {
-        let mut commands = self.terraform.prepare_commands(rendered, cwd);
-        if cwd.join(ERRORED_STATE).exists() {
-            commands.push(
-                self.terraform
-                    .state_push_command(rendered, cwd, ERRORED_STATE),
-            );
-        }
-        commands
+    /// The very commands `run` (or `destroy`) would run for the step.
+    fn commands(&self, rendered: &RenderedStep, destroy: bool) -> Vec<PlannedCommand> {
+        decide::commands(self.terraform, rendered, &self.cwd(rendered), destroy)
+            .iter()
+            .map(|step| planned(&step.command))
+            .collect()
     }
 
     /// `run` checks every step's directory before the first step; say so where it would fail.
     fn missing_dir(&self, rendered: &RenderedStep) -> Option<String> {
         let cwd = self.cwd(rendered);
-        let dir_known = !uncertain_dir(rendered);
-        (self.code_present && dir_known && !cwd.is_dir()).then(|| {
+        (self.code_present && !decide::dir_unknown(rendered) && !cwd.is_dir()).then(|| {
             format!(
                 "its directory {} does not exist in the code: the command would stop before the first step, with exit 2",
                 cwd.display()
             )
         })
-    }
-}
-
-fn uncertain_dir(rendered: &RenderedStep) -> bool {
-    let dir = rendered.dir.to_string_lossy();
-    rendered
-        .unknown_outputs
-        .iter()
-        .any(|(step, output)| dir.contains(&render::placeholder(step, output)))
-}
-
-fn unknown_outputs(rendered: &RenderedStep) -> Vec<String> {
-    rendered
-        .unknown_outputs
-        .iter()
-        .map(|(step, output)| format!("steps.{step}.outputs.{output}"))
-        .collect()
-}
-
-fn describe_attempt(attempt: &Attempt) -> String {
-    let n = attempt.attempts;
-    match attempt.state {
-        AttemptState::Running => format!(
-            "attempt {n} (started {}) was cut off before it finished",
-            clock::format(attempt.started_at)
-        ),
-        AttemptState::Failed => format!(
-            "attempt {n} failed: {}",
-            attempt.last_error.as_deref().unwrap_or("no error recorded")
-        ),
-        AttemptState::Succeeded => format!("attempt {n} succeeded"),
     }
 }
 

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Location, Problem, Problems};
+use crate::tfvars::{self, Setting, Syntax};
 use crate::workflow::{template_key, Step, Template, Workflow};
 
 /// The outputs of the steps known so far, by step name.
@@ -18,8 +19,14 @@ pub fn placeholder(step: &str, output: &str) -> String {
     format!("<known after apply: steps.{step}.outputs.{output}>")
 }
 
-/// The name of the file a step's rendered vars are written to, in the step's directory.
-pub const VARS_FILE: &str = "bootstrapper.tfvars";
+/// The vars template a step was rendered from, and what its rendered text sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VarsSource {
+    pub template: PathBuf,
+    pub text: String,
+    pub syntax: Syntax,
+    pub settings: Vec<Setting>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedSource {
@@ -40,6 +47,7 @@ pub struct RenderedStep {
     pub backend_config: Vec<(String, String)>,
     /// The rendered content of the step's vars file, if it has one.
     pub vars: Option<String>,
+    pub vars_source: Option<VarsSource>,
     pub init_args: Vec<String>,
     pub apply_args: Vec<String>,
     /// `step.output` pairs this rendering used placeholders for.
@@ -47,6 +55,22 @@ pub struct RenderedStep {
 }
 
 impl RenderedStep {
+    /// The file the rendered vars are written to, in the step's directory.
+    pub fn vars_file(&self) -> &'static str {
+        self.vars_source
+            .as_ref()
+            .map_or(Syntax::Hcl, |v| v.syntax)
+            .file_name()
+    }
+
+    /// The placeholders standing in this rendering for outputs not known yet.
+    pub fn placeholders(&self) -> Vec<String> {
+        self.unknown_outputs
+            .iter()
+            .map(|(step, output)| placeholder(step, output))
+            .collect()
+    }
+
     /// A digest per input, so that a changed one can be named.
     pub fn inputs(&self, code: Option<&str>) -> BTreeMap<String, String> {
         let mut inputs = BTreeMap::new();
@@ -346,6 +370,35 @@ impl<'w> Renderer<'w> {
                     .push(problem.hint("a workspace name is letters, digits, `-`, `_` and `.`"));
             }
         }
+        let vars_source = match (&vars_template, &vars) {
+            (Some((path, text)), Some(rendered)) => {
+                let syntax = Syntax::of_name(path);
+                let placeholders: Vec<String> = unknown_outputs
+                    .iter()
+                    .map(|(step, output)| placeholder(step, output))
+                    .collect();
+                let source = tfvars::Source {
+                    step: &step.name,
+                    template: path,
+                    template_text: text,
+                    syntax,
+                    rendered,
+                };
+                match source.check(&placeholders) {
+                    Ok(settings) => Some(VarsSource {
+                        template: path.clone(),
+                        text: text.clone(),
+                        syntax,
+                        settings,
+                    }),
+                    Err(p) => {
+                        problems.extend(p);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -359,6 +412,7 @@ impl<'w> Renderer<'w> {
                 .map(|(k, v)| (k, v.expect("no problems")))
                 .collect(),
             vars,
+            vars_source,
             init_args: all(init_args),
             apply_args: all(apply_args),
             unknown_outputs,
@@ -465,11 +519,27 @@ fn read_template(path: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
+/// The name Tera's own one-off rendering gives a template, which [`tera_message`] strips.
+const ONE_OFF: &str = "__tera_one_off";
+
+/// Renders `text`, compiling it once per process: a command renders each step's templates
+/// several times (checking, then running), and compiling is most of a restart's work.
 fn render_str(text: &str, context: &tera::Context) -> Result<String, tera::Error> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    // Keyed by the template's text, so it holds no more than the workflows' templates.
+    static COMPILED: OnceLock<Mutex<HashMap<String, tera::Tera>>> = OnceLock::new();
     if !text.contains("{{") && !text.contains("{%") && !text.contains("{#") {
         return Ok(text.to_string());
     }
-    tera::Tera::one_off(text, context, false)
+    let compiled = COMPILED.get_or_init(Default::default);
+    let mut compiled = compiled.lock().unwrap_or_else(|e| e.into_inner());
+    if !compiled.contains_key(text) {
+        let mut tera = tera::Tera::default();
+        tera.add_raw_template(ONE_OFF, text)?;
+        compiled.insert(text.to_string(), tera);
+    }
+    compiled[text].render(ONE_OFF, context)
 }
 
 /// Tera's error chain, without its wrapper that only names the one-off template.
@@ -478,10 +548,10 @@ fn tera_message(e: &tera::Error) -> String {
     let mut current: Option<&dyn std::error::Error> = Some(e);
     while let Some(err) = current {
         let text = err.to_string();
-        if !text.starts_with("Failed to render '__tera_one_off'")
-            && !text.starts_with("Failed to parse '__tera_one_off'")
+        if !text.starts_with(&format!("Failed to render '{ONE_OFF}'"))
+            && !text.starts_with(&format!("Failed to parse '{ONE_OFF}'"))
         {
-            parts.push(text.replace(" while rendering '__tera_one_off'", ""));
+            parts.push(text.replace(&format!(" while rendering '{ONE_OFF}'"), ""));
         }
         current = err.source();
     }

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 pub const MASK: &str = "********";
 
-/// Param names containing one of these hold secrets (DESIGN.md section 4, "Security").
+/// Param names containing one of these hold secrets (README.md, "Secrets stay secret").
 const SECRET_WORDS: [&str; 4] = ["password", "secret", "token", "key"];
 
 /// Shorter values would mask ordinary words and digits all over the logs; `validate` warns

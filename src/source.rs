@@ -25,10 +25,7 @@ use crate::log::Logger;
 use crate::render::{hex, RenderedSource};
 use credentials::{Credentials, GitUrl, Scheme};
 
-const RECORD: &str = "source";
-
-/// What `bootstrapper reset` calls the code; no step may take this name.
-pub const RESET_NAME: &str = "source";
+pub use crate::workflow::RESET_NAME;
 
 /// Where the code on the PVC came from, recorded when it was put there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +68,7 @@ pub fn ensure(
     let dir = code_dir(root, source)?;
     let parent = dir.parent().unwrap_or(root).to_path_buf();
     remove_leftovers(&[root, &parent, journal.dir()], logger)?;
-    let kept = journal.dir().join(kept_state::DIR);
+    let kept = journal.kept_state_dir();
     if dir.is_dir() {
         let record = read_record(journal).unwrap_or_else(|| existing_record(&dir));
         logger.info(
@@ -183,7 +180,7 @@ pub fn forget(
     let dir = code_dir(root, source)?;
     let parent = dir.parent().unwrap_or(root).to_path_buf();
     remove_leftovers(&[root, &parent, journal.dir()], logger)?;
-    let record = journal.dir().join(RECORD);
+    let record = journal.source_record();
     let remove_record = || {
         durable::remove(&record)
             .map_err(|e| Error::io(format!("cannot remove {}", record.display()), e))
@@ -197,7 +194,7 @@ pub fn forget(
         return Ok(false);
     }
     if dir.is_dir() {
-        let kept = journal.dir().join(kept_state::DIR);
+        let kept = journal.kept_state_dir();
         let count = keep_state(&dir, &kept).map_err(|e| {
             Error::io(
                 format!("cannot keep the state files of {}", dir.display()),
@@ -313,7 +310,7 @@ fn build_atomically(
     logger: &Logger,
     fill: impl FnOnce(&Path) -> Result<Record>,
 ) -> Result<Record> {
-    let kept = journal.dir().join(kept_state::DIR);
+    let kept = journal.kept_state_dir();
     let temp = durable::temp_sibling(dir);
     let result = fill(&temp).and_then(|record| {
         let restored = if kept.is_dir() {
@@ -494,12 +491,12 @@ fn input(message: String, hint: &str) -> Error {
 }
 
 fn read_record(journal: &Journal) -> Option<Record> {
-    let text = fs::read_to_string(journal.dir().join(RECORD)).ok()?;
+    let text = fs::read_to_string(journal.source_record()).ok()?;
     serde_json::from_str(&text).ok()
 }
 
 fn write_record(journal: &Journal, record: &Record) -> Result<()> {
-    let path = journal.dir().join(RECORD);
+    let path = journal.source_record();
     let bytes = serde_json::to_vec_pretty(record).expect("records serialize");
     durable::write(&path, &bytes, 0o600)
         .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
@@ -692,7 +689,7 @@ mod tests {
             fs::read_to_string(again.dir.join("app/terraform.tfstate")).unwrap(),
             "state"
         );
-        assert!(!journal.dir().join(kept_state::DIR).exists());
+        assert!(!journal.kept_state_dir().exists());
         let names: Vec<_> = fs::read_dir(root.join("nested"))
             .unwrap()
             .map(|e| e.unwrap().file_name())

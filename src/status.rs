@@ -1,5 +1,6 @@
 //! `status`: one row per step (state, attempts, duration, last error), read from the journal
-//! without taking the lock, so it works while `run` is busy.
+//! without taking the lock, so it works while `run` is busy; whether a finished step would
+//! run again is [`crate::decide`]'s answer.
 
 use std::io::Write;
 use std::path::Path;
@@ -7,11 +8,12 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::clock;
+use crate::decide::{self, Decision};
 use crate::error::{Error, Result};
 use crate::journal::{AttemptState, Journal};
 use crate::load::{self, Loaded};
 use crate::lock::{self, Holder};
-use crate::render::{self, Outputs};
+use crate::render::Outputs;
 use crate::source;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -95,10 +97,7 @@ pub fn collect(loaded: &Loaded, root: &Path) -> Result<Report> {
             last_error: attempt.as_ref().and_then(|a| a.last_error.clone()),
         };
         // Inputs can be compared only when every output they use is known.
-        let current = renderer
-            .render_step(index, &outputs, false)
-            .ok()
-            .map(|r| r.inputs(identity.as_deref()));
+        let current = renderer.render_step(index, &outputs, false).ok();
         if let Some(marker) = marker {
             outputs.insert(step.name.clone(), marker.outputs.clone());
             row.state = State::Done;
@@ -106,9 +105,19 @@ pub fn collect(loaded: &Loaded, root: &Path) -> Result<Report> {
             row.finished_at = Some(clock::format(marker.finished_at));
             row.duration_seconds = Some((marker.finished_at - marker.started_at).as_seconds_f64());
             row.attempts = row.attempts.max(marker.attempts);
-            if let Some(current) = current.filter(|c| render::digest(c) != marker.digest) {
-                row.state = State::Changed;
-                row.changed_inputs = render::changed_inputs(&marker.inputs, &current);
+            if let Some(rendered) = current {
+                let inputs = rendered.inputs(identity.as_deref());
+                let decided = decide::apply(
+                    &rendered,
+                    &inputs,
+                    Some(marker),
+                    &Default::default(),
+                    &journal,
+                )?;
+                if decided.decision == Decision::RunAgain {
+                    row.state = State::Changed;
+                    row.changed_inputs = decided.changed_inputs;
+                }
             }
         }
         if let Some(attempt) = &attempt {

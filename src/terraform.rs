@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Problem, Problems};
 use crate::process::Command;
-use crate::render::{RenderedStep, VARS_FILE};
+use crate::render::RenderedStep;
 
 #[derive(Debug, Clone)]
 pub struct Terraform {
@@ -57,7 +57,7 @@ impl Terraform {
             self.lock_timeout_arg(),
         ];
         if step.vars.is_some() {
-            apply.push(format!("-var-file={VARS_FILE}"));
+            apply.push(format!("-var-file={}", step.vars_file()));
         }
         apply.extend(step.apply_args.iter().cloned());
         commands.push(self.command(step, cwd, apply));
@@ -100,7 +100,7 @@ impl Terraform {
             self.lock_timeout_arg(),
         ];
         if step.vars.is_some() {
-            args.push(format!("-var-file={VARS_FILE}"));
+            args.push(format!("-var-file={}", step.vars_file()));
         }
         args.extend(step.apply_args.iter().cloned());
         self.command(step, cwd, args)
@@ -198,6 +198,7 @@ mod tests {
             workspace: Some("c1".into()),
             backend_config: vec![("conn_str".into(), "postgres://h/db".into())],
             vars: Some("a = 1".into()),
+            vars_source: None,
             init_args: vec!["-upgrade".into()],
             apply_args: vec!["-parallelism=2".into()],
             unknown_outputs: vec![],

@@ -89,6 +89,8 @@ pub struct Step {
     pub init_args: Vec<Template>,
     pub apply_args: Vec<Template>,
     pub retry: Retry,
+    /// Whether its tfvars are checked against its module's `variable` blocks.
+    pub check_variables: bool,
 }
 
 impl Workflow {
@@ -103,6 +105,9 @@ impl Workflow {
             .position(|s| s.name == name || template_key(&s.name) == name)
     }
 }
+
+/// What `bootstrapper reset` calls the code; no step may take this name.
+pub const RESET_NAME: &str = "source";
 
 /// The name under which a step's outputs are reachable with Tera's dot syntax.
 pub fn template_key(step_name: &str) -> String {
@@ -151,6 +156,7 @@ struct StepSpec {
     apply_args: Vec<Spanned<String>>,
     retries: Option<u32>,
     retry_delay: Option<Spanned<String>>,
+    check_variables: Option<bool>,
 }
 
 /// Reads and checks the workflow file; every problem found is reported at once.
@@ -290,6 +296,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problems> {
             init_args: step.init_args.into_iter().map(tpl).collect(),
             apply_args: step.apply_args.into_iter().map(tpl).collect(),
             retry,
+            check_variables: step.check_variables.unwrap_or(true),
             name,
         });
     }
@@ -320,7 +327,7 @@ fn check_step_name(name: &str) -> Option<Problem> {
             .hint("step names become directory names and template keys"),
         );
     }
-    if name == crate::source::RESET_NAME {
+    if name == RESET_NAME {
         return Some(
             Problem::new(format!(
                 "step name `{name}` is reserved: `bootstrapper reset {name}` means the code"

@@ -905,10 +905,18 @@ fn log_format_json_makes_every_stderr_line_a_json_object() {
     outcome.assert_success();
     let lines = json_lines(&outcome.stderr);
     for line in &lines {
-        for key in ["time", "level", "source", "step", "message"] {
+        for key in ["timestamp", "level", "source", "message"] {
             assert!(line.get(key).is_some(), "no {key}: {line}");
         }
     }
+    // The engine's events about a step happen inside that step's span, within the command's.
+    assert!(
+        lines.iter().any(|l| l["source"] == "bootstrapper"
+            && l["span"]["step"] == "control-network"
+            && l["spans"][0]["command"] == "run"
+            && l["spans"][0]["root"] == b.root().to_str().unwrap()),
+        "{outcome}"
+    );
     let from = |source: &str| {
         lines
             .iter()
@@ -926,7 +934,7 @@ fn log_format_json_makes_every_stderr_line_a_json_object() {
     let failed = b.run(&["run"]);
     failed.assert_code(1);
     let last = json_lines(&failed.stderr).pop().expect("a line");
-    assert_eq!(last["level"], "error", "{failed}");
+    assert_eq!(last["level"], "ERROR", "{failed}");
     assert_eq!(last["step"], "control-network", "{failed}");
 
     // So are validate's warnings, and an input error found before anything ran.
@@ -941,14 +949,14 @@ fn log_format_json_makes_every_stderr_line_a_json_object() {
     assert!(
         lines
             .iter()
-            .any(|l| l["level"] == "warn" && l["message"].to_string().contains("db_password")),
+            .any(|l| l["level"] == "WARN" && l["message"].to_string().contains("db_password")),
         "{warned}"
     );
     b.write_workflow("[source]\ndir = code\n");
     let bad = b.run(&["run"]);
     bad.assert_code(2);
     let last = json_lines(&bad.stderr).pop().expect("a line");
-    assert_eq!(last["level"], "error", "{bad}");
+    assert_eq!(last["level"], "ERROR", "{bad}");
     let message = last["message"].as_str().unwrap_or_default();
     assert!(
         message.contains(&format!("{}:2:", b.workflow_path().display())),

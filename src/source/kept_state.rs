@@ -13,9 +13,6 @@ use std::path::Path;
 
 use crate::durable;
 
-/// Under the journal's directory.
-pub const DIR: &str = "source-state";
-
 /// Directories whose content is never state worth keeping: git's, and terraform's working
 /// directory (plugins and the backend settings, all made again by `init`).
 const SKIPPED_DIRS: [&str; 2] = [".git", ".terraform"];

@@ -801,3 +801,42 @@ pub fn four_step_params(ledger: &Path, pg_conn_str: &str) -> Value {
 fn toml_string(path: &Path) -> String {
     serde_json::to_string(&path.to_str().expect("UTF-8 path")).expect("serialize path")
 }
+
+// ---------------------------------------------------------------------------
+// Terraform behind a wrapper that records every call (its directory, then argv,
+// NUL-separated, one call a line) before handing over to the real terraform.
+
+impl Bootstrapper {
+    /// Makes `--terraform` the recording wrapper; returns the record's path.
+    pub fn record_terraform(&mut self) -> PathBuf {
+        let calls = self.dir().join("terraform-calls");
+        let wrapper = self.dir().join("bin/terraform");
+        fs::create_dir_all(wrapper.parent().expect("bin dir")).expect("create bin dir");
+        fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\n{{ printf '%s\\0' \"$PWD\" \"$@\"; printf '\\n'; }} >> '{}'\nexec terraform \"$@\"\n",
+                calls.display()
+            ),
+        )
+        .expect("write wrapper");
+        fs::set_permissions(
+            &wrapper,
+            <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+        )
+        .expect("chmod wrapper");
+        self.arg("--terraform").arg(&wrapper);
+        calls
+    }
+}
+
+/// Every terraform call recorded so far: the directory, then argv without the program.
+pub fn terraform_calls(record: &Path) -> Vec<Vec<String>> {
+    read_lines(record)
+        .iter()
+        .map(|line| {
+            let line = line.strip_suffix('\0').unwrap_or(line);
+            line.split('\0').map(str::to_owned).collect()
+        })
+        .collect()
+}

@@ -1,0 +1,343 @@
+//! What `run` and `destroy` share: checking everything and taking the lock before anything
+//! runs, putting the code in place, retrying a step with backoff, and carrying out the
+//! terraform commands that [`crate::decide`] lists for a step.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+use crate::clock::{self, Timestamp};
+use crate::decide::{self, Role};
+use crate::durable;
+use crate::error::{Error, Problem, Problems, Result};
+use crate::journal::{Action, Attempt, AttemptState, Journal};
+use crate::load::{self, Loaded};
+use crate::local_state::LocalState;
+use crate::lock::Lock;
+use crate::log::Logger;
+use crate::process::{Command, Supervisor};
+use crate::render::{Outputs, RenderedStep};
+use crate::source;
+use crate::terraform::{self, Terraform};
+use crate::workflow::Retry;
+
+/// Everything a state-changing command needs.
+pub struct Engine {
+    pub loaded: Loaded,
+    pub root: PathBuf,
+    pub terraform: Terraform,
+    pub supervisor: Supervisor,
+}
+
+/// The state a command works with once every check has passed and the lock is held.
+pub struct Prepared {
+    pub journal: Journal,
+    pub code: source::Code,
+    pub recorded: load::Recorded,
+    /// Every step, rendered once with the outputs the journal holds (placeholders for the
+    /// others), for the command to use as long as those are the outputs it runs with.
+    pub rendered: Vec<RenderedStep>,
+    _lock: Lock,
+}
+
+impl Prepared {
+    /// Step `index` rendered with `outputs`: the rendering made while preparing when nothing
+    /// it could use has changed since, a new one otherwise.
+    pub fn rendered<'a>(
+        &'a self,
+        loaded: &Loaded,
+        index: usize,
+        outputs: &Outputs,
+    ) -> std::result::Result<Cow<'a, RenderedStep>, Problems> {
+        load::render_again(
+            loaded,
+            &self.rendered,
+            &self.recorded.outputs,
+            index,
+            outputs,
+            false,
+        )
+    }
+}
+
+impl Engine {
+    pub fn logger(&self) -> &Logger {
+        &self.supervisor.logger
+    }
+
+    /// Checks everything, takes the lock (with `take_lock`) and puts the code in place;
+    /// nothing has run yet when this fails with an input error.
+    pub fn prepare(&mut self, take_lock: impl FnOnce(&Path) -> Result<Lock>) -> Result<Prepared> {
+        let journal = Journal::at(&self.root);
+        let mut problems = Problems::default();
+        match self.terraform.resolve() {
+            Ok(program) => self.terraform.program = program,
+            Err(Error::Input(p)) => problems.extend(p),
+            Err(e) => return Err(e),
+        }
+        let outputs_so_far = load::read_journal(&self.loaded, &journal)
+            .map(|r| r.outputs)
+            .unwrap_or_default();
+        let checked = load::check(&self.loaded, &outputs_so_far, load::Modules::Later)
+            .map_err(|p| problems.extend(p))
+            .ok();
+        if let Err(e) = journal.create() {
+            match e {
+                Error::Input(p) => problems.extend(p),
+                e => return Err(e),
+            }
+        }
+        problems.into_result()?;
+        let checked = checked.expect("no problems");
+
+        let lock = take_lock(journal.dir())?;
+        for torn in journal.remove_torn()? {
+            self.logger().warn(
+                None,
+                &format!("removed {}, a journal file torn by a crash", torn.display()),
+            );
+        }
+        // Read again under the lock: the journal is only stable now.
+        let recorded = load::read_journal(&self.loaded, &journal).map_err(Error::Input)?;
+        let rendered = if recorded.outputs == outputs_so_far {
+            checked.steps
+        } else {
+            load::check(&self.loaded, &recorded.outputs, load::Modules::Later)
+                .map_err(Error::Input)?
+                .steps
+        };
+        let code = source::ensure(&self.root, &checked.source, &journal, self.logger())?;
+        self.check_step_dirs(&code.dir, &rendered)?;
+        Ok(Prepared {
+            journal,
+            code,
+            recorded,
+            rendered,
+            _lock: lock,
+        })
+    }
+
+    /// Every step's directory must exist in the code, and every step's tfvars must fit its
+    /// module's variables, before the first step runs.
+    fn check_step_dirs(&self, code: &Path, rendered: &[RenderedStep]) -> Result<()> {
+        let mut problems = Problems::default();
+        for (step, rendered) in self.loaded.workflow.steps.iter().zip(rendered) {
+            let dir = code.join(&rendered.dir);
+            if !decide::dir_unknown(rendered) && !dir.is_dir() {
+                problems.push(
+                    Problem::new(format!(
+                        "its directory {} does not exist in the code",
+                        dir.display()
+                    ))
+                    .at(step.dir.origin.clone())
+                    .in_step(&step.name)
+                    .hint("`dir` is relative to the code directory (`source.dir` under --root)"),
+                );
+            }
+        }
+        problems.extend(load::check_variables(
+            &self.loaded,
+            code,
+            rendered.iter().map(Some),
+        ));
+        problems.into_result()
+    }
+
+    /// Runs `op` until it succeeds, retrying with backoff, recording each attempt in the
+    /// journal. Returns when the last attempt started, how many there were, and the result.
+    pub fn with_retries<T>(
+        &self,
+        journal: &Journal,
+        step: &str,
+        retry: Retry,
+        action: Action,
+        mut op: impl FnMut() -> Result<T>,
+    ) -> Result<(Timestamp, u32, T)> {
+        let previous = journal.attempt_of(action, step)?;
+        if let Some(prev) = previous
+            .as_ref()
+            .filter(|p| p.state == AttemptState::Running)
+        {
+            self.logger().warn(
+                Some(step),
+                &format!(
+                    "attempt {} (started {}) was cut off before it finished; running it again",
+                    prev.attempts,
+                    clock::format(prev.started_at)
+                ),
+            );
+        }
+        let mut attempts = match &previous {
+            Some(p) if p.state != AttemptState::Succeeded => p.attempts,
+            _ => 0,
+        };
+        let mut retries_left = retry.retries;
+        let mut retry_number = 0;
+        loop {
+            attempts += 1;
+            let started_at = clock::now();
+            let mut attempt = Attempt {
+                state: AttemptState::Running,
+                attempts,
+                started_at,
+                finished_at: None,
+                last_error: None,
+                pid: std::process::id(),
+            };
+            journal.write_attempt_of(action, step, &attempt)?;
+            let result = op();
+            attempt.finished_at = Some(clock::now());
+            match result {
+                Ok(value) => {
+                    attempt.state = AttemptState::Succeeded;
+                    journal.write_attempt_of(action, step, &attempt)?;
+                    return Ok((started_at, attempts, value));
+                }
+                Err(e) => {
+                    attempt.state = AttemptState::Failed;
+                    let message = self.logger().redactor().mask(&e.to_string()).into_owned();
+                    attempt.last_error = Some(message.clone());
+                    journal.write_attempt_of(action, step, &attempt)?;
+                    let retryable = matches!(e, Error::StepFailed { .. });
+                    if !retryable || retries_left == 0 {
+                        return Err(e);
+                    }
+                    retries_left -= 1;
+                    retry_number += 1;
+                    let delay = retry.delay_before(retry_number);
+                    self.logger().warn(
+                        Some(step),
+                        &format!(
+                            "attempt {attempts} failed: {message}; retrying in {} ({retries_left} retries left after that)",
+                            clock::human(delay)
+                        ),
+                    );
+                    if let Some(signal) = self.supervisor.shutdown.wait(Some(delay), true) {
+                        return Err(crate::signals::interrupted(signal));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One try at applying or destroying a step: writes its vars file, then runs the
+    /// commands [`decide::commands`] lists for it as it stands now. Returns the outputs of an
+    /// apply.
+    pub fn terraform_step(
+        &self,
+        code: &Path,
+        step: &RenderedStep,
+        action: Action,
+    ) -> Result<Option<terraform::Outputs>> {
+        let cwd = code.join(&step.dir);
+        let mut state = LocalState::of(&cwd, step.workspace.as_deref());
+        match state.repair() {
+            Ok(None) => {}
+            Ok(Some(done)) => self.logger().warn(Some(&step.name), &done),
+            Err(message) => {
+                return Err(Error::StepFailed {
+                    step: step.name.clone(),
+                    message,
+                })
+            }
+        }
+        if let Some(vars) = &step.vars {
+            let path = cwd.join(step.vars_file());
+            durable::write(&path, vars.as_bytes(), 0o600)
+                .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        }
+        let mut outputs = None;
+        let destroy = action == Action::Destroy;
+        for planned in decide::commands(&self.terraform, step, &cwd, destroy) {
+            match planned.role {
+                Role::PushErrored => {
+                    // The resources in it exist, so the backend must get it back first.
+                    self.logger().warn(
+                        Some(&step.name),
+                        &format!(
+                            "found {}, a state terraform could not save to its backend: pushing it first",
+                            cwd.join(decide::ERRORED_STATE).display()
+                        ),
+                    );
+                    self.execute(step, &planned.command, false, &mut state)?;
+                    self.keep_pushed(step, &cwd)?;
+                }
+                Role::Output => {
+                    let stdout = self.execute(step, &planned.command, true, &mut state)?;
+                    outputs = Some(terraform::parse_outputs(&stdout).map_err(|message| {
+                        Error::StepFailed {
+                            step: step.name.clone(),
+                            message,
+                        }
+                    })?);
+                }
+                Role::Init | Role::Workspace | Role::Apply | Role::Destroy => {
+                    self.execute(step, &planned.command, false, &mut state)?;
+                }
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// Renames a pushed `errored.tfstate` out of the way, keeping it.
+    fn keep_pushed(&self, step: &RenderedStep, cwd: &Path) -> Result<()> {
+        let errored = cwd.join(decide::ERRORED_STATE);
+        let kept = cwd.join(format!(
+            "{}.pushed-{}",
+            decide::ERRORED_STATE,
+            clock::now().unix_timestamp()
+        ));
+        std::fs::rename(&errored, &kept)
+            .and_then(|_| durable::sync_dir(cwd))
+            .map_err(|e| Error::io(format!("cannot rename {}", errored.display()), e))?;
+        self.logger().info(
+            Some(&step.name),
+            &format!("pushed; kept the file as {}", kept.display()),
+        );
+        Ok(())
+    }
+
+    /// Runs one terraform command of `step`, keeping a copy of each complete local state
+    /// it writes.
+    fn execute(
+        &self,
+        step: &RenderedStep,
+        command: &Command,
+        capture: bool,
+        state: &mut LocalState,
+    ) -> Result<Vec<u8>> {
+        self.supervisor.shutdown.check()?;
+        let mut warned = false;
+        let mut watch = || {
+            if let Err(e) = state.watch() {
+                if !warned {
+                    warned = true;
+                    self.logger().warn(
+                        Some(&step.name),
+                        &format!(
+                            "cannot keep a copy of {}: {e}; a kill now could not be repaired",
+                            state.file().display()
+                        ),
+                    );
+                }
+            }
+        };
+        let finished = self
+            .supervisor
+            .run_watching(command, capture, &mut watch)
+            .map_err(|e| Error::StepFailed {
+                step: step.name.clone(),
+                message: format!("cannot start {}: {e}", command.program.display()),
+            })?;
+        if let (Some(signal), false) = (self.supervisor.shutdown.requested(), finished.success()) {
+            return Err(crate::signals::interrupted(signal));
+        }
+        if !finished.success() {
+            let subcommand = command.args.first().map(String::as_str).unwrap_or("");
+            return Err(Error::StepFailed {
+                step: step.name.clone(),
+                message: format!("`terraform {subcommand}` failed with {}", finished.reason()),
+            });
+        }
+        Ok(finished.stdout)
+    }
+}

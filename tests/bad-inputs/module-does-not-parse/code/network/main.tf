@@ -1,0 +1,12 @@
+variable "cluster_id" {
+  type = string
+}
+
+variable "region" {}
+
+variable "zone" {
+  default = "a"
+}
+
+variable "broken" {
+  default = 

@@ -1,0 +1,9 @@
+variable "cluster_id" {
+  type = string
+}
+
+variable "region" {}
+
+variable "zone" {
+  default = "a"
+}

@@ -1,0 +1,2 @@
+zone = "c"
+zone2 = 

@@ -162,21 +162,29 @@ fn report(e: &Error, loaded: Option<&Loaded>, format: Format) -> i32 {
 
 fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Result<i32> {
     match &cli.command {
-        Command::Validate => validate(&loaded, &logger),
+        Command::Validate => validate(&loaded, &mut engine(cli, loaded.clone(), logger, shutdown)),
         Command::Status { json } => {
             let report = crate::status::collect(&loaded, &cli.root)?;
             crate::status::print(&report, *json, &loaded, &mut std::io::stdout().lock())
                 .map_err(|e| Error::io("cannot write to stdout", e))?;
             Ok(exit::OK)
         }
-        Command::Plan { destroy, json } => crate::plan::main(
-            &loaded,
-            &cli.root,
-            &engine(cli, loaded.clone(), logger, shutdown).terraform,
-            *destroy,
-            *json,
-            &mut std::io::stdout().lock(),
-        ),
+        Command::Plan { destroy, json } => {
+            let mut engine = engine(cli, loaded.clone(), logger, shutdown);
+            // Without terraform a laptop still plans, and the plan says where `run` would
+            // stop; a terraform that is there must be one that `run` would accept.
+            if engine.terraform.resolve().is_ok() {
+                engine.terraform.verify(&engine.supervisor)?;
+            }
+            crate::plan::main(
+                &loaded,
+                &cli.root,
+                &engine.terraform,
+                *destroy,
+                *json,
+                &mut std::io::stdout().lock(),
+            )
+        }
         Command::Reset { all: true, .. } => reset_all(&cli.root, &logger),
         Command::Reset { step, .. } => reset(
             &loaded,
@@ -248,8 +256,17 @@ fn hold_until_stopped(shutdown: &Shutdown) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn validate(loaded: &Loaded, logger: &Logger) -> Result<i32> {
-    load::check(loaded, &Default::default()).map_err(Error::Input)?;
+fn validate(loaded: &Loaded, engine: &mut Engine) -> Result<i32> {
+    let logger = engine.logger().clone();
+    let mut problems = load::check(loaded, &Default::default())
+        .err()
+        .unwrap_or_default();
+    match engine.terraform.verify(&engine.supervisor) {
+        Ok(_) => {}
+        Err(Error::Input(p)) => problems.extend(p),
+        Err(e) => return Err(e),
+    }
+    problems.into_result()?;
     for warning in load::warnings(loaded) {
         match logger.format() {
             Format::Json => logger.warn(None, &warning),

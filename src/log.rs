@@ -51,6 +51,11 @@ impl Logger {
         self.write("info", "terraform", Some(step), line);
     }
 
+    /// A line with which a child process reports an error.
+    pub fn child_error(&self, step: &str, line: &str) {
+        self.write("error", "terraform", Some(step), line);
+    }
+
     fn write(&self, level: &str, source: &str, step: Option<&str>, message: &str) {
         let message = self.redactor.mask(message);
         let line = match self.format {

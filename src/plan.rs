@@ -3,8 +3,9 @@
 //! files it would write, every secret masked.
 //!
 //! It decides as `run` and `destroy` do, from the same journal, digests and command builders,
-//! so the plan cannot drift from the real thing. It only reads: no process is started, and
-//! nothing is created under the root, not even the journal directory or the lock.
+//! so the plan cannot drift from the real thing. It only reads: no process is started (but
+//! `terraform version`), and nothing is created under the root, not even the journal
+//! directory or the lock.
 
 use std::collections::BTreeSet;
 use std::io::Write;

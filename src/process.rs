@@ -67,6 +67,8 @@ pub struct Finished {
     pub tail: Vec<String>,
     /// Whether the engine had to signal it to stop.
     pub interrupted: bool,
+    /// Terraform's first `Error:` diagnostic, summary and detail, masked.
+    pub first_error: Option<String>,
 }
 
 impl Finished {
@@ -84,18 +86,13 @@ impl Finished {
             (None, Some(sig)) => format!("killed by signal {sig}"),
             _ => "unknown exit".to_string(),
         };
-        let detail = self
-            .tail
-            .iter()
-            .map(|l| l.trim_start_matches(['│', '╷', '╵', ' ']).trim())
-            .find(|l| l.starts_with("Error:"))
-            .or_else(|| {
-                self.tail
-                    .iter()
-                    .rev()
-                    .map(|l| l.trim())
-                    .find(|l| !l.is_empty())
-            });
+        let detail = self.first_error.as_deref().or_else(|| {
+            self.tail
+                .iter()
+                .rev()
+                .map(|l| l.trim())
+                .find(|l| !l.is_empty())
+        });
         match detail {
             Some(detail) => format!("{code}: {detail}"),
             None => code,
@@ -173,13 +170,19 @@ impl Supervisor {
         drop(tx);
 
         let mut tail = VecDeque::with_capacity(TAIL_LINES);
+        let mut first_error = FirstError::default();
         let mut open = if capture_stdout { 1 } else { 2 };
         let mut interrupted = false;
         let mut kill_at: Option<Instant> = None;
         let mut handle_event = |event: Event, open: &mut usize| match event {
             Event::Line(line) => {
                 let masked = self.logger.redactor().mask(&line).into_owned();
-                self.logger.child_line(&command.label, &masked);
+                if is_error_line(&masked) {
+                    self.logger.child_error(&command.label, &masked);
+                } else {
+                    self.logger.child_line(&command.label, &masked);
+                }
+                first_error.feed(&masked);
                 if tail.len() == TAIL_LINES {
                     tail.pop_front();
                 }
@@ -266,7 +269,79 @@ impl Supervisor {
             stdout,
             tail: tail.into_iter().collect(),
             interrupted,
+            first_error: first_error.finish(),
         })
+    }
+}
+
+/// A line of terraform's diagnostics with its box drawing (printed in colour mode) taken off.
+fn unboxed(line: &str) -> &str {
+    let line = line.trim_end();
+    match line.strip_prefix(['│', '╷', '╵']) {
+        Some(rest) => rest.strip_prefix(' ').unwrap_or(rest),
+        None => line,
+    }
+}
+
+/// Whether terraform opens an error diagnostic with this line.
+pub fn is_error_line(line: &str) -> bool {
+    unboxed(line).trim_start().starts_with("Error:")
+}
+
+/// Collects terraform's first error diagnostic: the `Error:` summary, then its detail (the
+/// unindented paragraphs after the indented source context), up to the next diagnostic.
+#[derive(Default)]
+struct FirstError {
+    lines: Vec<String>,
+    open: bool,
+    done: bool,
+}
+
+impl FirstError {
+    /// More than this is not a reason any more, it is a log.
+    const MAX_CHARS: usize = 600;
+
+    fn feed(&mut self, line: &str) {
+        if self.done {
+            return;
+        }
+        let text = unboxed(line);
+        if !self.open {
+            if is_error_line(text) {
+                self.open = true;
+                self.lines.push(text.trim().to_string());
+            }
+            return;
+        }
+        let diagnostic_ends = text.starts_with("Error:")
+            || text.starts_with("Warning:")
+            || line.trim_start().starts_with('╵');
+        if diagnostic_ends {
+            self.done = true;
+        } else if !text.is_empty() && !text.starts_with(char::is_whitespace) {
+            self.lines.push(text.trim().to_string());
+        }
+        if self.lines.iter().map(String::len).sum::<usize>() > Self::MAX_CHARS {
+            self.done = true;
+        }
+    }
+
+    fn finish(self) -> Option<String> {
+        let (summary, detail) = self.lines.split_first()?;
+        let mut text = summary.clone();
+        if !detail.is_empty() {
+            text.push_str(": ");
+            text.push_str(&detail.join(" "));
+        }
+        if text.len() > Self::MAX_CHARS {
+            let mut end = Self::MAX_CHARS;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
+        Some(text)
     }
 }
 
@@ -381,21 +456,58 @@ mod tests {
         assert_eq!(child.wait().unwrap().code(), Some(3));
     }
 
+    fn first_error(lines: &[&str]) -> Option<String> {
+        let mut first = FirstError::default();
+        for line in lines {
+            first.feed(line);
+        }
+        first.finish()
+    }
+
     #[test]
-    fn the_reason_names_terraforms_error_line() {
+    fn the_reason_is_terraforms_first_error_with_its_detail() {
+        let boxed = [
+            "Initializing the backend...",
+            "╷",
+            "│ Error: Backend initialization required",
+            "│ ",
+            "│   on main.tf line 3:",
+            "│    3:   backend \"pg\" {}",
+            "│ ",
+            "│ Reason: the backend changed.",
+            "│ Run terraform init.",
+            "╵",
+            "╷",
+            "│ Error: a second one",
+            "╵",
+        ];
         let finished = Finished {
             status: std::process::Command::new("false").status().unwrap(),
             stdout: vec![],
-            tail: vec![
-                "╷".into(),
-                "│ Error: Backend initialization required".into(),
-                "│".into(),
-            ],
+            tail: vec!["╵".into()],
             interrupted: false,
+            first_error: first_error(&boxed),
         };
         assert_eq!(
             finished.reason(),
-            "exit code 1: Error: Backend initialization required"
+            "exit code 1: Error: Backend initialization required: Reason: the backend changed. Run terraform init."
         );
+        let plain = [
+            "terraform_data.a (local-exec): boom",
+            "",
+            "Error: local-exec provisioner error",
+            "",
+            "  with terraform_data.a,",
+            "  on main.tf line 2, in resource \"terraform_data\" \"a\":",
+            "   2:   provisioner \"local-exec\" {",
+            "",
+            "Error running command 'exit 3': exit status 3. Output: boom",
+            "",
+        ];
+        assert_eq!(
+            first_error(&plain).unwrap(),
+            "Error: local-exec provisioner error: Error running command 'exit 3': exit status 3. Output: boom"
+        );
+        assert_eq!(first_error(&["usage: terraform ...", "  -flag"]), None);
     }
 }

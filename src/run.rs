@@ -60,8 +60,8 @@ impl Engine {
     pub fn prepare(&mut self, take_lock: impl FnOnce(&Path) -> Result<Lock>) -> Result<Prepared> {
         let journal = Journal::at(&self.root);
         let mut problems = Problems::default();
-        match self.terraform.resolve() {
-            Ok(program) => self.terraform.program = program,
+        match self.terraform.verify(&self.supervisor) {
+            Ok(_) => {}
             Err(Error::Input(p)) => problems.extend(p),
             Err(e) => return Err(e),
         }

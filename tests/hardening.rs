@@ -6,6 +6,8 @@
 mod support;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -33,6 +35,40 @@ fn four_steps(extra: Value) -> (Bootstrapper, String) {
 
 fn count(ledger: &[String], line: &str) -> usize {
     ledger.iter().filter(|l| *l == line).count()
+}
+
+fn write_script(path: &Path, body: &str) {
+    fs::create_dir_all(path.parent().expect("a parent")).expect("create script dir");
+    fs::write(path, format!("#!/bin/sh\n{body}")).expect("write script");
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod script");
+}
+
+/// A root whose code is one step `a` of `main_tf`, copied from an image directory.
+fn one_step(main_tf: &str) -> Bootstrapper {
+    let b = Bootstrapper::new();
+    let image = b.dir().join("image");
+    fs::create_dir_all(image.join("a")).expect("create image");
+    fs::write(image.join("a/main.tf"), main_tf).expect("write main.tf");
+    b.write_workflow(&format!(
+        "[source]\ndir = \"code\"\nimage_dir = {image:?}\n\n[settings]\nretries = 0\n\n\
+         [[step]]\nname = \"a\"\ndir = \"a\"\n"
+    ));
+    b.write_params(&json!({}));
+    b
+}
+
+/// Every line of `stderr` as a JSON object.
+#[track_caller]
+fn json_lines(stderr: &str) -> Vec<Value> {
+    stderr
+        .lines()
+        .map(|line| {
+            let value: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{stderr}"));
+            assert!(value.is_object(), "not an object: {line}");
+            value
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -90,4 +126,131 @@ fn nix_hostname() -> String {
         .expect("hostname")
         .trim()
         .to_string()
+}
+
+// ---------------------------------------------------------------------------
+// The terraform binary is checked before anything runs.
+
+/// A terraform that claims `version` and, like terraform before 1.4, rejects `-or-create`;
+/// every other call is recorded and handed to the real terraform.
+fn old_terraform(dir: &Path, version: &str) -> (PathBuf, PathBuf) {
+    let calls = dir.join("old-terraform-calls");
+    let program = dir.join("bin/terraform");
+    write_script(
+        &program,
+        &format!(
+            "if [ \"$1\" = version ]; then echo '{{\"terraform_version\":\"{version}\",\"platform\":\"linux_amd64\"}}'; exit 0; fi\n\
+             echo \"$*\" >> '{calls}'\n\
+             for arg in \"$@\"; do [ \"$arg\" = -or-create ] && {{ echo 'flag provided but not defined: -or-create' >&2; exit 1; }}; done\n\
+             exec terraform \"$@\"\n",
+            calls = calls.display()
+        ),
+    );
+    (program, calls)
+}
+
+#[test]
+fn an_old_terraform_is_refused_by_validate_plan_and_run_before_anything_runs() {
+    let (mut b, _) = four_steps(json!({}));
+    let (program, calls) = old_terraform(b.dir(), "1.3.0");
+    b.arg("--terraform").arg(&program);
+    for command in [&["validate"][..], &["plan"], &["run"], &["destroy"]] {
+        let out = b.run(command);
+        out.assert_code(2);
+        assert!(
+            out.stderr
+                .contains(&format!("{} is v1.3.0, older than 1.4", program.display())),
+            "{command:?}\n{out}"
+        );
+        assert!(out.stderr.contains("OpenTofu (>= 1.6)"), "{out}");
+    }
+    assert!(!calls.exists(), "{}", fs::read_to_string(&calls).unwrap());
+    assert!(b.ledger().is_empty());
+    assert!(!b.root().join("code").exists());
+}
+
+#[test]
+fn opentofu_from_1_6_and_terraform_from_1_4_are_accepted() {
+    for version in ["1.6.2", "1.4.0"] {
+        let mut b = one_step("");
+        let (program, calls) = old_terraform(b.dir(), version);
+        b.arg("--terraform").arg(&program);
+        let out = b.run(&["validate"]);
+        out.assert_success();
+        assert!(out.stderr.contains(&format!("is v{version}")), "{out}");
+        assert!(!calls.exists());
+    }
+}
+
+#[test]
+fn validate_and_plan_name_a_terraform_that_is_missing_a_directory_or_not_executable() {
+    let bin = tempfile::tempdir().unwrap();
+    let dir = bin.path().join("bin-dir");
+    fs::create_dir(&dir).unwrap();
+    let not_executable = bin.path().join("terraform-noexec");
+    fs::write(&not_executable, "#!/bin/sh\n").unwrap();
+    let missing = bin.path().join("no-such-terraform");
+    for (program, why) in [
+        (&dir, "is a directory"),
+        (&not_executable, "is not executable"),
+        (&missing, "not found"),
+    ] {
+        let mut b = one_step("");
+        b.arg("--terraform").arg(program);
+        let wanted = format!("terraform binary `{}` {why}", program.display());
+        for command in ["validate", "run"] {
+            let out = b.run(&[command]);
+            out.assert_code(2);
+            assert!(out.stderr.contains(&wanted), "{command}: {out}");
+        }
+        let plan = b.run(&["plan"]);
+        plan.assert_success();
+        assert!(plan.stdout.contains(&wanted), "{plan}");
+    }
+}
+
+#[test]
+fn a_failed_step_keeps_terraforms_first_error_and_its_detail_and_logs_it_as_an_error() {
+    let mut b = one_step(
+        r#"
+resource "terraform_data" "a" {
+  provisioner "local-exec" {
+    command = "echo boom; for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42; do echo after-$i; done >&2; exit 3"
+  }
+}
+"#,
+    );
+    b.arg("--log-format").arg("json");
+    let out = b.run(&["run"]);
+    out.assert_code(1);
+    let lines = json_lines(&out.stderr);
+    let error = lines
+        .iter()
+        .find(|l| {
+            l["source"] == "terraform"
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("Error: local-exec provisioner error"))
+        })
+        .unwrap_or_else(|| panic!("no Error: line\n{out}"));
+    assert_eq!(error["level"], "error", "{error}");
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l["source"] == "terraform" && l["level"] == "error")
+            .all(|l| l["message"].as_str().unwrap().starts_with("Error:")),
+        "{out}"
+    );
+
+    let status = b.run(&["status", "--json"]);
+    status.assert_success();
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    let last_error = status["steps"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        last_error.contains("Error: local-exec provisioner error")
+            && last_error.contains("exit status 3"),
+        "{status:#}"
+    );
 }

@@ -12,7 +12,8 @@
 //! - [`terraform`]: the terraform command lines of a step; [`local_state`]: a local state
 //!   file kept whole across a kill in the middle of terraform's write.
 //! - [`process`]: the one way a child process is run, streamed and stopped.
-//! - [`journal`]: markers and attempts on the PVC; [`durable`]: crash-safe writes.
+//! - [`journal`]: markers and attempts on the PVC; [`durable`]: crash-safe writes;
+//!   [`disk`]: room on the PVC for terraform to save its state.
 //! - [`lock`]: the one lock under the root; [`signals`]: SIGTERM and SIGINT.
 //! - [`status`]: what the journal says, per step; [`plan`]: the dry run.
 //! - [`secrets`]: masking; [`log`]: the log; [`clock`]: time; [`error`]: errors and exit codes.
@@ -20,6 +21,7 @@
 pub mod cli;
 pub mod clock;
 pub mod destroy;
+pub mod disk;
 pub mod durable;
 pub mod error;
 pub mod journal;

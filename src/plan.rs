@@ -604,7 +604,8 @@ impl Context<'_> {
 
     fn prepare_commands(&self, rendered: &RenderedStep, cwd: &Path) -> Vec<Command> {
         let mut commands = self.terraform.prepare_commands(rendered, cwd);
-        if cwd.join(ERRORED_STATE).exists() {
+        // An incomplete one is set aside instead (see `Engine::push_errored_state`).
+        if crate::local_state::holds_complete_state(&cwd.join(ERRORED_STATE)) {
             commands.push(
                 self.terraform
                     .state_push_command(rendered, cwd, ERRORED_STATE),

@@ -238,6 +238,7 @@ impl Engine {
         action: Action,
         mut op: impl FnMut() -> Result<T>,
     ) -> Result<(Timestamp, u32, T)> {
+        crate::disk::ensure_room(&self.root, self.loaded.workflow.settings.min_free_space)?;
         let previous = journal.attempt_of(action, step)?;
         if let Some(prev) = previous
             .as_ref()
@@ -367,6 +368,19 @@ impl Engine {
         if !errored.exists() {
             return Ok(());
         }
+        let set_aside = crate::local_state::set_aside_if_incomplete(&errored)
+            .map_err(|e| Error::io(format!("cannot set {} aside", errored.display()), e))?;
+        if let Some((kept, size)) = set_aside {
+            self.logger().warn(
+                Some(&step.name),
+                &format!(
+                    "terraform could not save the state of an earlier attempt: it left {} with no complete state in it ({size} bytes), so resources that attempt created may be recorded nowhere (check for them by hand); kept the file as {}, not pushing it",
+                    errored.display(),
+                    kept.display()
+                ),
+            );
+            return Ok(());
+        }
         self.logger().warn(
             Some(&step.name),
             &format!(
@@ -412,6 +426,9 @@ impl Engine {
         state: &mut LocalState,
     ) -> Result<Vec<u8>> {
         self.supervisor.shutdown.check()?;
+        if command.args.first().is_some_and(|a| a != "output") {
+            crate::disk::ensure_room(&command.cwd, self.loaded.workflow.settings.min_free_space)?;
+        }
         let mut warned = false;
         let mut watch = || {
             if let Err(e) = state.watch() {

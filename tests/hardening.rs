@@ -254,3 +254,120 @@ resource "terraform_data" "a" {
         "{status:#}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// A full PVC: refused with the figures, and a state terraform could not save is set aside.
+
+/// A tmpfs mounted for the length of a test; unmounted on drop, even when the test fails.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a {size} tmpfs at {} (this test needs root and the right to mount): {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_root_refuses_to_start_terraform_and_a_state_it_could_not_save_is_set_aside() {
+    let b = one_step("");
+    let flag = b.dir().join("fill-once");
+    fs::write(&flag, "").unwrap();
+    let filler = b.root().join("filler");
+    // The first apply fills the volume while terraform works, as a runaway provisioner would.
+    fs::write(
+        b.dir().join("image/a/main.tf"),
+        format!(
+            r#"
+resource "terraform_data" "a" {{
+  provisioner "local-exec" {{
+    command = "if [ -e '{flag}' ]; then rm '{flag}'; dd if=/dev/zero of='{filler}' bs=64k count=64 2>/dev/null; fi; echo create >> '{ledger}'"
+  }}
+}}
+"#,
+            flag = flag.display(),
+            filler = filler.display(),
+            ledger = b.ledger_path().display()
+        ),
+    )
+    .unwrap();
+    let workflow = fs::read_to_string(b.workflow_path()).unwrap();
+    b.write_workflow(
+        &workflow.replace("[settings]\n", "[settings]\nmin_free_space = \"256KiB\"\n"),
+    );
+    let _tmpfs = Tmpfs::mount(&b.root(), "2m");
+    let step_dir = b.root().join("code/a");
+    let errored = step_dir.join("errored.tfstate");
+
+    let full = b.run(&["run"]);
+    full.assert_code(1);
+    assert!(
+        errored.exists(),
+        "terraform left no errored.tfstate\n{full}"
+    );
+    assert_eq!(b.ledger(), ["create"]);
+
+    let refused = b.run(&["run"]);
+    refused.assert_code(1);
+    assert!(
+        refused.stderr.contains(&format!(
+            "free on the filesystem of {}, less than settings.min_free_space (256 KiB): no terraform was started",
+            b.root().display()
+        )),
+        "{refused}"
+    );
+    assert!(!refused.stderr.contains(" init "), "{refused}");
+    assert!(errored.exists());
+
+    fs::remove_file(&filler).unwrap();
+    let freed = b.run(&["run"]);
+    freed.assert_success();
+    assert!(
+        freed
+            .stderr
+            .contains("terraform could not save the state of an earlier attempt")
+            && freed.stderr.contains("may be recorded nowhere"),
+        "{freed}"
+    );
+    assert!(!freed.stderr.contains("state push"), "{freed}");
+    assert!(!errored.exists());
+    let kept: Vec<String> = fs::read_dir(&step_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("errored.tfstate.incomplete-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(freed.stderr.contains(&kept[0]), "{freed}");
+
+    let again = b.run(&["run"]);
+    again.assert_success();
+    assert!(
+        again.stderr.contains("a: done, inputs unchanged: skipped"),
+        "{again}"
+    );
+    for out in [&full, &refused, &freed, &again] {
+        assert!(
+            !out.stderr.contains('\u{1b}'),
+            "colour codes in the log\n{out}"
+        );
+    }
+}

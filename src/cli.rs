@@ -266,6 +266,7 @@ fn validate(loaded: &Loaded, engine: &mut Engine) -> Result<i32> {
         Err(Error::Input(p)) => problems.extend(p),
         Err(e) => return Err(e),
     }
+    problems.extend(crate::source::check_links(&engine.root, loaded));
     problems.into_result()?;
     for warning in load::warnings(loaded) {
         match logger.format() {

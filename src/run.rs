@@ -103,6 +103,7 @@ impl Engine {
     fn check_step_dirs(&self, code: &Path, outputs: &Outputs) -> Result<()> {
         let renderer = self.loaded.renderer();
         let mut problems = Problems::default();
+        let mut dirs = vec![(None, code.to_path_buf())];
         for (index, step) in self.loaded.workflow.steps.iter().enumerate() {
             let Ok(rendered) = renderer.render_step(index, outputs, true) else {
                 continue;
@@ -122,7 +123,9 @@ impl Engine {
                     .hint("`dir` is relative to the code directory (`source.dir` under --root)"),
                 );
             }
+            dirs.push((Some(step), dir));
         }
+        problems.extend(source::confinement_problems(&self.root, &dirs));
         problems.into_result()
     }
 

@@ -371,3 +371,115 @@ resource "terraform_data" "a" {{
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Nothing is written outside the root, whatever links the code holds.
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every file under `dir`, recursively.
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            files.extend(files_in(&entry.path()));
+        } else {
+            files.push(entry.path());
+        }
+    }
+    files
+}
+
+#[test]
+fn a_cloned_step_dir_that_links_out_of_the_root_is_refused_naming_the_step_and_the_link() {
+    let b = Bootstrapper::new();
+    let outside = b.dir().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("main.tf"), "variable \"secret\" {}\n").unwrap();
+    let repo = b.dir().join("repo");
+    fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "-q"]);
+    std::os::unix::fs::symlink(&outside, repo.join("a")).unwrap();
+    git(&repo, &["add", "a"]);
+    git(&repo, &["commit", "-q", "-m", "a step dir that is a link"]);
+    let templates = b.dir().join("a.tfvars.tera");
+    fs::write(&templates, "secret = \"{{ params.db_password }}\"\n").unwrap();
+    b.write_workflow(&format!(
+        "[source]\ndir = \"code\"\ngit_url = \"file://{}\"\ngit_ref = \"main\"\n\n\
+         [[step]]\nname = \"a\"\ndir = \"a\"\nvars = {:?}\n",
+        repo.display(),
+        templates.display()
+    ));
+    b.write_params(&json!({ "db_password": "link-leak-secret-1" }));
+
+    let run = b.run(&["run"]);
+    run.assert_code(2);
+    let link = b.root().join("code/a");
+    for out in [&run, &b.run(&["validate"])] {
+        out.assert_code(2);
+        assert!(
+            out.stderr.contains("step `a`: its directory")
+                && out.stderr.contains(&format!(
+                    "leads outside the root {}: {} is a link to {}",
+                    b.root().display(),
+                    link.display(),
+                    outside.display()
+                )),
+            "{out}"
+        );
+    }
+    assert_eq!(files_in(&outside), [outside.join("main.tf")]);
+}
+
+#[test]
+fn an_image_link_out_of_the_tree_is_refused_and_links_inside_it_are_kept() {
+    let b = one_step("");
+    let image = b.dir().join("image");
+    fs::rename(image.join("a"), image.join("real")).unwrap();
+    std::os::unix::fs::symlink("real", image.join("a")).unwrap();
+    let run = b.run(&["run"]);
+    run.assert_success();
+    assert_eq!(
+        fs::read_link(b.root().join("code/a")).unwrap(),
+        Path::new("real")
+    );
+    assert!(b.root().join("code/real/terraform.tfstate").is_file());
+
+    let b = one_step("");
+    let image = b.dir().join("image");
+    let leaving = image.join("a/terraform.tfstate.d");
+    std::os::unix::fs::symlink("../../elsewhere", &leaving).unwrap();
+    let run = b.run(&["run"]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains(&format!(
+            "the link {} points to ../../elsewhere, outside the copied tree {}",
+            leaving.display(),
+            image.display()
+        )),
+        "{run}"
+    );
+    assert!(!b.root().join("code").exists());
+}

@@ -18,6 +18,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::log::Logger;
+use crate::secrets::Redactor;
 use crate::signals::Shutdown;
 
 /// A line longer than this is passed on in pieces: terraform can print megabytes on one line.
@@ -155,7 +156,8 @@ impl Supervisor {
 
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let stderr = child.stderr.take().expect("piped");
-        let err_reader = spawn_reader(stderr, tx.clone());
+        let redactor = self.logger.redactor().clone();
+        let err_reader = spawn_reader(stderr, tx.clone(), redactor.clone());
         let stdout = child.stdout.take().expect("piped");
         let (out_reader, captured) = if capture_stdout {
             let handle = thread::spawn(move || {
@@ -165,7 +167,7 @@ impl Supervisor {
             });
             (None, Some(handle))
         } else {
-            (Some(spawn_reader(stdout, tx.clone())), None)
+            (Some(spawn_reader(stdout, tx.clone(), redactor)), None)
         };
         drop(tx);
 
@@ -373,25 +375,76 @@ fn has_exited(pid: Pid) -> std::io::Result<bool> {
 fn spawn_reader(
     stream: impl Read + Send + 'static,
     tx: mpsc::SyncSender<Event>,
+    redactor: Redactor,
 ) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut reader = BufReader::new(stream);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match read_line_bounded(&mut reader, &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line);
-                    let text = text.trim_end_matches(['\n', '\r']);
-                    if tx.send(Event::Line(text.to_string())).is_err() {
-                        break;
-                    }
-                }
+        let mut pieces = Pieces::default();
+        while let Some(piece) = pieces.next(&mut reader, &redactor) {
+            let text = String::from_utf8_lossy(&piece);
+            let text = text.trim_end_matches(['\n', '\r']);
+            if tx.send(Event::Line(text.to_string())).is_err() {
+                break;
             }
         }
         let _ = tx.send(Event::Closed);
     })
+}
+
+/// A stream cut into lines, and a line longer than [`MAX_LINE`] into pieces, each cut where
+/// it splits neither a UTF-8 character nor a secret (each piece is masked on its own).
+#[derive(Default)]
+struct Pieces {
+    /// What was read past the last cut, the start of the next piece.
+    carry: Vec<u8>,
+    done: bool,
+}
+
+impl Pieces {
+    fn next(&mut self, reader: &mut impl BufRead, redactor: &Redactor) -> Option<Vec<u8>> {
+        if self.done {
+            return None;
+        }
+        let mut line = std::mem::take(&mut self.carry);
+        match read_line_bounded(reader, &mut line) {
+            Ok(0) | Err(_) => {
+                self.done = true;
+                return (!line.is_empty()).then_some(line);
+            }
+            Ok(_) => {}
+        }
+        if line.ends_with(b"\n") {
+            return Some(line);
+        }
+        let at_char = char_boundary(&line);
+        let cut = redactor.safe_cut(&line[..at_char]);
+        self.carry = line.split_off(cut);
+        Some(line)
+    }
+}
+
+/// The end of the last whole UTF-8 character of `bytes` (a character cut short at the end
+/// is left out); never 0, so that invalid bytes still make progress.
+fn char_boundary(bytes: &[u8]) -> usize {
+    let len = bytes.len();
+    for back in 1..=len.min(4) {
+        let byte = bytes[len - back];
+        if byte & 0xC0 == 0x80 {
+            continue;
+        }
+        let width = match byte {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        return if width > back && back < len {
+            len - back
+        } else {
+            len
+        };
+    }
+    len
 }
 
 /// Reads up to a newline or [`MAX_LINE`] bytes, whichever comes first.
@@ -436,6 +489,45 @@ mod tests {
             sizes.push(line.len());
         }
         assert_eq!(sizes, [MAX_LINE, MAX_LINE, 10]);
+    }
+
+    fn pieces(data: &[u8], redactor: &Redactor) -> Vec<Vec<u8>> {
+        let mut reader = BufReader::new(data);
+        let mut pieces = Pieces::default();
+        std::iter::from_fn(|| pieces.next(&mut reader, redactor)).collect()
+    }
+
+    #[test]
+    fn long_lines_are_cut_between_characters_and_outside_secrets() {
+        let mut data = "x".repeat(MAX_LINE - 1).into_bytes();
+        data.extend("€€ end\nnext\n".as_bytes());
+        let got = pieces(&data, &Redactor::default());
+        let text: Vec<String> = got
+            .iter()
+            .map(|p| String::from_utf8(p.clone()).expect("whole characters"))
+            .collect();
+        assert_eq!(
+            text.len(),
+            3,
+            "{:?}",
+            text.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert_eq!(text[0].len(), MAX_LINE - 1);
+        assert_eq!(text[1], "€€ end\n");
+        assert_eq!(text[2], "next\n");
+
+        let redactor = Redactor::default();
+        redactor.add("s3cr3t-value");
+        let mut data = "y".repeat(MAX_LINE - 5).into_bytes();
+        data.extend(b"s3cr3t-value tail\n");
+        let got = pieces(&data, &redactor);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].len(), MAX_LINE - 5);
+        assert_eq!(got[1], b"s3cr3t-value tail\n");
+        assert_eq!(
+            redactor.mask(std::str::from_utf8(&got[1]).unwrap()),
+            "******** tail\n"
+        );
     }
 
     #[test]

@@ -483,3 +483,151 @@ fn an_image_link_out_of_the_tree_is_refused_and_links_inside_it_are_kept() {
     );
     assert!(!b.root().join("code").exists());
 }
+
+// ---------------------------------------------------------------------------
+// Secrets that terraform splits: word-wrapped in a diagnostic, or cut by the 64 KiB split.
+
+/// A secret with spaces, longer than terraform's 78-column wrap: it always reaches the log
+/// in parts. Every word is long enough to be masked on its own.
+const WRAPPED: &str =
+    "qzcorrect1 qzhorsebat qzstaple99 qzzebrafish qzquokka12 qzwombat77 qzplatypus qzmarmoset";
+/// Printed at offsets around 64 KiB on very long lines. Terraform passes a provisioner's lines
+/// on only up to 64 KiB, and prefixes them, so the engine's own split falls just inside them.
+const LONG_LINE_SECRET: &str = "tok-64k-split-secret-9f3a";
+
+#[test]
+fn secrets_split_over_lines_or_by_the_long_line_split_are_masked_everywhere() {
+    let b = Bootstrapper::new();
+    let named = [
+        ("db_passwd", "pw-passwd-31f0"),
+        ("admin_pwd", "pw-pwd-82ce"),
+        ("pass_phrase", "pw-pass-5b17"),
+        ("cloud_credential", "cred-value-77aa"),
+        ("private_blob", "priv-value-03d9"),
+        ("tls_cert", "cert-value-c4e2"),
+    ];
+    let mut params = json!({ "wrapped_token": WRAPPED, "api_token": LONG_LINE_SECRET });
+    for (name, value) in named {
+        params[name] = json!(value);
+    }
+    b.write_params(&params);
+    let image = b.dir().join("image/a");
+    fs::create_dir_all(&image).unwrap();
+    let names: Vec<&str> = named
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(["wrapped_token", "api_token"])
+        .collect();
+    let mut main_tf = String::new();
+    let mut vars = String::new();
+    for name in &names {
+        main_tf.push_str(&format!("variable \"{name}\" {{ type = string }}\n"));
+        vars.push_str(&format!("{name} = \"{{{{ params.{name} }}}}\"\n"));
+    }
+    let echo_named: String = named
+        .iter()
+        .map(|(n, _)| format!("echo \"${{var.{n}}}\"; "))
+        .collect();
+    main_tf.push_str(&format!(
+        r#"
+resource "terraform_data" "a" {{
+  input = {{ {inputs} }}
+  provisioner "local-exec" {{
+    environment = {{ LONG = var.api_token }}
+    command     = <<-EOT
+      {echo_named}
+      for k in 0 1 2; do head -c $k /dev/zero | tr '\0' y; yes '€' | head -n 21840 | tr -d '\n'; echo; done
+      i=65400; while [ $i -lt 65510 ]; do head -c $i /dev/zero | tr '\0' x; printf '%s\n' "$LONG"; i=$((i+7)); done
+      yes 'terraform keeps the end of the output for its diagnostic' | head -n 300
+      exit 1 # ${{var.wrapped_token}}
+    EOT
+  }}
+}}
+"#,
+        inputs = names
+            .iter()
+            .map(|n| format!("{n} = var.{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    fs::write(image.join("main.tf"), main_tf).unwrap();
+    let template = b.dir().join("a.tfvars.tera");
+    fs::write(&template, vars).unwrap();
+    b.write_workflow(&format!(
+        "[source]\ndir = \"code\"\nimage_dir = {:?}\n\n[settings]\nretries = 0\n\n\
+         [[step]]\nname = \"a\"\ndir = \"a\"\nvars = {:?}\n",
+        b.dir().join("image"),
+        template
+    ));
+
+    let mut outs = vec![
+        b.run(&["validate"]),
+        b.run(&["plan"]),
+        b.run(&["plan", "--json"]),
+    ];
+    let text = b.run(&["run"]);
+    text.assert_code(1);
+    let json = b.run(&["--log-format", "json", "run"]);
+    json.assert_code(1);
+    json_lines(&json.stderr);
+    assert!(
+        text.stderr.contains(&format!("{}\n", "€".repeat(100))),
+        "the long lines were not printed\n{}",
+        &text.stderr[text.stderr.len().saturating_sub(3000)..]
+    );
+    assert!(
+        text.stderr.contains("exit 1 # ********"),
+        "the diagnostic was not printed"
+    );
+    outs.extend([text, json]);
+    outs.extend([b.run(&["status"]), b.run(&["status", "--json"])]);
+
+    let mut needles: Vec<String> = named.iter().map(|(_, v)| v.to_string()).collect();
+    needles.push(LONG_LINE_SECRET.to_string());
+    needles.extend(WRAPPED.split(' ').map(str::to_string));
+    let leaks = |text: &str| -> Vec<String> {
+        needles
+            .iter()
+            .filter(|n| text.contains(n.as_str()))
+            .cloned()
+            .collect()
+    };
+    for out in &outs {
+        for (stream, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            let leaked = leaks(text);
+            assert!(leaked.is_empty(), "{stream} shows {leaked:?}");
+            if let Some(at) = text.find('\u{fffd}') {
+                let from = text[..at]
+                    .char_indices()
+                    .rev()
+                    .nth(80)
+                    .map_or(0, |(i, _)| i);
+                let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+                panic!(
+                    "{stream} has a character cut in two, {} bytes into its line: {:?}",
+                    at - line_start,
+                    &text[from..at + 3]
+                );
+            }
+        }
+    }
+    let mut checked = 0;
+    for file in files_in(&b.root()) {
+        let mode = fs::metadata(&file).unwrap().permissions().mode();
+        if mode & 0o077 == 0 {
+            continue;
+        }
+        checked += 1;
+        let bytes = fs::read(&file).unwrap();
+        let leaked = leaks(&String::from_utf8_lossy(&bytes));
+        assert!(
+            leaked.is_empty(),
+            "{} ({mode:o}) holds {leaked:?}",
+            file.display()
+        );
+    }
+    assert!(
+        checked > 0,
+        "no file outside the owner-only ones was checked"
+    );
+}

@@ -114,6 +114,39 @@ pub enum Command {
     },
 }
 
+/// Reports a command line clap could not parse (or `--help`, `--version`) and returns the
+/// exit code; under `--log-format json` the error is one JSON log line like every other.
+pub fn usage_error(e: clap::Error) -> i32 {
+    let from_env = std::env::var("BOOTSTRAPPER_LOG_FORMAT").ok();
+    if !e.use_stderr() || requested_format(std::env::args(), from_env) != Format::Json {
+        let _ = e.print();
+        return e.exit_code();
+    }
+    let message = e.render().to_string();
+    Logger::new(Format::Json, Default::default()).error(None, message.trim_end());
+    e.exit_code()
+}
+
+/// The log format asked for, read without clap, whose parse just failed.
+fn requested_format(args: impl Iterator<Item = String>, from_env: Option<String>) -> Format {
+    let mut asked = None;
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        if arg == "--log-format" {
+            asked = args.next();
+        } else if let Some(value) = arg.strip_prefix("--log-format=") {
+            asked = Some(value.to_string());
+        }
+    }
+    match asked.or(from_env).as_deref() {
+        Some("json") => Format::Json,
+        _ => Format::Text,
+    }
+}
+
 fn duration(text: &str) -> std::result::Result<Duration, String> {
     crate::clock::parse_duration(text)
 }
@@ -123,7 +156,8 @@ pub fn main(cli: Cli) -> i32 {
     let shutdown = match Shutdown::install() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot install signal handlers: {e}");
+            Logger::new(cli.log_format, Default::default())
+                .error(None, &format!("cannot install signal handlers: {e}"));
             return exit::STEP_FAILED;
         }
     };
@@ -335,4 +369,34 @@ fn reset_all(root: &std::path::Path, logger: &Logger) -> Result<i32> {
         ),
     );
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_format_is_found_in_a_command_line_that_does_not_parse() {
+        let format = |args: &[&str], env: Option<&str>| {
+            requested_format(args.iter().map(|a| a.to_string()), env.map(str::to_string))
+        };
+        assert_eq!(
+            format(&["b", "--log-format", "json", "x"], None),
+            Format::Json
+        );
+        assert_eq!(
+            format(&["b", "run", "--log-format=json"], None),
+            Format::Json
+        );
+        assert_eq!(format(&["b", "x"], Some("json")), Format::Json);
+        assert_eq!(
+            format(&["b", "--log-format=text"], Some("json")),
+            Format::Text
+        );
+        assert_eq!(
+            format(&["b", "--", "--log-format=json"], None),
+            Format::Text
+        );
+        assert_eq!(format(&["b", "--log-format"], None), Format::Text);
+    }
 }

@@ -631,3 +631,38 @@ resource "terraform_data" "a" {{
         "no file outside the owner-only ones was checked"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Under --log-format json, every line is JSON: usage errors too.
+
+#[test]
+fn usage_errors_are_json_lines_under_log_format_json() {
+    let mut by_flag = one_step("");
+    by_flag.arg("--log-format").arg("json");
+    let mut by_env = one_step("");
+    by_env.env("BOOTSTRAPPER_LOG_FORMAT", "json");
+    for (b, args, says) in [
+        (&by_flag, &["bogus"][..], "unrecognized subcommand 'bogus'"),
+        (&by_flag, &["run", "--nope"], "unexpected argument '--nope'"),
+        (
+            &by_env,
+            &["destroy", "--wait", "soon"],
+            "invalid value 'soon'",
+        ),
+        (&by_env, &["reset"], "required arguments were not provided"),
+    ] {
+        let out = b.run(args);
+        out.assert_code(2);
+        assert!(out.stdout.is_empty(), "{out}");
+        let lines = json_lines(&out.stderr);
+        assert_eq!(lines.len(), 1, "{out}");
+        assert_eq!(lines[0]["level"], "error", "{out}");
+        assert!(
+            lines[0]["message"].as_str().unwrap().contains(says),
+            "{args:?}: {out}"
+        );
+    }
+    let help = by_flag.run(&["--help"]);
+    help.assert_success();
+    assert!(help.stdout.contains("Usage: bootstrapper"), "{help}");
+}

@@ -162,6 +162,7 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
     let recorded = load::read_journal(loaded, &journal).map_err(Error::Input)?;
     let root_exists = root.is_dir();
     let source = load::check(loaded, &recorded.outputs).map_err(Error::Input)?;
+    source::check_links(root, loaded).into_result()?;
 
     let mut terraform = terraform.clone();
     let mut notes = Vec::new();

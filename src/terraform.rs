@@ -321,6 +321,11 @@ mod tests {
                 "apply -no-color -auto-approve -input=false -lock-timeout=180s -var-file=bootstrapper.tfvars -parallelism=2",
             ]
         );
+        let push = tf.state_push_command(&step(), Path::new("/r/code/net"), "errored.tfstate");
+        assert_eq!(
+            push.args.join(" "),
+            "state push -no-color -lock-timeout=180s errored.tfstate"
+        );
     }
 
     #[test]

@@ -437,7 +437,7 @@ fn a_cloned_step_dir_that_links_out_of_the_root_is_refused_naming_the_step_and_t
     let run = b.run(&["run"]);
     run.assert_code(2);
     let link = b.root().join("code/a");
-    for out in [&run, &b.run(&["validate"])] {
+    for out in [&run, &b.run(&["validate"]), &b.run(&["plan"])] {
         out.assert_code(2);
         assert!(
             out.stderr.contains("step `a`: its directory")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Measures what the engine costs, as figures (never asserted by a test):
-#   1. a restart with nothing to do: `run` over the finished demo, which must start no process;
+#   1. a restart with nothing to do: `run` over the finished demo, which starts no process but
+#      its one `terraform version -json`;
 #   2. peak memory while terraform prints a lot: the same step printing 2 MB and 20 MB,
 #      whose peak RSS should be about equal, since output is streamed line by line.
 # Usage: scripts/bench.sh [RUNS]   (RUNS of the restart, default 20).
@@ -32,8 +33,11 @@ demo=(--workflow workflows/demo.toml --params workflows/demo.params.json --root 
 start=$(date +%s%N)
 for _ in $(seq "$runs"); do "$bin" "${demo[@]}" run 2>/dev/null; done
 end=$(date +%s%N)
-# A restart with nothing to do starts no process, so GNU time's peak is the engine's own.
-rss=$( { /usr/bin/time -f %M "$bin" "${demo[@]}" run 2>&1 >/dev/null; } | tail -1)
+# GNU time reports the largest peak of the engine and its children: terraform's (its version
+# check) would hide the engine's, so for this one figure a stub answers the version.
+printf '#!/bin/sh\necho %s\n' "'{\"terraform_version\":\"1.11.4\"}'" > "$work/terraform-version"
+chmod +x "$work/terraform-version"
+rss=$( { /usr/bin/time -f %M "$bin" "${demo[@]}" --terraform "$work/terraform-version" run 2>&1 >/dev/null; } | tail -1)
 echo "restart with 4 finished steps: $(( (end - start) / runs / 1000 )) us per run (mean of $runs), peak RSS ${rss} KiB"
 
 mkdir -p "$work/loud/code/loud"

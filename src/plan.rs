@@ -240,6 +240,14 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
             Ok(Some(what)) => notes.push(format!("step {}: {what}", step.step)),
             Err(why) => notes.push(format!("step {}: {why}; the step would fail", step.step)),
         }
+        let errored = Path::new(&step.dir).join(ERRORED_STATE);
+        if errored.exists() && !crate::local_state::holds_complete_state(&errored) {
+            notes.push(format!(
+                "step {}: {} holds no complete state (terraform could not save one): it would be set aside, not pushed, and resources of the attempt that left it may be recorded nowhere",
+                step.step,
+                errored.display()
+            ));
+        }
     }
     Ok(Plan {
         command: if destroy {

@@ -339,6 +339,13 @@ resource "terraform_data" "a" {{
     assert!(errored.exists());
 
     fs::remove_file(&filler).unwrap();
+    let planned = b.run(&["plan"]);
+    planned.assert_success();
+    assert!(
+        planned.stdout.contains("holds no complete state (terraform could not save one): it would be set aside, not pushed"),
+        "{planned}"
+    );
+    assert!(!planned.stdout.contains("state push"), "{planned}");
     let freed = b.run(&["run"]);
     freed.assert_success();
     assert!(

@@ -77,7 +77,7 @@ fn json_lines(stderr: &str) -> Vec<Value> {
 #[test]
 fn a_second_destroy_waits_for_the_first_instead_of_interrupting_it() {
     // destroy_sleep_* is read from the state at destroy time, so it is set when applying.
-    let (b, conn_str) = four_steps(json!({ "destroy_sleep_system_job": 6 }));
+    let (b, conn_str) = four_steps(json!({ "destroy_sleep_system_job": 10 }));
     b.run(&["run"]).assert_success();
 
     let first = b.spawn(&["destroy"]);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Measures what the engine costs, as figures (never asserted by a test):
-#   1. a restart with nothing to do: `run` over the finished demo, which must start no process;
+#   1. a restart with nothing to do: `run` over the finished demo, which starts no process but
+#      its one `terraform version -json`;
 #   2. peak memory while terraform prints a lot: the same step printing 2 MB and 20 MB,
 #      whose peak RSS should be about equal, since output is streamed line by line.
 # Usage: scripts/bench.sh [RUNS]   (RUNS of the restart, default 20).

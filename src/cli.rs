@@ -115,6 +115,39 @@ pub enum Command {
     },
 }
 
+/// Reports a command line clap could not parse (or `--help`, `--version`) and returns the
+/// exit code; under `--log-format json` the error is one JSON log line like every other.
+pub fn usage_error(e: clap::Error) -> i32 {
+    let from_env = std::env::var("BOOTSTRAPPER_LOG_FORMAT").ok();
+    if !e.use_stderr() || requested_format(std::env::args(), from_env) != Format::Json {
+        let _ = e.print();
+        return e.exit_code();
+    }
+    let message = e.render().to_string();
+    Logger::new(Format::Json, Default::default()).error(None, message.trim_end());
+    e.exit_code()
+}
+
+/// The log format asked for, read without clap, whose parse just failed.
+fn requested_format(args: impl Iterator<Item = String>, from_env: Option<String>) -> Format {
+    let mut asked = None;
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        if arg == "--log-format" {
+            asked = args.next();
+        } else if let Some(value) = arg.strip_prefix("--log-format=") {
+            asked = Some(value.to_string());
+        }
+    }
+    match asked.or(from_env).as_deref() {
+        Some("json") => Format::Json,
+        _ => Format::Text,
+    }
+}
+
 fn duration(text: &str) -> std::result::Result<Duration, String> {
     crate::clock::parse_duration(text)
 }
@@ -165,21 +198,29 @@ fn report(e: &Error, loaded: Option<&Loaded>, format: Format) -> i32 {
 
 fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Result<i32> {
     match &cli.command {
-        Command::Validate => validate(&loaded, &cli.root, &logger),
+        Command::Validate => validate(&loaded, &mut engine(cli, loaded.clone(), logger, shutdown)),
         Command::Status { json } => {
             let report = crate::status::collect(&loaded, &cli.root)?;
             crate::status::print(&report, *json, &loaded, &mut std::io::stdout().lock())
                 .map_err(|e| Error::io("cannot write to stdout", e))?;
             Ok(exit::OK)
         }
-        Command::Plan { destroy, json } => crate::plan::main(
-            &loaded,
-            &cli.root,
-            &engine(cli, loaded.clone(), logger, shutdown).terraform,
-            *destroy,
-            *json,
-            &mut std::io::stdout().lock(),
-        ),
+        Command::Plan { destroy, json } => {
+            let mut engine = engine(cli, loaded.clone(), logger, shutdown);
+            // Without terraform a laptop still plans, and the plan says where `run` would
+            // stop; a terraform that is there must be one that `run` would accept.
+            if engine.terraform.resolve().is_ok() {
+                engine.terraform.verify(&engine.supervisor)?;
+            }
+            crate::plan::main(
+                &loaded,
+                &cli.root,
+                &engine.terraform,
+                *destroy,
+                *json,
+                &mut std::io::stdout().lock(),
+            )
+        }
         Command::Reset { all: true, .. } => reset_all(&cli.root, &logger),
         Command::Reset { step, .. } => reset(
             &loaded,
@@ -251,10 +292,24 @@ fn hold_until_stopped(shutdown: &Shutdown) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn validate(loaded: &Loaded, root: &std::path::Path, logger: &Logger) -> Result<i32> {
-    let checked = load::check(loaded, &Default::default(), load::Modules::Under(root))
-        .map_err(Error::Input)?;
-    for warning in load::warnings(loaded).into_iter().chain(checked.notes) {
+fn validate(loaded: &Loaded, engine: &mut Engine) -> Result<i32> {
+    let logger = engine.logger().clone();
+    let (mut problems, notes) = match load::check(
+        loaded,
+        &Default::default(),
+        load::Modules::Under(&engine.root),
+    ) {
+        Ok(checked) => (Problems::default(), checked.notes),
+        Err(problems) => (problems, Vec::new()),
+    };
+    match engine.terraform.verify(&engine.supervisor) {
+        Ok(_) => {}
+        Err(Error::Input(p)) => problems.extend(p),
+        Err(e) => return Err(e),
+    }
+    problems.extend(crate::source::check_links(&engine.root, loaded));
+    problems.into_result()?;
+    for warning in load::warnings(loaded).into_iter().chain(notes) {
         match logger.format() {
             Format::Json => logger.warn(None, &warning),
             Format::Text => logger.as_is(Level::WARN, None, &format!("warning: {warning}")),
@@ -321,4 +376,34 @@ fn reset_all(root: &std::path::Path, logger: &Logger) -> Result<i32> {
         ),
     );
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_format_is_found_in_a_command_line_that_does_not_parse() {
+        let format = |args: &[&str], env: Option<&str>| {
+            requested_format(args.iter().map(|a| a.to_string()), env.map(str::to_string))
+        };
+        assert_eq!(
+            format(&["b", "--log-format", "json", "x"], None),
+            Format::Json
+        );
+        assert_eq!(
+            format(&["b", "run", "--log-format=json"], None),
+            Format::Json
+        );
+        assert_eq!(format(&["b", "x"], Some("json")), Format::Json);
+        assert_eq!(
+            format(&["b", "--log-format=text"], Some("json")),
+            Format::Text
+        );
+        assert_eq!(
+            format(&["b", "--", "--log-format=json"], None),
+            Format::Text
+        );
+        assert_eq!(format(&["b", "--log-format"], None), Format::Text);
+    }
 }

@@ -259,7 +259,8 @@ pub fn commands(
         role: Role::Workspace,
         command,
     }));
-    if cwd.join(ERRORED_STATE).exists() {
+    // An incomplete one is set aside instead (see `Engine::set_aside_errored_state`).
+    if crate::local_state::holds_complete_state(&cwd.join(ERRORED_STATE)) {
         steps.push(Step {
             role: Role::PushErrored,
             command: terraform.state_push_command(rendered, cwd, ERRORED_STATE),

@@ -3,6 +3,7 @@
 //! terraform commands that [`crate::decide`] lists for a step.
 
 use std::borrow::Cow;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::clock::{self, Timestamp};
@@ -69,10 +70,22 @@ impl Engine {
     pub fn prepare(&mut self, take_lock: impl FnOnce(&Path) -> Result<Lock>) -> Result<Prepared> {
         let journal = Journal::at(&self.root);
         let mut problems = Problems::default();
-        match self.terraform.resolve() {
-            Ok(program) => self.terraform.program = program,
-            Err(Error::Input(p)) => problems.extend(p),
-            Err(e) => return Err(e),
+        // A binary found good before, unchanged since, is not asked for its version again:
+        // a restart with nothing to do starts no process.
+        let record = journal.terraform_record();
+        let known_good = self.terraform.resolve().ok().and_then(|program| {
+            self.terraform.program = program;
+            self.terraform.identity()
+        });
+        let known_good =
+            known_good.filter(|id| fs::read_to_string(&record).ok().as_ref() == Some(id));
+        let mut found_good = None;
+        if known_good.is_none() {
+            match self.terraform.verify(&self.supervisor) {
+                Ok(_) => found_good = self.terraform.identity(),
+                Err(Error::Input(p)) => problems.extend(p),
+                Err(e) => return Err(e),
+            }
         }
         let outputs_so_far = load::read_journal(&self.loaded, &journal)
             .map(|r| r.outputs)
@@ -90,6 +103,13 @@ impl Engine {
         let checked = checked.expect("no problems");
 
         let lock = take_lock(journal.dir())?;
+        if let Some(id) = found_good {
+            // Only a saving: without the record the next command asks terraform again.
+            if let Err(e) = durable::write(&record, id.as_bytes(), 0o644) {
+                self.logger()
+                    .warn(None, &format!("cannot write {}: {e}", record.display()));
+            }
+        }
         for torn in journal.remove_torn()? {
             self.logger().warn(
                 None,
@@ -120,6 +140,7 @@ impl Engine {
     /// module's variables, before the first step runs.
     fn check_step_dirs(&self, code: &Path, rendered: &[RenderedStep]) -> Result<()> {
         let mut problems = Problems::default();
+        let mut dirs = vec![(None, code.to_path_buf())];
         for (step, rendered) in self.loaded.workflow.steps.iter().zip(rendered) {
             let dir = code.join(&rendered.dir);
             if !decide::dir_unknown(rendered) && !dir.is_dir() {
@@ -133,7 +154,11 @@ impl Engine {
                     .hint("`dir` is relative to the code directory (`source.dir` under --root)"),
                 );
             }
+            if !decide::dir_unknown(rendered) {
+                dirs.push((Some(step), dir));
+            }
         }
+        problems.extend(source::confinement_problems(&self.root, &dirs));
         problems.extend(load::check_variables(
             &self.loaded,
             code,
@@ -152,6 +177,7 @@ impl Engine {
         action: Action,
         mut op: impl FnMut() -> Result<T>,
     ) -> Result<(Timestamp, u32, T)> {
+        crate::disk::ensure_room(&self.root, self.loaded.workflow.settings.min_free_space)?;
         let previous = journal.attempt_of(action, step)?;
         if let Some(prev) = previous
             .as_ref()
@@ -245,6 +271,7 @@ impl Engine {
             durable::write(&path, vars.as_bytes(), 0o600)
                 .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
         }
+        self.set_aside_errored_state(step, &cwd)?;
         let mut outputs = None;
         let destroy = action == Action::Destroy;
         for planned in decide::commands(&self.terraform, step, &cwd, destroy) {
@@ -278,6 +305,25 @@ impl Engine {
         Ok(outputs)
     }
 
+    /// An `errored.tfstate` with no complete state in it (terraform ran out of room while
+    /// writing it) cannot be pushed: pushing fails on every run, for ever. Keep it aside.
+    fn set_aside_errored_state(&self, step: &RenderedStep, cwd: &Path) -> Result<()> {
+        let errored = cwd.join(decide::ERRORED_STATE);
+        let set_aside = crate::local_state::set_aside_if_incomplete(&errored)
+            .map_err(|e| Error::io(format!("cannot set {} aside", errored.display()), e))?;
+        if let Some((kept, size)) = set_aside {
+            self.logger().warn(
+                Some(&step.name),
+                &format!(
+                    "terraform could not save the state of an earlier attempt: it left {} with no complete state in it ({size} bytes), so resources that attempt created may be recorded nowhere (check for them by hand); kept the file as {}, not pushing it",
+                    errored.display(),
+                    kept.display()
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// Renames a pushed `errored.tfstate` out of the way, keeping it.
     fn keep_pushed(&self, step: &RenderedStep, cwd: &Path) -> Result<()> {
         let errored = cwd.join(decide::ERRORED_STATE);
@@ -306,6 +352,9 @@ impl Engine {
         state: &mut LocalState,
     ) -> Result<Vec<u8>> {
         self.supervisor.shutdown.check()?;
+        if command.args.first().is_some_and(|a| a != "output") {
+            crate::disk::ensure_room(&command.cwd, self.loaded.workflow.settings.min_free_space)?;
+        }
         let mut warned = false;
         let mut watch = || {
             if let Err(e) = state.watch() {

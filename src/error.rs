@@ -27,6 +27,9 @@ pub enum Error {
     /// A signal asked us to stop; the in-flight step was left unfinished.
     #[error("stopped by {name}; unfinished steps run again on the next start")]
     Interrupted { signal: i32, name: &'static str },
+    /// Too little room on the root's filesystem for terraform to save a state.
+    #[error("only {} free on the filesystem of {}, less than settings.min_free_space ({}): no terraform was started\n  hint: free space on the volume (or grow it), then run again", crate::disk::human(*free), path.display(), crate::disk::human(*min))]
+    NoSpace { path: PathBuf, free: u64, min: u64 },
     /// The root (the PVC) could not be read or written while working.
     #[error("{context}: {source}")]
     Io {
@@ -41,7 +44,9 @@ impl Error {
         match self {
             Error::Input(_) => exit::BAD_INPUT,
             Error::Locked { .. } => exit::LOCKED,
-            Error::StepFailed { .. } | Error::Io { .. } => exit::STEP_FAILED,
+            Error::StepFailed { .. } | Error::Io { .. } | Error::NoSpace { .. } => {
+                exit::STEP_FAILED
+            }
             Error::Interrupted { signal, .. } => 128 + signal,
         }
     }

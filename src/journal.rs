@@ -33,6 +33,8 @@ pub const LOCK: &str = "lock";
 const SOURCE_RECORD: &str = "source";
 /// Terraform's local states, kept across `reset source` ([`crate::source`]).
 const KEPT_STATE: &str = "source-state";
+/// The terraform binary whose version was last found good ([`crate::terraform`]).
+const TERRAFORM_RECORD: &str = "terraform";
 
 /// Files here may hold sensitive outputs.
 const FILE_MODE: u32 = 0o600;
@@ -132,6 +134,12 @@ impl Journal {
     /// The record of where the code came from.
     pub fn source_record(&self) -> PathBuf {
         self.dir.join(SOURCE_RECORD)
+    }
+
+    /// Names the terraform binary last found to be a version the engine can use, so that a
+    /// restart with nothing to do need not start it to ask again.
+    pub fn terraform_record(&self) -> PathBuf {
+        self.dir.join(TERRAFORM_RECORD)
     }
 
     /// Where terraform's local states wait while the code is replaced.

@@ -18,7 +18,8 @@
 //! - [`terraform`]: the terraform command lines of a step; [`local_state`]: a local state
 //!   file kept whole across a kill in the middle of terraform's write.
 //! - [`process`]: the one way a child process is run, streamed and stopped.
-//! - [`journal`]: markers and attempts on the PVC; [`durable`]: crash-safe writes.
+//! - [`journal`]: markers and attempts on the PVC; [`durable`]: crash-safe writes;
+//!   [`disk`]: room on the PVC for terraform to save its state.
 //! - [`lock`]: the one lock under the root; [`signals`]: SIGTERM and SIGINT.
 //! - [`status`]: what the journal says, per step; [`plan`]: the dry run.
 //! - [`secrets`]: masking; [`log`]: every log line a `tracing` event, masked, as text or JSON;
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod clock;
 pub mod decide;
 pub mod destroy;
+pub mod disk;
 pub mod durable;
 pub mod engine;
 pub mod error;

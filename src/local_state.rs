@@ -178,6 +178,30 @@ impl LocalState {
     }
 }
 
+/// Whether `path` exists and holds a whole state document.
+pub fn holds_complete_state(path: &Path) -> bool {
+    fs::read(path).is_ok_and(|bytes| is_complete(&bytes))
+}
+
+/// Moves aside a state file that terraform left in place of one it could not save (its
+/// `errored.tfstate`) when that holds no complete state: terraform ran out of space writing
+/// it, and pushing it would fail with "no state" on every run. It is kept, renamed; returns
+/// the new name and the size it had.
+pub fn set_aside_if_incomplete(path: &Path) -> io::Result<Option<(PathBuf, u64)>> {
+    let bytes = fs::read(path)?;
+    if is_complete(&bytes) {
+        return Ok(None);
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let kept = path.with_file_name(format!(
+        "{name}.incomplete-{}",
+        crate::clock::now().unix_timestamp()
+    ));
+    fs::rename(path, &kept)?;
+    durable::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(Some((kept, bytes.len() as u64)))
+}
+
 struct Torn<'a> {
     bytes: Vec<u8>,
     /// Where a complete state was found, and its content.
@@ -258,6 +282,25 @@ mod tests {
             assert_eq!(kept.len(), 1);
             assert_eq!(fs::read_to_string(kept[0].path()).unwrap(), torn);
             assert!(!half_copy.exists(), "a half-written copy is left");
+        }
+    }
+
+    #[test]
+    fn an_incomplete_errored_state_is_kept_aside_and_a_complete_one_stays() {
+        let (dir, _) = guarded();
+        let errored = dir.path().join("errored.tfstate");
+        fs::write(&errored, STATE).unwrap();
+        assert_eq!(set_aside_if_incomplete(&errored).unwrap(), None);
+        assert!(errored.exists());
+        for incomplete in ["", "{\"version\":4,"] {
+            fs::write(&errored, incomplete).unwrap();
+            let (kept, size) = set_aside_if_incomplete(&errored)
+                .unwrap()
+                .expect("set aside");
+            assert!(!errored.exists());
+            assert_eq!(size, incomplete.len() as u64);
+            assert_eq!(fs::read_to_string(&kept).unwrap(), incomplete);
+            fs::remove_file(kept).unwrap();
         }
     }
 

@@ -38,6 +38,12 @@ impl Holder {
         }
     }
 
+    /// Whether the holder is a `run` (with or without `--hold`), the only command that may be
+    /// asked to give the lock up.
+    pub fn is_run(&self) -> bool {
+        self.command.split_whitespace().next() == Some("run")
+    }
+
     fn unknown() -> Self {
         Holder {
             pid: 0,

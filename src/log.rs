@@ -66,6 +66,11 @@ impl Logger {
         emit(Level::INFO, CHILD, Some(step), line);
     }
 
+    /// A line with which a child process reports an error.
+    pub fn child_error(&self, step: &str, line: &str) {
+        emit(Level::ERROR, CHILD, Some(step), line);
+    }
+
     /// Text that people read as it is written (a list of problems with their hints); in
     /// JSON it is one event like any other.
     pub fn as_is(&self, level: Level, step: Option<&str>, text: &str) {

@@ -1,6 +1,9 @@
 use clap::Parser;
 
 fn main() {
-    let cli = bootstrapper::cli::Cli::parse();
+    let cli = match bootstrapper::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => std::process::exit(bootstrapper::cli::usage_error(e)),
+    };
     std::process::exit(bootstrapper::cli::main(cli));
 }

@@ -3,8 +3,8 @@
 //! files it would write, every secret masked.
 //!
 //! Its decisions and commands are those of [`crate::decide`], which `run` and `destroy`
-//! carry out, so the plan cannot drift from the real thing. It only reads: no process is started, and
-//! nothing is created under the root, not even the journal directory or the lock.
+//! carry out, so the plan cannot drift from the real thing. It only reads: no process is started (but
+//! `terraform version`), and nothing is created under the root, not even the journal directory or the lock.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -133,6 +133,7 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
         load::check(loaded, &recorded.outputs, load::Modules::Under(root)).map_err(Error::Input)?;
     let source = checked.source;
     let rendered = checked.steps;
+    source::check_links(root, loaded).into_result()?;
 
     let mut terraform = terraform.clone();
     let mut notes = checked.notes;
@@ -208,6 +209,14 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
             Ok(None) => {}
             Ok(Some(what)) => notes.push(format!("step {}: {what}", step.step)),
             Err(why) => notes.push(format!("step {}: {why}; the step would fail", step.step)),
+        }
+        let errored = Path::new(&step.dir).join(crate::decide::ERRORED_STATE);
+        if errored.exists() && !crate::local_state::holds_complete_state(&errored) {
+            notes.push(format!(
+                "step {}: {} holds no complete state (terraform could not save one): it would be set aside, not pushed, and resources of the attempt that left it may be recorded nowhere",
+                step.step,
+                errored.display()
+            ));
         }
     }
     Ok(Plan {

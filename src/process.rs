@@ -18,6 +18,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::log::Logger;
+use crate::secrets::Redactor;
 use crate::signals::Shutdown;
 
 /// A line longer than this is passed on in pieces: terraform can print megabytes on one line.
@@ -67,6 +68,8 @@ pub struct Finished {
     pub tail: Vec<String>,
     /// Whether the engine had to signal it to stop.
     pub interrupted: bool,
+    /// Terraform's first `Error:` diagnostic, summary and detail, masked.
+    pub first_error: Option<String>,
 }
 
 impl Finished {
@@ -84,18 +87,13 @@ impl Finished {
             (None, Some(sig)) => format!("killed by signal {sig}"),
             _ => "unknown exit".to_string(),
         };
-        let detail = self
-            .tail
-            .iter()
-            .map(|l| l.trim_start_matches(['│', '╷', '╵', ' ']).trim())
-            .find(|l| l.starts_with("Error:"))
-            .or_else(|| {
-                self.tail
-                    .iter()
-                    .rev()
-                    .map(|l| l.trim())
-                    .find(|l| !l.is_empty())
-            });
+        let detail = self.first_error.as_deref().or_else(|| {
+            self.tail
+                .iter()
+                .rev()
+                .map(|l| l.trim())
+                .find(|l| !l.is_empty())
+        });
         match detail {
             Some(detail) => format!("{code}: {detail}"),
             None => code,
@@ -158,7 +156,8 @@ impl Supervisor {
 
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let stderr = child.stderr.take().expect("piped");
-        let err_reader = spawn_reader(stderr, tx.clone());
+        let redactor = self.logger.redactor().clone();
+        let err_reader = spawn_reader(stderr, tx.clone(), redactor.clone());
         let stdout = child.stdout.take().expect("piped");
         let (out_reader, captured) = if capture_stdout {
             let handle = thread::spawn(move || {
@@ -168,18 +167,24 @@ impl Supervisor {
             });
             (None, Some(handle))
         } else {
-            (Some(spawn_reader(stdout, tx.clone())), None)
+            (Some(spawn_reader(stdout, tx.clone(), redactor)), None)
         };
         drop(tx);
 
         let mut tail = VecDeque::with_capacity(TAIL_LINES);
+        let mut first_error = FirstError::default();
         let mut open = if capture_stdout { 1 } else { 2 };
         let mut interrupted = false;
         let mut kill_at: Option<Instant> = None;
         let mut handle_event = |event: Event, open: &mut usize| match event {
             Event::Line(line) => {
                 let masked = self.logger.redactor().mask(&line).into_owned();
-                self.logger.child_line(&command.label, &masked);
+                if is_error_line(&masked) {
+                    self.logger.child_error(&command.label, &masked);
+                } else {
+                    self.logger.child_line(&command.label, &masked);
+                }
+                first_error.feed(&masked);
                 if tail.len() == TAIL_LINES {
                     tail.pop_front();
                 }
@@ -266,7 +271,79 @@ impl Supervisor {
             stdout,
             tail: tail.into_iter().collect(),
             interrupted,
+            first_error: first_error.finish(),
         })
+    }
+}
+
+/// A line of terraform's diagnostics with its box drawing (printed in colour mode) taken off.
+fn unboxed(line: &str) -> &str {
+    let line = line.trim_end();
+    match line.strip_prefix(['│', '╷', '╵']) {
+        Some(rest) => rest.strip_prefix(' ').unwrap_or(rest),
+        None => line,
+    }
+}
+
+/// Whether terraform opens an error diagnostic with this line.
+pub fn is_error_line(line: &str) -> bool {
+    unboxed(line).trim_start().starts_with("Error:")
+}
+
+/// Collects terraform's first error diagnostic: the `Error:` summary, then its detail (the
+/// unindented paragraphs after the indented source context), up to the next diagnostic.
+#[derive(Default)]
+struct FirstError {
+    lines: Vec<String>,
+    open: bool,
+    done: bool,
+}
+
+impl FirstError {
+    /// More than this is not a reason any more, it is a log.
+    const MAX_CHARS: usize = 600;
+
+    fn feed(&mut self, line: &str) {
+        if self.done {
+            return;
+        }
+        let text = unboxed(line);
+        if !self.open {
+            if is_error_line(text) {
+                self.open = true;
+                self.lines.push(text.trim().to_string());
+            }
+            return;
+        }
+        let diagnostic_ends = text.starts_with("Error:")
+            || text.starts_with("Warning:")
+            || line.trim_start().starts_with('╵');
+        if diagnostic_ends {
+            self.done = true;
+        } else if !text.is_empty() && !text.starts_with(char::is_whitespace) {
+            self.lines.push(text.trim().to_string());
+        }
+        if self.lines.iter().map(String::len).sum::<usize>() > Self::MAX_CHARS {
+            self.done = true;
+        }
+    }
+
+    fn finish(self) -> Option<String> {
+        let (summary, detail) = self.lines.split_first()?;
+        let mut text = summary.clone();
+        if !detail.is_empty() {
+            text.push_str(": ");
+            text.push_str(&detail.join(" "));
+        }
+        if text.len() > Self::MAX_CHARS {
+            let mut end = Self::MAX_CHARS;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
+        Some(text)
     }
 }
 
@@ -298,25 +375,76 @@ fn has_exited(pid: Pid) -> std::io::Result<bool> {
 fn spawn_reader(
     stream: impl Read + Send + 'static,
     tx: mpsc::SyncSender<Event>,
+    redactor: Redactor,
 ) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut reader = BufReader::new(stream);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match read_line_bounded(&mut reader, &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line);
-                    let text = text.trim_end_matches(['\n', '\r']);
-                    if tx.send(Event::Line(text.to_string())).is_err() {
-                        break;
-                    }
-                }
+        let mut pieces = Pieces::default();
+        while let Some(piece) = pieces.next(&mut reader, &redactor) {
+            let text = String::from_utf8_lossy(&piece);
+            let text = text.trim_end_matches(['\n', '\r']);
+            if tx.send(Event::Line(text.to_string())).is_err() {
+                break;
             }
         }
         let _ = tx.send(Event::Closed);
     })
+}
+
+/// A stream cut into lines, and a line longer than [`MAX_LINE`] into pieces, each cut where
+/// it splits neither a UTF-8 character nor a secret (each piece is masked on its own).
+#[derive(Default)]
+struct Pieces {
+    /// What was read past the last cut, the start of the next piece.
+    carry: Vec<u8>,
+    done: bool,
+}
+
+impl Pieces {
+    fn next(&mut self, reader: &mut impl BufRead, redactor: &Redactor) -> Option<Vec<u8>> {
+        if self.done {
+            return None;
+        }
+        let mut line = std::mem::take(&mut self.carry);
+        match read_line_bounded(reader, &mut line) {
+            Ok(0) | Err(_) => {
+                self.done = true;
+                return (!line.is_empty()).then_some(line);
+            }
+            Ok(_) => {}
+        }
+        if line.ends_with(b"\n") {
+            return Some(line);
+        }
+        let at_char = char_boundary(&line);
+        let cut = redactor.safe_cut(&line[..at_char]);
+        self.carry = line.split_off(cut);
+        Some(line)
+    }
+}
+
+/// The end of the last whole UTF-8 character of `bytes` (a character cut short at the end
+/// is left out); never 0, so that invalid bytes still make progress.
+fn char_boundary(bytes: &[u8]) -> usize {
+    let len = bytes.len();
+    for back in 1..=len.min(4) {
+        let byte = bytes[len - back];
+        if byte & 0xC0 == 0x80 {
+            continue;
+        }
+        let width = match byte {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        return if width > back && back < len {
+            len - back
+        } else {
+            len
+        };
+    }
+    len
 }
 
 /// Reads up to a newline or [`MAX_LINE`] bytes, whichever comes first.
@@ -363,6 +491,45 @@ mod tests {
         assert_eq!(sizes, [MAX_LINE, MAX_LINE, 10]);
     }
 
+    fn pieces(data: &[u8], redactor: &Redactor) -> Vec<Vec<u8>> {
+        let mut reader = BufReader::new(data);
+        let mut pieces = Pieces::default();
+        std::iter::from_fn(|| pieces.next(&mut reader, redactor)).collect()
+    }
+
+    #[test]
+    fn long_lines_are_cut_between_characters_and_outside_secrets() {
+        let mut data = "x".repeat(MAX_LINE - 1).into_bytes();
+        data.extend("€€ end\nnext\n".as_bytes());
+        let got = pieces(&data, &Redactor::default());
+        let text: Vec<String> = got
+            .iter()
+            .map(|p| String::from_utf8(p.clone()).expect("whole characters"))
+            .collect();
+        assert_eq!(
+            text.len(),
+            3,
+            "{:?}",
+            text.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert_eq!(text[0].len(), MAX_LINE - 1);
+        assert_eq!(text[1], "€€ end\n");
+        assert_eq!(text[2], "next\n");
+
+        let redactor = Redactor::default();
+        redactor.add("s3cr3t-value");
+        let mut data = "y".repeat(MAX_LINE - 5).into_bytes();
+        data.extend(b"s3cr3t-value tail\n");
+        let got = pieces(&data, &redactor);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].len(), MAX_LINE - 5);
+        assert_eq!(got[1], b"s3cr3t-value tail\n");
+        assert_eq!(
+            redactor.mask(std::str::from_utf8(&got[1]).unwrap()),
+            "******** tail\n"
+        );
+    }
+
     #[test]
     fn an_exited_child_is_seen_but_left_to_reap() {
         let mut child = std::process::Command::new("sh")
@@ -381,21 +548,58 @@ mod tests {
         assert_eq!(child.wait().unwrap().code(), Some(3));
     }
 
+    fn first_error(lines: &[&str]) -> Option<String> {
+        let mut first = FirstError::default();
+        for line in lines {
+            first.feed(line);
+        }
+        first.finish()
+    }
+
     #[test]
-    fn the_reason_names_terraforms_error_line() {
+    fn the_reason_is_terraforms_first_error_with_its_detail() {
+        let boxed = [
+            "Initializing the backend...",
+            "╷",
+            "│ Error: Backend initialization required",
+            "│ ",
+            "│   on main.tf line 3:",
+            "│    3:   backend \"pg\" {}",
+            "│ ",
+            "│ Reason: the backend changed.",
+            "│ Run terraform init.",
+            "╵",
+            "╷",
+            "│ Error: a second one",
+            "╵",
+        ];
         let finished = Finished {
             status: std::process::Command::new("false").status().unwrap(),
             stdout: vec![],
-            tail: vec![
-                "╷".into(),
-                "│ Error: Backend initialization required".into(),
-                "│".into(),
-            ],
+            tail: vec!["╵".into()],
             interrupted: false,
+            first_error: first_error(&boxed),
         };
         assert_eq!(
             finished.reason(),
-            "exit code 1: Error: Backend initialization required"
+            "exit code 1: Error: Backend initialization required: Reason: the backend changed. Run terraform init."
         );
+        let plain = [
+            "terraform_data.a (local-exec): boom",
+            "",
+            "Error: local-exec provisioner error",
+            "",
+            "  with terraform_data.a,",
+            "  on main.tf line 2, in resource \"terraform_data\" \"a\":",
+            "   2:   provisioner \"local-exec\" {",
+            "",
+            "Error running command 'exit 3': exit status 3. Output: boom",
+            "",
+        ];
+        assert_eq!(
+            first_error(&plain).unwrap(),
+            "Error: local-exec provisioner error: Error running command 'exit 3': exit status 3. Output: boom"
+        );
+        assert_eq!(first_error(&["usage: terraform ...", "  -flag"]), None);
     }
 }

@@ -8,7 +8,23 @@ use serde_json::Value;
 pub const MASK: &str = "********";
 
 /// Param names containing one of these hold secrets (README.md, "Secrets stay secret").
-const SECRET_WORDS: [&str; 4] = ["password", "secret", "token", "key"];
+const SECRET_WORDS: [&str; 10] = [
+    "password",
+    "passwd",
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "credential",
+    "private",
+    "cert",
+];
+
+/// Terraform word-wraps its diagnostics, so a secret holding whitespace can reach the log in
+/// parts, one at the end of a line and the next at the start of the following one. Parts at
+/// least this long are masked on their own; shorter ones say too little to matter.
+pub const MIN_PART_LEN: usize = 6;
 
 /// Shorter values would mask ordinary words and digits all over the logs; `validate` warns
 /// about secrets this short instead.
@@ -23,7 +39,94 @@ pub fn is_secret_name(name: &str) -> bool {
 /// The set of secret values, shared by the logger and every reporter.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
-    inner: Arc<RwLock<Vec<String>>>,
+    inner: Arc<RwLock<Known>>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    /// Every form of every secret, longest first.
+    secrets: Vec<String>,
+    /// The parts of secrets with whitespace in them that a wrapped line can hold.
+    parts: Parts,
+}
+
+/// Where a secret can be cut by a line break: at its whitespace. Each list longest first.
+#[derive(Debug, Default)]
+struct Parts {
+    /// What ends a line when the rest of the secret follows on the next.
+    heads: Vec<String>,
+    /// What starts a line when the secret began on the one before.
+    tails: Vec<String>,
+    /// A whole line between the two.
+    middles: Vec<String>,
+}
+
+impl Parts {
+    fn add(&mut self, secret: &str) {
+        let cuts: Vec<usize> = secret
+            .char_indices()
+            .filter(|(_, c)| c.is_whitespace())
+            .map(|(i, _)| i)
+            .collect();
+        let long = |s: &str| s.chars().count() >= MIN_PART_LEN;
+        let push = |list: &mut Vec<String>, part: &str| {
+            if long(part) && !list.iter().any(|p| p == part) {
+                list.push(part.to_string());
+            }
+        };
+        for &cut in &cuts {
+            push(&mut self.heads, secret[..cut].trim());
+            push(&mut self.tails, secret[cut..].trim());
+        }
+        for (n, &from) in cuts.iter().enumerate() {
+            for &to in &cuts[n + 1..] {
+                push(&mut self.middles, secret[from..to].trim());
+            }
+        }
+        for list in [&mut self.heads, &mut self.tails, &mut self.middles] {
+            list.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.heads.is_empty()
+    }
+
+    /// `line` with the parts at its ends masked.
+    fn mask_line(&self, line: &str) -> Option<String> {
+        let start = line.len()
+            - line
+                .trim_start_matches(|c: char| c.is_whitespace() || "│╷╵".contains(c))
+                .len();
+        let end = line.trim_end().len();
+        if start >= end {
+            return None;
+        }
+        let body = &line[start..end];
+        let mut masked: Option<(usize, usize)> = None;
+        if self.middles.iter().any(|m| m == body) {
+            masked = Some((start, end));
+        }
+        if let Some(tail) = self.tails.iter().find(|t| body.starts_with(t.as_str())) {
+            masked = Some((start, start + tail.len()));
+        }
+        if let Some(head) = self.heads.iter().find(|h| body.ends_with(h.as_str())) {
+            masked = Some(match masked {
+                Some((from, to)) if to >= end - head.len() => (from, end),
+                Some((from, to)) => {
+                    let mut out = line.to_string();
+                    out.replace_range(end - head.len()..end, MASK);
+                    out.replace_range(from..to, MASK);
+                    return Some(out);
+                }
+                None => (end - head.len(), end),
+            });
+        }
+        let (from, to) = masked?;
+        let mut out = line.to_string();
+        out.replace_range(from..to, MASK);
+        Some(out)
+    }
 }
 
 impl Redactor {
@@ -32,7 +135,9 @@ impl Redactor {
         let redactor = Redactor::default();
         redactor.add_named(params, false);
         for (name, value) in env {
-            if name.starts_with("TF_VAR_") || is_secret_name(name) {
+            // The shell's working directories are paths, whatever their names say.
+            let path = matches!(name.as_str(), "PWD" | "OLDPWD");
+            if name.starts_with("TF_VAR_") || (is_secret_name(name) && !path) {
                 redactor.add(value);
             }
         }
@@ -59,25 +164,60 @@ impl Redactor {
         if secret.len() < MIN_MASKED_LEN {
             return;
         }
-        let mut secrets = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.inner.write().unwrap_or_else(|e| e.into_inner());
         for form in escaped_forms(secret) {
-            if !secrets.contains(&form) {
-                secrets.push(form);
+            if !known.secrets.contains(&form) {
+                if form.contains(char::is_whitespace) {
+                    known.parts.add(&form);
+                }
+                known.secrets.push(form);
             }
         }
         // Longest first, so a secret containing another is masked whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        known.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     }
 
     pub fn mask<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let secrets = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let known = self.inner.read().unwrap_or_else(|e| e.into_inner());
         let mut out = Cow::Borrowed(text);
-        for secret in secrets.iter() {
+        for secret in known.secrets.iter() {
             if out.contains(secret.as_str()) {
                 out = Cow::Owned(out.replace(secret.as_str(), MASK));
             }
         }
+        if !known.parts.is_empty() {
+            let lines: Vec<(&str, Option<String>)> = out
+                .split('\n')
+                .map(|line| (line, known.parts.mask_line(line)))
+                .collect();
+            if lines.iter().any(|(_, masked)| masked.is_some()) {
+                let joined = lines
+                    .iter()
+                    .map(|(line, masked)| masked.as_deref().unwrap_or(line))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                out = Cow::Owned(joined);
+            }
+        }
         mask_url_userinfo(out)
+    }
+
+    /// Where a piece of at most `bytes.len()` bytes may end so that no secret is cut in two
+    /// (each piece is masked on its own): before the start of a secret that may go on past
+    /// the end. Never 0, so that a reader always makes progress.
+    pub fn safe_cut(&self, bytes: &[u8]) -> usize {
+        let known = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let longest = known.secrets.first().map_or(0, String::len);
+        let from = bytes.len().saturating_sub(longest.saturating_sub(1)).max(1);
+        (from..bytes.len())
+            .find(|&at| {
+                let rest = &bytes[at..];
+                known
+                    .secrets
+                    .iter()
+                    .any(|s| s.len() > rest.len() && s.as_bytes().starts_with(rest))
+            })
+            .unwrap_or(bytes.len())
     }
 }
 
@@ -153,6 +293,36 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_wrapped_over_lines_is_masked_in_its_parts() {
+        let r = Redactor::default();
+        r.add("qzcorrect1 qzhorsebat qzstaple99 qzzebrafish");
+        let wrapped = "Error running command 'echo qzcorrect1 qzhorsebat\nqzstaple99 qzzebrafish': exit\nstatus 1";
+        assert_eq!(
+            r.mask(wrapped),
+            format!("Error running command 'echo {MASK}\n{MASK}': exit\nstatus 1")
+        );
+        assert_eq!(
+            r.mask("│   qzhorsebat qzstaple99  "),
+            format!("│   {MASK}  ")
+        );
+        assert_eq!(
+            r.mask("qzzebrafish' and 'qzcorrect1"),
+            format!("{MASK}' and '{MASK}")
+        );
+        assert_eq!(r.mask("qzstaple99 alone"), "qzstaple99 alone");
+    }
+
+    #[test]
+    fn a_cut_never_falls_inside_a_secret() {
+        let r = Redactor::default();
+        r.add("s3cr3t-value");
+        assert_eq!(r.safe_cut(b"xxxxxxs3cr3t-va"), 6);
+        assert_eq!(r.safe_cut(b"xxxxxxs3cr3t-value"), 18);
+        assert_eq!(r.safe_cut(b"xxxxxxxxxxxxxxxxxs"), 17);
+        assert_eq!(r.safe_cut(b"s3cr"), 4);
+    }
+
+    #[test]
     fn url_credentials_are_masked() {
         let masked = mask_url_userinfo(Cow::Borrowed(
             "cloning https://user:s3cr3t@git.example/repo.git and postgres://pg@127.0.0.1/db",
@@ -169,6 +339,16 @@ mod tests {
     fn secret_names() {
         assert!(is_secret_name("ROOT_PASSWORD"));
         assert!(is_secret_name("ucloud_private_key"));
+        for name in [
+            "db_passwd",
+            "admin_pwd",
+            "pass_phrase",
+            "cloud_credential",
+            "private_ip_range",
+            "tls_cert",
+        ] {
+            assert!(is_secret_name(name), "{name}");
+        }
         assert!(!is_secret_name("region"));
     }
 }

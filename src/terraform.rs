@@ -8,8 +8,56 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Problem, Problems};
-use crate::process::Command;
+use crate::process::{Command, Supervisor};
 use crate::render::RenderedStep;
+
+/// The oldest terraform whose command lines the engine writes (`workspace select -or-create`).
+const MIN_VERSION: (u64, u64) = (1, 4);
+
+const INSTALL_HINT: &str =
+    "install terraform (>= 1.4) or OpenTofu (>= 1.6), or pass --terraform BIN (BOOTSTRAPPER_TERRAFORM)";
+
+/// What `terraform version -json` says (OpenTofu answers in the same shape).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub text: String,
+    /// Major and minor.
+    pub number: (u64, u64),
+}
+
+impl Version {
+    fn parse(stdout: &[u8]) -> Result<Version, String> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            terraform_version: String,
+        }
+        let answer: Answer = serde_json::from_slice(stdout).map_err(|e| {
+            let shown = String::from_utf8_lossy(stdout);
+            let shown: String = shown.trim().chars().take(200).collect();
+            format!("it answered {shown:?}, not a JSON object with `terraform_version` ({e})")
+        })?;
+        let text = answer.terraform_version;
+        let mut parts = text
+            .trim_start_matches('v')
+            .split(|c: char| !c.is_ascii_digit())
+            .map(str::parse::<u64>);
+        match (parts.next(), parts.next()) {
+            (Some(Ok(major)), Some(Ok(minor))) => Ok(Version {
+                number: (major, minor),
+                text,
+            }),
+            _ => Err(format!(
+                "it reports version {text:?}, which is not a version number"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "v{}", self.text.trim_start_matches('v'))
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Terraform {
@@ -36,15 +84,82 @@ impl Terraform {
                     self.program.display(),
                     if self.program.components().count() == 1 {
                         "not found in PATH"
+                    } else if self.program.is_dir() {
+                        "is a directory"
                     } else if self.program.is_file() {
                         "is not executable"
                     } else {
                         "not found"
                     }
                 ))
-                .hint("install terraform (>= 1.4) or OpenTofu, or pass --terraform BIN (BOOTSTRAPPER_TERRAFORM)"),
+                .hint(INSTALL_HINT),
             ))
         })
+    }
+
+    /// What identifies the resolved binary: the same file, unchanged since its version was
+    /// found good, need not be asked again.
+    pub fn identity(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&self.program).ok()?;
+        Some(format!(
+            "{} dev={} ino={} size={} mtime={}.{:09}\n",
+            self.program.display(),
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec()
+        ))
+    }
+
+    /// Resolves the binary and asks it for its version, once: the command lines need
+    /// terraform >= 1.4 (`workspace select -or-create`); OpenTofu starts at 1.6.
+    pub fn verify(&mut self, supervisor: &Supervisor) -> Result<Version, Error> {
+        self.program = self.resolve()?;
+        let command = Command {
+            program: self.program.clone(),
+            args: vec!["version".into(), "-json".into()],
+            // Nowhere near the code: `version` reports the providers of its directory.
+            cwd: PathBuf::from("/"),
+            env: vec![("CHECKPOINT_DISABLE".into(), "1".into())],
+            label: "terraform".into(),
+        };
+        let unusable = |why: String| {
+            Error::Input(Problems::one(
+                Problem::new(format!(
+                    "`{}` is not a usable terraform: {why}",
+                    command.display()
+                ))
+                .hint(INSTALL_HINT),
+            ))
+        };
+        let finished = supervisor
+            .run(&command, true)
+            .map_err(|e| unusable(format!("cannot start it: {e}")))?;
+        if let Some(signal) = supervisor.shutdown.requested() {
+            return Err(crate::signals::interrupted(signal));
+        }
+        if !finished.success() {
+            return Err(unusable(finished.reason()));
+        }
+        let version = Version::parse(&finished.stdout).map_err(unusable)?;
+        if version.number < MIN_VERSION {
+            return Err(Error::Input(Problems::one(
+                Problem::new(format!(
+                    "{} is {version}, older than {}.{}, which `workspace select -or-create` needs",
+                    self.program.display(),
+                    MIN_VERSION.0,
+                    MIN_VERSION.1
+                ))
+                .hint(INSTALL_HINT),
+            )));
+        }
+        supervisor.logger.info(
+            None,
+            &format!("terraform: {} is {version}", self.program.display()),
+        );
+        Ok(version)
     }
 
     /// The commands that apply a step, in order; `output -json` comes after them.
@@ -132,10 +247,14 @@ impl Terraform {
     }
 
     fn command(&self, step: &RenderedStep, cwd: &Path, mut args: Vec<String>) -> Command {
-        // Global-style flags go after the subcommand; `workspace select` takes them before NAME.
-        // `state push` takes no -no-color flag; every other subcommand does.
-        if !self.color && args[0] != "state" {
-            let at = if args[0] == "workspace" { 3 } else { 1 };
+        // Global-style flags go after the subcommand; `workspace select` and `state push`
+        // take them before their argument.
+        if !self.color {
+            let at = match args[0].as_str() {
+                "workspace" => 3,
+                "state" => 2,
+                _ => 1,
+            };
             args.insert(at, "-no-color".into());
         }
         Command {
@@ -219,6 +338,25 @@ mod tests {
                 "apply -no-color -auto-approve -input=false -lock-timeout=180s -var-file=bootstrapper.tfvars -parallelism=2",
             ]
         );
+        let push = tf.state_push_command(&step(), Path::new("/r/code/net"), "errored.tfstate");
+        assert_eq!(
+            push.args.join(" "),
+            "state push -no-color -lock-timeout=180s errored.tfstate"
+        );
+    }
+
+    #[test]
+    fn versions_are_read_from_terraform_and_opentofu_answers() {
+        let parse = |json: &str| Version::parse(json.as_bytes()).map(|v| v.number);
+        assert_eq!(
+            parse(r#"{"terraform_version":"1.11.4","platform":"linux_amd64"}"#),
+            Ok((1, 11))
+        );
+        assert_eq!(parse(r#"{"terraform_version":"1.6.0-beta1"}"#), Ok((1, 6)));
+        assert_eq!(parse(r#"{"terraform_version":"1.3.0"}"#), Ok((1, 3)));
+        assert!(parse(r#"{"terraform_version":"dev"}"#).is_err());
+        assert!(parse("Terraform v1.3.0").is_err());
+        assert!((1, 3) < MIN_VERSION && (1, 4) >= MIN_VERSION && (2, 0) > MIN_VERSION);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Source {
 pub struct Settings {
     pub lock_timeout: Duration,
     pub retry: Retry,
+    /// No terraform that writes state starts with less than this free on the root (bytes).
+    pub min_free_space: u64,
 }
 
 impl Default for Settings {
@@ -47,6 +49,7 @@ impl Default for Settings {
         Settings {
             lock_timeout: Duration::from_secs(300),
             retry: Retry::default(),
+            min_free_space: crate::disk::DEFAULT_MIN_FREE,
         }
     }
 }
@@ -139,6 +142,7 @@ struct SettingsSpec {
     lock_timeout: Option<Spanned<String>>,
     retries: Option<u32>,
     retry_delay: Option<Spanned<String>>,
+    min_free_space: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -241,6 +245,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problems> {
             &mut retry.delay,
         );
         step_retries.push(retry);
+    }
+    if let Some(size) = spec.settings.min_free_space {
+        match crate::disk::parse_size(size.get_ref()) {
+            Ok(bytes) => settings.min_free_space = bytes,
+            Err(e) => problems.push(
+                Problem::new(format!("`settings.min_free_space`: {e}")).at(Location::at(
+                    path,
+                    text,
+                    size.span().start,
+                )),
+            ),
+        }
     }
 
     if spec.steps.is_empty() {

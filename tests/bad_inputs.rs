@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde::Deserialize;
-use support::{spawn_session, wait_for, Outcome, Running, BIN};
+use support::{spawn_session, wait_for, Outcome, Running, BIN, FAKE_VERSION};
 
 const CORPUS: &str = "tests/bad-inputs";
 const MIN_CASES: usize = 40;
@@ -157,7 +157,7 @@ fn copy_tree(from: &Path, to: &Path) {
 
 fn write_script(path: &Path, body: &str) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
+    fs::write(path, format!("#!/bin/sh\n{FAKE_VERSION}{body}")).unwrap();
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
 }
 

@@ -41,7 +41,7 @@ fn demo() -> (Bootstrapper, PathBuf) {
     fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\n{{ printf '%s\\0' \"$PWD\" \"$@\"; printf '\\n'; }} >> '{}'\nexec terraform \"$@\"\n",
+            "#!/bin/sh\n[ \"$1\" = version ] && exec terraform \"$@\"\n{{ printf '%s\\0' \"$PWD\" \"$@\"; printf '\\n'; }} >> '{}'\nexec terraform \"$@\"\n",
             calls.display()
         ),
     )

@@ -223,7 +223,7 @@ fn terraform_probe(b: &Bootstrapper) -> (PathBuf, PathBuf) {
     fs::write(
         &probe,
         format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\nexit 1\n",
+            "#!/bin/sh\n{FAKE_VERSION}echo \"$*\" >> '{}'\nexit 1\n",
             calls.to_str().expect("UTF-8 path")
         ),
     )

@@ -221,7 +221,7 @@ dir = "a"
 "#
     ));
     b.write_params(&json!({}));
-    b.arg("--terraform").arg("/bin/true");
+    b.arg("--terraform").arg("terraform");
     let mut outs = vec![("validate", b.run(&["validate"]))];
     outs[0].1.assert_success();
     let plan = b.run(&["plan"]);

@@ -385,6 +385,11 @@ pub fn read_lines(path: &Path) -> Vec<String> {
 // ---------------------------------------------------------------------------
 // Real terraform, for tests that inspect or prepare a step directly.
 
+/// The first line of a fake terraform's script (after `#!/bin/sh`): it answers the engine's
+/// `terraform version -json` as terraform 1.11 would, and does nothing else for it.
+pub const FAKE_VERSION: &str =
+    "if [ \"$1\" = version ]; then echo '{\"terraform_version\":\"1.11.4\"}'; exit 0; fi\n";
+
 /// Runs `terraform <args>` in `dir` (from PATH) and waits for it.
 pub fn terraform(dir: &Path, args: &[&str]) -> Outcome {
     let out = Command::new("terraform")

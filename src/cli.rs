@@ -112,6 +112,9 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// The controller: an HTTP API that creates, destroys and describes clusters, each an
+    /// instance of the tenant workflow (--workflow) under --root/clusters/<id>
+    Serve(crate::serve::Options),
 }
 
 fn duration(text: &str) -> std::result::Result<Duration, String> {
@@ -120,6 +123,9 @@ fn duration(text: &str) -> std::result::Result<Duration, String> {
 
 /// Runs the command line and returns the process's exit code.
 pub fn main(cli: Cli) -> i32 {
+    if let Command::Serve(options) = &cli.command {
+        return crate::serve::main(&cli, options);
+    }
     let shutdown = match Shutdown::install() {
         Ok(s) => s,
         Err(e) => {
@@ -162,6 +168,7 @@ fn report(e: &Error, loaded: Option<&Loaded>, format: Format) -> i32 {
 
 fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Result<i32> {
     match &cli.command {
+        Command::Serve(_) => unreachable!("serve is dispatched before loading a params file"),
         Command::Validate => validate(&loaded, &logger),
         Command::Status { json } => {
             let report = crate::status::collect(&loaded, &cli.root)?;

@@ -684,3 +684,40 @@ fn sigterm_stops_every_operation_with_one_sigint_and_they_resume_after_a_restart
     }
     assert_one_operation_per_cluster(&bed.ledger());
 }
+
+#[test]
+fn new_params_during_an_apply_apply_after_it_and_secrets_stay_masked() {
+    let bed = Bed::new();
+    let c = bed.start(&[], &[]);
+    let secret = "pw-9d2e7c1b44f0";
+    let first = json!({ "namesvr_count": 1, "sleep_seconds": 3, "admin_password": secret });
+    let reply = c.put("p1", &first);
+    assert_eq!(reply.status, 202, "{reply:?}");
+    assert_eq!(reply.body["params"]["admin_password"], "********");
+    wait_for(|| events(&bed, "p1", "start").len() == 1, CONVERGE);
+
+    let second = json!({ "namesvr_count": 1, "tag": "-v2", "admin_password": secret });
+    let reply = c.put("p1", &second);
+    assert_eq!(reply.status, 202, "{reply:?}");
+    assert_eq!(reply.body["generation"], 2);
+    // The apply of the first params goes on; the second follows it.
+    assert_eq!(reply.body["phase"], "applying");
+    wait_for(
+        || c.cluster("p1")["last_operation"]["generation"] == 2,
+        CONVERGE,
+    );
+    c.wait_phase(&["p1".to_string()], "ready", CONVERGE);
+    assert_eq!(
+        events(&bed, "p1", "create"),
+        ["namesvr[0]", "broker", "namesvr[0]-v2", "broker-v2"]
+    );
+    assert_eq!(assert_one_operation_per_cluster(&bed.ledger()), 2);
+
+    let document = c.get("/v1/clusters/p1").text;
+    let log = c.get("/v1/clusters/p1/log").text;
+    let list = c.get("/v1/clusters").text;
+    for text in [&document, &log, &list, &c.stderr()] {
+        assert!(!text.contains(secret), "the secret leaked: {text}");
+    }
+    assert!(document.contains("********"), "{document}");
+}

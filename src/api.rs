@@ -200,6 +200,7 @@ pub struct Health {
         readyz,
         metrics
     ),
+    modifiers(&BearerTokens),
     components(schemas(
         PutCluster,
         Document,
@@ -211,6 +212,22 @@ pub struct Health {
     ))
 )]
 pub struct ApiDoc;
+
+/// The scheme that `security(("bearer" = []))` on the `/v1` routes names.
+struct BearerTokens;
+
+impl utoipa::Modify for BearerTokens {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+    }
+}
 
 pub fn router(app: Arc<App>) -> Router {
     let v1 = Router::new()

@@ -587,13 +587,38 @@ fn bad_requests_get_a_json_error_and_change_nothing() {
 }
 
 #[test]
-fn serve_refuses_to_start_without_tokens_and_rereads_them() {
+fn serve_checks_its_inputs_at_start_reports_readiness_and_rereads_tokens() {
     let bed = Bed::new();
     let outcome = bed.b.run(&["serve", "--listen", "127.0.0.1:0"]);
     outcome.assert_code(2);
     assert!(outcome.stderr.contains("--insecure-no-auth"), "{outcome}");
 
+    // A bad workflow is named with its line before anything listens.
+    let good = std::fs::read_to_string(bed.b.workflow_path()).unwrap();
+    bed.b
+        .write_workflow("[source]\ndir = \"code\"\n\n[[step]\nname = \"x\"\n");
+    let outcome = bed
+        .b
+        .run(&["serve", "--insecure-no-auth", "--listen", "127.0.0.1:0"]);
+    outcome.assert_code(2);
+    let at = format!("{}:4:", bed.b.workflow_path().display());
+    assert!(outcome.stderr.contains(&at), "{outcome}");
+    bed.b.write_workflow(&good);
+
+    // Without terraform the controller runs, and says it is not ready.
+    let c = bed.start(&["--terraform", "/nonexistent/terraform"], &[]);
+    let ready = c.request("GET", "/readyz", None, None);
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert!(ready.text.contains("/nonexistent/terraform"), "{ready:?}");
+    drop(c);
+
     let c = bed.start(&[], &[]);
+    assert_eq!(c.request("GET", "/readyz", None, None).status, 200);
+    let openapi = c.request("GET", "/openapi.json", None, None).body;
+    assert_eq!(
+        openapi["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
     let rotated = "tok-rotated-5d1e";
     assert_eq!(
         c.request(

@@ -274,9 +274,8 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-fn check_id(id: &str) -> Result<Cluster, ApiError> {
-    cluster::check_id(id).map_err(ApiError::bad)?;
-    Ok(Cluster::new(std::path::Path::new(""), id))
+fn check_id(id: &str) -> Result<(), ApiError> {
+    cluster::check_id(id).map_err(ApiError::bad)
 }
 
 fn existing(app: &App, id: &str) -> Result<(Cluster, Intent), ApiError> {

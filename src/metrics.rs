@@ -39,7 +39,7 @@ impl Metrics {
         let operations = Family::<Operation, Counter>::default();
         registry.register(
             "operations",
-            "Finished operations, by kind (apply, destroy) and result (succeeded, failed, interrupted)",
+            "Finished operations, by kind (apply, destroy) and result (succeeded, failed, interrupted, postponed)",
             operations.clone(),
         );
         let running = Gauge::default();

@@ -22,8 +22,9 @@ use crate::metrics::Metrics;
 use crate::process::{Command, Supervisor};
 use crate::workflow::Workflow;
 
-/// A cluster whose root another engine holds is looked at again after this long.
-const LOCKED_RETRY: Duration = Duration::from_secs(2);
+/// A cluster whose root another engine holds, or whose outcome could not be recorded, is
+/// looked at again after this long.
+const RETRY: Duration = Duration::from_secs(2);
 
 /// How operations are started.
 #[derive(Debug, Clone)]
@@ -65,8 +66,9 @@ enum End {
     Done(Outcome),
     /// Stopped by a signal: not done, so the cluster is looked at again.
     Interrupted,
-    /// Another engine held the cluster's root.
-    Locked,
+    /// Another engine held the cluster's root, or the outcome could not be recorded: looked
+    /// at again after a pause rather than at once.
+    Later,
 }
 
 impl Reconciler {
@@ -216,11 +218,11 @@ impl Reconciler {
             return;
         }
         match end {
-            End::Locked => {
+            End::Later => {
                 let this = self.clone();
                 let id = id.to_string();
                 tokio::runtime::Handle::current().spawn(async move {
-                    tokio::time::sleep(LOCKED_RETRY).await;
+                    tokio::time::sleep(RETRY).await;
                     this.enqueue(&id);
                 });
             }
@@ -243,7 +245,7 @@ impl Reconciler {
             End::Done(outcome) => {
                 if let Err(e) = cluster.write_outcome(outcome) {
                     warn!("cannot record the outcome, the operation runs again: {e}");
-                    return End::Interrupted;
+                    return End::Later;
                 }
                 match outcome.result {
                     Ended::Succeeded => "succeeded",
@@ -251,7 +253,7 @@ impl Reconciler {
                 }
             }
             End::Interrupted => "interrupted",
-            End::Locked => "locked",
+            End::Later => "postponed",
         };
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.finished(kind.as_str(), result, seconds);
@@ -335,7 +337,7 @@ impl Reconciler {
             };
             match finished.status.code() {
                 Some(exit::OK) => continue,
-                Some(exit::LOCKED) => return End::Locked,
+                Some(exit::LOCKED) => return End::Later,
                 Some(code) if code > 128 => return End::Interrupted,
                 None => return End::Interrupted,
                 Some(_) => {

@@ -66,6 +66,17 @@ fn a_cluster_is_created_changed_destroyed_and_created_again() {
         ]
     );
 
+    let listed = |phase: &str| -> Vec<String> {
+        c.get(&format!("/v1/clusters?phase={phase}")).body["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(listed("ready"), ["c1"]);
+    assert!(listed("destroyed").is_empty());
+
     // The same params again: nothing to do, nothing started.
     let applies = c.metric(r#"bootstrapper_operations_total{kind="apply",result="succeeded"}"#);
     assert_eq!(applies, 1.0);
@@ -124,6 +135,8 @@ fn a_cluster_is_created_changed_destroyed_and_created_again() {
     c.wait_phase(&id, "destroyed", CONVERGE);
     assert!(bed.state_resources("c1").is_empty());
     assert_eq!(events(&bed, "c1", "destroy").len(), 5);
+    assert_eq!(listed("destroyed"), ["c1"]);
+    assert!(listed("ready").is_empty());
 
     // Created again after the destroy, then deleted again.
     let reply = c.put("c1", &json!({ "namesvr_count": 1, "tag": "-b" }));

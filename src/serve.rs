@@ -68,6 +68,8 @@ pub fn install_tracing() {
 
 fn serve(cli: &Cli, options: &Options) -> Result<i32> {
     let app = prepare(cli, options)?;
+    // Two controllers on one root would run operations on the same clusters side by side.
+    let _lock = crate::lock::Lock::acquire(&crate::cluster::clusters_dir(&cli.root), "serve")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

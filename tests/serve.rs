@@ -627,6 +627,18 @@ fn serve_checks_its_inputs_at_start_reports_readiness_and_rereads_tokens() {
 
     let c = bed.start(&[], &[]);
     assert_eq!(c.request("GET", "/readyz", None, None).status, 200);
+    // One controller per root.
+    let tokens = bed.tokens_path();
+    let second = bed.b.run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--tokens",
+        tokens.to_str().unwrap(),
+    ]);
+    second.assert_code(3);
+    let pid = format!("pid {}", c.running.as_ref().unwrap().pid());
+    assert!(second.stderr.contains(&pid), "{second}");
     let openapi = c.request("GET", "/openapi.json", None, None).body;
     assert_eq!(
         openapi["components"]["securitySchemes"]["bearer"]["scheme"],

@@ -256,8 +256,9 @@ async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) ->
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token);
         if !tokens.accepts(token.trim()) {
             tracing::warn!(path = %request.uri().path(), "refused a request without a valid token");
             return ApiError::Unauthorized.into_response();
@@ -331,61 +332,67 @@ async fn put_cluster(
 ) -> Result<(StatusCode, Json<Document>), ApiError> {
     check_id(&id)?;
     let body = body.map_err(|r| ApiError::Rejected(r.status(), r.body_text()))?;
-    let params = accept_params(&app, &id, &body)?;
-    let span = tracing::info_span!("cluster", id = %id);
-    let _writes = app.writes.lock().await;
+    // Files and templates are blocking work: off the async workers' backs.
+    let params = tokio::task::block_in_place(|| accept_params(&app, &id, &body))?;
+    let writes = app.writes.lock().await;
     let cluster = Cluster::new(app.root(), &id);
+    let recorded = tokio::task::block_in_place(|| record_present(&app, &cluster, params));
+    drop(writes);
+    let (status, intent) = recorded?;
+    if status == StatusCode::ACCEPTED {
+        app.reconciler.enqueue(&id);
+    }
+    let document = tokio::task::block_in_place(|| app.document(&cluster, &intent));
+    Ok((status, Json(document)))
+}
+
+/// Records that `cluster` is to exist with `params`: 200 when it already does and nothing is
+/// to be done, 202 otherwise (with a new generation, unless the same intent is in progress).
+fn record_present(
+    app: &App,
+    cluster: &Cluster,
+    params: Map<String, Value>,
+) -> Result<(StatusCode, Intent), ApiError> {
     let current = cluster
         .intent()
         .map_err(|e| ApiError::internal("cannot read the cluster's intent", e))?;
     let now = crate::clock::now_rfc3339();
-    let (intent, changed) = match current {
-        None => (
-            Intent {
-                generation: 1,
-                present: true,
-                params,
-                created_at: now.clone(),
-                updated_at: now,
-            },
-            true,
-        ),
+    let intent = match current {
+        None => Intent {
+            generation: 1,
+            present: true,
+            params,
+            created_at: now.clone(),
+            updated_at: now,
+        },
         Some(current) => {
             let phase = Phase::of(
                 &current,
                 cluster.outcome().ok().flatten().as_ref(),
-                app.reconciler.running(&id),
+                app.reconciler.running(&cluster.id),
             );
             let same = current.present && current.params == params;
             if same && phase == Phase::Ready {
-                let document = app.document(&cluster, &current);
-                return Ok((StatusCode::OK, Json(document)));
+                return Ok((StatusCode::OK, current));
             }
             if same && phase != Phase::Failed {
-                (current, false)
-            } else {
-                (
-                    Intent {
-                        generation: current.generation + 1,
-                        present: true,
-                        params,
-                        updated_at: now,
-                        ..current
-                    },
-                    true,
-                )
+                return Ok((StatusCode::ACCEPTED, current));
+            }
+            Intent {
+                generation: current.generation + 1,
+                present: true,
+                params,
+                updated_at: now,
+                ..current
             }
         }
     };
-    if changed {
-        cluster
-            .write_intent(&intent)
-            .map_err(|e| ApiError::internal("cannot record the intent", e))?;
-        span.in_scope(|| tracing::info!(generation = intent.generation, "intent: present"));
-    }
-    drop(_writes);
-    app.reconciler.enqueue(&id);
-    Ok((StatusCode::ACCEPTED, Json(app.document(&cluster, &intent))))
+    cluster
+        .write_intent(&intent)
+        .map_err(|e| ApiError::internal("cannot record the intent", e))?;
+    tracing::info_span!("cluster", id = %cluster.id)
+        .in_scope(|| tracing::info!(generation = intent.generation, "intent: present"));
+    Ok((StatusCode::ACCEPTED, intent))
 }
 
 /// Destroys the cluster; a running apply is stopped gracefully first.
@@ -403,32 +410,38 @@ async fn delete_cluster(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Document>), ApiError> {
-    let _writes = app.writes.lock().await;
-    let (cluster, current) = existing(&app, &id)?;
+    let writes = app.writes.lock().await;
+    let recorded = tokio::task::block_in_place(|| record_absent(&app, &id));
+    drop(writes);
+    let (cluster, intent) = recorded?;
+    app.reconciler.enqueue(&id);
+    let document = tokio::task::block_in_place(|| app.document(&cluster, &intent));
+    Ok((StatusCode::ACCEPTED, Json(document)))
+}
+
+/// Records that the cluster `id` is to be destroyed; a failed destroy is tried again.
+fn record_absent(app: &App, id: &str) -> Result<(Cluster, Intent), ApiError> {
+    let (cluster, current) = existing(app, id)?;
     let failed = Phase::of(
         &current,
         cluster.outcome().ok().flatten().as_ref(),
-        app.reconciler.running(&id),
+        app.reconciler.running(id),
     ) == Phase::Failed;
-    let intent = if current.present || failed {
-        let intent = Intent {
-            generation: current.generation + 1,
-            present: false,
-            updated_at: crate::clock::now_rfc3339(),
-            ..current
-        };
-        cluster
-            .write_intent(&intent)
-            .map_err(|e| ApiError::internal("cannot record the intent", e))?;
-        tracing::info_span!("cluster", id = %id)
-            .in_scope(|| tracing::info!(generation = intent.generation, "intent: absent"));
-        intent
-    } else {
-        current
+    if !current.present && !failed {
+        return Ok((cluster, current));
+    }
+    let intent = Intent {
+        generation: current.generation + 1,
+        present: false,
+        updated_at: crate::clock::now_rfc3339(),
+        ..current
     };
-    drop(_writes);
-    app.reconciler.enqueue(&id);
-    Ok((StatusCode::ACCEPTED, Json(app.document(&cluster, &intent))))
+    cluster
+        .write_intent(&intent)
+        .map_err(|e| ApiError::internal("cannot record the intent", e))?;
+    tracing::info_span!("cluster", id = %id)
+        .in_scope(|| tracing::info!(generation = intent.generation, "intent: absent"));
+    Ok((cluster, intent))
 }
 
 /// The cluster's phase, steps, outputs, last error and times.
@@ -446,8 +459,10 @@ async fn get_cluster(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Json<Document>, ApiError> {
-    let (cluster, intent) = existing(&app, &id)?;
-    Ok(Json(app.document(&cluster, &intent)))
+    tokio::task::block_in_place(|| {
+        let (cluster, intent) = existing(&app, &id)?;
+        Ok(Json(app.document(&cluster, &intent)))
+    })
 }
 
 /// Every cluster, optionally only those in one phase.
@@ -482,18 +497,21 @@ async fn list_clusters(
             other => return Err(ApiError::bad(format!("unknown query parameter `{other}`"))),
         }
     }
-    let ids =
-        cluster::list(app.root()).map_err(|e| ApiError::internal("cannot list the clusters", e))?;
-    let mut clusters = Vec::new();
-    for id in ids {
-        let cluster = Cluster::new(app.root(), &id);
-        if let Ok(Some(intent)) = cluster.intent() {
-            let document = app.document(&cluster, &intent);
-            if phase.is_none_or(|p| p == document.phase) {
-                clusters.push(document);
+    let clusters = tokio::task::block_in_place(|| {
+        let ids = cluster::list(app.root())
+            .map_err(|e| ApiError::internal("cannot list the clusters", e))?;
+        let mut clusters = Vec::new();
+        for id in ids {
+            let cluster = Cluster::new(app.root(), &id);
+            if let Ok(Some(intent)) = cluster.intent() {
+                let document = app.document(&cluster, &intent);
+                if phase.is_none_or(|p| p == document.phase) {
+                    clusters.push(document);
+                }
             }
         }
-    }
+        Ok::<_, ApiError>(clusters)
+    })?;
     Ok(Json(ClusterList { clusters }))
 }
 

@@ -168,7 +168,8 @@ fn report(e: &Error, loaded: Option<&Loaded>, format: Format) -> i32 {
 
 fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Result<i32> {
     match &cli.command {
-        Command::Serve(_) => unreachable!("serve is dispatched before loading a params file"),
+        // Dispatched before a params file is loaded, in `main`; kept here for completeness.
+        Command::Serve(options) => Ok(crate::serve::main(cli, options)),
         Command::Validate => validate(&loaded, &logger),
         Command::Status { json } => {
             let report = crate::status::collect(&loaded, &cli.root)?;

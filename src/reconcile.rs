@@ -37,6 +37,8 @@ pub struct Settings {
     pub terraform: PathBuf,
     pub grace: Duration,
     pub concurrency: usize,
+    /// The controller's own, passed on to the operations.
+    pub log_format: Format,
 }
 
 pub struct Reconciler {
@@ -301,7 +303,7 @@ impl Reconciler {
     ) -> End {
         let loaded = cluster.loaded(&self.settings.workflow, &intent.params);
         let supervisor = Supervisor {
-            logger: Logger::new(Format::Text, loaded.redactor.clone()),
+            logger: Logger::new(self.settings.log_format, loaded.redactor.clone()),
             shutdown: Default::default(),
             grace: self.settings.grace,
         };
@@ -366,6 +368,12 @@ impl Reconciler {
             "--terraform".to_string(),
             s.terraform.display().to_string(),
             format!("--grace={}s", child_grace.as_secs()),
+            "--log-format".to_string(),
+            match s.log_format {
+                Format::Text => "text",
+                Format::Json => "json",
+            }
+            .to_string(),
         ];
         argv.extend(args.iter().cloned());
         Command {

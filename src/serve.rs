@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::api::{self, App};
 use crate::cli::Cli;
 use crate::error::{Error, Problem, Problems, Result};
+use crate::log::Format;
 use crate::metrics::Metrics;
 use crate::reconcile::{Reconciler, Settings};
 use crate::tokens::Tokens;
@@ -37,7 +38,7 @@ pub struct Options {
 
 /// Runs the controller until a signal stops it; returns the exit code.
 pub fn main(cli: &Cli, options: &Options) -> i32 {
-    install_tracing();
+    install_tracing(cli.log_format);
     match serve(cli, options) {
         Ok(code) => code,
         Err(e) => {
@@ -55,15 +56,19 @@ fn prefixed(e: &Error) -> String {
 }
 
 /// The controller logs through `tracing`, a span per cluster; one place sets it up.
-pub fn install_tracing() {
+pub fn install_tracing(format: Format) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BOOTSTRAPPER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        Format::Json => builder.json().try_init(),
+        Format::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }
 
 fn serve(cli: &Cli, options: &Options) -> Result<i32> {
@@ -121,6 +126,7 @@ fn prepare(cli: &Cli, options: &Options) -> Result<Arc<App>> {
         terraform: cli.terraform.clone(),
         grace: cli.grace,
         concurrency: options.concurrency.into(),
+        log_format: cli.log_format,
     };
     if tokens.is_none() {
         warn!("serving without tokens (--insecure-no-auth): anyone who reaches the port may create and destroy clusters");

@@ -771,3 +771,36 @@ fn new_params_during_an_apply_apply_after_it_and_secrets_stay_masked() {
     }
     assert!(document.contains("********"), "{document}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_cluster_in_the_span() {
+    let bed = Bed::new();
+    let mut c = bed.start(&["--log-format", "json"], &[]);
+    assert_eq!(c.put("j1", &json!({ "namesvr_count": 1 })).status, 202);
+    c.wait_phase(&["j1".to_string()], "ready", CONVERGE);
+    c.running().signal(libc::SIGTERM);
+    let outcome = c.running.take().unwrap().wait(Duration::from_secs(60));
+    outcome.assert_code(143);
+    let lines: Vec<serde_json::Value> = outcome
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["span"]["id"] == "j1"
+            && l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("apply succeeded"))),
+        "{}",
+        outcome.stderr
+    );
+    // The operation's own lines are JSON too, inside the controller's.
+    assert!(
+        lines.iter().any(|l| l["step"] == "j1"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("\"workflow done: 2 applied"))),
+        "{}",
+        outcome.stderr
+    );
+}

@@ -644,6 +644,21 @@ fn serve_checks_its_inputs_at_start_reports_readiness_and_rereads_tokens() {
         openapi["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+    // Every schema a route names is in the document.
+    let text = openapi.to_string();
+    let schemas = &openapi["components"]["schemas"];
+    for reference in text.split("#/components/schemas/").skip(1) {
+        let name = reference.split('"').next().unwrap();
+        assert!(schemas[name].is_object(), "{name} is named but missing");
+    }
+    for path in [
+        "/v1/clusters",
+        "/v1/clusters/{id}",
+        "/v1/clusters/{id}/log",
+        "/metrics",
+    ] {
+        assert!(openapi["paths"][path].is_object(), "{path} undocumented");
+    }
     let rotated = "tok-rotated-5d1e";
     assert_eq!(
         c.request(

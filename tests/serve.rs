@@ -819,3 +819,52 @@ fn json_logs_are_one_object_per_line_with_the_cluster_in_the_span() {
         outcome.stderr
     );
 }
+
+#[test]
+fn a_failed_apply_is_reported_and_tried_again_by_the_next_put() {
+    // One cluster alone meets no workspace-creation lock: no retries, so a failure is final.
+    let bed = Bed::with_workflow(&tenant_workflow().replace("retries = 5", "retries = 0"));
+    let c = bed.start(&[], &[]);
+    let failed = |generation: u64| {
+        let doc = c.cluster("f1");
+        doc["phase"] == "failed" && doc["last_operation"]["generation"] == generation
+    };
+    assert_eq!(c.put("f1", &json!({ "namesvr_count": -1 })).status, 202);
+    wait_for(|| failed(1), CONVERGE);
+    let doc = c.cluster("f1");
+    assert_eq!(doc["steps"][0]["state"], "failed", "{doc:#}");
+    assert_eq!(doc["steps"][1]["state"], "pending", "{doc:#}");
+    let error = doc["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("namesvr") && error.contains("count"),
+        "{doc:#}"
+    );
+    let log = c.get("/v1/clusters/f1/log").text;
+    assert!(log.contains("Invalid count argument"), "{log}");
+    assert_eq!(
+        c.metric(r#"bootstrapper_operations_total{kind="apply",result="failed"}"#),
+        1.0
+    );
+
+    // The same params again: tried again, not answered from the failure.
+    let reply = c.put("f1", &json!({ "namesvr_count": -1 }));
+    assert_eq!(reply.status, 202, "{reply:?}");
+    assert_eq!(reply.body["generation"], 2);
+    wait_for(|| failed(2), CONVERGE);
+    assert_eq!(
+        c.metric(r#"bootstrapper_operations_total{kind="apply",result="failed"}"#),
+        2.0
+    );
+
+    // Fixed params: ready, then gone.
+    assert_eq!(c.put("f1", &json!({ "namesvr_count": 1 })).status, 202);
+    c.wait_phase(&["f1".to_string()], "ready", CONVERGE);
+    assert_eq!(c.cluster("f1")["last_error"], serde_json::Value::Null);
+    assert_eq!(c.delete("f1").status, 202);
+    c.wait_phase(&["f1".to_string()], "destroyed", CONVERGE);
+    assert!(bed.state_resources("f1").is_empty());
+    assert!(bed
+        .ledger()
+        .iter()
+        .all(|e| e.resource != "broker" || e.cluster == "f1"));
+}

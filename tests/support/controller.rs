@@ -41,8 +41,13 @@ pub struct Bed {
 
 impl Bed {
     pub fn new() -> Self {
+        Self::with_workflow(&tenant_workflow())
+    }
+
+    /// A bed whose tenant workflow is `toml` (the fixture's, changed by the test).
+    pub fn with_workflow(toml: &str) -> Self {
         let b = Bootstrapper::new();
-        b.write_workflow(&tenant_workflow());
+        b.write_workflow(toml);
         fs::write(b.dir().join("tokens"), format!("# test\n{TOKEN}\n")).expect("tokens");
         let bed = Bed {
             b,

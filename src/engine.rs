@@ -309,6 +309,9 @@ impl Engine {
     /// writing it) cannot be pushed: pushing fails on every run, for ever. Keep it aside.
     fn set_aside_errored_state(&self, step: &RenderedStep, cwd: &Path) -> Result<()> {
         let errored = cwd.join(decide::ERRORED_STATE);
+        if !errored.exists() {
+            return Ok(());
+        }
         let set_aside = crate::local_state::set_aside_if_incomplete(&errored)
             .map_err(|e| Error::io(format!("cannot set {} aside", errored.display()), e))?;
         if let Some((kept, size)) = set_aside {

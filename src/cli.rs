@@ -127,6 +127,7 @@ pub fn usage_error(e: clap::Error) -> i32 {
         return e.exit_code();
     }
     let message = e.render().to_string();
+    crate::log::init(Format::Json);
     Logger::new(Format::Json, Default::default()).error(None, message.trim_end());
     e.exit_code()
 }

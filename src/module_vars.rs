@@ -69,7 +69,13 @@ pub fn read(dir: &Path) -> Result<Vec<Variable>, Problems> {
 }
 
 fn hcl_variables(file: &Path, text: &str) -> Result<Vec<Variable>, Problem> {
-    let body: Body = hcl::edit::parser::parse_body(text).map_err(|e| {
+    let parsed = hcl::edit::parser::parse_body(text);
+    // The parser is stricter than terraform in places (a key repeated in an object), and a
+    // file that declares no variable cannot change what this check finds.
+    if parsed.is_err() && !declares_variables(text) {
+        return Ok(Vec::new());
+    }
+    let body: Body = parsed.map_err(|e| {
         Problem::new(format!(
             "cannot read the module's variables: not valid HCL: {}",
             e.message()
@@ -89,6 +95,14 @@ fn hcl_variables(file: &Path, text: &str) -> Result<Vec<Variable>, Problem> {
             })
         })
         .collect())
+}
+
+/// Whether a top-level `variable` block starts on some line.
+fn declares_variables(text: &str) -> bool {
+    text.lines().any(|line| {
+        line.strip_prefix("variable")
+            .is_some_and(|rest| rest.starts_with([' ', '\t', '"']))
+    })
 }
 
 fn json_variables(file: &Path, text: &str) -> Result<Vec<Variable>, Problem> {

@@ -233,11 +233,11 @@ resource "terraform_data" "a" {
                     .is_some_and(|m| m.starts_with("Error: local-exec provisioner error"))
         })
         .unwrap_or_else(|| panic!("no Error: line\n{out}"));
-    assert_eq!(error["level"], "error", "{error}");
+    assert_eq!(error["level"], "ERROR", "{error}");
     assert!(
         lines
             .iter()
-            .filter(|l| l["source"] == "terraform" && l["level"] == "error")
+            .filter(|l| l["source"] == "terraform" && l["level"] == "ERROR")
             .all(|l| l["message"].as_str().unwrap().starts_with("Error:")),
         "{out}"
     );
@@ -663,7 +663,7 @@ fn usage_errors_are_json_lines_under_log_format_json() {
         assert!(out.stdout.is_empty(), "{out}");
         let lines = json_lines(&out.stderr);
         assert_eq!(lines.len(), 1, "{out}");
-        assert_eq!(lines[0]["level"], "error", "{out}");
+        assert_eq!(lines[0]["level"], "ERROR", "{out}");
         assert!(
             lines[0]["message"].as_str().unwrap().contains(says),
             "{args:?}: {out}"

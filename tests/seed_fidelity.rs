@@ -233,7 +233,18 @@ fn problems(workflow: &str, params: &str, manifest: &str, templates: Option<&Pat
         };
         bootstrapper.env(format!("TF_VAR_{name}"), value);
     }
-    bootstrapper.run(&["validate"]).assert_success();
+    // The engine's own checks come first: a name the module lacks, or a required variable
+    // left without a value, stops `validate` with exit 2 and one `error:` line each.
+    let validated = bootstrapper.run(&["validate"]);
+    if validated.code != Some(0) {
+        validated.assert_code(2);
+        return validated
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .map(str::to_owned)
+            .collect();
+    }
     let out = bootstrapper.run(&["plan", "--json"]);
     out.assert_success();
     let plan: Value = serde_json::from_str(&out.stdout).expect("plan --json is JSON");
@@ -378,56 +389,69 @@ fn the_rocketmq_workflow_satisfies_the_namesvr_and_broker_modules() {
 
 #[test]
 fn dropped_renamed_and_mistyped_variables_and_a_missing_output_are_all_reported() {
-    let templates = tempfile::tempdir().expect("temp dir");
-    for entry in fs::read_dir(repo().join("templates/bootstrap")).expect("templates") {
-        let path = entry.expect("entry").path();
-        let text = fs::read_to_string(&path).expect("read template");
-        let text = match path.file_name().and_then(|n| n.to_str()) {
-            Some("network.tfvars.tera") => text
-                .lines()
-                .filter(|l| !l.starts_with("legacy_subnet_id"))
-                .map(|l| match l.strip_prefix("mgrVpcCidr") {
-                    Some(rest) => format!("mgr_vpc_cidr{rest}"),
-                    None => l.to_owned(),
-                })
-                .collect::<Vec<_>>()
-                .join("\n"),
-            Some("hosts.tfvars.tera") => text
-                .replace(
-                    "broker_count                = {{ params.broker_count | json_encode() }}",
-                    "broker_count                = 3",
-                )
-                .replace("outputs.backend_ip", "outputs.consul_address"),
-            _ => text,
-        };
-        fs::write(templates.path().join(path.file_name().expect("name")), text)
-            .expect("write template");
-    }
-    let problems = problems(
-        "bootstrap.toml",
-        "bootstrap.params.example.json",
-        "deploy/k8s/bootstrapper.yaml",
-        Some(templates.path()),
-    );
-    let report = problems.join("\n");
+    let broken = |network: bool, hosts: bool| {
+        let templates = tempfile::tempdir().expect("temp dir");
+        for entry in fs::read_dir(repo().join("templates/bootstrap")).expect("templates") {
+            let path = entry.expect("entry").path();
+            let text = fs::read_to_string(&path).expect("read template");
+            let text = match path.file_name().and_then(|n| n.to_str()) {
+                Some("network.tfvars.tera") if network => text
+                    .lines()
+                    .filter(|l| !l.starts_with("legacy_subnet_id"))
+                    .map(|l| match l.strip_prefix("mgrVpcCidr") {
+                        Some(rest) => format!("mgr_vpc_cidr{rest}"),
+                        None => l.to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                Some("hosts.tfvars.tera") if hosts => text
+                    .replace(
+                        "broker_count                = {{ params.broker_count | json_encode() }}",
+                        "broker_count                = 3",
+                    )
+                    .replace("outputs.backend_ip", "outputs.consul_address"),
+                _ => text,
+            };
+            fs::write(templates.path().join(path.file_name().expect("name")), text)
+                .expect("write template");
+        }
+        let problems = problems(
+            "bootstrap.toml",
+            "bootstrap.params.example.json",
+            "deploy/k8s/bootstrapper.yaml",
+            Some(templates.path()),
+        );
+        (problems.join("\n"), problems.len())
+    };
+
+    // What the engine's `validate` itself refuses: names against the module's variables.
+    let (report, count) = broken(true, false);
     for expected in [
-        "network: `legacy_subnet_id` (network) has no default",
-        "network: `mgr_vpc_cidr` is not declared by network",
-        "network: `mgrVpcCidr` (network) has no default",
-        "hosts: `broker_count` is declared list but rendered as 3",
-        "`steps.control_network.outputs.consul_address` is not an output of control-network",
+        "sets `mgr_vpc_cidr`, which the module",
+        "required variable `mgrVpcCidr`",
+        "required variable `legacy_subnet_id`",
     ] {
         assert!(
             report.contains(expected),
             "missing {expected:?} in:\n{report}"
         );
     }
-    // The hosts template's backend URL now differs from the backend address, too.
-    assert!(
-        report.contains("is not the backend address"),
-        "missing the address mismatch in:\n{report}"
-    );
-    assert_eq!(problems.len(), 6, "{report}");
+    assert_eq!(count, 3, "{report}");
+
+    // What only this test sees: the shape of a value and the outputs a template names.
+    let (report, count) = broken(false, true);
+    for expected in [
+        "hosts: `broker_count` is declared list but rendered as 3",
+        "`steps.control_network.outputs.consul_address` is not an output of control-network",
+        // The hosts template's backend URL now differs from the backend address, too.
+        "is not the backend address",
+    ] {
+        assert!(
+            report.contains(expected),
+            "missing {expected:?} in:\n{report}"
+        );
+    }
+    assert_eq!(count, 3, "{report}");
 }
 
 /// The `TF_VAR_*` names a file mentions (a manifest's env, a module's env blocks and maps).

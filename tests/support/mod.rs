@@ -822,7 +822,8 @@ impl Bootstrapper {
         fs::write(
             &wrapper,
             format!(
-                "#!/bin/sh\n{{ printf '%s\\0' \"$PWD\" \"$@\"; printf '\\n'; }} >> '{}'\nexec terraform \"$@\"\n",
+                // The version check is not a step's command: it is left out of the record.
+                "#!/bin/sh\n[ \"$1\" = version ] || {{ printf '%s\\0' \"$PWD\" \"$@\"; printf '\\n'; }} >> '{}'\nexec terraform \"$@\"\n",
                 calls.display()
             ),
         )

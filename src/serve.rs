@@ -64,7 +64,8 @@ pub fn install_tracing(format: Format) {
         .with_writer(std::io::stderr)
         .with_target(false);
     let _ = match format {
-        Format::Json => builder.json().try_init(),
+        // Flat, as the engine's own JSON lines are: one shape for every line a reader parses.
+        Format::Json => builder.json().flatten_event(true).try_init(),
         Format::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .try_init(),

@@ -803,7 +803,7 @@ fn json_logs_are_one_object_per_line_with_the_cluster_in_the_span() {
         .collect();
     assert!(
         lines.iter().any(|l| l["span"]["id"] == "j1"
-            && l["fields"]["message"]
+            && l["message"]
                 .as_str()
                 .is_some_and(|m| m.starts_with("apply succeeded"))),
         "{}",

@@ -3,7 +3,10 @@
 #   1. a restart with nothing to do: `run` over the finished demo, which starts no process but
 #      its one `terraform version -json`;
 #   2. peak memory while terraform prints a lot: the same step printing 2 MB and 20 MB,
-#      whose peak RSS should be about equal, since output is streamed line by line.
+#      whose peak RSS should be about equal, since output is streamed line by line;
+#   3. the controller (`serve` on the demo tenant workflow): clusters created per minute at
+#      concurrency 1 and 8 (20 clusters each), and the p50/p99 latency of GET /v1/clusters/{id}
+#      while 8 operations run.
 # Usage: scripts/bench.sh [RUNS]   (RUNS of the restart, default 20).
 # Memory is the engine's own peak (VmHWM), sampled from /proc while it runs: terraform and its
 # children are not counted.
@@ -76,3 +79,61 @@ for mb in 2 20; do
   end=$(date +%s%N)
   echo "terraform printing ${mb} MB: engine peak RSS ${rss} KiB, $(( (end - start) / 1000000 )) ms"
 done
+
+# --- 3. The controller ------------------------------------------------------------------------
+port=$(( 20000 + RANDOM % 20000 ))
+serve_pid=
+start_serve() { # ROOT WORKFLOW CONCURRENCY
+  mkdir -p "$1"
+  "$bin" serve --listen "127.0.0.1:$port" --workflow "$2" --root "$1" --concurrency "$3" \
+    --insecure-no-auth 2>"$1/serve.log" &
+  serve_pid=$!
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && return; sleep 0.05; done
+  echo "serve did not start" >&2; cat "$1/serve.log" >&2; exit 1
+}
+stop_serve() { kill -TERM "$serve_pid"; wait "$serve_pid" || true; }
+metric() { curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+ready_count() {
+  curl -s "http://127.0.0.1:$port/v1/clusters?phase=ready" | grep -o '"phase":"ready"' | wc -l
+}
+
+for concurrency in 1 8; do
+  start_serve "$work/serve-$concurrency" workflows/tenant-demo.toml "$concurrency"
+  start=$(date +%s%N)
+  for i in $(seq 20); do
+    curl -sf -X PUT "http://127.0.0.1:$port/v1/clusters/bench-$i" -d '{"params": {}}' >/dev/null
+  done
+  until [ "$(ready_count)" -eq 20 ]; do sleep 0.1; done
+  end=$(date +%s%N)
+  stop_serve
+  ms=$(( (end - start) / 1000000 ))
+  echo "serve, concurrency $concurrency: 20 clusters ready in ${ms} ms, $(( 20 * 60000 / ms )) clusters per minute"
+done
+
+# Eight operations held running by a step that sleeps, while one cluster is read again and again.
+mkdir -p "$work/slow"
+cp -r demo/tenant "$work/slow/code"
+mkdir -p "$work/slow/code/hold"
+cat > "$work/slow/code/hold/main.tf" <<'TF'
+resource "terraform_data" "hold" {
+  provisioner "local-exec" {
+    command = "sleep 60"
+  }
+}
+TF
+sed -e "s|image_dir = \"../demo/tenant\"|image_dir = \"$work/slow/code\"|" \
+    -e "s|\"../templates/|\"$PWD/templates/|" workflows/tenant-demo.toml > "$work/slow/workflow.toml"
+printf '\n[[step]]\nname = "hold"\ndir = "hold"\nworkspace = "{{ params.cluster_id }}"\n' >> "$work/slow/workflow.toml"
+start_serve "$work/serve-slow" "$work/slow/workflow.toml" 8
+for i in $(seq 8); do
+  curl -sf -X PUT "http://127.0.0.1:$port/v1/clusters/slow-$i" -d '{"params": {}}' >/dev/null
+done
+until [ "$(metric bootstrapper_operations_running)" = 8 ]; do sleep 0.1; done
+for _ in $(seq 500); do
+  curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$port/v1/clusters/slow-1"
+done | sort -n > "$work/latency"
+running=$(metric bootstrapper_operations_running)
+p50=$(awk 'NR == 250 {printf "%.1f", $1 * 1000}' "$work/latency")
+p99=$(awk 'NR == 495 {printf "%.1f", $1 * 1000}' "$work/latency")
+stop_serve
+echo "serve, GET /v1/clusters/{id} with 8 operations running (still $running at the end): p50 ${p50} ms, p99 ${p99} ms (500 requests)"

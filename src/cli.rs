@@ -113,6 +113,9 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// The controller: an HTTP API that creates, destroys and describes clusters, each an
+    /// instance of the tenant workflow (--workflow) under --root/clusters/<id>
+    Serve(crate::serve::Options),
 }
 
 /// Reports a command line clap could not parse (or `--help`, `--version`) and returns the
@@ -155,6 +158,9 @@ fn duration(text: &str) -> std::result::Result<Duration, String> {
 
 /// Runs the command line and returns the process's exit code.
 pub fn main(cli: Cli) -> i32 {
+    if let Command::Serve(options) = &cli.command {
+        return crate::serve::main(&cli, options);
+    }
     crate::log::init(cli.log_format);
     let shutdown = match Shutdown::install() {
         Ok(s) => s,
@@ -199,6 +205,8 @@ fn report(e: &Error, loaded: Option<&Loaded>, format: Format) -> i32 {
 
 fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Result<i32> {
     match &cli.command {
+        // Dispatched before a params file is loaded, in `main`; kept here for completeness.
+        Command::Serve(options) => Ok(crate::serve::main(cli, options)),
         Command::Validate => validate(&loaded, &mut engine(cli, loaded.clone(), logger, shutdown)),
         Command::Status { json } => {
             let report = crate::status::collect(&loaded, &cli.root)?;

@@ -24,9 +24,14 @@
 //! - [`status`]: what the journal says, per step; [`plan`]: the dry run.
 //! - [`secrets`]: masking; [`log`]: every log line a `tracing` event, masked, as text or JSON;
 //!   [`clock`]: time; [`error`]: errors and exit codes.
+//! - [`serve`]: the controller, an HTTP API over many instances of a tenant workflow:
+//!   [`api`] its routes, [`cluster`] a cluster's intent and document, [`reconcile`] the
+//!   operations that bring clusters to their intent, [`tokens`] who may call it, [`metrics`].
 
+pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod decide;
 pub mod destroy;
 pub mod disk;
@@ -38,16 +43,20 @@ pub mod load;
 pub mod local_state;
 pub mod lock;
 pub mod log;
+pub mod metrics;
 pub mod module_vars;
 pub mod params;
 pub mod plan;
 pub mod process;
+pub mod reconcile;
 pub mod render;
 pub mod run;
 pub mod secrets;
+pub mod serve;
 pub mod signals;
 pub mod source;
 pub mod status;
 pub mod terraform;
 pub mod tfvars;
+pub mod tokens;
 pub mod workflow;

@@ -130,6 +130,33 @@ impl Supervisor {
         capture_stdout: bool,
         watch: &mut dyn FnMut(),
     ) -> std::io::Result<Finished> {
+        let shutdown = self.shutdown.clone();
+        let stop = move || shutdown.requested().map(|_| Signal::SIGINT);
+        self.supervise(command, capture_stdout, watch, &stop, &mut |_| {})
+    }
+
+    /// Runs a child that is stopped with a signal of the caller's choosing instead of the
+    /// engine's SIGINT: `stop` is asked on every poll, each new signal it names is sent once,
+    /// and the grace period starts with the first. Every masked line the child prints is
+    /// also handed to `line`. For children that are engines themselves, which take SIGTERM
+    /// and SIGUSR1, and whose output is kept per operation.
+    pub fn run_stopped_by(
+        &self,
+        command: &Command,
+        stop: &dyn Fn() -> Option<Signal>,
+        line: &mut dyn FnMut(&str),
+    ) -> std::io::Result<Finished> {
+        self.supervise(command, false, &mut || {}, stop, line)
+    }
+
+    fn supervise(
+        &self,
+        command: &Command,
+        capture_stdout: bool,
+        watch: &mut dyn FnMut(),
+        stop: &dyn Fn() -> Option<Signal>,
+        on_line: &mut dyn FnMut(&str),
+    ) -> std::io::Result<Finished> {
         let mut cmd = std::process::Command::new(&command.program);
         cmd.args(&command.args)
             .current_dir(&command.cwd)
@@ -175,6 +202,7 @@ impl Supervisor {
         let mut first_error = FirstError::default();
         let mut open = if capture_stdout { 1 } else { 2 };
         let mut interrupted = false;
+        let mut sent: Option<Signal> = None;
         let mut kill_at: Option<Instant> = None;
         let mut handle_event = |event: Event, open: &mut usize| match event {
             Event::Line(line) => {
@@ -185,6 +213,7 @@ impl Supervisor {
                     self.logger.child_line(&command.label, &masked);
                 }
                 first_error.feed(&masked);
+                on_line(&masked);
                 if tail.len() == TAIL_LINES {
                     tail.pop_front();
                 }
@@ -206,17 +235,24 @@ impl Supervisor {
                 watch();
                 break;
             }
-            if self.shutdown.requested().is_some() && !interrupted {
+            if let Some(signal) = stop().filter(|s| sent != Some(*s)) {
+                if !interrupted {
+                    kill_at = Some(Instant::now() + self.grace);
+                }
                 interrupted = true;
-                kill_at = Some(Instant::now() + self.grace);
+                sent = Some(signal);
+                let whom = match signal {
+                    Signal::SIGINT => "terraform",
+                    _ => "its child",
+                };
                 self.logger.warn(
                     Some(&command.label),
                     &format!(
-                        "stopping: sent SIGINT to terraform (pid {pid}); waiting up to {} for it to save its state",
+                        "stopping: sent {signal} to {whom} (pid {pid}); waiting up to {} for it to save its state",
                         crate::clock::human(self.grace)
                     ),
                 );
-                let _ = kill(pid, Signal::SIGINT);
+                let _ = kill(pid, signal);
             }
             if kill_at.is_some_and(|at| Instant::now() >= at) {
                 kill_at = None;

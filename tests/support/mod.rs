@@ -5,6 +5,8 @@
 //! so unused items are expected in any single test binary.
 #![allow(dead_code)]
 
+pub mod controller;
+
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File};

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measures what the engine costs, as figures (never asserted by a test):
-#   1. a restart with nothing to do: `run` over the finished demo, which starts no process but
-#      its one `terraform version -json`;
+#   1. a restart with nothing to do: `run` over the finished demo, which starts no process (the
+#      terraform binary found good by the first run is on record);
 #   2. peak memory while terraform prints a lot: the same step printing 2 MB and 20 MB,
 #      whose peak RSS should be about equal, since output is streamed line by line;
 #   3. the controller (`serve` on the demo tenant workflow): clusters created per minute at

@@ -539,12 +539,15 @@ fn secrets_split_over_lines_or_by_the_long_line_split_are_masked_everywhere() {
         r#"
 resource "terraform_data" "a" {{
   input = {{ {inputs} }}
+  # Each long line in one write: terraform passes on what a provisioner printed so far when
+  # the rest of its line is slow to come, which would cut it wherever that happened to be.
   provisioner "local-exec" {{
     environment = {{ LONG = var.api_token }}
     command     = <<-EOT
       {echo_named}
-      for k in 0 1 2; do head -c $k /dev/zero | tr '\0' y; yes '€' | head -n 21840 | tr -d '\n'; echo; done
-      i=65400; while [ $i -lt 65510 ]; do head -c $i /dev/zero | tr '\0' x; printf '%s\n' "$LONG"; i=$((i+7)); done
+      E=$(yes '€' | head -n 21840 | tr -d '\n')
+      for k in 0 1 2; do printf '%s%s\n' "$(head -c $k /dev/zero | tr '\0' y)" "$E"; done
+      i=65400; while [ $i -lt 65510 ]; do printf '%s%s\n' "$(head -c $i /dev/zero | tr '\0' x)" "$LONG"; i=$((i+7)); done
       yes 'terraform keeps the end of the output for its diagnostic' | head -n 300
       exit 1 # ${{var.wrapped_token}}
     EOT

@@ -243,6 +243,7 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
         Command::Run { hold } => {
             let mut engine = engine(cli, loaded, logger.clone(), shutdown.clone());
             let result = engine.run(*hold);
+            let state_dir = Journal::at(&cli.root).dir().to_path_buf();
             if !*hold {
                 return match result {
                     Ok(summary) if summary.destroyed.is_some() => Ok(exit::STEP_FAILED),
@@ -258,20 +259,25 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
                         None,
                         "stopped and let go of the lock for a destroy; holding until SIGTERM",
                     );
-                    hold_until_stopped(&shutdown)
+                    crate::hold::until_stopped(&shutdown, &state_dir, cli.grace, &logger)
                 }
-                Err(e @ Error::Interrupted { .. }) => Err(e),
+                Err(e @ Error::Interrupted { signal, .. }) => {
+                    // Stopped while waiting for the lock, or while applying (the lock is
+                    // ours no more): whoever holds it now dies with the pod unless told.
+                    crate::hold::pass_on(&state_dir, signal, cli.grace, &logger);
+                    Err(e)
+                }
                 Err(e) => {
                     logger.warn(None, &format!("{e}"));
                     logger.warn(
                         None,
                         "holding: `bootstrapper status` shows why; `bootstrapper run` tries again",
                     );
-                    hold_until_stopped(&shutdown)
+                    crate::hold::until_stopped(&shutdown, &state_dir, cli.grace, &logger)
                 }
                 Ok(_) => {
                     logger.info(None, "holding until SIGTERM");
-                    hold_until_stopped(&shutdown)
+                    crate::hold::until_stopped(&shutdown, &state_dir, cli.grace, &logger)
                 }
             }
         }
@@ -292,12 +298,6 @@ fn engine(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Engi
         },
         loaded,
     }
-}
-
-/// The entrypoint's idle: a stop request is the normal end of the pod's life.
-fn hold_until_stopped(shutdown: &Shutdown) -> Result<i32> {
-    shutdown.wait(None, false);
-    Ok(exit::OK)
 }
 
 fn validate(loaded: &Loaded, engine: &mut Engine) -> Result<i32> {

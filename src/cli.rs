@@ -32,14 +32,25 @@ pub struct Cli {
         global = true
     )]
     pub workflow: PathBuf,
-    /// The params file (a JSON object)
+    /// A params file (a JSON object); repeatable, later files win key by key
+    /// (BOOTSTRAPPER_PARAMS: a colon-separated list)
     #[arg(
         long,
         env = "BOOTSTRAPPER_PARAMS",
         default_value = "/etc/bootstrapper/params.json",
+        value_delimiter = ':',
         global = true
     )]
-    pub params: PathBuf,
+    pub params: Vec<PathBuf>,
+    /// A params file whose every value is secret (masked whatever its name), read after the
+    /// --params files; repeatable (BOOTSTRAPPER_SECRET_PARAMS: a colon-separated list)
+    #[arg(
+        long,
+        env = "BOOTSTRAPPER_SECRET_PARAMS",
+        value_delimiter = ':',
+        global = true
+    )]
+    pub secret_params: Vec<PathBuf>,
     /// The PVC mount: code, journal and lock live under it
     #[arg(
         long,
@@ -169,7 +180,7 @@ pub fn main(cli: Cli) -> i32 {
             return exit::STEP_FAILED;
         }
     };
-    let loaded = match load::load(&cli.workflow, &cli.params) {
+    let loaded = match load::load(&cli.workflow, &cli.params, &cli.secret_params) {
         Ok(loaded) => loaded,
         Err(e) => return report(&e, None, cli.log_format),
     };

@@ -316,14 +316,19 @@ pub fn check_variables<'a>(
     steps: impl IntoIterator<Item = Option<&'a RenderedStep>>,
 ) -> Problems {
     let mut problems = Problems::default();
+    let source = loaded.renderer().render_source().ok();
     for (step, rendered) in loaded.workflow.steps.iter().zip(steps) {
         let Some(rendered) = rendered else { continue };
         if !step.check_variables || crate::decide::dir_unknown(rendered) {
             continue;
         }
-        let module = code.join(&rendered.dir);
+        let mut module = code.join(&rendered.dir);
         if !module.is_dir() {
-            continue;
+            // The image's tree, which the code is copied from, lacks what an overlay adds.
+            match source.as_ref().and_then(|s| s.overlaid(&rendered.dir)) {
+                Some(overlaid) if overlaid.is_dir() => module = overlaid,
+                _ => continue,
+            }
         }
         let variables = match crate::module_vars::read(&module) {
             Ok(v) => v,

@@ -25,7 +25,14 @@ resource "kubernetes_config_map_v1" "params" {
   }
 
   data = {
-    "params.json" = jsonencode(merge(var.params, { cluster_id = var.cluster_id }))
+    # What the bootstrap's control-plane step needs to know of this module's objects.
+    "params.json" = jsonencode(merge(var.params, {
+      cluster_id             = var.cluster_id
+      namespace              = var.namespace
+      controller_image       = var.image
+      cloud_access_object    = kubernetes_secret_v1.cloud_keys.metadata[0].name
+      controller_auth_object = kubernetes_secret_v1.controller_tokens.metadata[0].name
+    }))
   }
 }
 

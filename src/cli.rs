@@ -32,14 +32,25 @@ pub struct Cli {
         global = true
     )]
     pub workflow: PathBuf,
-    /// The params file (a JSON object)
+    /// A params file (a JSON object); repeatable, later files win key by key
+    /// (BOOTSTRAPPER_PARAMS: a colon-separated list)
     #[arg(
         long,
         env = "BOOTSTRAPPER_PARAMS",
         default_value = "/etc/bootstrapper/params.json",
+        value_delimiter = ':',
         global = true
     )]
-    pub params: PathBuf,
+    pub params: Vec<PathBuf>,
+    /// A params file whose every value is secret (masked whatever its name), read after the
+    /// --params files; repeatable (BOOTSTRAPPER_SECRET_PARAMS: a colon-separated list)
+    #[arg(
+        long,
+        env = "BOOTSTRAPPER_SECRET_PARAMS",
+        value_delimiter = ':',
+        global = true
+    )]
+    pub secret_params: Vec<PathBuf>,
     /// The PVC mount: code, journal and lock live under it
     #[arg(
         long,
@@ -170,7 +181,7 @@ pub fn main(cli: Cli) -> i32 {
             return exit::STEP_FAILED;
         }
     };
-    let loaded = match load::load(&cli.workflow, &cli.params) {
+    let loaded = match load::load(&cli.workflow, &cli.params, &cli.secret_params) {
         Ok(loaded) => loaded,
         Err(e) => return report(&e, None, cli.log_format),
     };
@@ -244,6 +255,7 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
         Command::Run { hold } => {
             let mut engine = engine(cli, loaded, logger.clone(), shutdown.clone());
             let result = engine.run(*hold);
+            let state_dir = Journal::at(&cli.root).dir().to_path_buf();
             if !*hold {
                 return match result {
                     Ok(summary) if summary.destroyed.is_some() => Ok(exit::STEP_FAILED),
@@ -259,20 +271,25 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
                         None,
                         "stopped and let go of the lock for a destroy; holding until SIGTERM",
                     );
-                    hold_until_stopped(&shutdown)
+                    crate::hold::until_stopped(&shutdown, &state_dir, cli.grace, &logger)
                 }
-                Err(e @ Error::Interrupted { .. }) => Err(e),
+                Err(e @ Error::Interrupted { signal, .. }) => {
+                    // Stopped while waiting for the lock, or while applying (the lock is
+                    // ours no more): whoever holds it now dies with the pod unless told.
+                    crate::hold::pass_on(&state_dir, signal, cli.grace, &logger);
+                    Err(e)
+                }
                 Err(e) => {
                     logger.warn(None, &format!("{e}"));
                     logger.warn(
                         None,
                         "holding: `bootstrapper status` shows why; `bootstrapper run` tries again",
                     );
-                    hold_until_stopped(&shutdown)
+                    crate::hold::until_stopped(&shutdown, &state_dir, cli.grace, &logger)
                 }
                 Ok(_) => {
                     logger.info(None, "holding until SIGTERM");
-                    hold_until_stopped(&shutdown)
+                    crate::hold::until_stopped(&shutdown, &state_dir, cli.grace, &logger)
                 }
             }
         }
@@ -293,12 +310,6 @@ fn engine(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Engi
         },
         loaded,
     }
-}
-
-/// The entrypoint's idle: a stop request is the normal end of the pod's life.
-fn hold_until_stopped(shutdown: &Shutdown) -> Result<i32> {
-    shutdown.wait(None, false);
-    Ok(exit::OK)
 }
 
 fn validate(loaded: &Loaded, engine: &mut Engine) -> Result<i32> {

@@ -20,7 +20,8 @@
 //! - [`process`]: the one way a child process is run, streamed and stopped.
 //! - [`journal`]: markers and attempts on the PVC; [`durable`]: crash-safe writes;
 //!   [`disk`]: room on the PVC for terraform to save its state.
-//! - [`lock`]: the one lock under the root; [`signals`]: SIGTERM and SIGINT.
+//! - [`lock`]: the one lock under the root; [`signals`]: SIGTERM and SIGINT; [`hold`]: the
+//!   entrypoint's idle, and a pod stop passed on to the command holding the lock.
 //! - [`status`]: what the journal says, per step; [`plan`]: the dry run.
 //! - [`secrets`]: masking; [`log`]: every log line a `tracing` event, masked, as text or JSON;
 //!   [`clock`]: time; [`error`]: errors and exit codes.
@@ -38,6 +39,7 @@ pub mod disk;
 pub mod durable;
 pub mod engine;
 pub mod error;
+pub mod hold;
 pub mod journal;
 pub mod load;
 pub mod local_state;

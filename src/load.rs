@@ -27,11 +27,12 @@ impl Loaded {
     }
 }
 
-/// Parses both files, reporting the problems of both at once.
-pub fn load(workflow: &Path, params: &Path) -> Result<Loaded> {
+/// Parses the workflow and every params file (the secret ones last), reporting the problems
+/// of all at once. Every value of a secret params file is masked, whatever its name.
+pub fn load(workflow: &Path, params: &[PathBuf], secret_params: &[PathBuf]) -> Result<Loaded> {
     let workflow = crate::workflow::load(workflow);
-    let params = crate::params::load(params);
-    let (workflow, params) = match (workflow, params) {
+    let params = crate::params::load_all(params, secret_params);
+    let (workflow, merged) = match (workflow, params) {
         (Ok(w), Ok(p)) => (w, p),
         (w, p) => {
             let mut problems = Problems::default();
@@ -41,7 +42,11 @@ pub fn load(workflow: &Path, params: &Path) -> Result<Loaded> {
         }
     };
     let env: Vec<(String, String)> = std::env::vars().collect();
+    let params = merged.params;
     let redactor = Redactor::from_inputs(&params, &env);
+    for secret in &merged.secret {
+        redactor.add_named(secret, true);
+    }
     Ok(Loaded {
         workflow,
         params,
@@ -311,14 +316,19 @@ pub fn check_variables<'a>(
     steps: impl IntoIterator<Item = Option<&'a RenderedStep>>,
 ) -> Problems {
     let mut problems = Problems::default();
+    let source = loaded.renderer().render_source().ok();
     for (step, rendered) in loaded.workflow.steps.iter().zip(steps) {
         let Some(rendered) = rendered else { continue };
         if !step.check_variables || crate::decide::dir_unknown(rendered) {
             continue;
         }
-        let module = code.join(&rendered.dir);
+        let mut module = code.join(&rendered.dir);
         if !module.is_dir() {
-            continue;
+            // The image's tree, which the code is copied from, lacks what an overlay adds.
+            match source.as_ref().and_then(|s| s.overlaid(&rendered.dir)) {
+                Some(overlaid) if overlaid.is_dir() => module = overlaid,
+                _ => continue,
+            }
         }
         let variables = match crate::module_vars::read(&module) {
             Ok(v) => v,

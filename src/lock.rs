@@ -44,6 +44,15 @@ impl Holder {
         self.command.split_whitespace().next() == Some("run")
     }
 
+    /// Whether this process can signal the holder: another process on this host (in a pod,
+    /// `kubectl exec` shares the entrypoint's process namespace and host name).
+    pub fn is_reachable(&self) -> bool {
+        let me = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.pid != 0 && self.pid != std::process::id() && self.host == me
+    }
+
     fn unknown() -> Self {
         Holder {
             pid: 0,

@@ -36,6 +36,26 @@ pub struct RenderedSource {
     pub image_dir: Option<PathBuf>,
     pub git_url: Option<String>,
     pub git_ref: Option<String>,
+    pub overlays: Vec<RenderedOverlay>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedOverlay {
+    /// An existing directory, resolved against the workflow's.
+    pub from: PathBuf,
+    /// Relative to the code directory, checked to stay inside it.
+    pub into: PathBuf,
+}
+
+impl RenderedSource {
+    /// Where the module of a step in `dir` (relative to the code) is read from before the
+    /// code is in place: in an overlay's source when the overlay puts it there.
+    pub fn overlaid(&self, dir: &Path) -> Option<PathBuf> {
+        self.overlays.iter().find_map(|o| {
+            let rest = dir.strip_prefix(&o.into).ok()?;
+            Some(o.from.join(rest))
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,6 +211,7 @@ impl<'w> Renderer<'w> {
                 None
             }
         });
+        let overlays = self.render_overlays(&context, &mut problems);
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -200,7 +221,73 @@ impl<'w> Renderer<'w> {
             image_dir: non_empty(image_dir).map(|d| self.workflow.base_dir.join(d)),
             git_url: non_empty(git_url),
             git_ref: non_empty(git_ref),
+            overlays,
         })
+    }
+
+    /// Each overlay's `from` must be a directory, and its `into` a place of its own inside the
+    /// code: not the code itself, not inside or around another overlay.
+    fn render_overlays(
+        &self,
+        context: &tera::Context,
+        problems: &mut Problems,
+    ) -> Vec<RenderedOverlay> {
+        let mut overlays: Vec<RenderedOverlay> = Vec::new();
+        for overlay in &self.workflow.source.overlays {
+            let mut render = |t: &Template| match render_str(&t.text, context) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    problems.push(self.template_problem(t.origin.clone(), None, &e));
+                    None
+                }
+            };
+            let (Some(from), Some(into)) = (render(&overlay.from), render(&overlay.into)) else {
+                continue;
+            };
+            let from = self.workflow.base_dir.join(from.trim());
+            if !from.is_dir() {
+                problems.push(
+                    Problem::new(format!(
+                        "`source.overlay` from `{}` is not a directory",
+                        from.display()
+                    ))
+                    .at(overlay.from.origin.clone())
+                    .hint("`from` is relative to the workflow file's directory"),
+                );
+            }
+            let into = match inside(&into) {
+                Ok(p) if p == Path::new(".") => Err("is the code directory itself"),
+                other => other,
+            };
+            let into = match into {
+                Ok(into) => into,
+                Err(why) => {
+                    problems.push(
+                        Problem::new(format!("`source.overlay` into `{into:?}` {why}"))
+                            .at(overlay.into.origin.clone())
+                            .hint("name a new directory inside the code, like \"bootstrapper-control-plane\""),
+                    );
+                    continue;
+                }
+            };
+            if let Some(other) = overlays
+                .iter()
+                .find(|o| o.into.starts_with(&into) || into.starts_with(&o.into))
+            {
+                problems.push(
+                    Problem::new(format!(
+                        "`source.overlay` into `{}` overlaps the overlay into `{}`",
+                        into.display(),
+                        other.into.display()
+                    ))
+                    .at(overlay.into.origin.clone())
+                    .hint("give every overlay a directory of its own"),
+                );
+                continue;
+            }
+            overlays.push(RenderedOverlay { from, into });
+        }
+        overlays
     }
 
     /// Renders step `index`. Outputs of earlier steps come from `outputs`; when

@@ -22,7 +22,7 @@ use crate::durable;
 use crate::error::{Error, Problem, Problems, Result};
 use crate::journal::{Journal, STATE_DIR};
 use crate::log::Logger;
-use crate::render::{hex, RenderedSource};
+use crate::render::{hex, RenderedOverlay, RenderedSource};
 use credentials::{Credentials, GitUrl, Scheme};
 
 pub use crate::workflow::RESET_NAME;
@@ -116,7 +116,7 @@ pub fn ensure(
                 None,
                 &format!("code: copying {} to {}", image_dir.display(), dir.display()),
             );
-            let record = build_atomically(&dir, journal, logger, |temp| {
+            let record = build_atomically(&dir, journal, logger, &source.overlays, |temp| {
                 let identity = copy_hashed(image_dir, temp).map_err(|e| {
                     if let Some(link) = e.get_ref().and_then(|e| e.downcast_ref::<LeavingLink>())
                     {
@@ -157,7 +157,7 @@ pub fn ensure(
                     ),
                 );
             }
-            let record = clone(url, source.git_ref.as_deref(), &dir, journal, logger)?;
+            let record = clone(url, source, &dir, journal, logger)?;
             Ok(Code { dir, record })
         }
         (None, Some(image_dir)) => Err(input(
@@ -315,11 +315,13 @@ fn build_atomically(
     dir: &Path,
     journal: &Journal,
     logger: &Logger,
+    overlays: &[RenderedOverlay],
     fill: impl FnOnce(&Path) -> Result<Record>,
 ) -> Result<Record> {
     let kept = journal.kept_state_dir();
     let temp = durable::temp_sibling(dir);
-    let result = fill(&temp).and_then(|record| {
+    let filled = fill(&temp).and_then(|record| add_overlays(&temp, overlays, record, logger));
+    let result = filled.and_then(|record| {
         let restored = if kept.is_dir() {
             kept_state::restore(&kept, &temp, false).map_err(|e| {
                 Error::io(format!("cannot restore state into {}", temp.display()), e)
@@ -348,6 +350,68 @@ fn build_atomically(
     Ok(record)
 }
 
+/// Copies each overlay into the tree being built, and makes its content part of the code's
+/// identity: a new overlay is new code, as a new commit is.
+fn add_overlays(
+    tree: &Path,
+    overlays: &[RenderedOverlay],
+    mut record: Record,
+    logger: &Logger,
+) -> Result<Record> {
+    for overlay in overlays {
+        let target = tree.join(&overlay.into);
+        let mut place = tree.to_path_buf();
+        for part in overlay.into.components() {
+            place.push(part);
+            match place.symlink_metadata() {
+                Ok(meta) if meta.is_dir() && place != target => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(e) => return Err(Error::io(format!("cannot inspect {}", place.display()), e)),
+                Ok(_) => {
+                    return Err(input(
+                        format!(
+                            "the code already has {} where the overlay from {} goes",
+                            overlay.into.display(),
+                            overlay.from.display()
+                        ),
+                        "an overlay adds a directory to the code and never replaces or follows what is there; give `into` a new name",
+                    ))
+                }
+            }
+        }
+        let parent = target.parent().unwrap_or(tree);
+        fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
+        let hash = copy_hashed(&overlay.from, &target).map_err(|e| {
+            if let Some(link) = e.get_ref().and_then(|e| e.downcast_ref::<LeavingLink>()) {
+                return input(
+                    format!("{link}, outside the overlay {}", overlay.from.display()),
+                    "keep the overlay's links inside it",
+                );
+            }
+            Error::io(
+                format!(
+                    "cannot copy the overlay {} into {}",
+                    overlay.from.display(),
+                    target.display()
+                ),
+                e,
+            )
+        })?;
+        logger.info(
+            None,
+            &format!(
+                "code: added {} as {}",
+                overlay.from.display(),
+                overlay.into.display()
+            ),
+        );
+        let code = record.identity.take().unwrap_or_else(|| "unknown".into());
+        record.identity = Some(format!("{code}+{}={hash}", overlay.into.display()));
+    }
+    Ok(record)
+}
+
 /// The code directory, refused where it would hide the root or the journal.
 fn code_dir(root: &Path, source: &RenderedSource) -> Result<PathBuf> {
     let first = source.dir.components().next();
@@ -366,11 +430,12 @@ fn code_dir(root: &Path, source: &RenderedSource) -> Result<PathBuf> {
 /// Clones into a temp sibling of `dir`, then renames it into place.
 fn clone(
     url: &str,
-    wanted: Option<&str>,
+    source: &RenderedSource,
     dir: &Path,
     journal: &Journal,
     logger: &Logger,
 ) -> Result<Record> {
+    let wanted = source.git_ref.as_deref();
     let url = GitUrl::parse(url);
     let creds = Credentials::from_env(|name| std::env::var(name).ok());
     let creds = match creds {
@@ -391,7 +456,7 @@ fn clone(
             dir.display()
         ),
     );
-    build_atomically(dir, journal, logger, |temp| {
+    build_atomically(dir, journal, logger, &source.overlays, |temp| {
         let cloned =
             git::clone(&url, wanted, &creds, temp).map_err(|f| clone_error(f, &url, wanted))?;
         logger.info(
@@ -738,7 +803,7 @@ mod tests {
     fn copy(from: &Path, to: &Path) -> String {
         let journal = Journal::at(&to.with_extension("root"));
         journal.create().unwrap();
-        let record = build_atomically(to, &journal, &logger(), |temp| {
+        let record = build_atomically(to, &journal, &logger(), &[], |temp| {
             let identity = copy_hashed(from, temp).map_err(|e| Error::io("copy", e))?;
             Ok(Record {
                 identity: Some(identity),
@@ -756,6 +821,7 @@ mod tests {
             image_dir: Some(image.to_path_buf()),
             git_url: None,
             git_ref: None,
+            overlays: Vec::new(),
         }
     }
 

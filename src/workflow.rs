@@ -34,6 +34,18 @@ pub struct Source {
     pub image_dir: Option<Template>,
     pub git_url: Option<Template>,
     pub git_ref: Option<Template>,
+    /// Directories put into the code tree with it, in the same atomic copy or clone.
+    pub overlays: Vec<Overlay>,
+}
+
+/// A directory that ships beside the workflow (in the image), not with the Terraform tree,
+/// but whose module a step applies like any other: `from` is copied to `into` in the code.
+#[derive(Debug, Clone)]
+pub struct Overlay {
+    /// Relative to the workflow file's directory, or absolute.
+    pub from: Template,
+    /// Relative to the code directory; it must not be there already.
+    pub into: Template,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +146,15 @@ struct SourceSpec {
     image_dir: Option<Spanned<String>>,
     git_url: Option<Spanned<String>>,
     git_ref: Option<Spanned<String>>,
+    #[serde(default)]
+    overlay: Vec<OverlaySpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverlaySpec {
+    from: Spanned<String>,
+    into: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -198,6 +219,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problems> {
         image_dir: spec.source.image_dir.map(tpl),
         git_url: spec.source.git_url.map(tpl),
         git_ref: spec.source.git_ref.map(tpl),
+        overlays: spec
+            .source
+            .overlay
+            .into_iter()
+            .map(|o| Overlay {
+                from: tpl(o.from),
+                into: tpl(o.into),
+            })
+            .collect(),
     };
     if source.dir.text.trim().is_empty() {
         problems.push(

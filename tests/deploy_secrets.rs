@@ -1,5 +1,5 @@
 //! Passwords reach the pods only through Secrets: no ConfigMap in `deploy/` (plain manifests or
-//! Terraform) carries one, or the params they live in.
+//! Terraform) carries one, nor a secret-sounding param, nor the secret params they live in.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,12 +19,51 @@ fn files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// What a ConfigMap must not hold: a password, or the params file that holds the passwords.
+/// What a ConfigMap must not hold: a password, or the secret params that hold the passwords.
 fn leaks(text: &str) -> Option<&'static str> {
     let lower = text.to_ascii_lowercase();
-    ["password", "params.json", "var.params"]
+    ["password", "secret_params", "secret-params"]
         .into_iter()
         .find(|word| lower.contains(word))
+}
+
+/// A params file in a ConfigMap names no param that the engine would take for a secret.
+#[track_caller]
+fn assert_no_secret_param(doc: &str) {
+    let Some(at) = doc.find("params.json: |") else {
+        return;
+    };
+    let json: String = doc[at..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let params: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert!(params.len() > 10, "{json}");
+    for name in params.keys() {
+        assert!(
+            !bootstrapper::secrets::is_secret_name(name),
+            "{name} in a ConfigMap"
+        );
+    }
+}
+
+/// Every password of the bootstrapper's example params is in its Secret, read with
+/// --secret-params.
+#[test]
+fn the_bootstrapper_reads_its_passwords_from_a_secret_file() {
+    let text = fs::read_to_string(deploy().join("k8s/bootstrapper.yaml")).expect("read");
+    let secret = text
+        .split("\n---")
+        .find(|d| d.contains("kind: Secret") && d.contains("secret-params.json: |"))
+        .expect("the secret params");
+    assert!(secret.matches("password").count() >= 5, "{secret}");
+    assert!(text.contains("BOOTSTRAPPER_SECRET_PARAMS"));
+    let module = fs::read_to_string(deploy().join("jump-host/main.tf")).expect("read");
+    assert!(module.contains("BOOTSTRAPPER_SECRET_PARAMS"));
+    assert!(module.contains("jsonencode(var.secret_params)"));
 }
 
 #[test]
@@ -46,10 +85,12 @@ fn no_manifest_config_map_holds_a_password() {
                 "a ConfigMap in {}:\n{doc}",
                 path.display()
             );
+            assert_no_secret_param(doc);
         }
     }
-    // haproxy.yaml has one; a check that saw none would prove nothing.
-    assert!(config_maps >= 1);
+    // haproxy.yaml and bootstrapper.yaml have one each; a check that saw none would prove
+    // nothing.
+    assert!(config_maps >= 2);
 }
 
 #[test]
@@ -75,6 +116,6 @@ fn no_terraform_config_map_holds_a_password() {
             );
         }
     }
-    // The control plane's haproxy.cfg is one.
-    assert!(config_maps >= 1);
+    // The control plane's haproxy.cfg and the jump host's params.
+    assert!(config_maps >= 2);
 }

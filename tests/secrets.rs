@@ -252,3 +252,117 @@ dir = "a"
         );
     }
 }
+
+/// Not secret by its name: masked only because it comes from a secret params file.
+const SECRET_REGION: &str = "region-from-a-secret-5e1a9c";
+
+#[test]
+fn every_value_of_a_secret_params_file_is_masked_whatever_its_name() {
+    let mut b = Bootstrapper::new();
+    b.write_workflow(&workflow().replace(
+        "apply_args = [\"-var=region={{ env.TF_VAR_region }}\"]\n",
+        "",
+    ));
+    // Two plain files, the second winning key by key, then two secret files (one given in
+    // the environment as a colon-separated list).
+    let mut plain = params(2);
+    plain.as_object_mut().unwrap().remove("root_password");
+    plain.as_object_mut().unwrap().remove("api_token");
+    b.write_params(&plain);
+    let file = |name: &str, value: Value| {
+        let path = b.dir().join(name);
+        fs::write(&path, value.to_string()).unwrap();
+        path
+    };
+    let more = file("more.json", json!({ "mgr_vpc_cidr": "10.99.0.0/16" }));
+    let secret_a = file("secret-a.json", json!({ "region": SECRET_REGION }));
+    let secret_b = file("secret-b.json", json!({ "root_password": ROOT_PASSWORD }));
+    b.arg("--params").arg(&more);
+    b.env(
+        "BOOTSTRAPPER_SECRET_PARAMS",
+        format!("{}:{}", secret_a.display(), secret_b.display()),
+    );
+
+    // Given with BOOTSTRAPPER_PARAMS as a colon-separated list instead of --params, the
+    // files merge the same way: the plan shows the later files' values.
+    let cmd = b.command(&["plan"]);
+    let mut args = Vec::new();
+    let mut given = cmd.get_args();
+    while let Some(arg) = given.next() {
+        match arg == "--params" {
+            true => drop(given.next()),
+            false => args.push(arg.to_owned()),
+        }
+    }
+    let mut by_env = std::process::Command::new(support::BIN);
+    by_env
+        .args(args)
+        .env_remove("BOOTSTRAPPER_SECRET_PARAMS")
+        .env(
+            "BOOTSTRAPPER_PARAMS",
+            format!(
+                "{}:{}:{}:{}",
+                b.params_path().display(),
+                more.display(),
+                secret_a.display(),
+                secret_b.display()
+            ),
+        );
+    let out = by_env.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("10.99.0.0/16") && stdout.contains(SECRET_REGION),
+        "{stdout}"
+    );
+
+    let mut printed = Vec::new();
+    for args in [
+        &["validate"][..],
+        &["plan"],
+        &["--log-format", "json", "run"],
+        &["status", "--json"],
+        &["plan", "--destroy"],
+        &["destroy"],
+    ] {
+        let out = b.run(args);
+        out.assert_success();
+        printed.push((args.join(" "), out));
+    }
+    // The value reached terraform, which printed it in its plan, and was masked there.
+    let run = &printed[2].1.stderr;
+    assert!(run.contains("region = \\\"********\\\""), "{run}");
+    // The later plain file won, and a secret file's value reached the module.
+    let network_vars =
+        fs::read_to_string(b.root().join("demo/network/bootstrapper.tfvars")).unwrap();
+    assert!(network_vars.contains("10.99.0.0/16") && !network_vars.contains("10.20.0.0/16"));
+    assert!(network_vars.contains(SECRET_REGION), "{network_vars}");
+
+    let secrets = [SECRET_REGION.to_string(), ROOT_PASSWORD.to_string()];
+    for (command, out) in &printed {
+        for (stream, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            if let Some(form) = leak(bytes.as_bytes(), &secrets) {
+                panic!("`{command}` printed {form:?} on {stream}:\n{out}");
+            }
+        }
+    }
+    let mut holding = 0;
+    for path in files_under(&b.root()) {
+        if leak(&fs::read(&path).unwrap(), &secrets).is_some() {
+            holding += 1;
+            assert_eq!(
+                mode(&path) & 0o077,
+                0,
+                "{} is {:o}",
+                path.display(),
+                mode(&path)
+            );
+        }
+    }
+    // network's and hosts' vars files and states, at least.
+    assert!(holding >= 4, "only {holding} files hold a secret");
+}

@@ -163,6 +163,8 @@ fn manifest_tf_vars(manifest: &Path) -> BTreeSet<String> {
 struct Step {
     name: String,
     dir: String,
+    /// Its module: in the tree, or in the overlay that the workflow adds to the code there.
+    module: PathBuf,
     /// The backend address template, unrendered.
     address: Option<String>,
     /// The vars template, as the copy names it.
@@ -183,6 +185,22 @@ fn workflow_on_tree(workflow: &str, templates: Option<&Path>) -> (String, Vec<St
         .expect("parse workflow");
     let source = doc["source"].as_table_mut().expect("[source]");
     source.insert("image_dir".into(), seed_tree().display().to_string().into());
+    // Overlays ship beside the workflow: their `from` is relative to its directory.
+    let mut overlays = Vec::new();
+    for overlay in source
+        .get_mut("overlay")
+        .and_then(|o| o.as_array_mut())
+        .into_iter()
+        .flatten()
+    {
+        let overlay = overlay.as_table_mut().expect("overlay table");
+        let from = path
+            .parent()
+            .expect("workflows dir")
+            .join(overlay["from"].as_str().expect("from"));
+        overlay.insert("from".into(), from.display().to_string().into());
+        overlays.push((PathBuf::from(overlay["into"].as_str().expect("into")), from));
+    }
     let mut steps = Vec::new();
     for step in doc["step"].as_array_mut().expect("[[step]]") {
         let step = step.as_table_mut().expect("step table");
@@ -194,9 +212,15 @@ fn workflow_on_tree(workflow: &str, templates: Option<&Path>) -> (String, Vec<St
             step.insert("vars".into(), vars.display().to_string().into());
         }
         let vars = step.get("vars").and_then(|v| v.as_str()).map(PathBuf::from);
+        let dir = step["dir"].as_str().expect("dir").to_owned();
+        let module = overlays
+            .iter()
+            .find_map(|(into, from)| Some(from.join(Path::new(&dir).strip_prefix(into).ok()?)))
+            .unwrap_or_else(|| seed_tree().join(&dir));
         steps.push(Step {
             name: step["name"].as_str().expect("name").to_owned(),
-            dir: step["dir"].as_str().expect("dir").to_owned(),
+            dir,
+            module,
             address: step
                 .get("backend_config")
                 .and_then(|b| b.get("address"))
@@ -210,7 +234,6 @@ fn workflow_on_tree(workflow: &str, templates: Option<&Path>) -> (String, Vec<St
 
 /// Everything wrong between a workflow's rendered steps and the tree's modules.
 fn problems(workflow: &str, params: &str, manifest: &str, templates: Option<&Path>) -> Vec<String> {
-    let tree = seed_tree();
     let (toml, steps) = workflow_on_tree(workflow, templates);
     let from_env = manifest_tf_vars(&repo().join(manifest));
     assert!(
@@ -268,25 +291,26 @@ fn problems(workflow: &str, params: &str, manifest: &str, templates: Option<&Pat
     for (step, output) in texts.iter().flat_map(|t| output_refs(t)) {
         match steps.iter().find(|s| s.name.replace('-', "_") == step) {
             None => problems.push(format!("`steps.{step}` names no step")),
-            Some(s) if !declared_outputs(&tree.join(&s.dir)).contains(&output) => {
-                problems.push(format!(
-                    "`steps.{step}.outputs.{output}` is not an output of {}",
-                    s.dir
-                ))
-            }
+            Some(s) if !declared_outputs(&s.module).contains(&output) => problems.push(format!(
+                "`steps.{step}.outputs.{output}` is not an output of {}",
+                s.dir
+            )),
             Some(_) => {}
         }
     }
     for (
         Step {
-            name, dir, address, ..
+            name,
+            dir,
+            module,
+            address,
+            ..
         },
         step,
     ) in steps.iter().zip(planned)
     {
         assert_eq!(step["step"], name.as_str());
-        let module = tree.join(dir);
-        let declared = declared_variables(&module);
+        let declared = declared_variables(module);
         let content = step["vars_file"]["content"]
             .as_str()
             .unwrap_or_else(|| panic!("step {name} renders no vars file"));

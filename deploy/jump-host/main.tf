@@ -16,8 +16,8 @@ resource "kubernetes_secret_v1" "cloud_keys" {
   }
 }
 
-# The params hold the hosts' root passwords: a Secret, mounted as a file, never a ConfigMap.
-resource "kubernetes_secret_v1" "params" {
+# The params without the passwords (variables.tf refuses a secret-sounding name among them).
+resource "kubernetes_config_map_v1" "params" {
   metadata {
     name      = "${local.name}-params"
     namespace = var.namespace
@@ -25,7 +25,28 @@ resource "kubernetes_secret_v1" "params" {
   }
 
   data = {
-    "params.json" = jsonencode(merge(var.params, { cluster_id = var.cluster_id }))
+    # What the bootstrap's control-plane step needs to know of this module's objects.
+    "params.json" = jsonencode(merge(var.params, {
+      cluster_id             = var.cluster_id
+      namespace              = var.namespace
+      controller_image       = var.image
+      cloud_access_object    = kubernetes_secret_v1.cloud_keys.metadata[0].name
+      controller_auth_object = kubernetes_secret_v1.controller_tokens.metadata[0].name
+    }))
+  }
+}
+
+# The passwords: a Secret, mounted as a file that the engine reads with --secret-params, so
+# that each of its values is masked whatever its name.
+resource "kubernetes_secret_v1" "secret_params" {
+  metadata {
+    name      = "${local.name}-secret-params"
+    namespace = var.namespace
+    labels    = local.labels
+  }
+
+  data = {
+    "secret-params.json" = jsonencode(var.secret_params)
   }
 }
 
@@ -103,6 +124,10 @@ resource "kubernetes_pod_v1" "bootstrapper" {
         value = "/etc/bootstrapper/params/params.json"
       }
       env {
+        name  = "BOOTSTRAPPER_SECRET_PARAMS"
+        value = "/etc/bootstrapper/secret-params/secret-params.json"
+      }
+      env {
         name  = "BOOTSTRAPPER_ROOT"
         value = "/project"
       }
@@ -146,6 +171,11 @@ resource "kubernetes_pod_v1" "bootstrapper" {
         read_only  = true
       }
       volume_mount {
+        name       = "secret-params"
+        mount_path = "/etc/bootstrapper/secret-params"
+        read_only  = true
+      }
+      volume_mount {
         name       = "project"
         mount_path = "/project"
       }
@@ -181,8 +211,14 @@ resource "kubernetes_pod_v1" "bootstrapper" {
 
     volume {
       name = "params"
+      config_map {
+        name = kubernetes_config_map_v1.params.metadata[0].name
+      }
+    }
+    volume {
+      name = "secret-params"
       secret {
-        secret_name  = kubernetes_secret_v1.params.metadata[0].name
+        secret_name  = kubernetes_secret_v1.secret_params.metadata[0].name
         default_mode = "0400"
       }
     }
@@ -209,7 +245,11 @@ resource "kubernetes_pod_v1" "bootstrapper" {
   lifecycle {
     # The engine reads params and keys when it starts, and re-applies the steps whose inputs
     # changed; a new pod is how a change takes effect.
-    replace_triggered_by = [kubernetes_secret_v1.params, kubernetes_secret_v1.cloud_keys]
+    replace_triggered_by = [
+      kubernetes_config_map_v1.params,
+      kubernetes_secret_v1.secret_params,
+      kubernetes_secret_v1.cloud_keys,
+    ]
   }
 }
 

@@ -48,7 +48,21 @@ variable "workflow" {
 }
 
 variable "params" {
-  description = "The workflow's parameters (see workflows/bootstrap.params.example.json), written to params.json."
+  description = "The workflow's parameters without the secret ones (workflows/README.md), written to a ConfigMap."
+  type        = any
+
+  validation {
+    # The names that the engine masks (src/secrets.rs): such a value belongs in secret_params.
+    condition = alltrue([
+      for name in keys(var.params) :
+      length(regexall("(?i)(password|passwd|pass|pwd|secret|token|key|credential|private|cert)", name)) == 0
+    ])
+    error_message = "A param whose name sounds secret (password, token, key, ...) belongs in secret_params, which is kept in a Secret."
+  }
+}
+
+variable "secret_params" {
+  description = "The secret parameters (the hosts' root passwords), written to a Secret and read with --secret-params: every value is masked."
   type        = any
   sensitive   = true
 }

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod controller;
+pub mod pod;
 
 use std::ffi::OsString;
 use std::fmt;

@@ -34,6 +34,9 @@ pub fn until_stopped(
     Ok(exit::OK)
 }
 
+/// How much longer than its grace the entrypoint waits for a command it passed a stop on to.
+const PASS_ON_MARGIN: Duration = Duration::from_secs(5);
+
 /// Sends `signal` to the other bootstrapper holding the lock under `state_dir`, if there is
 /// one this process can reach, and waits up to `grace` for it to let go of the lock.
 /// Returns whether the lock is free (or was never held) when it returns.
@@ -59,6 +62,9 @@ pub fn pass_on(state_dir: &Path, signal: i32, grace: Duration, logger: &Logger) 
         );
         return false;
     }
+    // The other command kills its terraform at the same grace, then still has its journal to
+    // write: waiting a little longer keeps the pod up until it is done.
+    let grace = grace + PASS_ON_MARGIN;
     logger.info(
         None,
         &format!(

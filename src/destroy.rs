@@ -137,11 +137,7 @@ impl Engine {
 /// entrypoint. Anything else (another `destroy`, a `reset`) is waited for: interrupting a
 /// destroy would cut a destroy-time provisioner short, and it would run again.
 fn ask_to_yield(holder: &Holder, logger: &crate::log::Logger) {
-    let me = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if holder.pid == 0 || holder.pid == std::process::id() || holder.host != me || !holder.is_run()
-    {
+    if !holder.is_reachable() || !holder.is_run() {
         logger.info(None, &format!("waiting for the lock, held by {holder}"));
         return;
     }

@@ -126,6 +126,13 @@ impl Graph {
             .collect()
     }
 
+    /// The same steps, each waiting for those that wait for it here: `destroy`'s order.
+    pub fn reversed(&self) -> Graph {
+        Graph {
+            needs: (0..self.len()).map(|i| self.dependents(i)).collect(),
+        }
+    }
+
     /// For each step, its wave: 0 for a step that waits for nothing, else one more than the
     /// latest wave it waits for. Steps of one wave can run together.
     pub fn waves(&self) -> Vec<usize> {
@@ -250,6 +257,9 @@ mod tests {
         assert_eq!(g.needs(3), &set(&[1, 2]));
         assert_eq!(g.waves(), [0, 1, 1, 2]);
         assert_eq!(g.dependents(0), set(&[1, 2]));
+        let back = g.reversed();
+        assert_eq!(back.needs(0), &set(&[1, 2]));
+        assert_eq!(back.waves(), [2, 1, 1, 0]);
     }
 
     #[test]

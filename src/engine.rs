@@ -21,6 +21,9 @@ use crate::source;
 use crate::terraform::{self, Terraform};
 use crate::workflow::Retry;
 
+/// Held while a step selects or creates its workspace (see [`Engine::terraform_step`]).
+static CREATING_WORKSPACE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Everything a state-changing command needs.
 pub struct Engine {
     pub loaded: Loaded,
@@ -297,7 +300,15 @@ impl Engine {
                         }
                     })?);
                 }
-                Role::Init | Role::Workspace | Role::Apply | Role::Destroy => {
+                Role::Workspace => {
+                    // The pg backend takes one lock per database to create a workspace, and
+                    // `workspace select -or-create` has no -lock-timeout to wait for it: steps
+                    // running at once create their workspaces one after the other.
+                    let _one_at_a_time =
+                        CREATING_WORKSPACE.lock().unwrap_or_else(|e| e.into_inner());
+                    self.execute(step, &planned.command, false, &mut state)?;
+                }
+                Role::Init | Role::Apply | Role::Destroy => {
                     self.execute(step, &planned.command, false, &mut state)?;
                 }
             }

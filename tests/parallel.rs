@@ -285,3 +285,44 @@ fn sigterm_sends_one_sigint_to_each_running_terraform() {
         assert_eq!(firsts, 1, "{step}/first created again\n{:#?}", d.ledger());
     }
 }
+
+#[test]
+fn a_destroy_during_run_stops_every_running_terraform_once_then_destroys() {
+    let mut d = Diamond::new("retries = 0");
+    let record = d.path("sigints");
+    let wrapper = int_recording_terraform(d.b.dir(), &record);
+    d.b.arg("--terraform").arg(&wrapper);
+    d.set("sleep_b", json!(60)).set("sleep_c", json!(60));
+    let mut entrypoint = d.b.spawn(&["run", "--hold"]);
+    let both = poll(
+        || {
+            d.when("start", "b/slow").is_some() && d.when("start", "c/slow").is_some()
+                || entrypoint.try_wait().is_some()
+        },
+        Duration::from_secs(120),
+    );
+    assert!(both, "b and c never ran together\n{}", entrypoint.stderr());
+    // The hand-over: destroy sends the entrypoint SIGUSR1, which stops b and c.
+    let destroy = d.b.run(&["destroy"]);
+    destroy.assert_success();
+    let mut got = read_lines(&record);
+    got.sort();
+    let code = d.b.root().join("code");
+    let mut expected = vec![
+        format!("INT {} apply", code.join("b").display()),
+        format!("INT {} apply", code.join("c").display()),
+    ];
+    expected.sort();
+    assert_eq!(got, expected, "{destroy}\n{}", entrypoint.stderr());
+    for step in STEPS {
+        assert!(d.state(step).is_empty(), "{step} not empty after destroy");
+    }
+    assert!(!d.ledger().iter().any(|e| e.step() == "d"));
+    assert!(
+        entrypoint.try_wait().is_none(),
+        "the entrypoint exited\n{}",
+        entrypoint.stderr()
+    );
+    entrypoint.signal(libc::SIGTERM);
+    entrypoint.wait(Duration::from_secs(60)).assert_success();
+}

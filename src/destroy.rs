@@ -90,20 +90,23 @@ impl Engine {
         );
         let mut summary = Summary::default();
         let mut errors = Vec::new();
+        let mut left_out = false;
         for (step, outcome) in self.loaded.workflow.steps.iter().zip(outcomes).rev() {
             match outcome {
                 Some(Ok(Gone::Now)) => summary.destroyed.push(step.name.clone()),
                 Some(Ok(Gone::Before)) => summary.already.push(step.name.clone()),
                 Some(Ok(Gone::NeverStarted)) => summary.never_started.push(step.name.clone()),
                 Some(Err(e)) => errors.push(e),
-                None => {}
+                None => left_out = true,
             }
         }
         if let Some(e) = Error::of_steps(errors) {
             return Err(e);
         }
         // Nothing failed, so a step left out was held back by a stop request.
-        self.supervisor.shutdown.check()?;
+        if left_out {
+            self.supervisor.shutdown.check()?;
+        }
         journal.write_tombstone(&Tombstone {
             finished_at: Some(clock::now()),
             ..tombstone

@@ -76,19 +76,22 @@ impl Engine {
             &|index| this.apply_step(&prepared, index, &outputs),
         );
         let mut errors = Vec::new();
+        let mut left_out = false;
         for (step, outcome) in self.loaded.workflow.steps.iter().zip(outcomes) {
             match outcome {
                 Some(Ok(Applied::Now)) => summary.applied.push(step.name.clone()),
                 Some(Ok(Applied::Before)) => summary.unchanged.push(step.name.clone()),
                 Some(Err(e)) => errors.push(e),
-                None => {}
+                None => left_out = true,
             }
         }
         if let Some(e) = Error::of_steps(errors) {
             return Err(e);
         }
         // Nothing failed, so a step left out was held back by a stop request.
-        self.supervisor.shutdown.check()?;
+        if left_out {
+            self.supervisor.shutdown.check()?;
+        }
         self.logger().info(
             None,
             &format!(

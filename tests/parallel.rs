@@ -53,6 +53,30 @@ fn independent_steps_overlap_and_destroy_goes_back_along_the_graph() {
         assert!(plan.stdout.contains(line), "{line:?} in\n{plan}");
     }
     assert!(plan.stdout.contains("b, c run together"), "{plan}");
+    for (args, waves, d_waits) in [
+        (
+            vec!["plan", "--json"],
+            json!([["a"], ["b", "c"], ["d"]]),
+            json!(["b", "c"]),
+        ),
+        (
+            vec!["plan", "--destroy", "--json"],
+            json!([["d"], ["c", "b"], ["a"]]),
+            json!([]),
+        ),
+    ] {
+        let out = d.b.run(&args);
+        out.assert_success();
+        let plan: serde_json::Value = serde_json::from_str(&out.stdout).expect("plan JSON");
+        assert_eq!(plan["waves"], waves, "{out}");
+        let step_d = plan["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .find(|s| s["step"] == "d")
+            .expect("d");
+        assert_eq!(step_d["waits_for"], d_waits, "{out}");
+    }
 
     d.b.run(&["run"]).assert_success();
     assert_all_applied(&d);

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::diamond::{Diamond, STEPS};
+use support::diamond::{Diamond, STEPS, WORKSPACE};
 use support::*;
 
 const DEFAULT_ROUNDS: u32 = 20;
@@ -56,7 +56,11 @@ impl Rng {
 /// What the test saw right after a kill.
 struct Kill {
     ledger_len: usize,
+    /// Every instance in each state.
     states: BTreeMap<&'static str, Vec<String>>,
+    /// The instances each state records as complete: terraform writes an object as tainted
+    /// before its provisioners ran, and replaces a tainted one, as it must.
+    complete: BTreeMap<&'static str, Vec<String>>,
     marked: Vec<&'static str>,
 }
 
@@ -95,6 +99,32 @@ impl Round {
 
     fn states(&self) -> BTreeMap<&'static str, Vec<String>> {
         STEPS.iter().map(|s| (*s, self.d.state(s))).collect()
+    }
+
+    fn complete(&self) -> BTreeMap<&'static str, Vec<String>> {
+        STEPS
+            .iter()
+            .map(|step| {
+                let state = pg_state(&self.d.conn_str, step, WORKSPACE).unwrap_or_default();
+                let mut complete = Vec::new();
+                for resource in state["resources"].as_array().into_iter().flatten() {
+                    let tainted = resource["instances"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|i| i["status"] == "tainted");
+                    if resource["mode"] == "managed" && !tainted {
+                        complete.push(format!(
+                            "{}.{}",
+                            resource["type"].as_str().unwrap_or_default(),
+                            resource["name"].as_str().unwrap_or_default()
+                        ));
+                    }
+                }
+                complete.sort();
+                (*step, complete)
+            })
+            .collect()
     }
 
     fn marked(&self, marker: &str) -> Vec<&'static str> {
@@ -141,6 +171,7 @@ impl Round {
                         kills.push(Kill {
                             ledger_len: self.d.ledger().len(),
                             states: self.states(),
+                            complete: self.complete(),
                             marked: self.marked(marker),
                         });
                         continue;
@@ -199,9 +230,15 @@ impl Round {
             (&destroy_kills, "destroy", false),
         ] {
             for kill in kills {
+                // A complete object is never created again; one gone is never destroyed again.
+                let states = if in_state {
+                    &kill.complete
+                } else {
+                    &kill.states
+                };
                 for step in STEPS {
                     for resource in RESOURCES {
-                        if kill.states[step].contains(&address(resource)) != in_state {
+                        if states[step].contains(&address(resource)) != in_state {
                             continue;
                         }
                         let what = format!("{step}/{resource}");

@@ -7,7 +7,11 @@
 #   3. the controller (`serve` on the demo tenant workflow): clusters created per minute at
 #      concurrency 1 and 8 (20 clusters each), and the p50/p99 latency of GET /v1/clusters/{id}
 #      while 8 operations run.
+#   4. independent steps at once: two branches of equal cost (each a provisioner sleeping 2 s),
+#      run with --parallelism 2 against --parallelism 1, in pairs on fresh roots; the ratio of
+#      their wall times (goal: at most 0.55).
 # Usage: scripts/bench.sh [RUNS]   (RUNS of the restart, default 20).
+#        scripts/bench.sh parallel [PAIRS]   (only 4., PAIRS default 5).
 # Memory is the engine's own peak (VmHWM), sampled from /proc while it runs: terraform and its
 # children are not counted.
 set -euo pipefail
@@ -17,6 +21,56 @@ cargo build --release --locked --quiet
 bin=$PWD/target/release/bootstrapper
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+
+# --- 4. Independent steps at once ----------------------------------------------------------------
+bench_parallel() { # PAIRS
+  local pairs=$1 dir=$work/branches
+  mkdir -p "$dir/code/left" "$dir/code/right"
+  for side in left right; do
+    cat > "$dir/code/$side/main.tf" <<'TF'
+resource "terraform_data" "branch" {
+  provisioner "local-exec" {
+    command = "sleep 2"
+  }
+}
+TF
+  done
+  cat > "$dir/workflow.toml" <<'TOML'
+[source]
+dir = "code"
+image_dir = "code"
+[[step]]
+name = "left"
+dir = "left"
+needs = []
+[[step]]
+name = "right"
+dir = "right"
+needs = []
+TOML
+  echo '{}' > "$dir/params.json"
+  local ratios=() one=() two=()
+  for i in $(seq "$pairs"); do
+    local t=()
+    for p in 1 2; do
+      rm -rf "$dir/root-$p" && mkdir "$dir/root-$p"
+      local start=$EPOCHREALTIME
+      "$bin" --workflow "$dir/workflow.toml" --params "$dir/params.json" --root "$dir/root-$p" \
+        --parallelism "$p" run 2>/dev/null
+      local end=$EPOCHREALTIME
+      t+=($(( (${end/./} - ${start/./}) / 1000 )))
+    done
+    one+=("${t[0]}") two+=("${t[1]}")
+    ratios+=("$(awk -v a="${t[1]}" -v b="${t[0]}" 'BEGIN {printf "%.3f", a / b}')")
+    echo "pair $i: parallelism 1 ${t[0]} ms, parallelism 2 ${t[1]} ms, ratio ${ratios[-1]}"
+  done
+  median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+  echo "two independent 2 s branches: parallelism 1 $(median "${one[@]}") ms, parallelism 2 $(median "${two[@]}") ms (medians of $pairs pairs); ratio $(median "${ratios[@]}") (median; goal <= 0.55)"
+}
+if [ "${1:-}" = parallel ]; then
+  bench_parallel "${2:-5}"
+  exit 0
+fi
 
 # Runs the engine with the given arguments; prints its peak RSS in KiB.
 peak_rss() {
@@ -137,3 +191,5 @@ p50=$(awk 'NR == 250 {printf "%.1f", $1 * 1000}' "$work/latency")
 p99=$(awk 'NR == 495 {printf "%.1f", $1 * 1000}' "$work/latency")
 stop_serve
 echo "serve, GET /v1/clusters/{id} with 8 operations running (still $running at the end): p50 ${p50} ms, p99 ${p99} ms (500 requests)"
+
+bench_parallel 5

@@ -82,6 +82,9 @@ pub struct Cli {
     /// After SIGTERM, how long terraform may take to stop before its process group is killed
     #[arg(long, env = "BOOTSTRAPPER_GRACE", value_parser = duration, default_value = "25s", global = true)]
     pub grace: Duration,
+    /// How many steps may run at once (overrides the workflow's settings.parallelism)
+    #[arg(long, env = "BOOTSTRAPPER_PARALLELISM", value_parser = clap::value_parser!(u16).range(1..), global = true)]
+    pub parallelism: Option<u16>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -181,10 +184,13 @@ pub fn main(cli: Cli) -> i32 {
             return exit::STEP_FAILED;
         }
     };
-    let loaded = match load::load(&cli.workflow, &cli.params, &cli.secret_params) {
+    let mut loaded = match load::load(&cli.workflow, &cli.params, &cli.secret_params) {
         Ok(loaded) => loaded,
         Err(e) => return report(&e, None, cli.log_format),
     };
+    if let Some(n) = cli.parallelism {
+        loaded.workflow.settings.parallelism = n.into();
+    }
     crate::log::mask_with(&loaded.redactor);
     let logger = Logger::new(cli.log_format, loaded.redactor.clone());
     let result = dispatch(&cli, loaded.clone(), logger.clone(), shutdown);

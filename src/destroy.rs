@@ -1,5 +1,6 @@
-//! `destroy`: stop a running `run`, take the lock, leave a tombstone, then destroy in reverse
-//! order every step that ever started applying, each followed by a `destroyed` marker.
+//! `destroy`: stop a running `run`, take the lock, leave a tombstone, then destroy every step
+//! that ever started applying, each only after every step that waits for it (several at once,
+//! as [`crate::schedule`] allows), each followed by a `destroyed` marker.
 
 use std::time::Duration;
 
@@ -8,14 +9,24 @@ use nix::unistd::Pid;
 
 use crate::clock;
 use crate::decide::{self, Decision};
-use crate::engine::Engine;
+use crate::engine::{Engine, Prepared};
 use crate::error::{Error, Result};
+use crate::graph::Graph;
 use crate::journal::Action;
 use crate::journal::{Destroyed, Tombstone};
 use crate::lock::{Holder, Lock};
+use crate::render::Outputs;
+use crate::schedule::{self, Direction};
 
 /// The signal that asks a running `run` to let go of the lock (see [`crate::signals`]).
 const YIELD: Signal = Signal::SIGUSR1;
+
+/// Whether a step was destroyed by this destroy, by an earlier one, or never needed to be.
+enum Gone {
+    Now,
+    Before,
+    NeverStarted,
+}
 
 /// What a finished `destroy` did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -45,8 +56,6 @@ impl Engine {
             })
         })?;
         let journal = &prepared.journal;
-        let code = &prepared.code;
-        let markers = &prepared.recorded.markers;
 
         let tombstone = match journal.tombstone()? {
             Some(t) => t,
@@ -70,50 +79,33 @@ impl Engine {
         // Outputs of every step that has a marker: a later step's backend address may come
         // from an earlier one, which is still there since destroy goes backwards.
         let outputs = &prepared.recorded.outputs;
+        let graph = Graph::of(&self.loaded).map_err(Error::Input)?;
+        let this = &*self;
+        let outcomes = schedule::schedule(
+            &graph,
+            Direction::Reverse,
+            this.loaded.workflow.settings.parallelism,
+            &|| this.supervisor.shutdown.requested().is_some(),
+            &|index| this.destroy_step(&prepared, index, outputs),
+        );
         let mut summary = Summary::default();
-        for (index, step) in self.loaded.workflow.steps.iter().enumerate().rev() {
-            let _step = tracing::info_span!("step", step = %step.name).entered();
-            self.supervisor.shutdown.check()?;
-            let decided = decide::destroy(&step.name, markers[index].as_ref(), journal)?;
-            match decided.decision {
-                Decision::Destroy => {}
-                _ if journal.destroyed(&step.name)?.is_some() => {
-                    self.logger()
-                        .info(Some(&step.name), "already destroyed: skipped");
-                    summary.already.push(step.name.clone());
-                    continue;
-                }
-                _ => {
-                    self.logger().info(
-                        Some(&step.name),
-                        "never started applying: nothing to destroy",
-                    );
-                    summary.never_started.push(step.name.clone());
-                    continue;
-                }
+        let mut errors = Vec::new();
+        let mut left_out = false;
+        for (step, outcome) in self.loaded.workflow.steps.iter().zip(outcomes).rev() {
+            match outcome {
+                Some(Ok(Gone::Now)) => summary.destroyed.push(step.name.clone()),
+                Some(Ok(Gone::Before)) => summary.already.push(step.name.clone()),
+                Some(Ok(Gone::NeverStarted)) => summary.never_started.push(step.name.clone()),
+                Some(Err(e)) => errors.push(e),
+                None => left_out = true,
             }
-            let rendered = prepared
-                .rendered(&self.loaded, index, outputs)
-                .map_err(|p| Error::StepFailed {
-                    step: step.name.clone(),
-                    message: format!("cannot render it to destroy it: {p}"),
-                })?;
-            self.logger().info(Some(&step.name), "destroying");
-            let (started_at, attempts, _) =
-                self.with_retries(journal, &step.name, step.retry, Action::Destroy, || {
-                    self.terraform_step(&code.dir, &rendered, Action::Destroy)
-                })?;
-            journal.write_destroyed(&Destroyed {
-                step: step.name.clone(),
-                started_at,
-                finished_at: clock::now(),
-                attempts,
-            })?;
-            self.logger().info(
-                Some(&step.name),
-                &format!("destroyed (attempt {attempts}); marker written"),
-            );
-            summary.destroyed.push(step.name.clone());
+        }
+        if let Some(e) = Error::of_steps(errors) {
+            return Err(e);
+        }
+        // Nothing failed, so a step left out was held back by a stop request.
+        if left_out {
+            self.supervisor.shutdown.check()?;
         }
         journal.write_tombstone(&Tombstone {
             finished_at: Some(clock::now()),
@@ -129,6 +121,56 @@ impl Engine {
             ),
         );
         Ok(summary)
+    }
+
+    /// Destroys step `index` unless it is destroyed already or never started applying.
+    fn destroy_step(&self, prepared: &Prepared, index: usize, outputs: &Outputs) -> Result<Gone> {
+        let journal = &prepared.journal;
+        let step = &self.loaded.workflow.steps[index];
+        let _step = tracing::info_span!("step", step = %step.name).entered();
+        self.supervisor.shutdown.check()?;
+        let decided = decide::destroy(
+            &step.name,
+            prepared.recorded.markers[index].as_ref(),
+            journal,
+        )?;
+        match decided.decision {
+            Decision::Destroy => {}
+            _ if journal.destroyed(&step.name)?.is_some() => {
+                self.logger()
+                    .info(Some(&step.name), "already destroyed: skipped");
+                return Ok(Gone::Before);
+            }
+            _ => {
+                self.logger().info(
+                    Some(&step.name),
+                    "never started applying: nothing to destroy",
+                );
+                return Ok(Gone::NeverStarted);
+            }
+        }
+        let rendered = prepared
+            .rendered(&self.loaded, index, outputs)
+            .map_err(|p| Error::StepFailed {
+                step: step.name.clone(),
+                message: format!("cannot render it to destroy it: {p}"),
+            })?;
+        self.logger().info(Some(&step.name), "destroying");
+        let (started_at, attempts, _) =
+            self.with_retries(journal, &step.name, step.retry, Action::Destroy, || {
+                self.terraform_step(&prepared.code.dir, &rendered, Action::Destroy)
+            })?;
+        journal.write_destroyed(&Destroyed {
+            step: step.name.clone(),
+            started_at,
+            finished_at: clock::now(),
+            attempts,
+        })?;
+        self.logger().info(
+            Some(&step.name),
+            &format!("destroyed (attempt {attempts}); marker written"),
+        );
+        Ok(Gone::Now)
     }
 }
 

@@ -21,6 +21,11 @@ use crate::source;
 use crate::terraform::{self, Terraform};
 use crate::workflow::Retry;
 
+/// Held while a step selects or creates its workspace (see [`Engine::select_workspace`]).
+static CREATING_WORKSPACE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// How often `workspace select -or-create` is tried before the step fails.
+const WORKSPACE_TRIES: u32 = 5;
+
 /// Everything a state-changing command needs.
 pub struct Engine {
     pub loaded: Loaded,
@@ -297,12 +302,48 @@ impl Engine {
                         }
                     })?);
                 }
-                Role::Init | Role::Workspace | Role::Apply | Role::Destroy => {
+                Role::Workspace => self.select_workspace(step, &planned.command, &mut state)?,
+                Role::Init | Role::Apply | Role::Destroy => {
                     self.execute(step, &planned.command, false, &mut state)?;
                 }
             }
         }
         Ok(outputs)
+    }
+
+    /// `workspace select -or-create`, which has no -lock-timeout. The pg backend takes one
+    /// lock per database to create a workspace, and every terraform that locks a state there
+    /// holds it for a moment: steps running at once create their workspaces one after the
+    /// other, and a try that met another step's lock is made again shortly after.
+    fn select_workspace(
+        &self,
+        step: &RenderedStep,
+        command: &Command,
+        state: &mut LocalState,
+    ) -> Result<()> {
+        let _one_at_a_time = CREATING_WORKSPACE.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tries_left = WORKSPACE_TRIES;
+        loop {
+            tries_left -= 1;
+            match self.execute(step, command, false, state) {
+                Err(Error::StepFailed { message, .. }) if tries_left > 0 => {
+                    self.logger().warn(
+                        Some(&step.name),
+                        &format!(
+                            "{message}; another step may have held the backend's lock for a moment: trying again in 1s"
+                        ),
+                    );
+                    if let Some(signal) = self
+                        .supervisor
+                        .shutdown
+                        .wait(Some(std::time::Duration::from_secs(1)), true)
+                    {
+                        return Err(crate::signals::interrupted(signal));
+                    }
+                }
+                result => return result.map(|_| ()),
+            }
+        }
     }
 
     /// An `errored.tfstate` with no complete state in it (terraform ran out of room while

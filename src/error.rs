@@ -24,6 +24,9 @@ pub enum Error {
     },
     #[error("step `{step}` failed: {message}")]
     StepFailed { step: String, message: String },
+    /// Several steps that ran at once failed; each error names its step.
+    #[error("{} steps failed: {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    StepsFailed(Vec<Error>),
     /// A signal asked us to stop; the in-flight step was left unfinished.
     #[error("stopped by {name}; unfinished steps run again on the next start")]
     Interrupted { signal: i32, name: &'static str },
@@ -44,9 +47,10 @@ impl Error {
         match self {
             Error::Input(_) => exit::BAD_INPUT,
             Error::Locked { .. } => exit::LOCKED,
-            Error::StepFailed { .. } | Error::Io { .. } | Error::NoSpace { .. } => {
-                exit::STEP_FAILED
-            }
+            Error::StepFailed { .. }
+            | Error::StepsFailed(_)
+            | Error::Io { .. }
+            | Error::NoSpace { .. } => exit::STEP_FAILED,
             Error::Interrupted { signal, .. } => 128 + signal,
         }
     }
@@ -55,6 +59,22 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// What became of steps that ran at once: a stop request if one came (the steps stopped
+    /// for it), else the failure, or every failure when several steps failed.
+    pub fn of_steps(mut errors: Vec<Error>) -> Option<Error> {
+        if let Some(at) = errors
+            .iter()
+            .position(|e| matches!(e, Error::Interrupted { .. }))
+        {
+            return Some(errors.swap_remove(at));
+        }
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            _ => Some(Error::StepsFailed(errors)),
         }
     }
 

@@ -12,9 +12,11 @@
 //! - [`source`]: the code put on the PVC, atomically.
 //! - [`decide`]: the one place that decides, for every step, apply, skip or destroy, why,
 //!   and the exact commands; [`plan`] prints it, [`run`] and [`destroy`] carry it out.
+//! - [`graph`]: which steps wait for which (`needs`, output references, file order);
+//!   [`schedule`]: running them as the graph allows, several at once.
 //! - [`engine`]: what `run` and `destroy` share (checks and lock, code, retries, running one
-//!   step's commands); [`run`]: applying the steps in order; [`destroy`]: destroying them in
-//!   reverse.
+//!   step's commands); [`run`]: applying the steps along the graph; [`destroy`]: destroying
+//!   them along the reversed graph.
 //! - [`terraform`]: the terraform command lines of a step; [`local_state`]: a local state
 //!   file kept whole across a kill in the middle of terraform's write.
 //! - [`process`]: the one way a child process is run, streamed and stopped.
@@ -39,6 +41,7 @@ pub mod disk;
 pub mod durable;
 pub mod engine;
 pub mod error;
+pub mod graph;
 pub mod hold;
 pub mod journal;
 pub mod load;
@@ -53,6 +56,7 @@ pub mod process;
 pub mod reconcile;
 pub mod render;
 pub mod run;
+pub mod schedule;
 pub mod secrets;
 pub mod serve;
 pub mod signals;

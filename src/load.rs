@@ -190,6 +190,9 @@ pub fn check(
             }
         }
     }
+    if let Err(p) = crate::graph::Graph::of(loaded) {
+        problems.extend(p);
+    }
     let mut notes = Vec::new();
     let root = match modules {
         Modules::Under(root) => Some(root),

@@ -36,6 +36,8 @@ pub struct LocalState {
     copy: PathBuf,
     backup: PathBuf,
     seen: Option<(u64, SystemTime)>,
+    /// Where `init` records the backend's settings, rewritten in place like a state.
+    backend_settings: PathBuf,
     /// What the copy holds, once read or written, so that it is not read again on every poll.
     copied: Option<Vec<u8>>,
 }
@@ -52,6 +54,7 @@ impl LocalState {
             copy: dir.join(COPY),
             backup: dir.join(BACKUP),
             seen: None,
+            backend_settings: cwd.join(".terraform").join(FILE),
             copied: None,
         }
     }
@@ -96,6 +99,40 @@ impl LocalState {
     /// Before terraform runs: puts back a state file that a kill left torn. Returns what it
     /// did, for the log, or why it cannot go on.
     pub fn repair(&self) -> Result<Option<String>, String> {
+        let settings = self.remove_torn_backend_settings()?;
+        let state = self.repair_state()?;
+        Ok(match (settings, state) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// A kill while `init` rewrote the backend's settings leaves them torn, and every later
+    /// `init` fails to read them. `init` writes them afresh from the step's
+    /// `-backend-config`, so a torn file is set aside.
+    fn remove_torn_backend_settings(&self) -> Result<Option<String>, String> {
+        let Ok(bytes) = std::fs::read(&self.backend_settings) else {
+            return Ok(None);
+        };
+        if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok() {
+            return Ok(None);
+        }
+        let kept = self.backend_settings.with_file_name(format!(
+            "{FILE}.torn-{}",
+            crate::clock::now().unix_timestamp()
+        ));
+        std::fs::rename(&self.backend_settings, &kept)
+            .and_then(|_| durable::sync_dir(kept.parent().unwrap_or(Path::new("."))))
+            .map_err(|e| format!("cannot set aside {}: {e}", self.backend_settings.display()))?;
+        Ok(Some(format!(
+            "{} was torn by a kill while terraform init wrote it ({} bytes); set it aside as {}: init writes it again",
+            self.backend_settings.display(),
+            bytes.len(),
+            kept.display()
+        )))
+    }
+
+    fn repair_state(&self) -> Result<Option<String>, String> {
         // What a kill left of our own half-written copies; terraform's files and the
         // user's are left alone.
         if let Some(dir) = self.file.parent() {
@@ -227,6 +264,24 @@ mod tests {
     use super::*;
 
     const STATE: &str = r#"{"version":4,"serial":7,"lineage":"l-1","outputs":{},"resources":[]}"#;
+
+    #[test]
+    fn torn_backend_settings_are_set_aside_and_whole_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = dir.path().join(".terraform").join(FILE);
+        std::fs::create_dir_all(settings.parent().unwrap()).unwrap();
+        std::fs::write(&settings, STATE).unwrap();
+        let state = LocalState::of(dir.path(), Some("w"));
+        assert_eq!(state.repair().unwrap(), None);
+        assert!(settings.exists());
+        std::fs::write(&settings, &STATE[..20]).unwrap();
+        let done = state.repair().unwrap().expect("set aside");
+        assert!(
+            done.contains("torn by a kill while terraform init"),
+            "{done}"
+        );
+        assert!(!settings.exists());
+    }
 
     fn guarded() -> (tempfile::TempDir, LocalState) {
         let dir = tempfile::tempdir().unwrap();

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use crate::clock;
 use crate::decide;
 use crate::error::{exit, Error, Result};
+use crate::graph::Graph;
 use crate::journal::Journal;
 use crate::load::{self, Loaded, Recorded};
 use crate::local_state::LocalState;
@@ -48,6 +49,11 @@ pub struct Plan {
     pub blocked: Option<String>,
     /// Things that would stop the command or that the operator should know.
     pub notes: Vec<String>,
+    /// At most this many steps run at once.
+    pub parallelism: usize,
+    /// The steps in the order the command reaches them: each group runs together, once the
+    /// groups before it are done (as far as `parallelism` allows).
+    pub waves: Vec<Vec<String>>,
     pub steps: Vec<StepPlan>,
 }
 
@@ -79,6 +85,9 @@ pub struct StepPlan {
     pub step: String,
     pub decision: Decision,
     pub reason: String,
+    /// The steps it starts only after: those it needs for `run`, those that need it for
+    /// `destroy`.
+    pub waits_for: Vec<String>,
     /// For `run_again`: the inputs that differ from what the step was applied with; for
     /// `run_again_if_changed`: the inputs that cannot be compared yet.
     pub changed_inputs: Vec<String>,
@@ -200,6 +209,30 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
             None => (None, context.apply_steps(&recorded)?),
         }
     };
+    let graph = Graph::of(loaded).map_err(Error::Input)?;
+    let graph = if destroy { graph.reversed() } else { graph };
+    let names = |set: &mut dyn Iterator<Item = usize>| -> Vec<String> {
+        set.map(|i| loaded.workflow.steps[i].name.clone()).collect()
+    };
+    let mut steps = steps;
+    for plan in &mut steps {
+        if let Some(i) = loaded.workflow.step_index(&plan.step) {
+            plan.waits_for = names(&mut graph.needs(i).iter().copied());
+        }
+    }
+    let wave_of = graph.waves();
+    let mut order: Vec<usize> = (0..graph.len()).collect();
+    if destroy {
+        order.reverse();
+    }
+    let mut waves: Vec<Vec<String>> = Vec::new();
+    for i in order {
+        let w = wave_of[i];
+        if waves.len() <= w {
+            waves.resize(w + 1, Vec::new());
+        }
+        waves[w].push(loaded.workflow.steps[i].name.clone());
+    }
     for step in &steps {
         if matches!(step.decision, Decision::Skip | Decision::Blocked) {
             continue;
@@ -235,6 +268,8 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
         code,
         blocked,
         notes,
+        parallelism: loaded.workflow.settings.parallelism,
+        waves,
         steps,
     })
 }
@@ -378,6 +413,7 @@ impl Context<'_> {
                 step: step.name.clone(),
                 decision: decided.decision,
                 reason: decided.reason.clone(),
+                waits_for: Vec::new(),
                 changed_inputs: Vec::new(),
                 unknown_outputs: Vec::new(),
                 dir: String::new(),
@@ -396,6 +432,7 @@ impl Context<'_> {
             step: rendered.name.clone(),
             decision: decided.decision,
             reason: decided.reason.clone(),
+            waits_for: Vec::new(),
             changed_inputs: decided.changed_inputs.clone(),
             unknown_outputs: decide::unknown_outputs(rendered),
             dir: cwd.display().to_string(),
@@ -553,6 +590,22 @@ fn render_text(plan: &Plan) -> String {
     }
     if let Some(blocked) = &plan.blocked {
         let _ = writeln!(s, "blocked: {blocked}");
+    }
+    let _ = writeln!(
+        s,
+        "order (at most {} at once; a step starts when what it waits for is done):",
+        plan.parallelism
+    );
+    for (i, wave) in plan.waves.iter().enumerate() {
+        let together = if wave.len() > 1 { " run together" } else { "" };
+        let _ = writeln!(s, "  {}. {}{together}", i + 1, wave.join(", "));
+    }
+    for step in &plan.steps {
+        let waits = match step.waits_for.as_slice() {
+            [] => "nothing".to_string(),
+            names => names.join(", "),
+        };
+        let _ = writeln!(s, "  {}: waits for {waits}", step.step);
     }
     for (i, step) in plan.steps.iter().enumerate() {
         let _ = writeln!(s);

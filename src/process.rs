@@ -132,7 +132,16 @@ impl Supervisor {
     ) -> std::io::Result<Finished> {
         let shutdown = self.shutdown.clone();
         let stop = move || shutdown.requested().map(|_| Signal::SIGINT);
-        self.supervise(command, capture_stdout, watch, &stop, &mut |_| {})
+        // Terraforms of steps running at once share the deadline of the one stop request.
+        let deadline = || self.shutdown.grace_deadline(self.grace);
+        self.supervise(
+            command,
+            capture_stdout,
+            watch,
+            &stop,
+            &deadline,
+            &mut |_| {},
+        )
     }
 
     /// Runs a child that is stopped with a signal of the caller's choosing instead of the
@@ -146,7 +155,8 @@ impl Supervisor {
         stop: &dyn Fn() -> Option<Signal>,
         line: &mut dyn FnMut(&str),
     ) -> std::io::Result<Finished> {
-        self.supervise(command, false, &mut || {}, stop, line)
+        let deadline = || Instant::now() + self.grace;
+        self.supervise(command, false, &mut || {}, stop, &deadline, line)
     }
 
     fn supervise(
@@ -155,6 +165,7 @@ impl Supervisor {
         capture_stdout: bool,
         watch: &mut dyn FnMut(),
         stop: &dyn Fn() -> Option<Signal>,
+        deadline: &dyn Fn() -> Instant,
         on_line: &mut dyn FnMut(&str),
     ) -> std::io::Result<Finished> {
         let mut cmd = std::process::Command::new(&command.program);
@@ -237,7 +248,7 @@ impl Supervisor {
             }
             if let Some(signal) = stop().filter(|s| sent != Some(*s)) {
                 if !interrupted {
-                    kill_at = Some(Instant::now() + self.grace);
+                    kill_at = Some(deadline());
                 }
                 interrupted = true;
                 sent = Some(signal);

@@ -290,6 +290,26 @@ impl<'w> Renderer<'w> {
         overlays
     }
 
+    /// The steps whose outputs step `index` uses, in its workflow strings or its vars
+    /// template. A name that is no step, or a template that cannot be read, is left to
+    /// [`Renderer::render_step`] to report.
+    pub fn references(&self, index: usize) -> BTreeSet<usize> {
+        let step = &self.workflow.steps[index];
+        let mut texts: Vec<String> = step_templates(step).map(|t| t.text.clone()).collect();
+        if let Some(t) = &step.vars {
+            if let Ok(path) = render_str(&t.text, &self.context(&Map::new())) {
+                if let Ok(text) = read_template(&self.workflow.base_dir.join(path)) {
+                    texts.push(text);
+                }
+            }
+        }
+        texts
+            .iter()
+            .flat_map(|text| output_refs(text))
+            .filter_map(|r| self.workflow.step_index(&r.step))
+            .collect()
+    }
+
     /// Renders step `index`. Outputs of earlier steps come from `outputs`; when
     /// `placeholders` is set, an output not known yet renders as [`placeholder`] instead of
     /// failing, as `validate` and `plan` need.

@@ -1,14 +1,25 @@
 //! `run`: check everything, take the lock, put the code in place, then apply every step that
-//! [`crate::decide`] does not skip, in order, leaving a marker after each.
+//! [`crate::decide`] does not skip, each once the steps it waits for are done (several at
+//! once, as [`crate::schedule`] allows), leaving a marker after each.
+
+use std::sync::Mutex;
 
 use crate::clock;
 use crate::decide::{self, Decision};
 use crate::engine::{Engine, Prepared};
 use crate::error::{Error, Result};
+use crate::graph::Graph;
 use crate::journal::{Action, Marker, Tombstone};
 use crate::load;
 use crate::lock::Lock;
 use crate::render::{self, Outputs};
+use crate::schedule::{self, Direction};
+
+/// Whether a step was applied by this run or found applied with its inputs.
+enum Applied {
+    Now,
+    Before,
+}
 
 /// Long enough to mean "until the holder lets go", short enough not to overflow an `Instant`.
 const LOCK_WAIT_FOREVER: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
@@ -46,12 +57,7 @@ impl Engine {
                 None => e,
             })
         })?;
-        let Prepared {
-            journal,
-            code,
-            recorded,
-            ..
-        } = &prepared;
+        let journal = &prepared.journal;
         let mut summary = Summary::default();
         if let Some(tombstone) = journal.tombstone()? {
             self.logger()
@@ -59,65 +65,32 @@ impl Engine {
             summary.destroyed = Some(tombstone);
             return Ok(summary);
         }
-        let mut outputs = Outputs::new();
-        let nothing_uncertain = Default::default();
-        for (index, step) in self.loaded.workflow.steps.iter().enumerate() {
-            let _step = tracing::info_span!("step", step = %step.name).entered();
-            self.supervisor.shutdown.check()?;
-            let rendered = prepared
-                .rendered(&self.loaded, index, &outputs)
-                .map_err(|p| Error::StepFailed {
-                    step: step.name.clone(),
-                    message: p.to_string(),
-                })?;
-            let inputs = rendered.inputs(code.record.identity.as_deref());
-            let marker = recorded.markers[index].as_ref();
-            let decided = decide::apply(&rendered, &inputs, marker, &nothing_uncertain, journal)?;
-            match (decided.decision, marker) {
-                (Decision::Skip, Some(marker)) => {
-                    self.logger()
-                        .info(Some(&step.name), "done, inputs unchanged: skipped");
-                    outputs.insert(step.name.clone(), marker.outputs.clone());
-                    summary.unchanged.push(step.name.clone());
-                    continue;
-                }
-                (_, Some(marker)) => self.logger().info(
-                    Some(&step.name),
-                    &format!(
-                        "inputs changed since it was applied at {} ({}): applying again",
-                        clock::format(marker.finished_at),
-                        decided.changed_inputs.join(", ")
-                    ),
-                ),
-                (_, None) => self.logger().info(Some(&step.name), "applying"),
+        let graph = Graph::of(&self.loaded).map_err(Error::Input)?;
+        let outputs = Mutex::new(Outputs::new());
+        let this = &*self;
+        let outcomes = schedule::schedule(
+            &graph,
+            Direction::Forward,
+            this.loaded.workflow.settings.parallelism,
+            &|| this.supervisor.shutdown.requested().is_some(),
+            &|index| this.apply_step(&prepared, index, &outputs),
+        );
+        let mut errors = Vec::new();
+        let mut left_out = false;
+        for (step, outcome) in self.loaded.workflow.steps.iter().zip(outcomes) {
+            match outcome {
+                Some(Ok(Applied::Now)) => summary.applied.push(step.name.clone()),
+                Some(Ok(Applied::Before)) => summary.unchanged.push(step.name.clone()),
+                Some(Err(e)) => errors.push(e),
+                None => left_out = true,
             }
-            let digest = render::digest(&inputs);
-            let (started_at, attempts, (values, sensitive)) =
-                self.with_retries(journal, &rendered.name, step.retry, Action::Apply, || {
-                    self.terraform_step(&code.dir, &rendered, Action::Apply)
-                        .map(|o| o.unwrap_or_default())
-                })?;
-            let marker = Marker {
-                step: step.name.clone(),
-                digest,
-                inputs,
-                outputs: values,
-                sensitive,
-                started_at,
-                finished_at: clock::now(),
-                attempts,
-            };
-            load::mask_sensitive(self.logger().redactor(), &marker);
-            journal.write_marker(&marker)?;
-            self.logger().info(
-                Some(&step.name),
-                &format!(
-                    "applied in {} (attempt {attempts}); marker written",
-                    clock::human((marker.finished_at - started_at).unsigned_abs())
-                ),
-            );
-            outputs.insert(step.name.clone(), marker.outputs);
-            summary.applied.push(step.name.clone());
+        }
+        if let Some(e) = Error::of_steps(errors) {
+            return Err(e);
+        }
+        // Nothing failed, so a step left out was held back by a stop request.
+        if left_out {
+            self.supervisor.shutdown.check()?;
         }
         self.logger().info(
             None,
@@ -128,5 +101,84 @@ impl Engine {
             ),
         );
         Ok(summary)
+    }
+
+    /// Applies step `index` unless its marker says it is done with these very inputs; its
+    /// outputs join `outputs` for the steps that wait for it.
+    fn apply_step(
+        &self,
+        prepared: &Prepared,
+        index: usize,
+        outputs: &Mutex<Outputs>,
+    ) -> Result<Applied> {
+        let Prepared {
+            journal,
+            code,
+            recorded,
+            ..
+        } = prepared;
+        let step = &self.loaded.workflow.steps[index];
+        let _step = tracing::info_span!("step", step = %step.name).entered();
+        self.supervisor.shutdown.check()?;
+        let known = outputs.lock().expect("no panics while held").clone();
+        let rendered = prepared
+            .rendered(&self.loaded, index, &known)
+            .map_err(|p| Error::StepFailed {
+                step: step.name.clone(),
+                message: p.to_string(),
+            })?;
+        let inputs = rendered.inputs(code.record.identity.as_deref());
+        let marker = recorded.markers[index].as_ref();
+        let decided = decide::apply(&rendered, &inputs, marker, &Default::default(), journal)?;
+        match (decided.decision, marker) {
+            (Decision::Skip, Some(marker)) => {
+                self.logger()
+                    .info(Some(&step.name), "done, inputs unchanged: skipped");
+                outputs
+                    .lock()
+                    .expect("no panics while held")
+                    .insert(step.name.clone(), marker.outputs.clone());
+                return Ok(Applied::Before);
+            }
+            (_, Some(marker)) => self.logger().info(
+                Some(&step.name),
+                &format!(
+                    "inputs changed since it was applied at {} ({}): applying again",
+                    clock::format(marker.finished_at),
+                    decided.changed_inputs.join(", ")
+                ),
+            ),
+            (_, None) => self.logger().info(Some(&step.name), "applying"),
+        }
+        let digest = render::digest(&inputs);
+        let (started_at, attempts, (values, sensitive)) =
+            self.with_retries(journal, &rendered.name, step.retry, Action::Apply, || {
+                self.terraform_step(&code.dir, &rendered, Action::Apply)
+                    .map(|o| o.unwrap_or_default())
+            })?;
+        let marker = Marker {
+            step: step.name.clone(),
+            digest,
+            inputs,
+            outputs: values,
+            sensitive,
+            started_at,
+            finished_at: clock::now(),
+            attempts,
+        };
+        load::mask_sensitive(self.logger().redactor(), &marker);
+        journal.write_marker(&marker)?;
+        self.logger().info(
+            Some(&step.name),
+            &format!(
+                "applied in {} (attempt {attempts}); marker written",
+                clock::human((marker.finished_at - started_at).unsigned_abs())
+            ),
+        );
+        outputs
+            .lock()
+            .expect("no panics while held")
+            .insert(step.name.clone(), marker.outputs);
+        Ok(Applied::Now)
     }
 }

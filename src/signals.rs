@@ -5,7 +5,7 @@
 //! then, or its container would restart and apply again.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
@@ -29,6 +29,9 @@ pub fn stop_requested() -> Option<i32> {
 pub struct Shutdown {
     terminate: Arc<AtomicUsize>,
     yield_lock: Arc<AtomicUsize>,
+    /// When every terraform still running after a stop request is killed: one deadline for
+    /// all the steps that run at once, set by the first to see the request.
+    deadline: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Shutdown {
@@ -64,6 +67,16 @@ impl Shutdown {
     /// Forgets a yield request once it has been honoured.
     pub fn clear_yield(&self) {
         self.yield_lock.store(0, Ordering::SeqCst);
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The one deadline of the current stop request: `grace` from the first call.
+    pub fn grace_deadline(&self, grace: Duration) -> Instant {
+        *self
+            .deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| Instant::now() + grace)
     }
 
     /// `Err(Interrupted)` once a stop was asked for: the check before starting anything new.

@@ -54,7 +54,12 @@ pub struct Settings {
     pub retry: Retry,
     /// No terraform that writes state starts with less than this free on the root (bytes).
     pub min_free_space: u64,
+    /// At most this many steps run at once.
+    pub parallelism: usize,
 }
+
+/// How many steps run at once unless the workflow or the command line says otherwise.
+pub const DEFAULT_PARALLELISM: usize = 4;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -62,6 +67,7 @@ impl Default for Settings {
             lock_timeout: Duration::from_secs(300),
             retry: Retry::default(),
             min_free_space: crate::disk::DEFAULT_MIN_FREE,
+            parallelism: DEFAULT_PARALLELISM,
         }
     }
 }
@@ -106,6 +112,16 @@ pub struct Step {
     pub retry: Retry,
     /// Whether its tfvars are checked against its module's `variable` blocks.
     pub check_variables: bool,
+    /// The steps named in `needs`, each where it was written; `None` without a `needs` key,
+    /// which is not the same as `needs = []` (see [`crate::graph`]).
+    pub needs: Option<Vec<Need>>,
+}
+
+/// A step named in another's `needs`.
+#[derive(Debug, Clone)]
+pub struct Need {
+    pub name: String,
+    pub origin: Location,
 }
 
 impl Workflow {
@@ -164,6 +180,7 @@ struct SettingsSpec {
     retries: Option<u32>,
     retry_delay: Option<Spanned<String>>,
     min_free_space: Option<Spanned<String>>,
+    parallelism: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -182,6 +199,7 @@ struct StepSpec {
     retries: Option<u32>,
     retry_delay: Option<Spanned<String>>,
     check_variables: Option<bool>,
+    needs: Option<Vec<Spanned<String>>>,
 }
 
 /// Reads and checks the workflow file; every problem found is reported at once.
@@ -289,6 +307,20 @@ pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problems> {
         }
     }
 
+    if let Some(n) = spec.settings.parallelism {
+        match usize::try_from(*n.get_ref()) {
+            Ok(n) if n > 0 => settings.parallelism = n,
+            _ => problems.push(
+                Problem::new(format!(
+                    "`settings.parallelism` = {} is not a number of steps",
+                    n.get_ref()
+                ))
+                .at(Location::at(path, text, n.span().start))
+                .hint("at least 1: how many steps may run at once"),
+            ),
+        }
+    }
+
     if spec.steps.is_empty() {
         problems.push(
             Problem::new("the workflow has no steps")
@@ -343,6 +375,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problems> {
             apply_args: step.apply_args.into_iter().map(tpl).collect(),
             retry,
             check_variables: step.check_variables.unwrap_or(true),
+            needs: step.needs.map(|needs| {
+                needs
+                    .into_iter()
+                    .map(|n| Need {
+                        origin: Location::at(path, text, n.span().start),
+                        name: n.into_inner(),
+                    })
+                    .collect()
+            }),
             name,
         });
     }

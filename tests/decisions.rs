@@ -17,6 +17,15 @@ fn workflow() -> String {
     )
 }
 
+/// The recorded terraform calls that work on a step: every command checks the binary with
+/// `terraform version` first (once per binary for run and destroy), which is no step's.
+fn step_calls(record: &std::path::Path) -> Vec<Vec<String>> {
+    terraform_calls(record)
+        .into_iter()
+        .filter(|call| call.get(1).map(String::as_str) != Some("version"))
+        .collect()
+}
+
 fn plan(b: &Bootstrapper, extra: &[&str]) -> Value {
     let mut args = vec!["plan", "--json"];
     args.extend_from_slice(extra);
@@ -101,7 +110,7 @@ fn assert_did_what_was_planned(
     plan: &Value,
     command: &str,
 ) {
-    let before = terraform_calls(record).len();
+    let before = step_calls(record).len();
     let out = b.run(&[command]);
     out.assert_success();
     // The plan masks the userinfo of URLs (the backend's conn_str) as every output does.
@@ -115,7 +124,7 @@ fn assert_did_what_was_planned(
             })
             .collect()
     };
-    let calls = masked(terraform_calls(record)[before..].to_vec());
+    let calls = masked(step_calls(record)[before..].to_vec());
     let mut expected = Vec::new();
     for (step, decision, planned_calls) in planned(b, plan) {
         let did = done(&out.stderr, &step);
@@ -147,10 +156,7 @@ fn plan_and_plan_destroy_decide_step_for_step_what_run_and_destroy_do() {
 
     // A fresh root: every step runs.
     let fresh = plan(&b, &[]);
-    assert!(
-        terraform_calls(&record).is_empty(),
-        "plan started terraform"
-    );
+    assert!(step_calls(&record).is_empty(), "plan started terraform");
     assert_did_what_was_planned(&b, &record, &fresh, "run");
     // The vars written are those planned, once the outputs are known.
     let hosts = &fresh["steps"][2];

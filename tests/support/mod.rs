@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod controller;
+pub mod diamond;
 pub mod pod;
 
 use std::ffi::OsString;
@@ -782,8 +783,15 @@ pub fn four_step_workflow(fixtures_dir: &Path) -> String {
         template("control-network"),
     );
     for step in &FOUR_STEPS[1..] {
+        // Like workflows/bootstrap.toml: the system jobs use only control-network's outputs,
+        // yet run on the hosts.
+        let needs = if *step == "system-job" {
+            "needs = [\"hosts\"]\n"
+        } else {
+            ""
+        };
         toml.push_str(&format!(
-            "\n[[step]]\nname = \"{step}\"\ndir = \"{step}\"\n\
+            "\n[[step]]\nname = \"{step}\"\ndir = \"{step}\"\n{needs}\
              workspace = \"{{{{ params.cluster_id }}}}\"\n\
              backend_config = {{ conn_str = \"{{{{ steps.control_network.outputs.conn_str }}}}\", \
              schema_name = \"{step}\" }}\n\

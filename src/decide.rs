@@ -228,7 +228,7 @@ pub enum Role {
     PushErrored,
     Apply,
     Destroy,
-    /// `output -json`: its stdout is the step's outputs.
+    /// `output -json`: its stdout is the step's outputs, sensitive ones included.
     Output,
 }
 
@@ -240,11 +240,14 @@ pub struct Step {
 }
 
 /// The exact commands that apply (or destroy) a step in `cwd`, as they stand now: init,
-/// workspace, a pending `errored.tfstate` push, then apply and `output -json`, or destroy.
+/// workspace, a pending `errored.tfstate` push, then apply, or destroy. The apply's stream
+/// carries the outputs' values, but for sensitive ones: `output -json` follows it only when
+/// the module (its files in `module`, `cwd` or the tree it is copied from) declares one.
 pub fn commands(
     terraform: &Terraform,
     rendered: &RenderedStep,
     cwd: &Path,
+    module: &Path,
     destroy: bool,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
@@ -280,10 +283,12 @@ pub fn commands(
             role: Role::Apply,
             command: apply,
         });
-        steps.push(Step {
-            role: Role::Output,
-            command: terraform.output_command(rendered, cwd),
-        });
+        if crate::module_vars::declares_sensitive_output(module) {
+            steps.push(Step {
+                role: Role::Output,
+                command: terraform.output_command(rendered, cwd),
+            });
+        }
     }
     steps
 }

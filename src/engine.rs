@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::clock::{self, Timestamp};
 use crate::decide::{self, Role};
 use crate::durable;
-use crate::error::{Error, Problem, Problems, Result};
+use crate::error::{Error, FailureKind, Problem, Problems, Result};
 use crate::journal::{Action, Attempt, AttemptState, Journal};
 use crate::load::{self, Loaded};
 use crate::local_state::LocalState;
@@ -18,8 +18,19 @@ use crate::log::Logger;
 use crate::process::{Command, Supervisor};
 use crate::render::{Outputs, RenderedStep};
 use crate::source;
+use crate::stream::Stream;
 use crate::terraform::{self, Terraform};
 use crate::workflow::Retry;
+
+/// What becomes of a command's stdout.
+enum Output<'a> {
+    /// Logged line by line.
+    Log,
+    /// Kept whole, and returned.
+    Capture,
+    /// Terraform's `-json` events, read as they come.
+    Stream(&'a mut Stream),
+}
 
 /// Everything a state-changing command needs.
 pub struct Engine {
@@ -207,6 +218,7 @@ impl Engine {
                 started_at,
                 finished_at: None,
                 last_error: None,
+                failure: None,
                 pid: std::process::id(),
             };
             journal.write_attempt_of(action, step, &attempt)?;
@@ -222,9 +234,19 @@ impl Engine {
                     attempt.state = AttemptState::Failed;
                     let message = self.logger().redactor().mask(&e.to_string()).into_owned();
                     attempt.last_error = Some(message.clone());
+                    attempt.failure = e.failure_kind();
                     journal.write_attempt_of(action, step, &attempt)?;
-                    let retryable = matches!(e, Error::StepFailed { .. });
-                    if !retryable || retries_left == 0 {
+                    if !e.retryable() {
+                        if e.failure_kind() == Some(FailureKind::Configuration) && retries_left > 0
+                        {
+                            self.logger().warn(
+                                Some(step),
+                                "the error is in the configuration, which no retry can fix: not retrying",
+                            );
+                        }
+                        return Err(e);
+                    }
+                    if retries_left == 0 {
                         return Err(e);
                     }
                     retries_left -= 1;
@@ -273,8 +295,9 @@ impl Engine {
         }
         self.set_aside_errored_state(step, &cwd)?;
         let mut outputs = None;
+        let mut streamed = None;
         let destroy = action == Action::Destroy;
-        for planned in decide::commands(&self.terraform, step, &cwd, destroy) {
+        for planned in decide::commands(&self.terraform, step, &cwd, &cwd, destroy) {
             match planned.role {
                 Role::PushErrored => {
                     // The resources in it exist, so the backend must get it back first.
@@ -285,24 +308,57 @@ impl Engine {
                             cwd.join(decide::ERRORED_STATE).display()
                         ),
                     );
-                    self.execute(step, &planned.command, false, &mut state)?;
+                    self.execute(step, &planned.command, Output::Log, &mut state)?;
                     self.keep_pushed(step, &cwd)?;
                 }
                 Role::Output => {
-                    let stdout = self.execute(step, &planned.command, true, &mut state)?;
-                    outputs = Some(terraform::parse_outputs(&stdout).map_err(|message| {
-                        Error::StepFailed {
-                            step: step.name.clone(),
-                            message,
-                        }
-                    })?);
+                    outputs = Some(self.output_command(step, &planned.command, &mut state)?);
                 }
-                Role::Init | Role::Workspace | Role::Apply | Role::Destroy => {
-                    self.execute(step, &planned.command, false, &mut state)?;
+                Role::Apply | Role::Destroy => {
+                    let mut stream = Stream::new(&step.name, self.logger().redactor().clone());
+                    self.execute(
+                        step,
+                        &planned.command,
+                        Output::Stream(&mut stream),
+                        &mut state,
+                    )?;
+                    streamed = stream.outputs().cloned();
+                }
+                Role::Init | Role::Workspace => {
+                    self.execute(step, &planned.command, Output::Log, &mut state)?;
                 }
             }
         }
-        Ok(outputs)
+        if destroy || outputs.is_some() {
+            return Ok(outputs);
+        }
+        match streamed {
+            Some(outputs) => Ok(Some(outputs)),
+            None => {
+                // The stream's event was cut into pieces (huge values), or named a sensitive
+                // output that the module's files did not show.
+                self.logger().info(
+                    Some(&step.name),
+                    "the apply's stream did not carry every output's value: asking terraform for them",
+                );
+                let command = self.terraform.output_command(step, &cwd);
+                Ok(Some(self.output_command(step, &command, &mut state)?))
+            }
+        }
+    }
+
+    /// Runs `terraform output -json`, reading the step's outputs from what it prints.
+    fn output_command(
+        &self,
+        step: &RenderedStep,
+        command: &Command,
+        state: &mut LocalState,
+    ) -> Result<terraform::Outputs> {
+        let stdout = self.execute(step, command, Output::Capture, state)?;
+        terraform::parse_outputs(&stdout).map_err(|message| Error::StepFailed {
+            step: step.name.clone(),
+            message,
+        })
     }
 
     /// An `errored.tfstate` with no complete state in it (terraform ran out of room while
@@ -351,7 +407,7 @@ impl Engine {
         &self,
         step: &RenderedStep,
         command: &Command,
-        capture: bool,
+        output: Output<'_>,
         state: &mut LocalState,
     ) -> Result<Vec<u8>> {
         self.supervisor.shutdown.check()?;
@@ -373,21 +429,44 @@ impl Engine {
                 }
             }
         };
-        let finished = self
-            .supervisor
-            .run_watching(command, capture, &mut watch)
-            .map_err(|e| Error::StepFailed {
-                step: step.name.clone(),
-                message: format!("cannot start {}: {e}", command.program.display()),
-            })?;
+        let mut stream = None;
+        let finished = match output {
+            Output::Log => self.supervisor.run_watching(command, false, &mut watch),
+            Output::Capture => self.supervisor.run_watching(command, true, &mut watch),
+            Output::Stream(reader) => {
+                let finished =
+                    self.supervisor
+                        .run_reading(command, &mut watch, &mut |line, whole| {
+                            reader.line(line, whole)
+                        });
+                stream = Some(reader);
+                finished
+            }
+        }
+        .map_err(|e| Error::StepFailed {
+            step: step.name.clone(),
+            message: format!("cannot start {}: {e}", command.program.display()),
+        })?;
         if let (Some(signal), false) = (self.supervisor.shutdown.requested(), finished.success()) {
             return Err(crate::signals::interrupted(signal));
         }
         if !finished.success() {
             let subcommand = command.args.first().map(String::as_str).unwrap_or("");
-            return Err(Error::StepFailed {
+            let Some(stream) = stream else {
+                return Err(Error::StepFailed {
+                    step: step.name.clone(),
+                    message: format!("`terraform {subcommand}` failed with {}", finished.reason()),
+                });
+            };
+            let kind = stream.failure_kind();
+            let reason = match stream.reason() {
+                Some(first) => format!("{}: {first}", finished.exit()),
+                None => finished.reason(),
+            };
+            return Err(Error::TerraformFailed {
                 step: step.name.clone(),
-                message: format!("`terraform {subcommand}` failed with {}", finished.reason()),
+                message: format!("`terraform {subcommand}` failed with {reason}"),
+                kind,
             });
         }
         Ok(finished.stdout)

@@ -169,11 +169,17 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
         .as_ref()
         .map(|r| r.identity.clone())
         .unwrap_or_default();
+    // Where the modules are read from before the code is in place: the tree it is copied from.
+    let module_dir = match (&code.record, &source.image_dir) {
+        (None, Some(image)) if image.is_dir() => image.clone(),
+        _ => code_dir.clone(),
+    };
     let context = Context {
         loaded,
         journal: &journal,
         terraform: &terraform,
         code_dir: &code_dir,
+        module_dir: &module_dir,
         code_present: code.record.is_some(),
         identity: identity.as_deref(),
         rendered: &rendered,
@@ -293,6 +299,8 @@ struct Context<'a> {
     journal: &'a Journal,
     terraform: &'a Terraform,
     code_dir: &'a Path,
+    /// The code, or the image's tree that it would be copied from.
+    module_dir: &'a Path,
     code_present: bool,
     identity: Option<&'a str>,
     /// Every step as the checks rendered it, with `rendered_with`, to use again.
@@ -425,10 +433,17 @@ impl Context<'_> {
 
     /// The very commands `run` (or `destroy`) would run for the step.
     fn commands(&self, rendered: &RenderedStep, destroy: bool) -> Vec<PlannedCommand> {
-        decide::commands(self.terraform, rendered, &self.cwd(rendered), destroy)
-            .iter()
-            .map(|step| planned(&step.command))
-            .collect()
+        let module = self.module_dir.join(&rendered.dir);
+        decide::commands(
+            self.terraform,
+            rendered,
+            &self.cwd(rendered),
+            &module,
+            destroy,
+        )
+        .iter()
+        .map(|step| planned(&step.command))
+        .collect()
     }
 
     /// `run` checks every step's directory before the first step; say so where it would fail.

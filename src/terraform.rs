@@ -167,6 +167,7 @@ impl Terraform {
         let mut commands = self.prepare_commands(step, cwd);
         let mut apply = vec![
             "apply".to_string(),
+            "-json".to_string(),
             "-auto-approve".to_string(),
             "-input=false".to_string(),
             self.lock_timeout_arg(),
@@ -210,6 +211,7 @@ impl Terraform {
     pub fn destroy_command(&self, step: &RenderedStep, cwd: &Path) -> Command {
         let mut args = vec![
             "destroy".to_string(),
+            "-json".to_string(),
             "-auto-approve".to_string(),
             "-input=false".to_string(),
             self.lock_timeout_arg(),
@@ -335,7 +337,7 @@ mod tests {
             [
                 "init -no-color -input=false -lock-timeout=180s -backend-config=conn_str=postgres://h/db -upgrade",
                 "workspace select -or-create -no-color c1",
-                "apply -no-color -auto-approve -input=false -lock-timeout=180s -var-file=bootstrapper.tfvars -parallelism=2",
+                "apply -no-color -json -auto-approve -input=false -lock-timeout=180s -var-file=bootstrapper.tfvars -parallelism=2",
             ]
         );
         let push = tf.state_push_command(&step(), Path::new("/r/code/net"), "errored.tfstate");

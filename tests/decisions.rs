@@ -115,7 +115,13 @@ fn assert_did_what_was_planned(
             })
             .collect()
     };
-    let calls = masked(terraform_calls(record)[before..].to_vec());
+    let calls = masked(
+        terraform_calls(record)[before..]
+            .iter()
+            .filter(|c| c[1] != "version")
+            .cloned()
+            .collect(),
+    );
     let mut expected = Vec::new();
     for (step, decision, planned_calls) in planned(b, plan) {
         let did = done(&out.stderr, &step);
@@ -148,7 +154,7 @@ fn plan_and_plan_destroy_decide_step_for_step_what_run_and_destroy_do() {
     // A fresh root: every step runs.
     let fresh = plan(&b, &[]);
     assert!(
-        terraform_calls(&record).is_empty(),
+        terraform_calls(&record).iter().all(|c| c[1] == "version"),
         "plan started terraform"
     );
     assert_did_what_was_planned(&b, &record, &fresh, "run");

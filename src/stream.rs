@@ -287,7 +287,7 @@ impl Stream {
                 let Some(hook) = event.hook else { return };
                 let address = hook.resource.map(|r| r.addr).unwrap_or_default();
                 let provisioner = hook.provisioner.unwrap_or_default();
-                let output = hook.output.unwrap_or_default();
+                let output = self.mask(&hook.output.unwrap_or_default());
                 tracing::info!(
                     source = "terraform",
                     step,
@@ -342,9 +342,17 @@ impl Stream {
         }
     }
 
+    /// Masks a text taken from an event whole: a secret that terraform word-wrapped over
+    /// two of its lines is found in it as the redactor finds it in two log lines.
+    fn mask(&self, text: &str) -> String {
+        self.redactor.mask(text).into_owned()
+    }
+
     fn diagnostic(&mut self, diagnostic: Diagnostic) {
         let step = self.step.as_str();
-        let message = diagnostic.readable();
+        let message = self.mask(&diagnostic.readable());
+        let summary = self.mask(&diagnostic.summary);
+        let detail = self.mask(&diagnostic.detail);
         let (file, line) = diagnostic
             .place()
             .map_or((None, None), |(f, l)| (Some(f), Some(l)));
@@ -356,8 +364,8 @@ impl Stream {
                     step,
                     event = "diagnostic",
                     severity = diagnostic.severity.as_str(),
-                    summary = diagnostic.summary.as_str(),
-                    detail = diagnostic.detail.as_str(),
+                    summary = summary.as_str(),
+                    detail = detail.as_str(),
                     address = diagnostic.address.as_deref(),
                     file,
                     line,

@@ -389,7 +389,7 @@ fn plan_destroy_lists_started_steps_in_reverse_with_the_commands_destroy_runs() 
                 state_dir.display()
             ),
             "workspace select -or-create -no-color demo".to_string(),
-            "destroy -no-color -auto-approve -input=false -lock-timeout=300s -var-file=bootstrapper.tfvars"
+            "destroy -no-color -json -auto-approve -input=false -lock-timeout=300s -var-file=bootstrapper.tfvars"
                 .to_string(),
         ]
     );

@@ -295,3 +295,63 @@ fn a_terraform_killed_mid_apply_leaves_no_diagnostics_and_is_retried() {
     );
     assert_eq!(status_of_a(&b)["state"], "done");
 }
+
+#[test]
+fn secrets_read_from_the_stream_are_masked_even_when_terraform_wraps_them() {
+    // A secret with spaces: terraform's error detail may break it over lines.
+    let secret = "correct horse battery staple";
+    let mut b = one_step(
+        r#"variable "db_password" {
+  type = string
+}
+
+resource "terraform_data" "a" {
+  provisioner "local-exec" {
+    environment = { PW = var.db_password }
+    command     = "echo connecting with $PW; echo \"refused: $(echo \"$PW\" | sed 's/ battery/\\n battery/')\"; exit 4"
+  }
+}
+"#,
+    );
+    b.write_workflow(
+        &fs::read_to_string(b.workflow_path())
+            .unwrap()
+            .replace("retries = 3", "retries = 0"),
+    );
+    b.env("TF_VAR_db_password", secret);
+    for format in ["text", "json"] {
+        let mut b2 = Bootstrapper::new();
+        fs::create_dir_all(b2.dir().join("image/a")).unwrap();
+        fs::copy(
+            b.dir().join("image/a/main.tf"),
+            b2.dir().join("image/a/main.tf"),
+        )
+        .unwrap();
+        b2.write_workflow(&fs::read_to_string(b.workflow_path()).unwrap().replace(
+            &b.dir().display().to_string(),
+            &b2.dir().display().to_string(),
+        ));
+        b2.write_params(&json!({}));
+        b2.env("TF_VAR_db_password", secret);
+        b2.arg("--log-format").arg(format);
+        let out = b2.run(&["run"]);
+        out.assert_code(1);
+        for part in [secret, "correct horse", "battery staple"] {
+            assert!(!out.stderr.contains(part), "{format}: {part}\n{out}");
+        }
+        assert!(
+            out.stderr.contains("connecting with ********"),
+            "{format}\n{out}"
+        );
+        // The wrapped parts, in the provisioner's lines and in the diagnostic's detail.
+        assert!(out.stderr.contains("refused: ********"), "{format}\n{out}");
+        assert!(
+            out.stderr
+                .contains("Output: connecting with ******** refused: ********"),
+            "{format}\n{out}"
+        );
+        let status = b2.run(&["status", "--json"]);
+        assert!(!status.stdout.contains("horse"), "{status}");
+        assert!(status.stdout.contains("resource"), "{status}");
+    }
+}

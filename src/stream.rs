@@ -320,6 +320,12 @@ impl Stream {
                     self.outputs = Some(outputs_of(all));
                 }
             }
+            "log" => {
+                // Terraform's own words outside any resource ("Interrupt received…").
+                for line in event.message.lines().filter(|l| !l.trim().is_empty()) {
+                    tracing::info!(source = "terraform", step, event = "log", "{line}");
+                }
+            }
             "diagnostic" => {
                 let Some(diagnostic) = event.diagnostic else {
                     return;

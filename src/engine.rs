@@ -324,8 +324,9 @@ impl Engine {
                     )?;
                     streamed = stream.outputs().cloned();
                 }
-                Role::Init | Role::Workspace => {
+                Role::Init => {
                     self.execute(step, &planned.command, Output::Log, &mut state)?;
+                    self.select_workspace(step, &cwd)?;
                 }
             }
         }
@@ -345,6 +346,22 @@ impl Engine {
                 Ok(Some(self.output_command(step, &command, &mut state)?))
             }
         }
+    }
+
+    /// Records the step's workspace as the selected one, as `workspace select` would: the
+    /// engine's commands name it in `TF_WORKSPACE`, and this makes a `terraform` run by hand
+    /// in the directory see the same state.
+    fn select_workspace(&self, step: &RenderedStep, cwd: &Path) -> Result<()> {
+        let Some(workspace) = &step.workspace else {
+            return Ok(());
+        };
+        let path = cwd.join(".terraform/environment");
+        if fs::read_to_string(&path).ok().as_deref() == Some(workspace.as_str()) {
+            return Ok(());
+        }
+        fs::create_dir_all(cwd.join(".terraform"))
+            .and_then(|_| durable::write(&path, workspace.as_bytes(), 0o644))
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
     }
 
     /// Runs `terraform output -json`, reading the step's outputs from what it prints.

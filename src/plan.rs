@@ -609,7 +609,12 @@ fn render_text(plan: &Plan) -> String {
             }
         }
         for command in &step.commands {
-            let _ = writeln!(s, "   $ {}", shell_words(&command.argv));
+            // The workspace is the one variable of a step's environment worth reading here.
+            let workspace = match command.env.get("TF_WORKSPACE").and_then(Value::as_str) {
+                Some(ws) => format!("TF_WORKSPACE={} ", shell_words(&[ws.to_string()])),
+                None => String::new(),
+            };
+            let _ = writeln!(s, "   $ {workspace}{}", shell_words(&command.argv));
         }
     }
     let count = |d: Decision| plan.steps.iter().filter(|s| s.decision == d).count();

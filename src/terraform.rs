@@ -180,7 +180,8 @@ impl Terraform {
         commands
     }
 
-    /// `init` and, with a workspace, `workspace select -or-create`.
+    /// `init`. A step's workspace needs no command of its own: every command of the step
+    /// gets `TF_WORKSPACE`, which `init` and `apply` create when it does not exist yet.
     pub fn prepare_commands(&self, step: &RenderedStep, cwd: &Path) -> Vec<Command> {
         let mut init = vec![
             "init".to_string(),
@@ -191,20 +192,7 @@ impl Terraform {
             init.push(format!("-backend-config={key}={value}"));
         }
         init.extend(step.init_args.iter().cloned());
-        let mut commands = vec![self.command(step, cwd, init)];
-        if let Some(workspace) = &step.workspace {
-            commands.push(self.command(
-                step,
-                cwd,
-                vec![
-                    "workspace".into(),
-                    "select".into(),
-                    "-or-create".into(),
-                    workspace.clone(),
-                ],
-            ));
-        }
-        commands
+        vec![self.command(step, cwd, init)]
     }
 
     /// `destroy` with the same vars the step was applied with.
@@ -249,24 +237,27 @@ impl Terraform {
     }
 
     fn command(&self, step: &RenderedStep, cwd: &Path, mut args: Vec<String>) -> Command {
-        // Global-style flags go after the subcommand; `workspace select` and `state push`
-        // take them before their argument.
+        // Global-style flags go after the subcommand; `state push` takes them before its
+        // argument.
         if !self.color {
             let at = match args[0].as_str() {
-                "workspace" => 3,
                 "state" => 2,
                 _ => 1,
             };
             args.insert(at, "-no-color".into());
         }
+        let mut env = vec![
+            ("TF_IN_AUTOMATION".into(), "1".into()),
+            ("TF_INPUT".into(), "0".into()),
+        ];
+        if let Some(workspace) = &step.workspace {
+            env.push(("TF_WORKSPACE".into(), workspace.clone()));
+        }
         Command {
             program: self.program.clone(),
             args,
             cwd: cwd.to_path_buf(),
-            env: vec![
-                ("TF_IN_AUTOMATION".into(), "1".into()),
-                ("TF_INPUT".into(), "0".into()),
-            ],
+            env,
             label: step.name.clone(),
         }
     }
@@ -332,11 +323,13 @@ mod tests {
         tf.color = false;
         let commands = tf.apply_commands(&step(), Path::new("/r/code/net"));
         let argv: Vec<String> = commands.iter().map(|c| c.args.join(" ")).collect();
+        for command in &commands {
+            assert!(command.env.contains(&("TF_WORKSPACE".into(), "c1".into())));
+        }
         assert_eq!(
             argv,
             [
                 "init -no-color -input=false -lock-timeout=180s -backend-config=conn_str=postgres://h/db -upgrade",
-                "workspace select -or-create -no-color c1",
                 "apply -no-color -json -auto-approve -input=false -lock-timeout=180s -var-file=bootstrapper.tfvars -parallelism=2",
             ]
         );

@@ -7,7 +7,8 @@
 #   3. the controller (`serve` on the demo tenant workflow): clusters created per minute at
 #      concurrency 1 and 8 (20 clusters each), and the p50/p99 latency of GET /v1/clusters/{id}
 #      while 8 operations run.
-# Usage: scripts/bench.sh [RUNS]   (RUNS of the restart, default 20).
+# Usage: scripts/bench.sh [RUNS]   (RUNS of the restart, default 20); then the seed comparison
+# (scripts/bench-seed.sh) and the streaming throughput (scripts/bench-stream.sh).
 # Memory is the engine's own peak (VmHWM), sampled from /proc while it runs: terraform and its
 # children are not counted.
 set -euo pipefail
@@ -137,3 +138,8 @@ p50=$(awk 'NR == 250 {printf "%.1f", $1 * 1000}' "$work/latency")
 p99=$(awk 'NR == 495 {printf "%.1f", $1 * 1000}' "$work/latency")
 stop_serve
 echo "serve, GET /v1/clusters/{id} with 8 operations running (still $running at the end): p50 ${p50} ms, p99 ${p99} ms (500 requests)"
+
+# The engine against the seed's sh script on a four-step PostgreSQL workflow, and the engine's
+# own streaming against `cat`: scripts/bench-seed.sh [PAIRS], scripts/bench-stream.sh [MIB].
+if [ "$(id -u)" = 0 ]; then scripts/bench-seed.sh 7; fi
+scripts/bench-stream.sh 1024

@@ -323,10 +323,12 @@ impl Engine {
                         &mut state,
                     )?;
                     streamed = stream.outputs().cloned();
+                    if !destroy {
+                        self.select_workspace(step, &cwd)?;
+                    }
                 }
                 Role::Init => {
                     self.execute(step, &planned.command, Output::Log, &mut state)?;
-                    self.select_workspace(step, &cwd)?;
                 }
             }
         }
@@ -348,9 +350,10 @@ impl Engine {
         }
     }
 
-    /// Records the step's workspace as the selected one, as `workspace select` would: the
-    /// engine's commands name it in `TF_WORKSPACE`, and this makes a `terraform` run by hand
-    /// in the directory see the same state.
+    /// Records the step's workspace, which its apply has just made sure exists, as the
+    /// selected one, as `workspace select` would: the engine's commands name it in
+    /// `TF_WORKSPACE`, and this makes a `terraform` run by hand in the directory see the same
+    /// state.
     fn select_workspace(&self, step: &RenderedStep, cwd: &Path) -> Result<()> {
         let Some(workspace) = &step.workspace else {
             return Ok(());

@@ -180,8 +180,8 @@ impl Terraform {
         commands
     }
 
-    /// `init`. A step's workspace needs no command of its own: every command of the step
-    /// gets `TF_WORKSPACE`, which `init` and `apply` create when it does not exist yet.
+    /// `init`. A step's workspace needs no command of its own: every later command of the
+    /// step gets it as `TF_WORKSPACE`, and creates it when it does not exist yet.
     pub fn prepare_commands(&self, step: &RenderedStep, cwd: &Path) -> Vec<Command> {
         let mut init = vec![
             "init".to_string(),
@@ -251,7 +251,13 @@ impl Terraform {
             ("TF_INPUT".into(), "0".into()),
         ];
         if let Some(workspace) = &step.workspace {
-            env.push(("TF_WORKSPACE".into(), workspace.clone()));
+            // `init` refuses a workspace that does not exist yet when others do; `default`
+            // always exists. Every later command creates the step's own when it is missing.
+            let workspace = match args[0].as_str() {
+                "init" => "default",
+                _ => workspace,
+            };
+            env.push(("TF_WORKSPACE".into(), workspace.to_string()));
         }
         Command {
             program: self.program.clone(),
@@ -323,9 +329,14 @@ mod tests {
         tf.color = false;
         let commands = tf.apply_commands(&step(), Path::new("/r/code/net"));
         let argv: Vec<String> = commands.iter().map(|c| c.args.join(" ")).collect();
-        for command in &commands {
-            assert!(command.env.contains(&("TF_WORKSPACE".into(), "c1".into())));
-        }
+        let workspace = |c: &Command| {
+            c.env
+                .iter()
+                .find(|(k, _)| k == "TF_WORKSPACE")
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(workspace(&commands[0]).as_deref(), Some("default"));
+        assert_eq!(workspace(&commands[1]).as_deref(), Some("c1"));
         assert_eq!(
             argv,
             [

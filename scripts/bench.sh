@@ -12,6 +12,8 @@
 #      their wall times (goal: at most 0.55).
 # Usage: scripts/bench.sh [RUNS]   (RUNS of the restart, default 20).
 #        scripts/bench.sh parallel [PAIRS]   (only 4., PAIRS default 5).
+#   Then the seed comparison (scripts/bench-seed.sh) and the streaming throughput
+#   (scripts/bench-stream.sh).
 # Memory is the engine's own peak (VmHWM), sampled from /proc while it runs: terraform and its
 # children are not counted.
 set -euo pipefail
@@ -193,3 +195,8 @@ stop_serve
 echo "serve, GET /v1/clusters/{id} with 8 operations running (still $running at the end): p50 ${p50} ms, p99 ${p99} ms (500 requests)"
 
 bench_parallel 5
+
+# The engine against the seed's sh script on a four-step PostgreSQL workflow, and the engine's
+# own streaming against `cat`: scripts/bench-seed.sh [PAIRS], scripts/bench-stream.sh [MIB].
+if [ "$(id -u)" = 0 ]; then scripts/bench-seed.sh 7; fi
+scripts/bench-stream.sh 1024

@@ -207,7 +207,7 @@ fn report(e: &Error, loaded: Option<&Loaded>, format: Format) -> i32 {
         None => crate::secrets::mask_url_userinfo(text.as_str().into()).into_owned(),
     };
     let step = match e {
-        Error::StepFailed { step, .. } => Some(step.as_str()),
+        Error::StepFailed { step, .. } | Error::TerraformFailed { step, .. } => Some(step.as_str()),
         _ => None,
     };
     let logger = Logger::new(format, Default::default());

@@ -223,12 +223,11 @@ pub fn uncertain_inputs(rendered: &RenderedStep, code_present: bool) -> BTreeSet
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Init,
-    Workspace,
     /// `state push errored.tfstate`: afterwards the file is kept under another name.
     PushErrored,
     Apply,
     Destroy,
-    /// `output -json`: its stdout is the step's outputs.
+    /// `output -json`: its stdout is the step's outputs, sensitive ones included.
     Output,
 }
 
@@ -239,26 +238,27 @@ pub struct Step {
     pub command: Command,
 }
 
-/// The exact commands that apply (or destroy) a step in `cwd`, as they stand now: init,
-/// workspace, a pending `errored.tfstate` push, then apply and `output -json`, or destroy.
+/// The exact commands that apply (or destroy) a step in `cwd`, as they stand now: init
+/// (the workspace is `TF_WORKSPACE` in every command's environment), a pending `errored.tfstate` push, then apply, or destroy. The apply's stream
+/// carries the outputs' values, but for sensitive ones: `output -json` follows it only when
+/// the module (its files in `module`, `cwd` or the tree it is copied from) declares one.
 pub fn commands(
     terraform: &Terraform,
     rendered: &RenderedStep,
     cwd: &Path,
+    module: &Path,
     destroy: bool,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
-    let mut prepare = terraform.prepare_commands(rendered, cwd).into_iter();
-    if let Some(init) = prepare.next() {
-        steps.push(Step {
-            role: Role::Init,
-            command: init,
-        });
-    }
-    steps.extend(prepare.map(|command| Step {
-        role: Role::Workspace,
-        command,
-    }));
+    steps.extend(
+        terraform
+            .prepare_commands(rendered, cwd)
+            .into_iter()
+            .map(|command| Step {
+                role: Role::Init,
+                command,
+            }),
+    );
     // An incomplete one is set aside instead (see `Engine::set_aside_errored_state`).
     if crate::local_state::holds_complete_state(&cwd.join(ERRORED_STATE)) {
         steps.push(Step {
@@ -280,10 +280,12 @@ pub fn commands(
             role: Role::Apply,
             command: apply,
         });
-        steps.push(Step {
-            role: Role::Output,
-            command: terraform.output_command(rendered, cwd),
-        });
+        if crate::module_vars::declares_sensitive_output(module) {
+            steps.push(Step {
+                role: Role::Output,
+                command: terraform.output_command(rendered, cwd),
+            });
+        }
     }
     steps
 }

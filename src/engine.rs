@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::clock::{self, Timestamp};
 use crate::decide::{self, Role};
 use crate::durable;
-use crate::error::{Error, Problem, Problems, Result};
+use crate::error::{Error, FailureKind, Problem, Problems, Result};
 use crate::journal::{Action, Attempt, AttemptState, Journal};
 use crate::load::{self, Loaded};
 use crate::local_state::LocalState;
@@ -18,13 +18,19 @@ use crate::log::Logger;
 use crate::process::{Command, Supervisor};
 use crate::render::{Outputs, RenderedStep};
 use crate::source;
+use crate::stream::Stream;
 use crate::terraform::{self, Terraform};
 use crate::workflow::Retry;
 
-/// Held while a step selects or creates its workspace (see [`Engine::select_workspace`]).
-static CREATING_WORKSPACE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-/// How often `workspace select -or-create` is tried before the step fails.
-const WORKSPACE_TRIES: u32 = 5;
+/// What becomes of a command's stdout.
+enum Output<'a> {
+    /// Logged line by line.
+    Log,
+    /// Kept whole, and returned.
+    Capture,
+    /// Terraform's `-json` events, read as they come.
+    Stream(&'a mut Stream),
+}
 
 /// Everything a state-changing command needs.
 pub struct Engine {
@@ -212,6 +218,7 @@ impl Engine {
                 started_at,
                 finished_at: None,
                 last_error: None,
+                failure: None,
                 pid: std::process::id(),
             };
             journal.write_attempt_of(action, step, &attempt)?;
@@ -227,9 +234,19 @@ impl Engine {
                     attempt.state = AttemptState::Failed;
                     let message = self.logger().redactor().mask(&e.to_string()).into_owned();
                     attempt.last_error = Some(message.clone());
+                    attempt.failure = e.failure_kind();
                     journal.write_attempt_of(action, step, &attempt)?;
-                    let retryable = matches!(e, Error::StepFailed { .. });
-                    if !retryable || retries_left == 0 {
+                    if !e.retryable() {
+                        if e.failure_kind() == Some(FailureKind::Configuration) && retries_left > 0
+                        {
+                            self.logger().warn(
+                                Some(step),
+                                "the error is in the configuration, which no retry can fix: not retrying",
+                            );
+                        }
+                        return Err(e);
+                    }
+                    if retries_left == 0 {
                         return Err(e);
                     }
                     retries_left -= 1;
@@ -278,8 +295,9 @@ impl Engine {
         }
         self.set_aside_errored_state(step, &cwd)?;
         let mut outputs = None;
+        let mut streamed = None;
         let destroy = action == Action::Destroy;
-        for planned in decide::commands(&self.terraform, step, &cwd, destroy) {
+        for planned in decide::commands(&self.terraform, step, &cwd, &cwd, destroy) {
             match planned.role {
                 Role::PushErrored => {
                     // The resources in it exist, so the backend must get it back first.
@@ -290,60 +308,77 @@ impl Engine {
                             cwd.join(decide::ERRORED_STATE).display()
                         ),
                     );
-                    self.execute(step, &planned.command, false, &mut state)?;
+                    self.execute(step, &planned.command, Output::Log, &mut state)?;
                     self.keep_pushed(step, &cwd)?;
                 }
                 Role::Output => {
-                    let stdout = self.execute(step, &planned.command, true, &mut state)?;
-                    outputs = Some(terraform::parse_outputs(&stdout).map_err(|message| {
-                        Error::StepFailed {
-                            step: step.name.clone(),
-                            message,
-                        }
-                    })?);
+                    outputs = Some(self.output_command(step, &planned.command, &mut state)?);
                 }
-                Role::Workspace => self.select_workspace(step, &planned.command, &mut state)?,
-                Role::Init | Role::Apply | Role::Destroy => {
-                    self.execute(step, &planned.command, false, &mut state)?;
+                Role::Apply | Role::Destroy => {
+                    let mut stream = Stream::new(&step.name, self.logger().redactor().clone());
+                    self.execute(
+                        step,
+                        &planned.command,
+                        Output::Stream(&mut stream),
+                        &mut state,
+                    )?;
+                    streamed = stream.outputs().cloned();
+                    if !destroy {
+                        self.select_workspace(step, &cwd)?;
+                    }
+                }
+                Role::Init => {
+                    self.execute(step, &planned.command, Output::Log, &mut state)?;
                 }
             }
         }
-        Ok(outputs)
+        if destroy || outputs.is_some() {
+            return Ok(outputs);
+        }
+        match streamed {
+            Some(outputs) => Ok(Some(outputs)),
+            None => {
+                // The stream's event was cut into pieces (huge values), or named a sensitive
+                // output that the module's files did not show.
+                self.logger().info(
+                    Some(&step.name),
+                    "the apply's stream did not carry every output's value: asking terraform for them",
+                );
+                let command = self.terraform.output_command(step, &cwd);
+                Ok(Some(self.output_command(step, &command, &mut state)?))
+            }
+        }
     }
 
-    /// `workspace select -or-create`, which has no -lock-timeout. The pg backend takes one
-    /// lock per database to create a workspace, and every terraform that locks a state there
-    /// holds it for a moment: steps running at once create their workspaces one after the
-    /// other, and a try that met another step's lock is made again shortly after.
-    fn select_workspace(
+    /// Records the step's workspace, which its apply has just made sure exists, as the
+    /// selected one, as `workspace select` would: the engine's commands name it in
+    /// `TF_WORKSPACE`, and this makes a `terraform` run by hand in the directory see the same
+    /// state.
+    fn select_workspace(&self, step: &RenderedStep, cwd: &Path) -> Result<()> {
+        let Some(workspace) = &step.workspace else {
+            return Ok(());
+        };
+        let path = cwd.join(".terraform/environment");
+        if fs::read_to_string(&path).ok().as_deref() == Some(workspace.as_str()) {
+            return Ok(());
+        }
+        fs::create_dir_all(cwd.join(".terraform"))
+            .and_then(|_| durable::write(&path, workspace.as_bytes(), 0o644))
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+    }
+
+    /// Runs `terraform output -json`, reading the step's outputs from what it prints.
+    fn output_command(
         &self,
         step: &RenderedStep,
         command: &Command,
         state: &mut LocalState,
-    ) -> Result<()> {
-        let _one_at_a_time = CREATING_WORKSPACE.lock().unwrap_or_else(|e| e.into_inner());
-        let mut tries_left = WORKSPACE_TRIES;
-        loop {
-            tries_left -= 1;
-            match self.execute(step, command, false, state) {
-                Err(Error::StepFailed { message, .. }) if tries_left > 0 => {
-                    self.logger().warn(
-                        Some(&step.name),
-                        &format!(
-                            "{message}; another step may have held the backend's lock for a moment: trying again in 1s"
-                        ),
-                    );
-                    if let Some(signal) = self
-                        .supervisor
-                        .shutdown
-                        .wait(Some(std::time::Duration::from_secs(1)), true)
-                    {
-                        return Err(crate::signals::interrupted(signal));
-                    }
-                }
-                result => return result.map(|_| ()),
-            }
-        }
+    ) -> Result<terraform::Outputs> {
+        let stdout = self.execute(step, command, Output::Capture, state)?;
+        terraform::parse_outputs(&stdout).map_err(|message| Error::StepFailed {
+            step: step.name.clone(),
+            message,
+        })
     }
 
     /// An `errored.tfstate` with no complete state in it (terraform ran out of room while
@@ -392,7 +427,7 @@ impl Engine {
         &self,
         step: &RenderedStep,
         command: &Command,
-        capture: bool,
+        output: Output<'_>,
         state: &mut LocalState,
     ) -> Result<Vec<u8>> {
         self.supervisor.shutdown.check()?;
@@ -414,21 +449,44 @@ impl Engine {
                 }
             }
         };
-        let finished = self
-            .supervisor
-            .run_watching(command, capture, &mut watch)
-            .map_err(|e| Error::StepFailed {
-                step: step.name.clone(),
-                message: format!("cannot start {}: {e}", command.program.display()),
-            })?;
+        let mut stream = None;
+        let finished = match output {
+            Output::Log => self.supervisor.run_watching(command, false, &mut watch),
+            Output::Capture => self.supervisor.run_watching(command, true, &mut watch),
+            Output::Stream(reader) => {
+                let finished =
+                    self.supervisor
+                        .run_reading(command, &mut watch, &mut |line, whole| {
+                            reader.line(line, whole)
+                        });
+                stream = Some(reader);
+                finished
+            }
+        }
+        .map_err(|e| Error::StepFailed {
+            step: step.name.clone(),
+            message: format!("cannot start {}: {e}", command.program.display()),
+        })?;
         if let (Some(signal), false) = (self.supervisor.shutdown.requested(), finished.success()) {
             return Err(crate::signals::interrupted(signal));
         }
         if !finished.success() {
             let subcommand = command.args.first().map(String::as_str).unwrap_or("");
-            return Err(Error::StepFailed {
+            let Some(stream) = stream else {
+                return Err(Error::StepFailed {
+                    step: step.name.clone(),
+                    message: format!("`terraform {subcommand}` failed with {}", finished.reason()),
+                });
+            };
+            let kind = stream.failure_kind();
+            let reason = match stream.reason() {
+                Some(first) => format!("{}: {first}", finished.exit()),
+                None => finished.reason(),
+            };
+            return Err(Error::TerraformFailed {
                 step: step.name.clone(),
-                message: format!("`terraform {subcommand}` failed with {}", finished.reason()),
+                message: format!("`terraform {subcommand}` failed with {reason}"),
+                kind,
             });
         }
         Ok(finished.stdout)

@@ -27,6 +27,14 @@ pub enum Error {
     /// Several steps that ran at once failed; each error names its step.
     #[error("{} steps failed: {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     StepsFailed(Vec<Error>),
+    /// A terraform command of a step failed, and its diagnostics say what kind of failure
+    /// it was: one about the configuration is not retried, since no retry can fix it.
+    #[error("step `{step}` failed: {message}")]
+    TerraformFailed {
+        step: String,
+        message: String,
+        kind: FailureKind,
+    },
     /// A signal asked us to stop; the in-flight step was left unfinished.
     #[error("stopped by {name}; unfinished steps run again on the next start")]
     Interrupted { signal: i32, name: &'static str },
@@ -49,9 +57,27 @@ impl Error {
             Error::Locked { .. } => exit::LOCKED,
             Error::StepFailed { .. }
             | Error::StepsFailed(_)
+            | Error::TerraformFailed { .. }
             | Error::Io { .. }
             | Error::NoSpace { .. } => exit::STEP_FAILED,
             Error::Interrupted { signal, .. } => 128 + signal,
+        }
+    }
+
+    /// Whether trying the same step again may succeed.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Error::StepFailed { .. } => true,
+            Error::TerraformFailed { kind, .. } => *kind != FailureKind::Configuration,
+            _ => false,
+        }
+    }
+
+    /// What kind of terraform failure this was, when terraform's diagnostics told.
+    pub fn failure_kind(&self) -> Option<FailureKind> {
+        match self {
+            Error::TerraformFailed { kind, .. } => Some(*kind),
+            _ => None,
         }
     }
 
@@ -81,6 +107,32 @@ impl Error {
     /// One input problem with no position, as an error.
     pub fn input(message: impl Into<String>) -> Self {
         Error::Input(Problems::one(Problem::new(message)))
+    }
+}
+
+/// What a failed terraform command's diagnostics say went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Every error points at the configuration (a file, no resource): a parse error, an
+    /// unsupported argument, a missing variable, an invalid reference. Not retried.
+    Configuration,
+    /// An error concerns a resource (a provider, an API, a provisioner). Retried.
+    Resource,
+    /// Terraform printed no diagnostic: it was killed or crashed. Retried.
+    NoDiagnostics,
+    /// Errors about neither a file nor a resource: the backend, its lock. Retried.
+    Other,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Configuration => "configuration",
+            FailureKind::Resource => "resource",
+            FailureKind::NoDiagnostics => "no diagnostics",
+            FailureKind::Other => "other",
+        }
     }
 }
 

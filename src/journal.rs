@@ -80,6 +80,9 @@ pub struct Attempt {
     pub finished_at: Option<Timestamp>,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// For a failed terraform command: what its diagnostics say went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<crate::error::FailureKind>,
     pub pid: u32,
 }
 

@@ -8,7 +8,7 @@
 //! - [`render`]: templates over params, env and earlier outputs; input digests.
 //! - [`load`]: everything loaded and checked before anything runs; [`tfvars`]: a step's
 //!   rendered vars, parsed in either syntax; [`module_vars`]: the variables a step's module
-//!   declares, checked against what the step sets.
+//!   declares, checked against what the step sets (and whether it has sensitive outputs).
 //! - [`source`]: the code put on the PVC, atomically.
 //! - [`decide`]: the one place that decides, for every step, apply, skip or destroy, why,
 //!   and the exact commands; [`plan`] prints it, [`run`] and [`destroy`] carry it out.
@@ -19,7 +19,9 @@
 //!   them along the reversed graph.
 //! - [`terraform`]: the terraform command lines of a step; [`local_state`]: a local state
 //!   file kept whole across a kill in the middle of terraform's write.
-//! - [`process`]: the one way a child process is run, streamed and stopped.
+//! - [`process`]: the one way a child process is run, streamed and stopped; [`stream`]:
+//!   terraform's `-json` events read as they come (progress, diagnostics, outputs, what
+//!   kind of failure it was).
 //! - [`journal`]: markers and attempts on the PVC; [`durable`]: crash-safe writes;
 //!   [`disk`]: room on the PVC for terraform to save its state.
 //! - [`lock`]: the one lock under the root; [`signals`]: SIGTERM and SIGINT; [`hold`]: the
@@ -62,6 +64,7 @@ pub mod serve;
 pub mod signals;
 pub mod source;
 pub mod status;
+pub mod stream;
 pub mod terraform;
 pub mod tfvars;
 pub mod tokens;

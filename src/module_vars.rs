@@ -68,6 +68,48 @@ pub fn read(dir: &Path) -> Result<Vec<Variable>, Problems> {
     }
 }
 
+/// Whether the module in `dir` declares an output marked sensitive, whose value terraform's
+/// `-json` stream leaves out. When its files cannot be read, or `sensitive` is not a plain
+/// `true` or `false`, it may: the answer is yes.
+pub fn declares_sensitive_output(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return true;
+    };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .any(|path| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !path.is_file() || !(name.ends_with(".tf") || name.ends_with(".tf.json")) {
+                return false;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                return true;
+            };
+            if name.ends_with(".json") {
+                let Ok(value) = serde_json::from_str::<Value>(&text) else {
+                    return true;
+                };
+                let outputs = value.get("output").and_then(Value::as_object);
+                return outputs.into_iter().flatten().any(|(_, body)| {
+                    !matches!(body.get("sensitive"), None | Some(Value::Bool(false)))
+                });
+            }
+            let Ok(body) = hcl::edit::parser::parse_body(&text) else {
+                return true;
+            };
+            let sensitive = body.get_blocks("output").any(|block| {
+                block
+                    .body
+                    .get_attribute("sensitive")
+                    .is_some_and(|a| !matches!(a.value.as_bool(), Some(false)))
+            });
+            sensitive
+        })
+}
+
 fn hcl_variables(file: &Path, text: &str) -> Result<Vec<Variable>, Problem> {
     let parsed = hcl::edit::parser::parse_body(text);
     // The parser is stricter than terraform in places (a key repeated in an object), and a

@@ -178,11 +178,17 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
         .as_ref()
         .map(|r| r.identity.clone())
         .unwrap_or_default();
+    // Where the modules are read from before the code is in place: the tree it is copied from.
+    let module_dir = match (&code.record, &source.image_dir) {
+        (None, Some(image)) if image.is_dir() => image.clone(),
+        _ => code_dir.clone(),
+    };
     let context = Context {
         loaded,
         journal: &journal,
         terraform: &terraform,
         code_dir: &code_dir,
+        module_dir: &module_dir,
         code_present: code.record.is_some(),
         identity: identity.as_deref(),
         rendered: &rendered,
@@ -328,6 +334,8 @@ struct Context<'a> {
     journal: &'a Journal,
     terraform: &'a Terraform,
     code_dir: &'a Path,
+    /// The code, or the image's tree that it would be copied from.
+    module_dir: &'a Path,
     code_present: bool,
     identity: Option<&'a str>,
     /// Every step as the checks rendered it, with `rendered_with`, to use again.
@@ -462,10 +470,17 @@ impl Context<'_> {
 
     /// The very commands `run` (or `destroy`) would run for the step.
     fn commands(&self, rendered: &RenderedStep, destroy: bool) -> Vec<PlannedCommand> {
-        decide::commands(self.terraform, rendered, &self.cwd(rendered), destroy)
-            .iter()
-            .map(|step| planned(&step.command))
-            .collect()
+        let module = self.module_dir.join(&rendered.dir);
+        decide::commands(
+            self.terraform,
+            rendered,
+            &self.cwd(rendered),
+            &module,
+            destroy,
+        )
+        .iter()
+        .map(|step| planned(&step.command))
+        .collect()
     }
 
     /// `run` checks every step's directory before the first step; say so where it would fail.
@@ -647,7 +662,12 @@ fn render_text(plan: &Plan) -> String {
             }
         }
         for command in &step.commands {
-            let _ = writeln!(s, "   $ {}", shell_words(&command.argv));
+            // The workspace is the one variable of a step's environment worth reading here.
+            let workspace = match command.env.get("TF_WORKSPACE").and_then(Value::as_str) {
+                Some(ws) => format!("TF_WORKSPACE={} ", shell_words(&[ws.to_string()])),
+                None => String::new(),
+            };
+            let _ = writeln!(s, "   $ {workspace}{}", shell_words(&command.argv));
         }
     }
     let count = |d: Decision| plan.steps.iter().filter(|s| s.decision == d).count();

@@ -77,16 +77,21 @@ impl Finished {
         self.status.success()
     }
 
-    /// A one-line reason for a failure: terraform's first `Error:` line if it printed one.
-    pub fn reason(&self) -> String {
-        let code = match (
+    /// How it exited: `exit code 1`, `killed by signal 9`.
+    pub fn exit(&self) -> String {
+        match (
             self.status.code(),
             std::os::unix::process::ExitStatusExt::signal(&self.status),
         ) {
             (Some(code), _) => format!("exit code {code}"),
             (None, Some(sig)) => format!("killed by signal {sig}"),
             _ => "unknown exit".to_string(),
-        };
+        }
+    }
+
+    /// A one-line reason for a failure: terraform's first `Error:` line if it printed one.
+    pub fn reason(&self) -> String {
+        let code = self.exit();
         let detail = self.first_error.as_deref().or_else(|| {
             self.tail
                 .iter()
@@ -111,8 +116,24 @@ pub struct Supervisor {
 }
 
 enum Event {
-    Line(String),
+    /// A line, or a piece of a long one (`whole` false but for its last piece).
+    Line {
+        text: String,
+        stdout: bool,
+        whole: bool,
+    },
     Closed,
+}
+
+/// Reads a child's stdout lines (unmasked) before the log does: returns true for a line it
+/// took care of, false for one to be logged as it is.
+pub type StdoutReader<'a> = &'a mut dyn FnMut(&str, bool) -> bool;
+
+/// How a supervised child is asked to stop: the signal to send it now, if any, and when its
+/// process group is killed if it has not exited by then.
+struct Stopping<'a> {
+    signal: &'a dyn Fn() -> Option<Signal>,
+    deadline: &'a dyn Fn() -> Instant,
 }
 
 impl Supervisor {
@@ -138,9 +159,36 @@ impl Supervisor {
             command,
             capture_stdout,
             watch,
-            &stop,
-            &deadline,
+            Stopping {
+                signal: &stop,
+                deadline: &deadline,
+            },
             &mut |_| {},
+            None,
+        )
+    }
+
+    /// [`Supervisor::run_watching`], with the child's stdout handed to `reader` line by line
+    /// as it arrives (for terraform's `-json` stream); stderr is logged as always.
+    pub fn run_reading(
+        &self,
+        command: &Command,
+        watch: &mut dyn FnMut(),
+        reader: StdoutReader<'_>,
+    ) -> std::io::Result<Finished> {
+        let shutdown = self.shutdown.clone();
+        let stop = move || shutdown.requested().map(|_| Signal::SIGINT);
+        let deadline = || self.shutdown.grace_deadline(self.grace);
+        self.supervise(
+            command,
+            false,
+            watch,
+            Stopping {
+                signal: &stop,
+                deadline: &deadline,
+            },
+            &mut |_| {},
+            Some(reader),
         )
     }
 
@@ -156,7 +204,17 @@ impl Supervisor {
         line: &mut dyn FnMut(&str),
     ) -> std::io::Result<Finished> {
         let deadline = || Instant::now() + self.grace;
-        self.supervise(command, false, &mut || {}, stop, &deadline, line)
+        self.supervise(
+            command,
+            false,
+            &mut || {},
+            Stopping {
+                signal: stop,
+                deadline: &deadline,
+            },
+            line,
+            None,
+        )
     }
 
     fn supervise(
@@ -164,9 +222,9 @@ impl Supervisor {
         command: &Command,
         capture_stdout: bool,
         watch: &mut dyn FnMut(),
-        stop: &dyn Fn() -> Option<Signal>,
-        deadline: &dyn Fn() -> Instant,
+        stopping: Stopping<'_>,
         on_line: &mut dyn FnMut(&str),
+        mut stdout_reader: Option<StdoutReader<'_>>,
     ) -> std::io::Result<Finished> {
         let mut cmd = std::process::Command::new(&command.program);
         cmd.args(&command.args)
@@ -195,7 +253,7 @@ impl Supervisor {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let stderr = child.stderr.take().expect("piped");
         let redactor = self.logger.redactor().clone();
-        let err_reader = spawn_reader(stderr, tx.clone(), redactor.clone());
+        let err_reader = spawn_reader(stderr, false, tx.clone(), redactor.clone());
         let stdout = child.stdout.take().expect("piped");
         let (out_reader, captured) = if capture_stdout {
             let handle = thread::spawn(move || {
@@ -205,7 +263,7 @@ impl Supervisor {
             });
             (None, Some(handle))
         } else {
-            (Some(spawn_reader(stdout, tx.clone(), redactor)), None)
+            (Some(spawn_reader(stdout, true, tx.clone(), redactor)), None)
         };
         drop(tx);
 
@@ -216,7 +274,17 @@ impl Supervisor {
         let mut sent: Option<Signal> = None;
         let mut kill_at: Option<Instant> = None;
         let mut handle_event = |event: Event, open: &mut usize| match event {
-            Event::Line(line) => {
+            Event::Line {
+                text,
+                stdout,
+                whole,
+            } => {
+                if let (true, Some(reader)) = (stdout, stdout_reader.as_mut()) {
+                    if reader(&text, whole) {
+                        return;
+                    }
+                }
+                let line = text;
                 let masked = self.logger.redactor().mask(&line).into_owned();
                 if is_error_line(&masked) {
                     self.logger.child_error(&command.label, &masked);
@@ -246,9 +314,9 @@ impl Supervisor {
                 watch();
                 break;
             }
-            if let Some(signal) = stop().filter(|s| sent != Some(*s)) {
+            if let Some(signal) = (stopping.signal)().filter(|s| sent != Some(*s)) {
                 if !interrupted {
-                    kill_at = Some(deadline());
+                    kill_at = Some((stopping.deadline)());
                 }
                 interrupted = true;
                 sent = Some(signal);
@@ -421,6 +489,7 @@ fn has_exited(pid: Pid) -> std::io::Result<bool> {
 
 fn spawn_reader(
     stream: impl Read + Send + 'static,
+    stdout: bool,
     tx: mpsc::SyncSender<Event>,
     redactor: Redactor,
 ) -> thread::JoinHandle<()> {
@@ -428,9 +497,17 @@ fn spawn_reader(
         let mut reader = BufReader::new(stream);
         let mut pieces = Pieces::default();
         while let Some(piece) = pieces.next(&mut reader, &redactor) {
+            let whole = piece.ends_with(b"\n");
             let text = String::from_utf8_lossy(&piece);
-            let text = text.trim_end_matches(['\n', '\r']);
-            if tx.send(Event::Line(text.to_string())).is_err() {
+            let text = text.trim_end_matches(['\n', '\r']).to_string();
+            if tx
+                .send(Event::Line {
+                    text,
+                    stdout,
+                    whole,
+                })
+                .is_err()
+            {
                 break;
             }
         }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::clock;
 use crate::decide::{self, Decision};
-use crate::error::{Error, Result};
+use crate::error::{Error, FailureKind, Result};
 use crate::journal::{AttemptState, Journal};
 use crate::load::{self, Loaded};
 use crate::lock::{self, Holder};
@@ -53,6 +53,9 @@ pub struct Row {
     /// For a changed step, which inputs changed.
     pub changed_inputs: Vec<String>,
     pub last_error: Option<String>,
+    /// What kind of failure the last error was, by terraform's diagnostics: `configuration`
+    /// (not retried), `resource`, `no_diagnostics` (killed or crashed), `other`.
+    pub failure: Option<FailureKind>,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,6 +98,7 @@ pub fn collect(loaded: &Loaded, root: &Path) -> Result<Report> {
             duration_seconds: None,
             changed_inputs: Vec::new(),
             last_error: attempt.as_ref().and_then(|a| a.last_error.clone()),
+            failure: attempt.as_ref().and_then(|a| a.failure),
         };
         // Inputs can be compared only when every output they use is known.
         let current = renderer.render_step(index, &outputs, false).ok();
@@ -150,8 +154,10 @@ pub fn collect(loaded: &Loaded, root: &Path) -> Result<Report> {
             row.duration_seconds =
                 Some((destroyed.finished_at - destroyed.started_at).as_seconds_f64());
             row.last_error = None;
+            row.failure = None;
         } else if let Some(attempt) = destroy_attempt {
             row.attempts = attempt.attempts;
+            row.failure = attempt.failure;
             row.last_error = attempt.last_error.map(|e| format!("destroy: {e}"));
             row.state = match attempt.state {
                 AttemptState::Running if holder.is_some() => State::Running,
@@ -232,6 +238,9 @@ pub fn print(
             .map(|s| clock::human(std::time::Duration::from_secs_f64(s.max(0.0))))
             .unwrap_or_else(|| "-".into());
         let mut note = row.last_error.clone().unwrap_or_else(|| "-".into());
+        if let (Some(kind), Some(_)) = (row.failure, &row.last_error) {
+            note = format!("[{} error] {note}", kind.as_str());
+        }
         if row.state == State::Changed {
             note = format!("inputs changed: {}", row.changed_inputs.join(", "));
         } else if matches!(row.state, State::Done | State::Destroyed) {

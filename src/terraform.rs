@@ -167,6 +167,7 @@ impl Terraform {
         let mut commands = self.prepare_commands(step, cwd);
         let mut apply = vec![
             "apply".to_string(),
+            "-json".to_string(),
             "-auto-approve".to_string(),
             "-input=false".to_string(),
             self.lock_timeout_arg(),
@@ -179,7 +180,8 @@ impl Terraform {
         commands
     }
 
-    /// `init` and, with a workspace, `workspace select -or-create`.
+    /// `init`. A step's workspace needs no command of its own: every later command of the
+    /// step gets it as `TF_WORKSPACE`, and creates it when it does not exist yet.
     pub fn prepare_commands(&self, step: &RenderedStep, cwd: &Path) -> Vec<Command> {
         let mut init = vec![
             "init".to_string(),
@@ -190,26 +192,14 @@ impl Terraform {
             init.push(format!("-backend-config={key}={value}"));
         }
         init.extend(step.init_args.iter().cloned());
-        let mut commands = vec![self.command(step, cwd, init)];
-        if let Some(workspace) = &step.workspace {
-            commands.push(self.command(
-                step,
-                cwd,
-                vec![
-                    "workspace".into(),
-                    "select".into(),
-                    "-or-create".into(),
-                    workspace.clone(),
-                ],
-            ));
-        }
-        commands
+        vec![self.command(step, cwd, init)]
     }
 
     /// `destroy` with the same vars the step was applied with.
     pub fn destroy_command(&self, step: &RenderedStep, cwd: &Path) -> Command {
         let mut args = vec![
             "destroy".to_string(),
+            "-json".to_string(),
             "-auto-approve".to_string(),
             "-input=false".to_string(),
             self.lock_timeout_arg(),
@@ -247,24 +237,33 @@ impl Terraform {
     }
 
     fn command(&self, step: &RenderedStep, cwd: &Path, mut args: Vec<String>) -> Command {
-        // Global-style flags go after the subcommand; `workspace select` and `state push`
-        // take them before their argument.
+        // Global-style flags go after the subcommand; `state push` takes them before its
+        // argument.
         if !self.color {
             let at = match args[0].as_str() {
-                "workspace" => 3,
                 "state" => 2,
                 _ => 1,
             };
             args.insert(at, "-no-color".into());
         }
+        let mut env = vec![
+            ("TF_IN_AUTOMATION".into(), "1".into()),
+            ("TF_INPUT".into(), "0".into()),
+        ];
+        if let Some(workspace) = &step.workspace {
+            // `init` refuses a workspace that does not exist yet when others do; `default`
+            // always exists. Every later command creates the step's own when it is missing.
+            let workspace = match args[0].as_str() {
+                "init" => "default",
+                _ => workspace,
+            };
+            env.push(("TF_WORKSPACE".into(), workspace.to_string()));
+        }
         Command {
             program: self.program.clone(),
             args,
             cwd: cwd.to_path_buf(),
-            env: vec![
-                ("TF_IN_AUTOMATION".into(), "1".into()),
-                ("TF_INPUT".into(), "0".into()),
-            ],
+            env,
             label: step.name.clone(),
         }
     }
@@ -330,12 +329,19 @@ mod tests {
         tf.color = false;
         let commands = tf.apply_commands(&step(), Path::new("/r/code/net"));
         let argv: Vec<String> = commands.iter().map(|c| c.args.join(" ")).collect();
+        let workspace = |c: &Command| {
+            c.env
+                .iter()
+                .find(|(k, _)| k == "TF_WORKSPACE")
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(workspace(&commands[0]).as_deref(), Some("default"));
+        assert_eq!(workspace(&commands[1]).as_deref(), Some("c1"));
         assert_eq!(
             argv,
             [
                 "init -no-color -input=false -lock-timeout=180s -backend-config=conn_str=postgres://h/db -upgrade",
-                "workspace select -or-create -no-color c1",
-                "apply -no-color -auto-approve -input=false -lock-timeout=180s -var-file=bootstrapper.tfvars -parallelism=2",
+                "apply -no-color -json -auto-approve -input=false -lock-timeout=180s -var-file=bootstrapper.tfvars -parallelism=2",
             ]
         );
         let push = tf.state_push_command(&step(), Path::new("/r/code/net"), "errored.tfstate");

@@ -194,7 +194,7 @@ fn a_fresh_root_plans_every_step_with_placeholders_and_stays_absent() {
         "{text}"
     );
     assert!(
-        text.contains("workspace select -or-create -no-color demo"),
+        text.contains("$ TF_WORKSPACE=demo ") && !text.contains("workspace select"),
         "{text}"
     );
     // The demo's one secret param, masked in the vars file shown.
@@ -388,8 +388,7 @@ fn plan_destroy_lists_started_steps_in_reverse_with_the_commands_destroy_runs() 
                 "init -no-color -input=false -lock-timeout=300s -backend-config=workspace_dir={}/hosts",
                 state_dir.display()
             ),
-            "workspace select -or-create -no-color demo".to_string(),
-            "destroy -no-color -auto-approve -input=false -lock-timeout=300s -var-file=bootstrapper.tfvars"
+            "destroy -no-color -json -auto-approve -input=false -lock-timeout=300s -var-file=bootstrapper.tfvars"
                 .to_string(),
         ]
     );

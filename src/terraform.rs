@@ -11,7 +11,7 @@ use crate::error::{Error, Problem, Problems};
 use crate::process::{Command, Supervisor};
 use crate::render::RenderedStep;
 
-/// The oldest terraform whose command lines the engine writes (`workspace select -or-create`).
+/// The oldest terraform whose command lines and `-json` stream the engine is written for.
 const MIN_VERSION: (u64, u64) = (1, 4);
 
 const INSTALL_HINT: &str =
@@ -114,7 +114,7 @@ impl Terraform {
     }
 
     /// Resolves the binary and asks it for its version, once: the command lines need
-    /// terraform >= 1.4 (`workspace select -or-create`); OpenTofu starts at 1.6.
+    /// terraform >= 1.4; OpenTofu starts at 1.6.
     pub fn verify(&mut self, supervisor: &Supervisor) -> Result<Version, Error> {
         self.program = self.resolve()?;
         let command = Command {
@@ -147,7 +147,7 @@ impl Terraform {
         if version.number < MIN_VERSION {
             return Err(Error::Input(Problems::one(
                 Problem::new(format!(
-                    "{} is {version}, older than {}.{}, which `workspace select -or-create` needs",
+                    "{} is {version}, older than {}.{}, the oldest the engine works with",
                     self.program.display(),
                     MIN_VERSION.0,
                     MIN_VERSION.1

@@ -22,6 +22,11 @@ use crate::stream::Stream;
 use crate::terraform::{self, Terraform};
 use crate::workflow::Retry;
 
+/// What the pg backend answers when another terraform holds its workspace-creation lock.
+const WORKSPACE_CREATION_LOCKED: &str = "Already locked for workspace creation";
+/// How often an apply or destroy that met that lock is run, in all.
+const WORKSPACE_CREATION_TRIES: u32 = 10;
+
 /// What becomes of a command's stdout.
 enum Output<'a> {
     /// Logged line by line.
@@ -315,13 +320,7 @@ impl Engine {
                     outputs = Some(self.output_command(step, &planned.command, &mut state)?);
                 }
                 Role::Apply | Role::Destroy => {
-                    let mut stream = Stream::new(&step.name, self.logger().redactor().clone());
-                    self.execute(
-                        step,
-                        &planned.command,
-                        Output::Stream(&mut stream),
-                        &mut state,
-                    )?;
+                    let stream = self.streamed(step, &planned.command, &mut state)?;
                     streamed = stream.outputs().cloned();
                     if !destroy {
                         self.select_workspace(step, &cwd)?;
@@ -346,6 +345,40 @@ impl Engine {
                 );
                 let command = self.terraform.output_command(step, &cwd);
                 Ok(Some(self.output_command(step, &command, &mut state)?))
+            }
+        }
+    }
+
+    /// Runs an apply or destroy, reading its `-json` stream. A backend that creates the
+    /// workspace on first use may find another terraform creating one at that moment (the pg
+    /// backend has one lock per database for it, and does not wait): nothing has run then,
+    /// so the command is simply run again shortly after.
+    fn streamed(
+        &self,
+        step: &RenderedStep,
+        command: &Command,
+        state: &mut LocalState,
+    ) -> Result<Stream> {
+        let mut tries_left = WORKSPACE_CREATION_TRIES;
+        loop {
+            let mut stream = Stream::new(&step.name, self.logger().redactor().clone());
+            match self.execute(step, command, Output::Stream(&mut stream), state) {
+                Ok(_) => return Ok(stream),
+                Err(e) if tries_left > 1 && e.to_string().contains(WORKSPACE_CREATION_LOCKED) => {
+                    tries_left -= 1;
+                    self.logger().warn(
+                        Some(&step.name),
+                        "another terraform was creating a workspace in the same backend: trying again in 1s",
+                    );
+                    if let Some(signal) = self
+                        .supervisor
+                        .shutdown
+                        .wait(Some(std::time::Duration::from_secs(1)), true)
+                    {
+                        return Err(crate::signals::interrupted(signal));
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
     }

@@ -29,9 +29,15 @@ const TAIL_LINES: usize = 40;
 const POLL: Duration = Duration::from_millis(25);
 /// How long output pipes may stay open after the child exited (held by its leftovers).
 const DRAIN: Duration = Duration::from_secs(2);
-/// Lines in flight between the pipe readers and the logger. Bounded, so that a child printing
-/// faster than the log can be written waits on its pipe instead of filling our memory.
-const QUEUE: usize = 256;
+/// Batches of lines in flight between the pipe readers and the logger. Bounded, so that a
+/// child printing faster than the log can be written waits on its pipe instead of filling our
+/// memory (at most this many batches of about [`BATCH_BYTES`] plus one piece each).
+const QUEUE: usize = 8;
+/// A reader hands over what it has read once a batch holds this much, or sooner when the pipe
+/// has nothing more ready: one hand-over per line would cost more than the line itself.
+const BATCH_BYTES: usize = 32 * 1024;
+/// What a reader takes from the pipe at once.
+const READ_BUF: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Command {
@@ -116,13 +122,18 @@ pub struct Supervisor {
 }
 
 enum Event {
-    /// A line, or a piece of a long one (`whole` false but for its last piece).
-    Line {
-        text: String,
+    /// Lines of one stream, in order.
+    Lines {
+        lines: Vec<Line>,
         stdout: bool,
-        whole: bool,
     },
     Closed,
+}
+
+/// A line, or a piece of a long one (`whole` false but for its last piece).
+struct Line {
+    text: String,
+    whole: bool,
 }
 
 /// Reads a child's stdout lines (unmasked) before the log does: returns true for a line it
@@ -274,29 +285,26 @@ impl Supervisor {
         let mut sent: Option<Signal> = None;
         let mut kill_at: Option<Instant> = None;
         let mut handle_event = |event: Event, open: &mut usize| match event {
-            Event::Line {
-                text,
-                stdout,
-                whole,
-            } => {
-                if let (true, Some(reader)) = (stdout, stdout_reader.as_mut()) {
-                    if reader(&text, whole) {
-                        return;
+            Event::Lines { lines, stdout } => {
+                for Line { text, whole } in lines {
+                    if let (true, Some(reader)) = (stdout, stdout_reader.as_mut()) {
+                        if reader(&text, whole) {
+                            continue;
+                        }
                     }
+                    let masked = self.logger.redactor().mask(&text).into_owned();
+                    if is_error_line(&masked) {
+                        self.logger.child_error(&command.label, &masked);
+                    } else {
+                        self.logger.child_line(&command.label, &masked);
+                    }
+                    first_error.feed(&masked);
+                    on_line(&masked);
+                    if tail.len() == TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(masked);
                 }
-                let line = text;
-                let masked = self.logger.redactor().mask(&line).into_owned();
-                if is_error_line(&masked) {
-                    self.logger.child_error(&command.label, &masked);
-                } else {
-                    self.logger.child_line(&command.label, &masked);
-                }
-                first_error.feed(&masked);
-                on_line(&masked);
-                if tail.len() == TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(masked);
             }
             Event::Closed => *open -= 1,
         };
@@ -494,20 +502,33 @@ fn spawn_reader(
     redactor: Redactor,
 ) -> thread::JoinHandle<()> {
     thread::spawn(move || {
-        let mut reader = BufReader::new(stream);
+        let mut reader = BufReader::with_capacity(READ_BUF, stream);
         let mut pieces = Pieces::default();
-        while let Some(piece) = pieces.next(&mut reader, &redactor) {
-            let whole = piece.ends_with(b"\n");
-            let text = String::from_utf8_lossy(&piece);
-            let text = text.trim_end_matches(['\n', '\r']).to_string();
-            if tx
-                .send(Event::Line {
-                    text,
+        let mut lines = Vec::new();
+        let mut bytes = 0;
+        loop {
+            let piece = pieces.next(&mut reader, &redactor);
+            let done = piece.is_none();
+            if let Some(piece) = piece {
+                let whole = piece.ends_with(b"\n");
+                let mut text = String::from_utf8(piece)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                text.truncate(text.trim_end_matches(['\n', '\r']).len());
+                bytes += text.len() + 1;
+                lines.push(Line { text, whole });
+            }
+            let ready = done || bytes >= BATCH_BYTES || reader.buffer().is_empty();
+            if ready && !lines.is_empty() {
+                let batch = Event::Lines {
+                    lines: std::mem::take(&mut lines),
                     stdout,
-                    whole,
-                })
-                .is_err()
-            {
+                };
+                if tx.send(batch).is_err() {
+                    break;
+                }
+                bytes = 0;
+            }
+            if done {
                 break;
             }
         }

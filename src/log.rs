@@ -6,10 +6,10 @@
 
 use std::fmt;
 use std::io::{self, Write};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
@@ -21,6 +21,9 @@ pub enum Format {
     Text,
     Json,
 }
+
+/// The target of a child's ordinary lines, which the writer may hold back until [`flush`].
+pub const CHILD_TARGET: &str = "bootstrapper::log::child";
 
 /// Who an event speaks for: the engine, a line a child process printed, or a report
 /// printed as it is (the error a command ends with, in text).
@@ -61,9 +64,10 @@ impl Logger {
         emit(Level::ERROR, ENGINE, step, message);
     }
 
-    /// One line that a child process printed.
+    /// One line that a child process printed. It may wait in the log's buffer until
+    /// [`flush`].
     pub fn child_line(&self, step: &str, line: &str) {
-        emit(Level::INFO, CHILD, Some(step), line);
+        tracing::event!(target: CHILD_TARGET, Level::INFO, source = CHILD, step, "{line}");
     }
 
     /// A line with which a child process reports an error.
@@ -135,29 +139,64 @@ pub fn init(format: Format) {
 }
 
 /// Stderr, each formatted event masked and written in one piece, so that lines from the two
-/// output readers of a child never interleave mid-line.
+/// output readers of a child never interleave mid-line. A child's ordinary lines gather in
+/// [`PENDING`] and go out in one write per batch: a write per line would cost more than all the
+/// rest of logging it. Any other event writes what is pending before itself, keeping the order.
 struct MaskedStderr;
+
+/// Whole masked lines not written yet, at most about [`PENDING_BYTES`].
+static PENDING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+const PENDING_BYTES: usize = 64 * 1024;
 
 impl<'a> MakeWriter<'a> for MaskedStderr {
     type Writer = MaskedLine;
 
     fn make_writer(&'a self) -> Self::Writer {
-        MaskedLine
+        MaskedLine { held: false }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+        MaskedLine {
+            held: meta.target() == CHILD_TARGET,
+        }
     }
 }
 
-struct MaskedLine;
+struct MaskedLine {
+    held: bool,
+}
 
 impl Write for MaskedLine {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let masked = mask(&String::from_utf8_lossy(buf));
-        // A log line that cannot be written has nowhere else to go.
-        let _ = io::stderr().lock().write_all(masked.as_bytes());
+        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        pending.extend_from_slice(masked.as_bytes());
+        if !self.held || pending.len() >= PENDING_BYTES {
+            write_out(&mut pending);
+        }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        io::stderr().flush()
+        flush();
+        Ok(())
+    }
+}
+
+fn write_out(pending: &mut Vec<u8>) {
+    // A log line that cannot be written has nowhere else to go.
+    let _ = io::stderr().lock().write_all(pending);
+    pending.clear();
+    if pending.capacity() > 2 * PENDING_BYTES {
+        pending.shrink_to(PENDING_BYTES);
+    }
+}
+
+/// Writes the child's lines held back so far.
+pub fn flush() {
+    let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+    if !pending.is_empty() {
+        write_out(&mut pending);
     }
 }
 

@@ -305,6 +305,8 @@ impl Supervisor {
                     }
                     tail.push_back(masked);
                 }
+                // A batch ends when its reader has nothing more ready: show it now.
+                crate::log::flush();
             }
             Event::Closed => *open -= 1,
         };

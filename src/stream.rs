@@ -288,7 +288,9 @@ impl Stream {
                 let address = hook.resource.map(|r| r.addr).unwrap_or_default();
                 let provisioner = hook.provisioner.unwrap_or_default();
                 let output = self.mask(&hook.output.unwrap_or_default());
+                // A provisioner's output comes as fast as a child's lines, and goes out as they do.
                 tracing::info!(
+                    target: crate::log::CHILD_TARGET,
                     source = "terraform",
                     step,
                     event = "provision_progress",

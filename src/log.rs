@@ -4,6 +4,7 @@
 //! the writer. `run` and `destroy` work inside a `command` span naming the root, and each step
 //! inside a `step` span, which a subscriber of a caller's own gets too.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, Write};
 use std::sync::{Mutex, RwLock};
@@ -109,10 +110,16 @@ pub fn mask_with(redactor: &Redactor) {
     *MASK.write().unwrap_or_else(|e| e.into_inner()) = Some(redactor.clone());
 }
 
+#[cfg(test)]
 fn mask(text: &str) -> String {
+    mask_into(text, &mut |masked| masked.to_string())
+}
+
+/// `text` masked, handed to `out` without a copy when nothing in it is secret.
+fn mask_into<T>(text: &str, out: &mut dyn FnMut(&str) -> T) -> T {
     match &*MASK.read().unwrap_or_else(|e| e.into_inner()) {
-        Some(redactor) => redactor.mask(text).into_owned(),
-        None => crate::secrets::mask_url_userinfo(text.into()).into_owned(),
+        Some(redactor) => out(&redactor.mask(text)),
+        None => out(&crate::secrets::mask_url_userinfo(text.into())),
     }
 }
 
@@ -168,9 +175,14 @@ struct MaskedLine {
 
 impl Write for MaskedLine {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let masked = mask(&String::from_utf8_lossy(buf));
         let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
-        pending.extend_from_slice(masked.as_bytes());
+        let text = match std::str::from_utf8(buf) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(buf),
+        };
+        mask_into(&text, &mut |masked| {
+            pending.extend_from_slice(masked.as_bytes())
+        });
         if !self.held || pending.len() >= PENDING_BYTES {
             write_out(&mut pending);
         }

@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::sync::{Arc, RwLock};
 
+use aho_corasick::AhoCorasick;
 use serde_json::Value;
 
 pub const MASK: &str = "********";
@@ -46,6 +47,8 @@ pub struct Redactor {
 struct Known {
     /// Every form of every secret, longest first.
     secrets: Vec<String>,
+    /// Whether a text holds any of `secrets`, in one pass: most lines hold none.
+    any: Option<AhoCorasick>,
     /// The parts of secrets with whitespace in them that a wrapped line can hold.
     parts: Parts,
 }
@@ -175,14 +178,18 @@ impl Redactor {
         }
         // Longest first, so a secret containing another is masked whole.
         known.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        // Without the automaton every secret is searched for on its own, as before.
+        known.any = AhoCorasick::new(&known.secrets).ok();
     }
 
     pub fn mask<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let known = self.inner.read().unwrap_or_else(|e| e.into_inner());
         let mut out = Cow::Borrowed(text);
-        for secret in known.secrets.iter() {
-            if out.contains(secret.as_str()) {
-                out = Cow::Owned(out.replace(secret.as_str(), MASK));
+        if known.any.as_ref().is_none_or(|any| any.is_match(text)) {
+            for secret in known.secrets.iter() {
+                if out.contains(secret.as_str()) {
+                    out = Cow::Owned(out.replace(secret.as_str(), MASK));
+                }
             }
         }
         if !known.parts.is_empty() {

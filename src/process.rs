@@ -292,7 +292,7 @@ impl Supervisor {
                             continue;
                         }
                     }
-                    let masked = self.logger.redactor().mask(&text).into_owned();
+                    let masked = self.logger.redactor().mask(&text);
                     if is_error_line(&masked) {
                         self.logger.child_error(&command.label, &masked);
                     } else {
@@ -300,10 +300,15 @@ impl Supervisor {
                     }
                     first_error.feed(&masked);
                     on_line(&masked);
-                    if tail.len() == TAIL_LINES {
-                        tail.pop_front();
-                    }
-                    tail.push_back(masked);
+                    // The line leaving the tail makes room for the new one, without allocating.
+                    let mut kept = if tail.len() == TAIL_LINES {
+                        tail.pop_front().unwrap_or_default()
+                    } else {
+                        String::new()
+                    };
+                    kept.clear();
+                    kept.push_str(&masked);
+                    tail.push_back(kept);
                 }
                 // A batch ends when its reader has nothing more ready: show it now.
                 crate::log::flush();

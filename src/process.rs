@@ -609,7 +609,7 @@ fn read_line_bounded(reader: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::
         }
         let room = MAX_LINE - line.len();
         let window = &available[..available.len().min(room)];
-        let (used, done) = match window.iter().position(|b| *b == b'\n') {
+        let (used, done) = match memchr::memchr(b'\n', window) {
             Some(i) => (i + 1, true),
             None => (window.len(), line.len() + window.len() >= MAX_LINE),
         };

@@ -19,19 +19,22 @@ pub struct Variable {
     pub declared_at: Location,
 }
 
+/// The regular files in `dir` whose names `keep` accepts, in name order.
+pub fn files_named(dir: &Path, keep: impl Fn(&str) -> bool) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.file_name().is_some_and(|n| keep(&n.to_string_lossy())))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// The variables declared by the `*.tf` and `*.tf.json` files of the module in `dir`.
 pub fn read(dir: &Path) -> Result<Vec<Variable>, Problems> {
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                let name = p
-                    .file_name()
-                    .map(|n| n.to_string_lossy())
-                    .unwrap_or_default();
-                p.is_file() && (name.ends_with(".tf") || name.ends_with(".tf.json"))
-            })
-            .collect(),
+    let files = match files_named(dir, |name| {
+        name.ends_with(".tf") || name.ends_with(".tf.json")
+    }) {
+        Ok(files) => files,
         Err(e) => {
             return Err(Problems::one(
                 Problem::new(format!("cannot read the module's files: {e}"))
@@ -39,7 +42,6 @@ pub fn read(dir: &Path) -> Result<Vec<Variable>, Problems> {
             ))
         }
     };
-    files.sort();
     let mut variables = Vec::new();
     let mut problems = Problems::default();
     for file in files {

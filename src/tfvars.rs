@@ -271,24 +271,14 @@ impl Source<'_> {
 /// Names set by tfvars files terraform reads on its own from a module's directory
 /// (`terraform.tfvars`, `*.auto.tfvars`, and their `.json` forms).
 pub fn auto_loaded(dir: &Path) -> Result<Vec<String>, Problems> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Ok(files) = crate::module_vars::files_named(dir, |name| {
+        name == "terraform.tfvars"
+            || name == "terraform.tfvars.json"
+            || name.ends_with(".auto.tfvars")
+            || name.ends_with(".auto.tfvars.json")
+    }) else {
         return Ok(Vec::new());
     };
-    let mut files: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default();
-            p.is_file()
-                && (name == "terraform.tfvars"
-                    || name == "terraform.tfvars.json"
-                    || name.ends_with(".auto.tfvars")
-                    || name.ends_with(".auto.tfvars.json"))
-        })
-        .collect();
-    files.sort();
     let mut names = Vec::new();
     let mut problems = Problems::default();
     for file in files {

@@ -2,7 +2,7 @@
 //! the module does not declare is almost always a typo (terraform only warns about it), and a
 //! required variable without a value makes terraform fail after the steps before it ran.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hcl::edit::structure::Body;
 use serde_json::Value;
@@ -19,19 +19,9 @@ pub struct Variable {
     pub declared_at: Location,
 }
 
-/// The regular files in `dir` whose names `keep` accepts, in name order.
-pub fn files_named(dir: &Path, keep: impl Fn(&str) -> bool) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.file_name().is_some_and(|n| keep(&n.to_string_lossy())))
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
 /// The variables declared by the `*.tf` and `*.tf.json` files of the module in `dir`.
 pub fn read(dir: &Path) -> Result<Vec<Variable>, Problems> {
-    let files = match files_named(dir, |name| {
+    let files = match tfvars::files_named(dir, |name| {
         name.ends_with(".tf") || name.ends_with(".tf.json")
     }) {
         Ok(files) => files,

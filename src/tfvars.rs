@@ -268,10 +268,23 @@ impl Source<'_> {
     }
 }
 
+/// The regular files in a module's directory `dir` whose names `keep` accepts, in name order.
+pub fn files_named(
+    dir: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.file_name().is_some_and(|n| keep(&n.to_string_lossy())))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Names set by tfvars files terraform reads on its own from a module's directory
 /// (`terraform.tfvars`, `*.auto.tfvars`, and their `.json` forms).
 pub fn auto_loaded(dir: &Path) -> Result<Vec<String>, Problems> {
-    let Ok(files) = crate::module_vars::files_named(dir, |name| {
+    let Ok(files) = files_named(dir, |name| {
         name == "terraform.tfvars"
             || name == "terraform.tfvars.json"
             || name.ends_with(".auto.tfvars")

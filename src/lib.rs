@@ -21,7 +21,8 @@
 //!   file kept whole across a kill in the middle of terraform's write.
 //! - [`process`]: the one way a child process is run, streamed and stopped; [`stream`]:
 //!   terraform's `-json` events read as they come (progress, diagnostics, outputs, what
-//!   kind of failure it was).
+//!   kind of failure it was); [`provision_event`]: the one event that comes by the
+//!   million, a provisioner's output, read without a general parse.
 //! - [`journal`]: markers and attempts on the PVC; [`durable`]: crash-safe writes;
 //!   [`disk`]: room on the PVC for terraform to save its state.
 //! - [`lock`]: the one lock under the root; [`signals`]: SIGTERM and SIGINT; [`hold`]: the
@@ -55,6 +56,7 @@ pub mod module_vars;
 pub mod params;
 pub mod plan;
 pub mod process;
+pub mod provision_event;
 pub mod reconcile;
 pub mod render;
 pub mod run;

@@ -489,8 +489,8 @@ impl Engine {
             Output::Stream(reader) => {
                 let finished =
                     self.supervisor
-                        .run_reading(command, &mut watch, &mut |line, whole| {
-                            reader.line(line, whole)
+                        .run_reading(command, &mut watch, &mut |line, whole, out| {
+                            reader.line(line, whole, out)
                         });
                 stream = Some(reader);
                 finished

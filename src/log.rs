@@ -3,8 +3,12 @@
 //! line is masked whole on its way out, fields included, so no event can carry a secret past
 //! the writer. `run` and `destroy` work inside a `command` span naming the root, and each step
 //! inside a `step` span, which a subscriber of a caller's own gets too.
+//!
+//! A child can print gigabytes: its lines go through [`ChildLines`], which formats and masks
+//! them a batch at a time and writes each exactly as its own event would be written.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt;
 use std::io::{self, Write};
 use std::sync::{Mutex, RwLock};
@@ -24,7 +28,12 @@ pub enum Format {
 }
 
 /// The target of a child's ordinary lines, which the writer may hold back until [`flush`].
-pub const CHILD_TARGET: &str = "bootstrapper::log::child";
+const CHILD_TARGET: &str = "bootstrapper::log::child";
+/// The target of the event that gives a batch of a child's lines their form: captured by the
+/// writer, never written.
+const TEMPLATE_TARGET: &str = "bootstrapper::log::template";
+/// Where a line's text goes in that event: nothing that a formatter escapes or a mask finds.
+const PLACEHOLDER: &str = "@@bootstrapper-child-line@@";
 
 /// Who an event speaks for: the engine, a line a child process printed, or a report
 /// printed as it is (the error a command ends with, in text).
@@ -65,12 +74,6 @@ impl Logger {
         emit(Level::ERROR, ENGINE, step, message);
     }
 
-    /// One line that a child process printed. It may wait in the log's buffer until
-    /// [`flush`].
-    pub fn child_line(&self, step: &str, line: &str) {
-        tracing::event!(target: CHILD_TARGET, Level::INFO, source = CHILD, step, "{line}");
-    }
-
     /// A line with which a child process reports an error.
     pub fn child_error(&self, step: &str, line: &str) {
         emit(Level::ERROR, CHILD, Some(step), line);
@@ -102,6 +105,171 @@ fn emit(level: Level, source: &str, step: Option<&str>, message: &str) {
     }
 }
 
+/// A provisioner that terraform's stream says printed a line.
+type About = (String, String);
+
+/// One line a child printed, or a provisioner's, as its own event; `message` is the line's
+/// text, or the placeholder of a template.
+fn child_event(step: &str, about: Option<&About>, target_template: bool, message: &str) {
+    macro_rules! event {
+        ($target:expr) => {
+            match about {
+                None => tracing::event!(target: $target, Level::INFO, source = CHILD, step, "{message}"),
+                Some((address, provisioner)) => tracing::event!(
+                    target: $target,
+                    Level::INFO,
+                    source = CHILD,
+                    step,
+                    event = "provision_progress",
+                    address = address.as_str(),
+                    provisioner = provisioner.as_str(),
+                    "{address} ({provisioner}): {message}"
+                ),
+            }
+        };
+    }
+    if target_template {
+        event!(TEMPLATE_TARGET)
+    } else {
+        event!(CHILD_TARGET)
+    }
+}
+
+/// A step's child output on its way to the log. Each line comes out exactly as its own event
+/// would, but the formatter runs once per batch, on a template event whose message holds a
+/// placeholder, and the mask runs once per batch over all of it: per line, either would cost
+/// more than reading the line. Lines wait here until [`ChildLines::flush`], which the caller
+/// calls at the end of each batch and before it logs anything else, so that the log keeps
+/// the order in which things were printed.
+pub struct ChildLines {
+    step: String,
+    /// The provisioner the lines gathered speak for, if any.
+    about: Option<About>,
+    /// How the gathered lines are written: made at the first line after a flush, so that
+    /// each batch has its own time; `Some(None)` when another subscriber than this module's
+    /// writes the log, which gets one event per line.
+    template: Option<Option<Template>>,
+    /// Formatted lines, not masked yet.
+    chunk: String,
+}
+
+/// A formatted event, cut where its message's text goes.
+struct Template {
+    prefix: String,
+    suffix: String,
+    json: bool,
+}
+
+impl ChildLines {
+    pub fn new(step: &str) -> Self {
+        ChildLines {
+            step: step.to_string(),
+            about: None,
+            template: None,
+            chunk: String::new(),
+        }
+    }
+
+    /// A line the child printed, masked.
+    pub fn line(&mut self, text: &str) {
+        self.push(None, text);
+    }
+
+    /// A line of a provisioner's output read from terraform's stream, masked.
+    pub fn provisioner_line(&mut self, address: &str, provisioner: &str, output: &str) {
+        self.push(Some((address, provisioner)), output);
+    }
+
+    fn push(&mut self, about: Option<(&str, &str)>, text: &str) {
+        let same = match (&self.about, about) {
+            (None, None) => true,
+            (Some((a, p)), Some((address, provisioner))) => a == address && p == provisioner,
+            _ => false,
+        };
+        if !same {
+            self.flush();
+            self.template = None;
+            self.about = about.map(|(a, p)| (a.to_string(), p.to_string()));
+        }
+        let template = self
+            .template
+            .get_or_insert_with(|| template(&self.step, self.about.as_ref()));
+        let Some(template) = template else {
+            child_event(&self.step, self.about.as_ref(), false, text);
+            return;
+        };
+        self.chunk.push_str(&template.prefix);
+        if template.json {
+            let quoted = self.chunk.len();
+            // SAFETY: serde_json writes valid UTF-8, and the quotes taken off are ASCII.
+            let bytes = unsafe { self.chunk.as_mut_vec() };
+            let _ = serde_json::to_writer(&mut *bytes, text);
+            bytes.remove(quoted);
+            bytes.pop();
+        } else {
+            self.chunk.push_str(text);
+        }
+        self.chunk.push_str(&template.suffix);
+        if self.chunk.len() >= PENDING_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Hands the lines gathered to the log's writer, masked.
+    pub fn flush(&mut self) {
+        // Text has no time in it, and keeps its form; JSON gets its time anew.
+        if !matches!(self.template, Some(Some(Template { json: false, .. }))) {
+            self.template = None;
+        }
+        if self.chunk.is_empty() {
+            return;
+        }
+        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        mask_into(&self.chunk, &mut |masked| {
+            if pending.is_empty() {
+                // Nothing before it to keep the order of: no copy.
+                write_bytes(masked.as_bytes());
+            } else {
+                pending.extend_from_slice(masked.as_bytes());
+                write_out(&mut pending);
+            }
+        });
+        self.chunk.clear();
+    }
+}
+
+impl Drop for ChildLines {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+thread_local! {
+    /// The template event being formatted on this thread.
+    static CAPTURED: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// The form of a child's line, from an event formatted by the installed subscriber; `None`
+/// when that is not this module's.
+fn template(step: &str, about: Option<&About>) -> Option<Template> {
+    let json = tracing::dispatcher::get_default(|d| {
+        d.downcast_ref::<MaskedStderr>()
+            .map(|_| d.downcast_ref::<Text>().is_none())
+    })?;
+    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    child_event(step, about, true, PLACEHOLDER);
+    let text = String::from_utf8(CAPTURED.with(|c| c.borrow_mut().take())?).ok()?;
+    let (prefix, suffix) = text.split_once(PLACEHOLDER)?;
+    if suffix.contains(PLACEHOLDER) {
+        return None;
+    }
+    Some(Template {
+        prefix: prefix.to_string(),
+        suffix: suffix.to_string(),
+        json,
+    })
+}
+
 /// The secrets every written line is masked with; URL credentials are masked always.
 static MASK: RwLock<Option<Redactor>> = RwLock::new(None);
 
@@ -126,23 +294,24 @@ fn mask_into<T>(text: &str, out: &mut dyn FnMut(&str) -> T) -> T {
 /// Installs the subscriber that writes every event to stderr in `format`. A second call
 /// (a caller that installed its own) leaves the first in place.
 pub fn init(format: Format) {
+    let _ = tracing::dispatcher::set_global_default(subscriber(format));
+}
+
+fn subscriber(format: Format) -> tracing::Dispatch {
     let builder = tracing_subscriber::fmt()
         .with_writer(MaskedStderr)
         .with_max_level(Level::INFO);
-    let _ = match format {
-        Format::Text => {
-            tracing::subscriber::set_global_default(builder.event_format(Text).finish())
-        }
-        Format::Json => tracing::subscriber::set_global_default(
-            builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(true)
-                .with_target(false)
-                .finish(),
-        ),
-    };
+    match format {
+        Format::Text => builder.event_format(Text).finish().into(),
+        Format::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_target(false)
+            .finish()
+            .into(),
+    }
 }
 
 /// Stderr, each formatted event masked and written in one piece, so that lines from the two
@@ -159,22 +328,40 @@ impl<'a> MakeWriter<'a> for MaskedStderr {
     type Writer = MaskedLine;
 
     fn make_writer(&'a self) -> Self::Writer {
-        MaskedLine { held: false }
+        MaskedLine::Line { held: false }
     }
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
-        MaskedLine {
+        if meta.target() == TEMPLATE_TARGET {
+            return MaskedLine::Template;
+        }
+        MaskedLine::Line {
             held: meta.target() == CHILD_TARGET,
         }
     }
 }
 
-struct MaskedLine {
-    held: bool,
+enum MaskedLine {
+    Line {
+        held: bool,
+    },
+    /// A child line's template, kept for [`ChildLines`].
+    Template,
 }
 
 impl Write for MaskedLine {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let held = match self {
+            MaskedLine::Template => {
+                CAPTURED.with(|c| {
+                    if let Some(captured) = c.borrow_mut().as_mut() {
+                        captured.extend_from_slice(buf);
+                    }
+                });
+                return Ok(buf.len());
+            }
+            MaskedLine::Line { held } => *held,
+        };
         let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
         let text = match std::str::from_utf8(buf) {
             Ok(text) => Cow::Borrowed(text),
@@ -183,7 +370,7 @@ impl Write for MaskedLine {
         mask_into(&text, &mut |masked| {
             pending.extend_from_slice(masked.as_bytes())
         });
-        if !self.held || pending.len() >= PENDING_BYTES {
+        if !held || pending.len() >= PENDING_BYTES {
             write_out(&mut pending);
         }
         Ok(buf.len())
@@ -196,12 +383,20 @@ impl Write for MaskedLine {
 }
 
 fn write_out(pending: &mut Vec<u8>) {
-    // A log line that cannot be written has nowhere else to go.
-    let _ = io::stderr().lock().write_all(pending);
+    write_bytes(pending);
     pending.clear();
     if pending.capacity() > 2 * PENDING_BYTES {
         pending.shrink_to(PENDING_BYTES);
     }
+}
+
+fn write_bytes(bytes: &[u8]) {
+    #[cfg(test)]
+    if tests::captured_here(bytes) {
+        return;
+    }
+    // A log line that cannot be written has nowhere else to go.
+    let _ = io::stderr().lock().write_all(bytes);
 }
 
 /// Writes the child's lines held back so far.
@@ -274,6 +469,89 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    thread_local! {
+        /// What this thread's test writes to stderr through the installed writer.
+        static STDERR: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    }
+
+    /// Keeps `bytes` when this thread's test is capturing what it writes.
+    pub(super) fn captured_here(bytes: &[u8]) -> bool {
+        STDERR.with(|out| match out.borrow_mut().as_mut() {
+            Some(out) => {
+                out.extend_from_slice(bytes);
+                true
+            }
+            None => false,
+        })
+    }
+
+    fn stderr_of(write: impl FnOnce()) -> String {
+        STDERR.with(|out| *out.borrow_mut() = Some(Vec::new()));
+        write();
+        flush();
+        let bytes = STDERR.with(|out| out.borrow_mut().take()).unwrap();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_childs_lines_come_out_exactly_as_their_own_events_would() {
+        let redactor = Redactor::default();
+        redactor.add("hunter2-secret");
+        mask_with(&redactor);
+        let lines = [
+            "plain",
+            "",
+            "quote \" backslash \\ tab \t control \u{1} escape \u{1b}[31m",
+            "ünïcödé ✓",
+            "a hunter2-secret here",
+            PLACEHOLDER,
+        ];
+        let about = (
+            "terraform_data.a[\"k\"]".to_string(),
+            "local-exec".to_string(),
+        );
+        for format in [Format::Text, Format::Json] {
+            let (one_by_one, batched) =
+                tracing::dispatcher::with_default(&subscriber(format), || {
+                    let _command = tracing::info_span!("command", root = "/pvc").entered();
+                    let _step = tracing::info_span!("step", step = "hosts").entered();
+                    let one_by_one = stderr_of(|| {
+                        for line in lines {
+                            child_event("hosts", None, false, line);
+                            child_event("hosts", Some(&about), false, line);
+                        }
+                    });
+                    let batched = stderr_of(|| {
+                        let mut out = ChildLines::new("hosts");
+                        for line in lines {
+                            out.line(line);
+                            out.provisioner_line(&about.0, &about.1, line);
+                        }
+                        out.flush();
+                    });
+                    (one_by_one, batched)
+                });
+            assert_eq!(one_by_one.lines().count(), 2 * lines.len(), "{one_by_one}");
+            assert!(!batched.contains("hunter2-secret"), "{batched}");
+            // Events a moment apart differ in their time, and only there.
+            let timeless = |text: &str| -> Vec<String> {
+                text.lines()
+                    .map(|line| match line.split_once("\"timestamp\":\"") {
+                        Some((head, rest)) => format!("{head}{}", &rest[rest.find('"').unwrap()..]),
+                        None => line.to_string(),
+                    })
+                    .collect()
+            };
+            assert_eq!(timeless(&batched), timeless(&one_by_one), "{format:?}");
+            if format == Format::Json {
+                let first: serde_json::Value =
+                    serde_json::from_str(batched.lines().nth(5).unwrap()).unwrap();
+                assert_eq!(first["message"], "terraform_data.a[\"k\"] (local-exec): quote \" backslash \\ tab \t control \u{1} escape \u{1b}[31m");
+                assert_eq!(first["spans"][0]["root"], "/pvc");
+            }
+        }
+    }
+
     /// What a subscriber like the installed one writes, into a buffer.
     #[derive(Clone, Default)]
     struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -323,7 +601,9 @@ mod tests {
         let text = captured(Format::Text, || {
             logger.info(Some("network"), "applying");
             logger.warn(None, "careful");
-            logger.child_line("network", "token hunter2-secret here");
+            let mut lines = ChildLines::new("network");
+            lines.line("token hunter2-secret here");
+            lines.flush();
             logger.as_is(Level::ERROR, None, "error: x\n  hint: y");
             tracing::info!(
                 source = "bootstrapper",

@@ -5,19 +5,19 @@
 //! makes it abandon its final state write), then wait; only when the grace period is nearly
 //! spent does the whole group get SIGKILL.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
-use crate::log::Logger;
+use crate::log::{ChildLines, Logger};
 use crate::secrets::Redactor;
 use crate::signals::Shutdown;
 
@@ -29,15 +29,13 @@ const TAIL_LINES: usize = 40;
 const POLL: Duration = Duration::from_millis(25);
 /// How long output pipes may stay open after the child exited (held by its leftovers).
 const DRAIN: Duration = Duration::from_secs(2);
-/// Batches of lines in flight between the pipe readers and the logger. Bounded, so that a
-/// child printing faster than the log can be written waits on its pipe instead of filling our
-/// memory (at most this many batches of about [`BATCH_BYTES`] plus one piece each).
-const QUEUE: usize = 8;
-/// A reader hands over what it has read once a batch holds this much, or sooner when the pipe
-/// has nothing more ready: one hand-over per line would cost more than the line itself.
-const BATCH_BYTES: usize = 32 * 1024;
-/// What a reader takes from the pipe at once.
+/// Lines are logged a batch at a time: once this much was read, or sooner when the pipe has
+/// nothing more ready. Line by line, the logging around them would cost more than the lines.
+const BATCH_BYTES: usize = 128 * 1024;
+/// What a reader takes from the pipe at once, at least.
 const READ_BUF: usize = 64 * 1024;
+/// What a child's output pipes hold.
+const PIPE_BYTES: libc::c_int = 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Command {
@@ -121,24 +119,48 @@ pub struct Supervisor {
     pub grace: Duration,
 }
 
-enum Event {
-    /// Lines of one stream, in order.
-    Lines {
-        lines: Vec<Line>,
-        stdout: bool,
-    },
-    Closed,
+/// Lines as read, in the buffer they were read into: no line costs an allocation of its own.
+struct Batch {
+    bytes: Vec<u8>,
+    lines: Vec<Span>,
+    stdout: bool,
 }
 
-/// A line, or a piece of a long one (`whole` false but for its last piece).
-struct Line {
-    text: String,
+/// A line in a batch (without its line end), or a piece of a long one (`whole` false but for
+/// its last piece).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Span {
+    start: usize,
+    end: usize,
     whole: bool,
 }
 
+impl Batch {
+    /// The whole batch as text, when it is valid UTF-8: lines and pieces end between
+    /// characters, so each of them then is too, and one check serves them all.
+    fn valid(&self) -> Option<&str> {
+        std::str::from_utf8(&self.bytes).ok()
+    }
+
+    fn text<'a>(&'a self, valid: Option<&'a str>, span: &Span) -> Cow<'a, str> {
+        match valid {
+            Some(all) => Cow::Borrowed(&all[span.start..span.end]),
+            None => String::from_utf8_lossy(&self.bytes[span.start..span.end]),
+        }
+    }
+
+    /// Whether no line of it needs masking: one search over the batch, since most hold no
+    /// secret. Pieces of long lines are masked one by one, as their ends count.
+    fn clean(&self, valid: Option<&str>, redactor: &Redactor) -> bool {
+        self.lines.iter().all(|span| span.whole)
+            && valid.is_some_and(|all| matches!(redactor.mask(all), Cow::Borrowed(_)))
+    }
+}
+
 /// Reads a child's stdout lines (unmasked) before the log does: returns true for a line it
-/// took care of, false for one to be logged as it is.
-pub type StdoutReader<'a> = &'a mut dyn FnMut(&str, bool) -> bool;
+/// took care of, false for one to be logged as it is. What it logs itself goes through the
+/// [`ChildLines`] it is given (flushed first, for anything else), to keep the order.
+pub type StdoutReader<'a> = &'a mut dyn FnMut(&str, bool, &mut ChildLines) -> bool;
 
 /// How a supervised child is asked to stop: the signal to send it now, if any, and when its
 /// process group is killed if it has not exited by then.
@@ -174,7 +196,7 @@ impl Supervisor {
                 signal: &stop,
                 deadline: &deadline,
             },
-            &mut |_| {},
+            None,
             None,
         )
     }
@@ -198,7 +220,7 @@ impl Supervisor {
                 signal: &stop,
                 deadline: &deadline,
             },
-            &mut |_| {},
+            None,
             Some(reader),
         )
     }
@@ -223,7 +245,7 @@ impl Supervisor {
                 signal: stop,
                 deadline: &deadline,
             },
-            line,
+            Some(line),
             None,
         )
     }
@@ -234,7 +256,7 @@ impl Supervisor {
         capture_stdout: bool,
         watch: &mut dyn FnMut(),
         stopping: Stopping<'_>,
-        on_line: &mut dyn FnMut(&str),
+        mut on_line: Option<&mut dyn FnMut(&str)>,
         mut stdout_reader: Option<StdoutReader<'_>>,
     ) -> std::io::Result<Finished> {
         let mut cmd = std::process::Command::new(&command.program);
@@ -261,69 +283,89 @@ impl Supervisor {
         let mut child = cmd.spawn()?;
         let pid = Pid::from_raw(child.id() as i32);
 
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let stderr = child.stderr.take().expect("piped");
         let redactor = self.logger.redactor().clone();
-        let err_reader = spawn_reader(stderr, false, tx.clone(), redactor.clone());
-        let stdout = child.stdout.take().expect("piped");
-        let (out_reader, captured) = if capture_stdout {
-            let handle = thread::spawn(move || {
-                let mut bytes = Vec::new();
-                let _ = BufReader::new(stdout).read_to_end(&mut bytes);
-                bytes
-            });
-            (None, Some(handle))
-        } else {
-            (Some(spawn_reader(stdout, true, tx.clone(), redactor)), None)
-        };
-        drop(tx);
+        let mut pipes = [
+            Pipe::new(child.stderr.take().expect("piped").into(), false, false),
+            Pipe::new(
+                child.stdout.take().expect("piped").into(),
+                true,
+                capture_stdout,
+            ),
+        ];
 
         let mut tail = VecDeque::with_capacity(TAIL_LINES);
         let mut first_error = FirstError::default();
-        let mut open = if capture_stdout { 1 } else { 2 };
         let mut interrupted = false;
         let mut sent: Option<Signal> = None;
         let mut kill_at: Option<Instant> = None;
-        let mut handle_event = |event: Event, open: &mut usize| match event {
-            Event::Lines { lines, stdout } => {
-                for Line { text, whole } in lines {
-                    if let (true, Some(reader)) = (stdout, stdout_reader.as_mut()) {
-                        if reader(&text, whole) {
-                            continue;
-                        }
+        let mut sink = ChildLines::new(&command.label);
+        let mut last = VecDeque::with_capacity(TAIL_LINES);
+        let mut handle = |batch: &Batch| {
+            let valid = batch.valid();
+            // The log masks what it writes. A line is masked on its own only where its ends
+            // count, for the parts of a secret holding whitespace, and where it is kept. Asked
+            // once per batch, at its first line the reader leaves to the log.
+            let mut as_read = None;
+            for (at, span) in batch.lines.iter().enumerate() {
+                let text = batch.text(valid, span);
+                if let (true, Some(reader)) = (batch.stdout, stdout_reader.as_mut()) {
+                    if reader(&text, span.whole, &mut sink) {
+                        continue;
                     }
-                    let masked = self.logger.redactor().mask(&text);
-                    if is_error_line(&masked) {
-                        self.logger.child_error(&command.label, &masked);
-                    } else {
-                        self.logger.child_line(&command.label, &masked);
-                    }
-                    first_error.feed(&masked);
-                    on_line(&masked);
-                    // The line leaving the tail makes room for the new one, without allocating.
-                    let mut kept = if tail.len() == TAIL_LINES {
-                        tail.pop_front().unwrap_or_default()
-                    } else {
-                        String::new()
-                    };
-                    kept.clear();
-                    kept.push_str(&masked);
-                    tail.push_back(kept);
                 }
-                // A batch ends when its reader has nothing more ready: show it now.
-                crate::log::flush();
+                let as_read = *as_read
+                    .get_or_insert_with(|| !redactor.has_parts() || batch.clean(valid, &redactor));
+                let line = if as_read {
+                    text
+                } else {
+                    Cow::Owned(redactor.mask(&text).into_owned())
+                };
+                let error = is_error_line(&line);
+                if error {
+                    sink.flush();
+                    self.logger.child_error(&command.label, &line);
+                } else {
+                    sink.line(&line);
+                }
+                if first_error.wants(error) {
+                    first_error.feed(&redactor.mask(&line), error);
+                }
+                if let Some(on_line) = on_line.as_mut() {
+                    on_line(&redactor.mask(&line));
+                }
+                if last.len() == TAIL_LINES {
+                    last.pop_front();
+                }
+                last.push_back(at);
             }
-            Event::Closed => *open -= 1,
+            // Only the batch's last lines can be in the tail, which is masked at the end.
+            for at in last.drain(..) {
+                let text = batch.text(valid, &batch.lines[at]);
+                // The line leaving the tail makes room for the new one, without allocating.
+                let mut kept = if tail.len() == TAIL_LINES {
+                    tail.pop_front().unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                kept.clear();
+                kept.push_str(&text);
+                tail.push_back(kept);
+            }
+            // A batch ends when the pipe has nothing more ready: show it now.
+            sink.flush();
+            crate::log::flush();
         };
 
         // The child is not reaped until the very end: its zombie keeps its pid, and with it
         // the number of its process group, from being handed to an unrelated process while
         // the group may still be signalled below.
+        let mut next_check = Instant::now();
         loop {
-            match rx.recv_timeout(POLL) {
-                Ok(event) => handle_event(event, &mut open),
-                Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {}
+            read_pipes(&mut pipes, next_check, &redactor, &mut handle);
+            if Instant::now() < next_check {
+                continue;
             }
+            next_check = Instant::now() + POLL;
             watch();
             if has_exited(pid)? {
                 watch();
@@ -370,36 +412,36 @@ impl Supervisor {
         }
 
         // The child is gone; its output may still be in the pipes, or held open by leftovers.
-        let drain_until = Instant::now() + DRAIN;
-        while open > 0 {
-            let left = drain_until.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(event) => handle_event(event, &mut open),
-                Err(_) => {
+        let mut drain_until = Instant::now() + DRAIN;
+        let mut killed = false;
+        while pipes.iter().any(|p| p.open) {
+            if Instant::now() >= drain_until {
+                if killed {
                     self.logger.warn(
                         Some(&command.label),
-                        "processes left behind by terraform hold its output open; killing them",
+                        "processes outside terraform's group hold its output open; leaving them",
                     );
-                    let _ = killpg(pid, Signal::SIGKILL);
-                    while let Ok(event) = rx.recv() {
-                        handle_event(event, &mut open);
-                    }
                     break;
                 }
+                self.logger.warn(
+                    Some(&command.label),
+                    "processes left behind by terraform hold its output open; killing them",
+                );
+                let _ = killpg(pid, Signal::SIGKILL);
+                killed = true;
+                drain_until = Instant::now() + DRAIN;
             }
+            read_pipes(&mut pipes, drain_until, &redactor, &mut handle);
         }
         let status = child.wait()?;
-        let _ = err_reader.join();
-        if let Some(reader) = out_reader {
-            let _ = reader.join();
-        }
-        let stdout = captured
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
+        let [_, stdout] = pipes;
         Ok(Finished {
             status,
-            stdout,
-            tail: tail.into_iter().collect(),
+            stdout: stdout.captured.unwrap_or_default(),
+            tail: tail
+                .into_iter()
+                .map(|line| redactor.mask(&line).into_owned())
+                .collect(),
             interrupted,
             first_error: first_error.finish(),
         })
@@ -417,7 +459,12 @@ fn unboxed(line: &str) -> &str {
 
 /// Whether terraform opens an error diagnostic with this line.
 pub fn is_error_line(line: &str) -> bool {
-    unboxed(line).trim_start().starts_with("Error:")
+    // Most lines tell at their first byte after spaces: neither `E` nor a box or other
+    // character outside ASCII.
+    match line.bytes().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'E' | 0x80..) => unboxed(line).trim_start().starts_with("Error:"),
+        _ => false,
+    }
 }
 
 /// Collects terraform's first error diagnostic: the `Error:` summary, then its detail (the
@@ -433,16 +480,20 @@ impl FirstError {
     /// More than this is not a reason any more, it is a log.
     const MAX_CHARS: usize = 600;
 
-    fn feed(&mut self, line: &str) {
-        if self.done {
+    /// Whether it takes a line that opens an error diagnostic or not.
+    fn wants(&self, error: bool) -> bool {
+        !self.done && (self.open || error)
+    }
+
+    /// Takes a line, and whether it opens an error diagnostic.
+    fn feed(&mut self, line: &str, error: bool) {
+        if !self.wants(error) {
             return;
         }
         let text = unboxed(line);
         if !self.open {
-            if is_error_line(text) {
-                self.open = true;
-                self.lines.push(text.trim().to_string());
-            }
+            self.open = true;
+            self.lines.push(text.trim().to_string());
             return;
         }
         let diagnostic_ends = text.starts_with("Error:")
@@ -502,76 +553,208 @@ fn has_exited(pid: Pid) -> std::io::Result<bool> {
     Ok(unsafe { info.si_pid() } != 0)
 }
 
-fn spawn_reader(
-    stream: impl Read + Send + 'static,
+/// A batch's buffers, to be filled again.
+type Spare = (Vec<u8>, Vec<Span>);
+
+/// One of a child's output pipes, read without blocking.
+struct Pipe {
+    fd: OwnedFd,
     stdout: bool,
-    tx: mpsc::SyncSender<Event>,
-    redactor: Redactor,
-) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        let mut reader = BufReader::with_capacity(READ_BUF, stream);
-        let mut pieces = Pieces::default();
-        let mut lines = Vec::new();
-        let mut bytes = 0;
+    splitter: Splitter,
+    /// All that was read, when the output is kept instead of logged.
+    captured: Option<Vec<u8>>,
+    open: bool,
+    /// The last read stopped with more ready.
+    more: bool,
+}
+
+impl Pipe {
+    fn new(fd: OwnedFd, stdout: bool, capture: bool) -> Self {
+        // SAFETY: plain fcntl calls on a descriptor we own, touching no memory. A pipe that
+        // holds more lets the child print on while the log is written; the kernel may refuse
+        // and the default is good enough.
+        unsafe {
+            let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES);
+        }
+        Pipe {
+            fd,
+            stdout,
+            splitter: Splitter::default(),
+            captured: capture.then(Vec::new),
+            open: true,
+            more: false,
+        }
+    }
+
+    /// Reads what the pipe holds now, up to about a batch, and hands the lines it completes
+    /// to `handle`.
+    fn read(&mut self, redactor: &Redactor, handle: &mut dyn FnMut(&Batch)) {
+        let mut eof = false;
+        let mut read = 0;
+        self.more = false;
         loop {
-            let piece = pieces.next(&mut reader, &redactor);
-            let done = piece.is_none();
-            if let Some(piece) = piece {
-                let whole = piece.ends_with(b"\n");
-                let mut text = String::from_utf8(piece)
-                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-                text.truncate(text.trim_end_matches(['\n', '\r']).len());
-                bytes += text.len() + 1;
-                lines.push(Line { text, whole });
-            }
-            let ready = done || bytes >= BATCH_BYTES || reader.buffer().is_empty();
-            if ready && !lines.is_empty() {
-                let batch = Event::Lines {
-                    lines: std::mem::take(&mut lines),
-                    stdout,
-                };
-                if tx.send(batch).is_err() {
-                    break;
+            let buffer = match &mut self.captured {
+                Some(captured) => captured,
+                None => &mut self.splitter.bytes,
+            };
+            match fill(&self.fd, buffer) {
+                Ok((0, _)) => eof = true,
+                Ok((n, filled)) => {
+                    read += n;
+                    // A child printing without pause must not keep the runner from its
+                    // other duties.
+                    self.more = read >= BATCH_BYTES;
+                    // Less than there was room for: the pipe is empty, no need to ask.
+                    if !self.more && filled {
+                        continue;
+                    }
                 }
-                bytes = 0;
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => eof = true,
             }
-            if done {
-                break;
+            break;
+        }
+        if eof {
+            self.open = false;
+        }
+        if self.captured.is_none() {
+            self.splitter.cut(redactor, eof);
+            if let Some(batch) = self.splitter.take(self.stdout) {
+                handle(&batch);
+                self.splitter.spare = Some((batch.bytes, batch.lines));
             }
         }
-        let _ = tx.send(Event::Closed);
-    })
+    }
 }
 
-/// A stream cut into lines, and a line longer than [`MAX_LINE`] into pieces, each cut where
-/// it splits neither a UTF-8 character nor a secret (each piece is masked on its own).
+/// Waits for output on the open `pipes` until `until` (not at all when one had more ready
+/// when last read), and reads each that has some, once.
+fn read_pipes(
+    pipes: &mut [Pipe; 2],
+    until: Instant,
+    redactor: &Redactor,
+    handle: &mut dyn FnMut(&Batch),
+) {
+    let mut fds: Vec<libc::pollfd> = pipes
+        .iter()
+        .filter(|p| p.open)
+        .map(|p| libc::pollfd {
+            fd: p.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let wait = match pipes.iter().any(|p| p.open && p.more) {
+        true => Duration::ZERO,
+        false => until.saturating_duration_since(Instant::now()),
+    };
+    if fds.is_empty() {
+        thread::sleep(wait);
+        return;
+    }
+    let millis = wait.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: `fds` is a live array of as many pollfd as passed.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
+    if ready <= 0 {
+        return;
+    }
+    for pipe in pipes.iter_mut() {
+        let raw = pipe.fd.as_raw_fd();
+        let woke = fds.iter().any(|f| f.fd == raw && f.revents != 0);
+        if pipe.open && woke {
+            pipe.read(redactor, handle);
+        }
+    }
+}
+
+/// Reads what `pipe` holds, up to the room `bytes` has (at least [`READ_BUF`]), after what
+/// `bytes` holds. Returns how much, and whether that filled the room.
+fn fill(pipe: &OwnedFd, bytes: &mut Vec<u8>) -> std::io::Result<(usize, bool)> {
+    bytes.reserve(READ_BUF);
+    let len = bytes.len();
+    let room = bytes.capacity() - len;
+    loop {
+        // SAFETY: the kernel writes at most `room` bytes into the spare capacity, and only
+        // the `read` bytes it wrote are then counted in.
+        let read =
+            unsafe { libc::read(pipe.as_raw_fd(), bytes.as_mut_ptr().add(len).cast(), room) };
+        if read >= 0 {
+            // SAFETY: see above.
+            unsafe { bytes.set_len(len + read as usize) };
+            return Ok((read as usize, read as usize == room));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// A stream cut into lines in the buffer it is read into, and a line longer than
+/// [`MAX_LINE`] into pieces, each cut where it splits neither a UTF-8 character nor a secret
+/// (each piece is masked on its own).
 #[derive(Default)]
-struct Pieces {
-    /// What was read past the last cut, the start of the next piece.
-    carry: Vec<u8>,
-    done: bool,
+struct Splitter {
+    bytes: Vec<u8>,
+    lines: Vec<Span>,
+    /// The buffers of the last batch, handed back to be filled again.
+    spare: Option<Spare>,
+    /// Where the line not ended yet starts: everything before it is in `lines`.
+    start: usize,
 }
 
-impl Pieces {
-    fn next(&mut self, reader: &mut impl BufRead, redactor: &Redactor) -> Option<Vec<u8>> {
-        if self.done {
+impl Splitter {
+    /// Cuts what was read into lines; at the end of the stream, what is left is the last.
+    fn cut(&mut self, redactor: &Redactor, eof: bool) {
+        while let Some(at) = memchr::memchr(b'\n', &self.bytes[self.start..]) {
+            let end = self.start + at;
+            self.pieces(redactor, end);
+            self.push_span(self.start, end, true);
+            self.start = end + 1;
+        }
+        // A line with no end in sight yet goes out in pieces as it comes.
+        self.pieces(redactor, self.bytes.len());
+        if eof && self.start < self.bytes.len() {
+            self.push_span(self.start, self.bytes.len(), false);
+            self.start = self.bytes.len();
+        }
+    }
+
+    /// Cuts pieces off the line up to `end` while more than [`MAX_LINE`] of it is left.
+    fn pieces(&mut self, redactor: &Redactor, end: usize) {
+        while end - self.start > MAX_LINE {
+            let window = &self.bytes[self.start..self.start + MAX_LINE];
+            let cut = redactor.safe_cut(&window[..char_boundary(window)]);
+            self.push_span(self.start, self.start + cut, false);
+            self.start += cut;
+        }
+    }
+
+    fn push_span(&mut self, start: usize, mut end: usize, whole: bool) {
+        while end > start && self.bytes[end - 1] == b'\r' {
+            end -= 1;
+        }
+        self.lines.push(Span { start, end, whole });
+    }
+
+    /// The lines cut so far as a batch, with what follows them kept to go on with.
+    fn take(&mut self, stdout: bool) -> Option<Batch> {
+        if self.lines.is_empty() {
             return None;
         }
-        let mut line = std::mem::take(&mut self.carry);
-        match read_line_bounded(reader, &mut line) {
-            Ok(0) | Err(_) => {
-                self.done = true;
-                return (!line.is_empty()).then_some(line);
-            }
-            Ok(_) => {}
-        }
-        if line.ends_with(b"\n") {
-            return Some(line);
-        }
-        let at_char = char_boundary(&line);
-        let cut = redactor.safe_cut(&line[..at_char]);
-        self.carry = line.split_off(cut);
-        Some(line)
+        let (mut bytes, mut lines) = self.spare.take().unwrap_or_default();
+        bytes.clear();
+        lines.clear();
+        bytes.extend_from_slice(&self.bytes[self.start..]);
+        self.bytes.truncate(self.start);
+        self.start = 0;
+        Some(Batch {
+            bytes: std::mem::replace(&mut self.bytes, bytes),
+            lines: std::mem::replace(&mut self.lines, lines),
+            stdout,
+        })
     }
 }
 
@@ -599,87 +782,92 @@ fn char_boundary(bytes: &[u8]) -> usize {
     len
 }
 
-/// Reads up to a newline or [`MAX_LINE`] bytes, whichever comes first.
-fn read_line_bounded(reader: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<usize> {
-    let mut total = 0;
-    loop {
-        let available = reader.fill_buf()?;
-        if available.is_empty() {
-            return Ok(total);
-        }
-        let room = MAX_LINE - line.len();
-        let window = &available[..available.len().min(room)];
-        let (used, done) = match memchr::memchr(b'\n', window) {
-            Some(i) => (i + 1, true),
-            None => (window.len(), line.len() + window.len() >= MAX_LINE),
-        };
-        line.extend_from_slice(&window[..used]);
-        reader.consume(used);
-        total += used;
-        if done {
-            return Ok(total);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// What a splitter makes of `data` read `chunk` bytes at a time: each line or piece,
+    /// and whether it is whole.
+    fn split(data: &[u8], chunk: usize, redactor: &Redactor) -> Vec<(String, bool)> {
+        let mut splitter = Splitter::default();
+        let mut out = Vec::new();
+        let mut take = |splitter: &mut Splitter| {
+            if let Some(batch) = splitter.take(true) {
+                let valid = batch.valid();
+                for span in &batch.lines {
+                    out.push((batch.text(valid, span).into_owned(), span.whole));
+                }
+                splitter.spare = Some((batch.bytes, batch.lines));
+            }
+        };
+        for (n, piece) in data.chunks(chunk).enumerate() {
+            splitter.bytes.extend_from_slice(piece);
+            splitter.cut(redactor, false);
+            if n % 3 == 0 {
+                take(&mut splitter);
+            }
+        }
+        splitter.cut(redactor, true);
+        take(&mut splitter);
+        out
+    }
+
+    #[test]
+    fn lines_are_cut_the_same_however_they_are_read() {
+        let data = b"one\r\ntwo\n\nthree\r\r\nlast without end";
+        let want = vec![
+            ("one".to_string(), true),
+            ("two".to_string(), true),
+            (String::new(), true),
+            ("three".to_string(), true),
+            ("last without end".to_string(), false),
+        ];
+        for chunk in [1, 2, 3, 7, 64, 4096] {
+            assert_eq!(
+                split(data, chunk, &Redactor::default()),
+                want,
+                "read {chunk} at a time"
+            );
+        }
+    }
+
     #[test]
     fn long_lines_come_in_bounded_pieces() {
         let data = vec![b'x'; MAX_LINE * 2 + 10];
-        let mut reader = BufReader::new(&data[..]);
-        let mut sizes = Vec::new();
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            let n = read_line_bounded(&mut reader, &mut line).unwrap();
-            if n == 0 {
-                break;
-            }
-            sizes.push(line.len());
+        for chunk in [1000, MAX_LINE, 3 * MAX_LINE] {
+            let sizes: Vec<(usize, bool)> = split(&data, chunk, &Redactor::default())
+                .iter()
+                .map(|(text, whole)| (text.len(), *whole))
+                .collect();
+            assert_eq!(sizes, [(MAX_LINE, false), (MAX_LINE, false), (10, false)]);
         }
-        assert_eq!(sizes, [MAX_LINE, MAX_LINE, 10]);
-    }
-
-    fn pieces(data: &[u8], redactor: &Redactor) -> Vec<Vec<u8>> {
-        let mut reader = BufReader::new(data);
-        let mut pieces = Pieces::default();
-        std::iter::from_fn(|| pieces.next(&mut reader, redactor)).collect()
+        // As long as the limit, a line is whole.
+        let mut data = vec![b'y'; MAX_LINE];
+        data.push(b'\n');
+        assert_eq!(split(&data, 1000, &Redactor::default()).len(), 1);
     }
 
     #[test]
     fn long_lines_are_cut_between_characters_and_outside_secrets() {
         let mut data = "x".repeat(MAX_LINE - 1).into_bytes();
         data.extend("€€ end\nnext\n".as_bytes());
-        let got = pieces(&data, &Redactor::default());
-        let text: Vec<String> = got
-            .iter()
-            .map(|p| String::from_utf8(p.clone()).expect("whole characters"))
-            .collect();
-        assert_eq!(
-            text.len(),
-            3,
-            "{:?}",
-            text.iter().map(String::len).collect::<Vec<_>>()
-        );
-        assert_eq!(text[0].len(), MAX_LINE - 1);
-        assert_eq!(text[1], "€€ end\n");
-        assert_eq!(text[2], "next\n");
+        for chunk in [100, 5000, MAX_LINE + 100] {
+            let got = split(&data, chunk, &Redactor::default());
+            assert_eq!(got.len(), 3, "{chunk}");
+            assert_eq!(got[0], ("x".repeat(MAX_LINE - 1), false));
+            assert_eq!(got[1], ("€€ end".to_string(), true));
+            assert_eq!(got[2], ("next".to_string(), true));
+        }
 
         let redactor = Redactor::default();
         redactor.add("s3cr3t-value");
         let mut data = "y".repeat(MAX_LINE - 5).into_bytes();
         data.extend(b"s3cr3t-value tail\n");
-        let got = pieces(&data, &redactor);
+        let got = split(&data, 4096, &redactor);
         assert_eq!(got.len(), 2);
-        assert_eq!(got[0].len(), MAX_LINE - 5);
-        assert_eq!(got[1], b"s3cr3t-value tail\n");
-        assert_eq!(
-            redactor.mask(std::str::from_utf8(&got[1]).unwrap()),
-            "******** tail\n"
-        );
+        assert_eq!(got[0].0.len(), MAX_LINE - 5);
+        assert_eq!(got[1], ("s3cr3t-value tail".to_string(), true));
+        assert_eq!(redactor.mask(&got[1].0), "******** tail");
     }
 
     #[test]
@@ -703,7 +891,7 @@ mod tests {
     fn first_error(lines: &[&str]) -> Option<String> {
         let mut first = FirstError::default();
         for line in lines {
-            first.feed(line);
+            first.feed(line, is_error_line(line));
         }
         first.finish()
     }

@@ -7,6 +7,8 @@ use aho_corasick::AhoCorasick;
 use serde_json::Value;
 
 pub const MASK: &str = "********";
+/// What every URL holds, and with it any credentials in it.
+const URL: &str = "://";
 
 /// Param names containing one of these hold secrets (README.md, "Secrets stay secret").
 const SECRET_WORDS: [&str; 10] = [
@@ -47,7 +49,7 @@ pub struct Redactor {
 struct Known {
     /// Every form of every secret, longest first.
     secrets: Vec<String>,
-    /// Whether a text holds any of `secrets`, in one pass: most lines hold none.
+    /// Whether a text holds any of `secrets`, in one pass: most text holds none.
     any: Option<AhoCorasick>,
     /// The parts of secrets with whitespace in them that a wrapped line can hold.
     parts: Parts,
@@ -182,6 +184,13 @@ impl Redactor {
         known.any = AhoCorasick::new(&known.secrets).ok();
     }
 
+    /// Whether some secret holds whitespace, so that its parts may end or start a line: text
+    /// is then masked line by line.
+    pub fn has_parts(&self) -> bool {
+        let known = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        !known.parts.is_empty()
+    }
+
     pub fn mask<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let known = self.inner.read().unwrap_or_else(|e| e.into_inner());
         let mut out = Cow::Borrowed(text);
@@ -247,7 +256,7 @@ fn escaped_forms(secret: &str) -> Vec<String> {
 /// Hides `user:password@` in any URL inside `text`.
 pub fn mask_url_userinfo(text: Cow<'_, str>) -> Cow<'_, str> {
     // The single byte first: a line rarely holds one, and a substring search costs more.
-    if !text.contains('@') || !text.contains("://") {
+    if memchr::memchr(b'@', text.as_bytes()).is_none() || !text.contains(URL) {
         return text;
     }
     let mut out = String::with_capacity(text.len());

@@ -5,6 +5,7 @@
 //! one of terraform's events (a crash, a plugin's stray output) is passed on tagged, as for
 //! any command.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -12,6 +13,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::FailureKind;
+use crate::log::ChildLines;
+use crate::provision_event::{self, ProvisionLine};
 use crate::secrets::Redactor;
 use crate::terraform::Outputs;
 
@@ -23,15 +26,16 @@ const KEPT_DIAGNOSTICS: usize = 16;
 /// per resource any more but memory stays bounded.
 const TRACKED_RESOURCES: usize = 4096;
 
-/// One event of terraform's stream, as far as the engine reads it.
+/// One event of terraform's stream, as far as the engine reads it, borrowing from the line
+/// what it can: a provisioner can print as fast as terraform can pass it on.
 #[derive(Debug, Deserialize)]
-struct Event {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(rename = "@message", default)]
-    message: String,
-    #[serde(default)]
-    hook: Option<Hook>,
+struct Event<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(rename = "@message", default, borrow)]
+    message: Cow<'a, str>,
+    #[serde(default, borrow)]
+    hook: Option<Hook<'a>>,
     #[serde(default)]
     changes: Option<Changes>,
     #[serde(default)]
@@ -41,22 +45,23 @@ struct Event {
 }
 
 #[derive(Debug, Deserialize)]
-struct Hook {
-    #[serde(default)]
-    resource: Option<Resource>,
-    #[serde(default)]
-    action: Option<String>,
+struct Hook<'a> {
+    #[serde(default, borrow)]
+    resource: Option<Resource<'a>>,
+    #[serde(default, borrow)]
+    action: Option<Cow<'a, str>>,
     #[serde(default)]
     elapsed_seconds: Option<f64>,
-    #[serde(default)]
-    provisioner: Option<String>,
-    #[serde(default)]
-    output: Option<String>,
+    #[serde(default, borrow)]
+    provisioner: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    output: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Deserialize)]
-struct Resource {
-    addr: String,
+struct Resource<'a> {
+    #[serde(borrow)]
+    addr: Cow<'a, str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +166,7 @@ pub struct Stream {
     errors_not_configuration: bool,
     /// Inside a line longer than the reader's pieces: its pieces are passed on as text.
     in_long_line: bool,
+    provisioner_lines: provision_event::Reader,
 }
 
 impl Stream {
@@ -175,20 +181,29 @@ impl Stream {
             error_count: 0,
             errors_not_configuration: false,
             in_long_line: false,
+            provisioner_lines: provision_event::Reader::default(),
         }
     }
 
     /// Takes one line (or piece of a long line, `whole` false but for its last) of the
     /// command's stdout, unmasked. Returns false for what is not an event, which the caller
-    /// passes on as it is.
-    pub fn line(&mut self, raw: &str, whole: bool) -> bool {
+    /// passes on as it is. A provisioner's output goes to `out` with the child's other
+    /// lines; anything else is logged after what `out` holds.
+    pub fn line(&mut self, raw: &str, whole: bool, out: &mut ChildLines) -> bool {
         let continues = std::mem::replace(&mut self.in_long_line, !whole);
         if continues || !whole || !raw.starts_with('{') {
             return false;
         }
+        if let Some(line) = self.provisioner_lines.read(raw) {
+            provisioner_line(&self.redactor, &line, out);
+            return true;
+        }
         match serde_json::from_str::<Event>(raw) {
             Ok(event) => {
-                self.event(event);
+                if event.kind != "provision_progress" {
+                    out.flush();
+                }
+                self.event(event, out);
                 true
             }
             Err(_) => false,
@@ -230,42 +245,42 @@ impl Stream {
             .map(|d| self.redactor.mask(&d.one_line()).into_owned())
     }
 
-    fn event(&mut self, event: Event) {
-        let step = self.step.clone();
-        match event.kind.as_str() {
+    fn event(&mut self, event: Event<'_>, out: &mut ChildLines) {
+        let kind: &str = &event.kind;
+        match kind {
             "apply_start" | "apply_progress" | "apply_complete" | "apply_errored" => {
                 let Some(hook) = event.hook else { return };
                 let Some(resource) = hook.resource else {
                     return;
                 };
                 let action = hook.action.as_deref().unwrap_or("apply");
-                let address = resource.addr;
-                let elapsed = match (self.progress_said.get(&address), &event.kind[..]) {
+                let address: &str = &resource.addr;
+                let elapsed = match (self.progress_said.get(address), kind) {
                     (Some((started, _)), "apply_complete" | "apply_errored") => {
                         started.elapsed().as_secs_f64()
                     }
                     _ => hook.elapsed_seconds.unwrap_or(0.0),
                 };
-                let message = match event.kind.as_str() {
+                let message = match kind {
                     "apply_start" => {
-                        self.remember_progress(&address, 0);
+                        self.remember_progress(address, 0);
                         format!("{address}: {}…", ing(action))
                     }
                     "apply_progress" => {
                         let whole = elapsed as u64;
-                        let said = self.progress_said.get(&address).map_or(0, |p| p.1);
+                        let said = self.progress_said.get(address).map_or(0, |p| p.1);
                         if whole < said + PROGRESS_EVERY_SECONDS {
                             return;
                         }
-                        self.remember_progress(&address, whole);
+                        self.remember_progress(address, whole);
                         format!("{address}: still {}… {}", ing(action), minutes(whole))
                     }
                     "apply_complete" => {
-                        self.progress_said.remove(&address);
+                        self.progress_said.remove(address);
                         format!("{address}: {} in {}", done(action), seconds(elapsed))
                     }
                     _ => {
-                        self.progress_said.remove(&address);
+                        self.progress_said.remove(address);
                         format!(
                             "{address}: {} failed after {}",
                             noun(action),
@@ -275,9 +290,9 @@ impl Stream {
                 };
                 tracing::info!(
                     source = "terraform",
-                    step,
-                    event = event.kind.as_str(),
-                    address = address.as_str(),
+                    step = self.step.as_str(),
+                    event = kind,
+                    address,
                     action,
                     elapsed_seconds = elapsed,
                     "{message}"
@@ -287,17 +302,12 @@ impl Stream {
                 let Some(hook) = event.hook else { return };
                 let address = hook.resource.map(|r| r.addr).unwrap_or_default();
                 let provisioner = hook.provisioner.unwrap_or_default();
-                let output = self.mask(&hook.output.unwrap_or_default());
-                // A provisioner's output comes as fast as a child's lines, and goes out as they do.
-                tracing::info!(
-                    target: crate::log::CHILD_TARGET,
-                    source = "terraform",
-                    step,
-                    event = "provision_progress",
-                    address = address.as_str(),
-                    provisioner = provisioner.as_str(),
-                    "{address} ({provisioner}): {output}"
-                );
+                let line = ProvisionLine {
+                    address,
+                    provisioner,
+                    output: hook.output.unwrap_or_default(),
+                };
+                provisioner_line(&self.redactor, &line, out);
             }
             "change_summary" => {
                 let Some(changes) = event.changes else { return };
@@ -307,7 +317,7 @@ impl Stream {
                 self.applied = true;
                 tracing::info!(
                     source = "terraform",
-                    step,
+                    step = self.step.as_str(),
                     event = "change_summary",
                     operation = changes.operation.as_str(),
                     added = changes.add,
@@ -325,7 +335,12 @@ impl Stream {
             "log" => {
                 // Terraform's own words outside any resource ("Interrupt received…").
                 for line in event.message.lines().filter(|l| !l.trim().is_empty()) {
-                    tracing::info!(source = "terraform", step, event = "log", "{line}");
+                    tracing::info!(
+                        source = "terraform",
+                        step = self.step.as_str(),
+                        event = "log",
+                        "{line}"
+                    );
                 }
             }
             "diagnostic" => {
@@ -400,6 +415,17 @@ impl Stream {
     }
 }
 
+/// A provisioner's output comes as fast as a child's lines, and goes out as they do: masked
+/// by the log with them, and on its own only where the ends of the line count (for the parts
+/// of a secret holding whitespace).
+fn provisioner_line(redactor: &Redactor, line: &ProvisionLine<'_>, out: &mut ChildLines) {
+    let output = match redactor.has_parts() {
+        true => redactor.mask(&line.output),
+        false => Cow::Borrowed(&*line.output),
+    };
+    out.provisioner_line(&line.address, &line.provisioner, &output);
+}
+
 /// An `outputs` event's values, and the names of the sensitive ones (whose values it leaves
 /// out).
 fn outputs_of(all: Map<String, Value>) -> Outputs {
@@ -464,6 +490,10 @@ mod tests {
         Stream::new("hosts", Redactor::default())
     }
 
+    fn line(s: &mut Stream, raw: &str, whole: bool) -> bool {
+        s.line(raw, whole, &mut ChildLines::new("hosts"))
+    }
+
     fn hook_event(kind: &str, addr: &str, action: &str, elapsed: f64) -> String {
         serde_json::json!({
             "@level": "info", "@message": "x", "type": kind,
@@ -475,24 +505,35 @@ mod tests {
     #[test]
     fn outputs_come_from_the_event_after_the_apply_not_the_plan() {
         let mut s = stream();
-        assert!(s.line(
+        assert!(line(
+            &mut s,
             r#"{"type":"outputs","outputs":{"x":{"sensitive":false,"action":"create"}}}"#,
             true
         ));
         assert!(s.outputs().is_none(), "the plan's outputs carry no values");
-        assert!(s.line(r#"{"type":"change_summary","@message":"Apply complete!","changes":{"add":1,"change":0,"remove":0,"operation":"apply"}}"#, true));
-        assert!(s.line(r#"{"type":"outputs","outputs":{"x":{"sensitive":false,"type":"string","value":"a"},"m":{"sensitive":false,"type":["map","number"],"value":{"k":1}}}}"#, true));
+        assert!(line(
+            &mut s,
+            r#"{"type":"change_summary","@message":"Apply complete!","changes":{"add":1,"change":0,"remove":0,"operation":"apply"}}"#,
+            true
+        ));
+        assert!(line(
+            &mut s,
+            r#"{"type":"outputs","outputs":{"x":{"sensitive":false,"type":"string","value":"a"},"m":{"sensitive":false,"type":["map","number"],"value":{"k":1}}}}"#,
+            true
+        ));
         let (values, sensitive) = s.outputs().expect("outputs");
         assert_eq!(values["x"], "a");
         assert_eq!(values["m"]["k"], 1);
         assert!(sensitive.is_empty());
 
         let mut s = stream();
-        s.line(
+        line(
+            &mut s,
             r#"{"type":"change_summary","changes":{"operation":"apply"}}"#,
             true,
         );
-        s.line(
+        line(
+            &mut s,
             r#"{"type":"outputs","outputs":{"t":{"sensitive":true,"type":"string"}}}"#,
             true,
         );
@@ -505,15 +546,16 @@ mod tests {
     #[test]
     fn what_is_not_an_event_is_left_to_the_caller() {
         let mut s = stream();
-        assert!(!s.line("panic: runtime error", true));
-        assert!(!s.line("{not json", true));
+        assert!(!line(&mut s, "panic: runtime error", true));
+        assert!(!line(&mut s, "{not json", true));
         // A long line comes in pieces: none of them is read as an event.
-        assert!(!s.line(r#"{"type":"change_summary""#, false));
-        assert!(!s.line(
+        assert!(!line(&mut s, r#"{"type":"change_summary""#, false));
+        assert!(!line(
+            &mut s,
             r#"{"type":"change_summary","changes":{"operation":"apply"}}"#,
             true
         ));
-        assert!(s.line(r#"{"type":"version"}"#, true));
+        assert!(line(&mut s, r#"{"type":"version"}"#, true));
     }
 
     fn diagnostic(address: Option<&str>, file: Option<&str>) -> String {
@@ -533,7 +575,7 @@ mod tests {
         let kind = |lines: &[String]| {
             let mut s = stream();
             for l in lines {
-                assert!(s.line(l, true));
+                assert!(line(&mut s, l, true));
             }
             s.failure_kind()
         };
@@ -555,7 +597,7 @@ mod tests {
         // No file and no resource: the backend or its lock, which may well pass.
         assert_eq!(kind(&[diagnostic(None, None)]), FailureKind::Other);
         let mut s = stream();
-        s.line(&diagnostic(Some("a.b"), Some("main.tf")), true);
+        line(&mut s, &diagnostic(Some("a.b"), Some("main.tf")), true);
         assert_eq!(s.reason().unwrap(), "Error: Bad: it is bad");
         assert_eq!(
             s.errors()[0].readable(),
@@ -566,16 +608,36 @@ mod tests {
     #[test]
     fn progress_is_said_at_most_once_a_minute_per_resource() {
         let mut s = stream();
-        s.line(&hook_event("apply_start", "a.b", "create", 0.0), true);
+        line(
+            &mut s,
+            &hook_event("apply_start", "a.b", "create", 0.0),
+            true,
+        );
         for t in [10.0, 59.0] {
-            s.line(&hook_event("apply_progress", "a.b", "create", t), true);
+            line(
+                &mut s,
+                &hook_event("apply_progress", "a.b", "create", t),
+                true,
+            );
             assert_eq!(s.progress_said["a.b"].1, 0);
         }
-        s.line(&hook_event("apply_progress", "a.b", "create", 61.0), true);
+        line(
+            &mut s,
+            &hook_event("apply_progress", "a.b", "create", 61.0),
+            true,
+        );
         assert_eq!(s.progress_said["a.b"].1, 61);
-        s.line(&hook_event("apply_progress", "a.b", "create", 100.0), true);
+        line(
+            &mut s,
+            &hook_event("apply_progress", "a.b", "create", 100.0),
+            true,
+        );
         assert_eq!(s.progress_said["a.b"].1, 61);
-        s.line(&hook_event("apply_complete", "a.b", "create", 130.0), true);
+        line(
+            &mut s,
+            &hook_event("apply_complete", "a.b", "create", 130.0),
+            true,
+        );
         assert!(s.progress_said.is_empty());
         assert_eq!(minutes(60), "1m0s");
         assert_eq!(minutes(150), "2m30s");

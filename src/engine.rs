@@ -22,10 +22,16 @@ use crate::stream::Stream;
 use crate::terraform::{self, Terraform};
 use crate::workflow::Retry;
 
-/// What the pg backend answers when another terraform holds its workspace-creation lock.
-const WORKSPACE_CREATION_LOCKED: &str = "Already locked for workspace creation";
-/// How often an apply or destroy that met that lock is run, in all.
-const WORKSPACE_CREATION_TRIES: u32 = 10;
+/// What the pg backend answers when the terraforms of steps running at once set it up in
+/// the same database at the same moment: another holds its workspace-creation lock (one per
+/// database, not waited for), or created the same table or sequence (`IF NOT EXISTS` does not
+/// guard against a creator at the same moment, and the catalog refuses the second).
+const BACKEND_RACES: [&str; 2] = [
+    "Already locked for workspace creation",
+    "duplicate key value violates unique constraint \"pg_",
+];
+/// How often a command that met such a race is run, in all.
+const BACKEND_RACE_TRIES: u32 = 10;
 
 /// What becomes of a command's stdout.
 enum Output<'a> {
@@ -320,14 +326,25 @@ impl Engine {
                     outputs = Some(self.output_command(step, &planned.command, &mut state)?);
                 }
                 Role::Apply | Role::Destroy => {
-                    let stream = self.streamed(step, &planned.command, &mut state)?;
+                    let stream = self.racing(step, || {
+                        let mut stream = Stream::new(&step.name, self.logger().redactor().clone());
+                        self.execute(
+                            step,
+                            &planned.command,
+                            Output::Stream(&mut stream),
+                            &mut state,
+                        )
+                        .map(|_| stream)
+                    })?;
                     streamed = stream.outputs().cloned();
                     if !destroy {
                         self.select_workspace(step, &cwd)?;
                     }
                 }
                 Role::Init => {
-                    self.execute(step, &planned.command, Output::Log, &mut state)?;
+                    self.racing(step, || {
+                        self.execute(step, &planned.command, Output::Log, &mut state)
+                    })?;
                 }
             }
         }
@@ -349,26 +366,22 @@ impl Engine {
         }
     }
 
-    /// Runs an apply or destroy, reading its `-json` stream. A backend that creates the
-    /// workspace on first use may find another terraform creating one at that moment (the pg
-    /// backend has one lock per database for it, and does not wait): nothing has run then,
-    /// so the command is simply run again shortly after.
-    fn streamed(
-        &self,
-        step: &RenderedStep,
-        command: &Command,
-        state: &mut LocalState,
-    ) -> Result<Stream> {
-        let mut tries_left = WORKSPACE_CREATION_TRIES;
+    /// Runs a command by `run` until it does not meet one of the [`BACKEND_RACES`]: a
+    /// terraform that met one changed nothing, and is simply run again shortly after.
+    fn racing<T>(&self, step: &RenderedStep, mut run: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut tries_left = BACKEND_RACE_TRIES;
         loop {
-            let mut stream = Stream::new(&step.name, self.logger().redactor().clone());
-            match self.execute(step, command, Output::Stream(&mut stream), state) {
-                Ok(_) => return Ok(stream),
-                Err(e) if tries_left > 1 && e.to_string().contains(WORKSPACE_CREATION_LOCKED) => {
+            match run() {
+                Err(e)
+                    if tries_left > 1
+                        && BACKEND_RACES
+                            .iter()
+                            .any(|race| e.to_string().contains(race)) =>
+                {
                     tries_left -= 1;
                     self.logger().warn(
                         Some(&step.name),
-                        "another terraform was creating a workspace in the same backend: trying again in 1s",
+                        "another terraform was setting up the same backend at that moment: trying again in 1s",
                     );
                     if let Some(signal) = self
                         .supervisor
@@ -378,7 +391,7 @@ impl Engine {
                         return Err(crate::signals::interrupted(signal));
                     }
                 }
-                Err(e) => return Err(e),
+                other => return other,
             }
         }
     }

@@ -223,6 +223,60 @@ fn every_failed_step_is_named() {
     assert!(!d.ledger().iter().any(|e| e.step() == "d"));
 }
 
+/// Steps that start together set up the same pg database at the same moment, and one
+/// `init` can find the other's table made between its `IF NOT EXISTS` and its `CREATE` (the
+/// real terraform does, now and then; a wrapper makes the first `init` of b and of c fail
+/// exactly so, every time). It is run again, not counted as a failed attempt.
+#[test]
+fn an_init_that_met_another_setting_up_the_backend_is_run_again() {
+    let mut d = Diamond::new("retries = 0");
+    let raced = d.path("raced");
+    fs::create_dir_all(&raced).unwrap();
+    let wrapper = d.b.dir().join("bin/terraform");
+    fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\
+             step=$(basename \"$PWD\")\n\
+             if [ \"$1\" = init ] && [ ! -e \"{raced}/$step\" ]; then\n\
+             case $step in b|c)\n\
+             : > \"{raced}/$step\"\n\
+             echo 'Error: pq: duplicate key value violates unique constraint \"pg_class_relname_nsp_index\"' >&2\n\
+             exit 1;;\n\
+             esac\n\
+             fi\n\
+             exec terraform \"$@\"\n",
+            raced = raced.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    d.b.arg("--terraform").arg(&wrapper);
+
+    let run = d.b.run(&["run"]);
+    run.assert_success();
+    let again = "another terraform was setting up the same backend at that moment: trying again";
+    for step in ["b", "c"] {
+        assert!(raced.join(step).exists(), "{step}'s init never raced");
+        assert!(
+            run.stderr.contains(&format!("warn: {step}: {again}")),
+            "{step}\n{run}"
+        );
+    }
+    assert_all_applied(&d);
+    for step in STEPS {
+        for resource in RESOURCES {
+            let created = d
+                .ledger()
+                .iter()
+                .filter(|e| e.event == "create" && e.what == format!("{step}/{resource}"))
+                .count();
+            assert_eq!(created, 1, "{step}/{resource}\n{:#?}", d.ledger());
+        }
+    }
+}
+
 /// A terraform that writes `INT <its directory> <subcommand>` to `record` for every SIGINT it
 /// gets, and passes the signal on to the real terraform it runs.
 fn int_recording_terraform(dir: &Path, record: &Path) -> PathBuf {

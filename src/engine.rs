@@ -367,29 +367,35 @@ impl Engine {
     }
 
     /// Runs a command by `run` until it does not meet one of the [`BACKEND_RACES`]: a
-    /// terraform that met one changed nothing, and is simply run again shortly after.
+    /// terraform that met one changed nothing, and is simply run again shortly after. The
+    /// other terraform is done in a moment: the waits start short, and differ a little from
+    /// one engine to another, so that two that met do not meet again.
     fn racing<T>(&self, step: &RenderedStep, mut run: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut wait = std::time::Duration::from_millis(100);
         let mut tries_left = BACKEND_RACE_TRIES;
         loop {
-            match run() {
+            let result = run();
+            tries_left -= 1;
+            match result {
                 Err(e)
-                    if tries_left > 1
+                    if tries_left > 0
                         && BACKEND_RACES
                             .iter()
                             .any(|race| e.to_string().contains(race)) =>
                 {
-                    tries_left -= 1;
+                    let jitter = f64::from(clock::now().nanosecond() % 500) / 1000.0;
+                    let this_time = wait.mul_f64(1.0 + jitter);
                     self.logger().warn(
                         Some(&step.name),
-                        "another terraform was setting up the same backend at that moment: trying again in 1s",
+                        &format!(
+                            "another terraform was setting up the same backend at that moment: trying again in {}",
+                            clock::human(this_time)
+                        ),
                     );
-                    if let Some(signal) = self
-                        .supervisor
-                        .shutdown
-                        .wait(Some(std::time::Duration::from_secs(1)), true)
-                    {
+                    if let Some(signal) = self.supervisor.shutdown.wait(Some(this_time), true) {
                         return Err(crate::signals::interrupted(signal));
                     }
+                    wait = (wait * 2).min(std::time::Duration::from_secs(1));
                 }
                 other => return other,
             }

@@ -315,6 +315,7 @@ fn engine(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Engi
             grace: cli.grace,
         },
         loaded,
+        init_turn: Default::default(),
     }
 }
 

@@ -49,6 +49,10 @@ pub struct Engine {
     pub root: PathBuf,
     pub terraform: Terraform,
     pub supervisor: Supervisor,
+    /// Held by the step whose `init` runs: steps running at once take turns. Terraform's
+    /// plugin cache is not safe for `init`s at the same moment, and a backend set up by two
+    /// at once can refuse one (see [`BACKEND_RACES`]).
+    pub init_turn: std::sync::Mutex<()>,
 }
 
 /// The state a command works with once every check has passed and the lock is held.
@@ -342,6 +346,7 @@ impl Engine {
                     }
                 }
                 Role::Init => {
+                    let _turn = self.init_turn(step);
                     self.racing(step, || {
                         self.execute(step, &planned.command, Output::Log, &mut state)
                     })?;
@@ -364,6 +369,19 @@ impl Engine {
                 Ok(Some(self.output_command(step, &command, &mut state)?))
             }
         }
+    }
+
+    /// Waits for the turn of `step`'s `init`, saying so when another step has it.
+    fn init_turn(&self, step: &RenderedStep) -> std::sync::MutexGuard<'_, ()> {
+        if let Ok(turn) = self.init_turn.try_lock() {
+            return turn;
+        }
+        self.logger().info(
+            Some(&step.name),
+            "waiting for another step's `init` to finish: they take turns",
+        );
+        // A step that panicked holding it left nothing half done that this one depends on.
+        self.init_turn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs a command by `run` until it does not meet one of the [`BACKEND_RACES`]: a

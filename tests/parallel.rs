@@ -277,6 +277,54 @@ fn an_init_that_met_another_setting_up_the_backend_is_run_again() {
     }
 }
 
+/// Steps running at once take turns for `init`: terraform's plugin cache is not safe for two
+/// at the same moment. A wrapper makes every `init` of b and c last a second and records any
+/// `init` that starts while another runs.
+#[test]
+fn steps_running_at_once_take_turns_for_init() {
+    let mut d = Diamond::new("retries = 0");
+    let record = d.path("inits");
+    let wrapper = d.b.dir().join("bin/terraform");
+    fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\
+             [ \"$1\" = init ] || exec terraform \"$@\"\n\
+             step=$(basename \"$PWD\")\n\
+             if ! mkdir \"{record}.running\" 2>/dev/null; then echo \"$step overlapped\" >> \"{record}\"; fi\n\
+             echo \"$step init\" >> \"{record}\"\n\
+             case $step in b|c) sleep 1;; esac\n\
+             terraform \"$@\"; rc=$?\n\
+             rmdir \"{record}.running\" 2>/dev/null\n\
+             exit $rc\n",
+            record = record.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    d.b.arg("--terraform").arg(&wrapper);
+    d.set("sleep_b", json!(2)).set("sleep_c", json!(2));
+
+    let run = d.b.run(&["run"]);
+    run.assert_success();
+    let inits = read_lines(&record);
+    assert_eq!(inits.len(), 4, "{inits:?}");
+    assert!(
+        !inits.iter().any(|l| l.ends_with("overlapped")),
+        "{inits:?}\n{run}"
+    );
+    assert!(
+        run.stderr
+            .contains("waiting for another step's `init` to finish"),
+        "{run}"
+    );
+    // The applies still overlap: only the inits took turns.
+    let (b, c) = (span(&d, "b"), span(&d, "c"));
+    assert!(b.0 < c.1 && c.0 < b.1, "b {b:?}, c {c:?}");
+    assert_all_applied(&d);
+}
+
 /// A terraform that writes `INT <its directory> <subcommand>` to `record` for every SIGINT it
 /// gets, and passes the signal on to the real terraform it runs.
 fn int_recording_terraform(dir: &Path, record: &Path) -> PathBuf {

@@ -94,7 +94,7 @@ impl Parts {
     }
 
     fn is_empty(&self) -> bool {
-        self.heads.is_empty()
+        self.heads.is_empty() && self.tails.is_empty() && self.middles.is_empty()
     }
 
     /// `line` with the parts at its ends masked.
@@ -327,6 +327,12 @@ mod tests {
             format!("{MASK}' and '{MASK}")
         );
         assert_eq!(r.mask("qzstaple99 alone"), "qzstaple99 alone");
+
+        // A first word too short to mask on its own still leaves a long rest to mask.
+        let r = Redactor::default();
+        r.add("abc qzdefghijklmnop");
+        assert!(r.has_parts());
+        assert_eq!(r.mask("qzdefghijklmnop' failed"), format!("{MASK}' failed"));
     }
 
     #[test]

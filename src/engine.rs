@@ -33,6 +33,21 @@ const BACKEND_RACES: [&str; 2] = [
 /// How often a command that met such a race is run, in all.
 const BACKEND_RACE_TRIES: u32 = 10;
 
+/// Whether `error` is one of the [`BACKEND_RACES`], met while terraform set up its backend:
+/// a failure about a resource may well name the same catalog (a provider creating a role
+/// that exists), and is not run again here.
+fn is_backend_race(error: &Error) -> bool {
+    if let Error::TerraformFailed {
+        kind: FailureKind::Resource,
+        ..
+    } = error
+    {
+        return false;
+    }
+    let message = error.to_string();
+    BACKEND_RACES.iter().any(|race| message.contains(race))
+}
+
 /// What becomes of a command's stdout.
 enum Output<'a> {
     /// Logged line by line.
@@ -373,19 +388,22 @@ impl Engine {
 
     /// Waits for the turn of `step`'s `init`, saying so when another step has it.
     fn init_turn(&self, step: &RenderedStep) -> std::sync::MutexGuard<'_, ()> {
-        if let Ok(turn) = self.init_turn.try_lock() {
-            return turn;
+        match self.init_turn.try_lock() {
+            Ok(turn) => return turn,
+            // A step that panicked holding it left nothing half done that this one needs.
+            Err(std::sync::TryLockError::Poisoned(turn)) => return turn.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {}
         }
         self.logger().info(
             Some(&step.name),
             "waiting for another step's `init` to finish: they take turns",
         );
-        // A step that panicked holding it left nothing half done that this one depends on.
         self.init_turn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs a command by `run` until it does not meet one of the [`BACKEND_RACES`]: a
-    /// terraform that met one changed nothing, and is simply run again shortly after. The
+    /// terraform that met one while setting up its backend changed nothing, and is simply
+    /// run again shortly after. The
     /// other terraform is done in a moment: the waits start short, and differ a little from
     /// one engine to another, so that two that met do not meet again.
     fn racing<T>(&self, step: &RenderedStep, mut run: impl FnMut() -> Result<T>) -> Result<T> {
@@ -395,12 +413,7 @@ impl Engine {
             let result = run();
             tries_left -= 1;
             match result {
-                Err(e)
-                    if tries_left > 0
-                        && BACKEND_RACES
-                            .iter()
-                            .any(|race| e.to_string().contains(race)) =>
-                {
+                Err(e) if tries_left > 0 && is_backend_race(&e) => {
                     let jitter = f64::from(clock::now().nanosecond() % 500) / 1000.0;
                     let this_time = wait.mul_f64(1.0 + jitter);
                     self.logger().warn(

@@ -145,9 +145,9 @@ pub struct ChildLines {
     step: String,
     /// The provisioner the lines gathered speak for, if any.
     about: Option<About>,
-    /// How the gathered lines are written: made at the first line after a flush, so that
-    /// each batch has its own time; `Some(None)` when another subscriber than this module's
-    /// writes the log, which gets one event per line.
+    /// How the gathered lines are written: made at the first line (after a flush, for JSON,
+    /// so that each batch has its own time); `Some(None)` when another subscriber than this
+    /// module's writes the log, which gets one event per line.
     template: Option<Option<Template>>,
     /// Formatted lines, not masked yet.
     chunk: String,
@@ -170,12 +170,13 @@ impl ChildLines {
         }
     }
 
-    /// A line the child printed, masked.
+    /// A line the child printed: masked already where its ends count or the log does not
+    /// mask what it writes (see [`writes_masked`]); the rest is masked with the batch.
     pub fn line(&mut self, text: &str) {
         self.push(None, text);
     }
 
-    /// A line of a provisioner's output read from terraform's stream, masked.
+    /// A line of a provisioner's output read from terraform's stream, as for [`Self::line`].
     pub fn provisioner_line(&mut self, address: &str, provisioner: &str, output: &str) {
         self.push(Some((address, provisioner)), output);
     }
@@ -247,6 +248,12 @@ impl Drop for ChildLines {
 thread_local! {
     /// The template event being formatted on this thread.
     static CAPTURED: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// Whether the installed subscriber is this module's, which masks all it writes; another
+/// (a caller's own) gets lines masked already, or not at all.
+pub fn writes_masked() -> bool {
+    tracing::dispatcher::get_default(|d| d.downcast_ref::<MaskedStderr>().is_some())
 }
 
 /// The form of a child's line, from an event formatted by the installed subscriber; `None`

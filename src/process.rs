@@ -302,9 +302,10 @@ impl Supervisor {
         let mut last = VecDeque::with_capacity(TAIL_LINES);
         let mut handle = |batch: &Batch| {
             let valid = batch.valid();
-            // The log masks what it writes. A line is masked on its own only where its ends
-            // count, for the parts of a secret holding whitespace, and where it is kept. Asked
-            // once per batch, at its first line the reader leaves to the log.
+            // The log masks what it writes (unless a caller's own subscriber writes it). A
+            // line is masked on its own only where its ends count, for the parts of a secret
+            // holding whitespace, and where it is kept. Asked once per batch, at its first
+            // line the reader leaves to the log.
             let mut as_read = None;
             for (at, span) in batch.lines.iter().enumerate() {
                 let text = batch.text(valid, span);
@@ -313,8 +314,10 @@ impl Supervisor {
                         continue;
                     }
                 }
-                let as_read = *as_read
-                    .get_or_insert_with(|| !redactor.has_parts() || batch.clean(valid, &redactor));
+                let as_read = *as_read.get_or_insert_with(|| {
+                    crate::log::writes_masked()
+                        && (!redactor.has_parts() || batch.clean(valid, &redactor))
+                });
                 let line = if as_read {
                     text
                 } else {
@@ -421,6 +424,10 @@ impl Supervisor {
                         Some(&command.label),
                         "processes outside terraform's group hold its output open; leaving them",
                     );
+                    // What they printed last without ending the line is still logged.
+                    for pipe in pipes.iter_mut().filter(|p| p.open) {
+                        pipe.end(&redactor, &mut handle);
+                    }
                     break;
                 }
                 self.logger.warn(
@@ -617,14 +624,27 @@ impl Pipe {
             break;
         }
         if eof {
-            self.open = false;
+            self.end(redactor, handle);
+        } else {
+            self.pass_on(redactor, false, handle);
         }
-        if self.captured.is_none() {
-            self.splitter.cut(redactor, eof);
-            if let Some(batch) = self.splitter.take(self.stdout) {
-                handle(&batch);
-                self.splitter.spare = Some((batch.bytes, batch.lines));
-            }
+    }
+
+    /// Stops reading: what is left is the last line.
+    fn end(&mut self, redactor: &Redactor, handle: &mut dyn FnMut(&Batch)) {
+        self.open = false;
+        self.pass_on(redactor, true, handle);
+    }
+
+    /// Hands the lines read so far to `handle`, and the last one too at the `end`.
+    fn pass_on(&mut self, redactor: &Redactor, end: bool, handle: &mut dyn FnMut(&Batch)) {
+        if self.captured.is_some() {
+            return;
+        }
+        self.splitter.cut(redactor, end);
+        if let Some(batch) = self.splitter.take(self.stdout) {
+            handle(&batch);
+            self.splitter.spare = Some((batch.bytes, batch.lines));
         }
     }
 }
@@ -654,7 +674,8 @@ fn read_pipes(
         thread::sleep(wait);
         return;
     }
-    let millis = wait.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // Rounded up: a wait of less than a millisecond must not be none.
+    let millis = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
     // SAFETY: `fds` is a live array of as many pollfd as passed.
     let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
     if ready <= 0 {
@@ -703,19 +724,31 @@ struct Splitter {
     spare: Option<Spare>,
     /// Where the line not ended yet starts: everything before it is in `lines`.
     start: usize,
+    /// How far from there the bytes hold no line end: a line that comes slowly is not
+    /// searched again from its start at each read.
+    scanned: usize,
 }
 
 impl Splitter {
     /// Cuts what was read into lines; at the end of the stream, what is left is the last.
     fn cut(&mut self, redactor: &Redactor, eof: bool) {
-        while let Some(at) = memchr::memchr(b'\n', &self.bytes[self.start..]) {
-            let end = self.start + at;
-            self.pieces(redactor, end);
-            self.push_span(self.start, end, true);
+        let mut from = self.scanned.max(self.start);
+        while let Some(at) = memchr::memchr(b'\n', &self.bytes[from..]) {
+            let end = from + at;
+            // The line's length is its text's: a `\r` before its end does not count.
+            let text_end = self.bytes[self.start..end]
+                .iter()
+                .rposition(|&b| b != b'\r')
+                .map_or(self.start, |last| self.start + last + 1);
+            self.pieces(redactor, text_end);
+            self.push_span(self.start, text_end, true);
             self.start = end + 1;
+            from = self.start;
         }
-        // A line with no end in sight yet goes out in pieces as it comes.
-        self.pieces(redactor, self.bytes.len());
+        self.scanned = self.bytes.len();
+        // A line with no end in sight yet goes out in pieces as it comes; its last byte is
+        // held back, as it may be the `\r` of a line end still to come.
+        self.pieces(redactor, self.bytes.len().saturating_sub(1));
         if eof && self.start < self.bytes.len() {
             self.push_span(self.start, self.bytes.len(), false);
             self.start = self.bytes.len();
@@ -724,7 +757,7 @@ impl Splitter {
 
     /// Cuts pieces off the line up to `end` while more than [`MAX_LINE`] of it is left.
     fn pieces(&mut self, redactor: &Redactor, end: usize) {
-        while end - self.start > MAX_LINE {
+        while end.saturating_sub(self.start) > MAX_LINE {
             let window = &self.bytes[self.start..self.start + MAX_LINE];
             let cut = redactor.safe_cut(&window[..char_boundary(window)]);
             self.push_span(self.start, self.start + cut, false);
@@ -749,6 +782,7 @@ impl Splitter {
         lines.clear();
         bytes.extend_from_slice(&self.bytes[self.start..]);
         self.bytes.truncate(self.start);
+        self.scanned -= self.start;
         self.start = 0;
         Some(Batch {
             bytes: std::mem::replace(&mut self.bytes, bytes),
@@ -841,10 +875,17 @@ mod tests {
                 .collect();
             assert_eq!(sizes, [(MAX_LINE, false), (MAX_LINE, false), (10, false)]);
         }
-        // As long as the limit, a line is whole.
-        let mut data = vec![b'y'; MAX_LINE];
-        data.push(b'\n');
-        assert_eq!(split(&data, 1000, &Redactor::default()).len(), 1);
+        // As long as the limit, a line is whole, whatever ends it.
+        for end in [&b"\n"[..], b"\r\n"] {
+            let mut data = vec![b'y'; MAX_LINE];
+            data.extend_from_slice(end);
+            // Read with the line end cut in two as well.
+            for chunk in [1000, MAX_LINE + 1] {
+                let got = split(&data, chunk, &Redactor::default());
+                assert_eq!(got.len(), 1, "{end:?} read {chunk} at a time");
+                assert!(got[0].1);
+            }
+        }
     }
 
     #[test]
@@ -868,6 +909,61 @@ mod tests {
         assert_eq!(got[0].0.len(), MAX_LINE - 5);
         assert_eq!(got[1], ("s3cr3t-value tail".to_string(), true));
         assert_eq!(redactor.mask(&got[1].0), "******** tail");
+    }
+
+    /// What a subscriber of a caller's own writes, kept.
+    #[derive(Clone, Default)]
+    struct Kept(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Kept {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_callers_own_subscriber_gets_every_line_masked() {
+        let redactor = Redactor::default();
+        redactor.add("s3cr3t-value-xyz");
+        let kept = Kept::default();
+        let writer = {
+            let kept = kept.clone();
+            move || kept.clone()
+        };
+        let subscriber = tracing_subscriber::fmt().with_writer(writer).finish();
+        let finished = tracing::subscriber::with_default(subscriber, || {
+            let supervisor = Supervisor {
+                logger: Logger::new(crate::log::Format::Text, redactor.clone()),
+                shutdown: Shutdown::default(),
+                grace: Duration::from_secs(5),
+            };
+            let command = Command {
+                program: "sh".into(),
+                args: vec![
+                    "-c".into(),
+                    "echo out $S; echo \"Error: $S\" >&2; exit 1".into(),
+                ],
+                cwd: ".".into(),
+                env: vec![("S".into(), "s3cr3t-value-xyz".into())],
+                label: "t".into(),
+            };
+            supervisor.run(&command, false).unwrap()
+        });
+        let written = String::from_utf8(kept.0.lock().unwrap().clone()).unwrap();
+        assert!(written.contains("out ********"), "{written}");
+        assert!(written.contains("Error: ********"), "{written}");
+        assert!(!written.contains("s3cr3t"), "{written}");
+        assert!(
+            !finished.reason().contains("s3cr3t"),
+            "{}",
+            finished.reason()
+        );
+        assert!(finished.tail.iter().all(|l| !l.contains("s3cr3t")));
     }
 
     #[test]

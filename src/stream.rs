@@ -417,9 +417,9 @@ impl Stream {
 
 /// A provisioner's output comes as fast as a child's lines, and goes out as they do: masked
 /// by the log with them, and on its own only where the ends of the line count (for the parts
-/// of a secret holding whitespace).
+/// of a secret holding whitespace) or a caller's own subscriber writes the log.
 fn provisioner_line(redactor: &Redactor, line: &ProvisionLine<'_>, out: &mut ChildLines) {
-    let output = match redactor.has_parts() {
+    let output = match redactor.has_parts() || !crate::log::writes_masked() {
         true => redactor.mask(&line.output),
         false => Cow::Borrowed(&*line.output),
     };

@@ -241,7 +241,8 @@ pub struct Step {
 /// The exact commands that apply (or destroy) a step in `cwd`, as they stand now: init
 /// (the workspace is `TF_WORKSPACE` in every command's environment), a pending `errored.tfstate` push, then apply, or destroy. The apply's stream
 /// carries the outputs' values, but for sensitive ones: `output -json` follows it only when
-/// the module (its files in `module`, `cwd` or the tree it is copied from) declares one.
+/// the module (its files in `module`, `cwd` or the tree it is copied from) declares one, and
+/// keeps its state elsewhere than in a local file (see [`state_at_hand`]).
 pub fn commands(
     terraform: &Terraform,
     rendered: &RenderedStep,
@@ -280,7 +281,8 @@ pub fn commands(
             role: Role::Apply,
             command: apply,
         });
-        if crate::module_vars::declares_sensitive_output(module) {
+        if crate::module_vars::declares_sensitive_output(module) && !state_at_hand(rendered, module)
+        {
             steps.push(Step {
                 role: Role::Output,
                 command: terraform.output_command(rendered, cwd),
@@ -288,6 +290,12 @@ pub fn commands(
         }
     }
     steps
+}
+
+/// Whether the step's state is the local file in its directory, which holds the values of
+/// its outputs, sensitive ones too: no `output -json` is needed to read them.
+pub fn state_at_hand(rendered: &RenderedStep, module: &Path) -> bool {
+    rendered.backend_config.is_empty() && crate::module_vars::keeps_state_locally(module)
 }
 
 /// Whether a step's directory holds a value not known yet.

@@ -59,6 +59,14 @@ impl LocalState {
         }
     }
 
+    /// The outputs recorded in the state file, in the shape of `terraform output -json`
+    /// (sensitive values included); `None` when it holds no readable state.
+    pub fn outputs(&self) -> Option<crate::terraform::Outputs> {
+        let state: serde_json::Value = serde_json::from_slice(&fs::read(&self.file).ok()?).ok()?;
+        let outputs = serde_json::to_vec(state.get("outputs")?.as_object()?).ok()?;
+        crate::terraform::parse_outputs(&outputs).ok()
+    }
+
     pub fn file(&self) -> &Path {
         &self.file
     }

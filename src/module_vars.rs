@@ -102,6 +102,50 @@ pub fn declares_sensitive_output(dir: &Path) -> bool {
         })
 }
 
+/// Whether the module in `dir` keeps its state in the default local file: its `terraform`
+/// blocks name no backend and no `cloud`. When its files cannot be read, it may not: the
+/// answer is no.
+pub fn keeps_state_locally(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .all(|path| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !path.is_file() || !(name.ends_with(".tf") || name.ends_with(".tf.json")) {
+                return true;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                return false;
+            };
+            if name.ends_with(".json") {
+                let Ok(value) = serde_json::from_str::<Value>(&text) else {
+                    return false;
+                };
+                let blocks = match value.get("terraform") {
+                    None => return true,
+                    Some(Value::Array(blocks)) => blocks.clone(),
+                    Some(block) => vec![block.clone()],
+                };
+                return blocks
+                    .iter()
+                    .all(|b| b.get("backend").is_none() && b.get("cloud").is_none());
+            }
+            let Ok(body) = hcl::edit::parser::parse_body(&text) else {
+                return false;
+            };
+            let local = body.get_blocks("terraform").all(|block| {
+                block.body.get_blocks("backend").next().is_none()
+                    && block.body.get_blocks("cloud").next().is_none()
+            });
+            local
+        })
+}
+
 fn hcl_variables(file: &Path, text: &str) -> Result<Vec<Variable>, Problem> {
     let parsed = hcl::edit::parser::parse_body(text);
     // The parser is stricter than terraform in places (a key repeated in an object), and a
@@ -289,6 +333,37 @@ mod tests {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
         dir
+    }
+
+    #[test]
+    fn a_module_without_a_backend_keeps_its_state_locally() {
+        let main = "resource \"terraform_data\" \"a\" {}\n";
+        assert!(keeps_state_locally(module(&[("main.tf", main)]).path()));
+        let versions = "terraform {\n  required_version = \">= 1.4\"\n}\n";
+        assert!(keeps_state_locally(
+            module(&[("main.tf", main), ("versions.tf", versions)]).path()
+        ));
+        for (name, text) in [
+            ("backend.tf", "terraform {\n  backend \"pg\" {}\n}\n"),
+            (
+                "backend.tf",
+                "terraform {\n  backend \"local\" {\n    path = \"x\"\n  }\n}\n",
+            ),
+            ("cloud.tf", "terraform {\n  cloud {}\n}\n"),
+            (
+                "backend.tf.json",
+                r#"{"terraform": {"backend": {"s3": {}}}}"#,
+            ),
+            (
+                "backend.tf.json",
+                r#"{"terraform": [{"backend": {"pg": {}}}]}"#,
+            ),
+            ("broken.tf", "terraform {"),
+        ] {
+            let dir = module(&[("main.tf", main), (name, text)]);
+            assert!(!keeps_state_locally(dir.path()), "{name}: {text}");
+        }
+        assert!(!keeps_state_locally(Path::new("/nonexistent/module")));
     }
 
     fn setting(name: &str) -> tfvars::Setting {

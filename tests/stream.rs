@@ -38,7 +38,7 @@ fn marker(b: &Bootstrapper, step: &str) -> Value {
 }
 
 #[test]
-fn outputs_come_from_the_apply_stream_and_only_a_sensitive_one_costs_a_process() {
+fn outputs_come_from_the_apply_stream_or_a_local_state_without_a_process() {
     let (b, record) = four_steps();
     let out = b.run(&["run"]);
     out.assert_success();
@@ -52,10 +52,11 @@ fn outputs_come_from_the_apply_stream_and_only_a_sensitive_one_costs_a_process()
             "{step}\n{out}"
         );
     }
-    // A sensitive output, whose value the stream leaves out: `output -json` still runs.
+    // A sensitive output, whose value the stream leaves out, of a step whose state is a local
+    // file: the value is read from there, without `output -json`.
     assert_eq!(
         subcommands(&b, &record, "control-network"),
-        ["init", "apply", "output"],
+        ["init", "apply"],
         "{out}"
     );
     let sensitive = fs::read_to_string(
@@ -87,6 +88,40 @@ fn outputs_come_from_the_apply_stream_and_only_a_sensitive_one_costs_a_process()
     }
     let network_id = &marker(&b, "network")["outputs"]["network_id"];
     assert_eq!(&marker(&b, "hosts")["outputs"]["network_id"], network_id);
+}
+
+/// A sensitive output of a step whose state is in a remote backend: its value is asked for.
+#[test]
+fn a_sensitive_output_kept_in_a_remote_backend_is_asked_for() {
+    let mut b = Bootstrapper::new();
+    let record = b.record_terraform();
+    let image = b.dir().join("image");
+    fs::create_dir_all(image.join("a")).unwrap();
+    fs::write(
+        image.join("a/main.tf"),
+        "terraform {\n  backend \"pg\" {}\n}\n\n\
+         output \"token\" {\n  value     = \"tok-remote-4711\"\n  sensitive = true\n}\n\n\
+         output \"plain\" {\n  value = \"seen\"\n}\n",
+    )
+    .unwrap();
+    b.write_workflow(&format!(
+        "[source]\ndir = \"code\"\nimage_dir = {image:?}\n\n\
+         [settings]\nretries = 0\n\n\
+         [[step]]\nname = \"a\"\ndir = \"a\"\nbackend_config = {{ conn_str = {:?} }}\n",
+        fresh_database()
+    ));
+    b.write_params(&json!({}));
+    let out = b.run(&["run"]);
+    out.assert_success();
+    assert_eq!(
+        subcommands(&b, &record, "a"),
+        ["init", "apply", "output"],
+        "{out}"
+    );
+    let sensitive = fs::read_to_string(b.root().join(".bootstrapper/steps/a/sensitive")).unwrap();
+    assert!(sensitive.contains("tok-remote-4711"), "{sensitive}");
+    assert!(!out.stderr.contains("tok-remote-4711"), "{out}");
+    assert_eq!(marker(&b, "a")["outputs"]["plain"], "seen");
 }
 
 #[test]

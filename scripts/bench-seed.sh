@@ -42,10 +42,14 @@ dir = "control-network"
 vars = "$(tera control-network)"
 TOML
 for step in network hosts system-job; do
+  # As workflows/bootstrap.toml has it: the system jobs run on the hosts.
+  needs=
+  [ "$step" = system-job ] && needs='needs = ["hosts"]'
   cat >> "$work/workflow.toml" <<TOML
 [[step]]
 name = "$step"
 dir = "$step"
+$needs
 workspace = "{{ params.cluster_id }}"
 backend_config = { conn_str = "{{ steps.control_network.outputs.conn_str }}", schema_name = "$step" }
 vars = "$(tera $step)"

@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -362,10 +362,17 @@ impl Supervisor {
         // The child is not reaped until the very end: its zombie keeps its pid, and with it
         // the number of its process group, from being handed to an unrelated process while
         // the group may still be signalled below.
+        let exit = exit_fd(pid);
         let mut next_check = Instant::now();
         loop {
-            read_pipes(&mut pipes, next_check, &redactor, &mut handle);
-            if Instant::now() < next_check {
+            let exited = read_pipes(
+                &mut pipes,
+                exit.as_ref(),
+                next_check,
+                &redactor,
+                &mut handle,
+            );
+            if !exited && Instant::now() < next_check {
                 continue;
             }
             next_check = Instant::now() + POLL;
@@ -438,7 +445,7 @@ impl Supervisor {
                 killed = true;
                 drain_until = Instant::now() + DRAIN;
             }
-            read_pipes(&mut pipes, drain_until, &redactor, &mut handle);
+            read_pipes(&mut pipes, None, drain_until, &redactor, &mut handle);
         }
         let status = child.wait()?;
         let [_, stdout] = pipes;
@@ -650,18 +657,22 @@ impl Pipe {
 }
 
 /// Waits for output on the open `pipes` until `until` (not at all when one had more ready
-/// when last read), and reads each that has some, once.
+/// when last read), or for the child to exit when `exit` (its pidfd) is given, and reads
+/// each pipe that has some, once. Returns whether the child may have exited.
 fn read_pipes(
     pipes: &mut [Pipe; 2],
+    exit: Option<&OwnedFd>,
     until: Instant,
     redactor: &Redactor,
     handle: &mut dyn FnMut(&Batch),
-) {
+) -> bool {
     let mut fds: Vec<libc::pollfd> = pipes
         .iter()
         .filter(|p| p.open)
-        .map(|p| libc::pollfd {
-            fd: p.fd.as_raw_fd(),
+        .map(|p| p.fd.as_raw_fd())
+        .chain(exit.map(|fd| fd.as_raw_fd()))
+        .map(|fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
         })
@@ -672,22 +683,32 @@ fn read_pipes(
     };
     if fds.is_empty() {
         thread::sleep(wait);
-        return;
+        return false;
     }
     // Rounded up: a wait of less than a millisecond must not be none.
     let millis = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
     // SAFETY: `fds` is a live array of as many pollfd as passed.
     let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
     if ready <= 0 {
-        return;
+        return false;
     }
+    let woke = |raw: libc::c_int| fds.iter().any(|f| f.fd == raw && f.revents != 0);
     for pipe in pipes.iter_mut() {
-        let raw = pipe.fd.as_raw_fd();
-        let woke = fds.iter().any(|f| f.fd == raw && f.revents != 0);
-        if pipe.open && woke {
+        if pipe.open && woke(pipe.fd.as_raw_fd()) {
             pipe.read(redactor, handle);
         }
     }
+    exit.is_some_and(|fd| woke(fd.as_raw_fd()))
+}
+
+/// A descriptor that becomes readable when the process `pid` exits, so that its exit is
+/// seen at once rather than at the next check; `None` where the kernel has none (before
+/// Linux 5.3), and the checks every [`POLL`] see it.
+fn exit_fd(pid: Pid) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    // SAFETY: a descriptor the kernel just opened for us, owned by nothing else.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
 
 /// Reads what `pipe` holds, up to the room `bytes` has (at least [`READ_BUF`]), after what

@@ -60,90 +60,82 @@ pub fn read(dir: &Path) -> Result<Vec<Variable>, Problems> {
     }
 }
 
+/// The text of each `*.tf` and `*.tf.json` file of the module in `dir`, and whether it is
+/// JSON; `None` when the directory or one of them cannot be read.
+fn module_texts(dir: &Path) -> Option<Vec<(bool, String)>> {
+    let files = tfvars::files_named(dir, |name| {
+        name.ends_with(".tf") || name.ends_with(".tf.json")
+    })
+    .ok()?;
+    files
+        .iter()
+        .map(|file| {
+            let json = file.to_string_lossy().ends_with(".json");
+            std::fs::read_to_string(file).ok().map(|text| (json, text))
+        })
+        .collect()
+}
+
 /// Whether the module in `dir` declares an output marked sensitive, whose value terraform's
 /// `-json` stream leaves out. When its files cannot be read, or `sensitive` is not a plain
 /// `true` or `false`, it may: the answer is yes.
 pub fn declares_sensitive_output(dir: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Some(texts) = module_texts(dir) else {
         return true;
     };
-    entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .any(|path| {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if !path.is_file() || !(name.ends_with(".tf") || name.ends_with(".tf.json")) {
-                return false;
-            }
-            let Ok(text) = std::fs::read_to_string(&path) else {
+    texts.iter().any(|(json, text)| {
+        if *json {
+            let Ok(value) = serde_json::from_str::<Value>(text) else {
                 return true;
             };
-            if name.ends_with(".json") {
-                let Ok(value) = serde_json::from_str::<Value>(&text) else {
-                    return true;
-                };
-                let outputs = value.get("output").and_then(Value::as_object);
-                return outputs.into_iter().flatten().any(|(_, body)| {
-                    !matches!(body.get("sensitive"), None | Some(Value::Bool(false)))
-                });
-            }
-            let Ok(body) = hcl::edit::parser::parse_body(&text) else {
-                return true;
-            };
-            let sensitive = body.get_blocks("output").any(|block| {
-                block
-                    .body
-                    .get_attribute("sensitive")
-                    .is_some_and(|a| !matches!(a.value.as_bool(), Some(false)))
+            let outputs = value.get("output").and_then(Value::as_object);
+            return outputs.into_iter().flatten().any(|(_, body)| {
+                !matches!(body.get("sensitive"), None | Some(Value::Bool(false)))
             });
-            sensitive
-        })
+        }
+        let Ok(body) = hcl::edit::parser::parse_body(text) else {
+            return true;
+        };
+        let sensitive = body.get_blocks("output").any(|block| {
+            block
+                .body
+                .get_attribute("sensitive")
+                .is_some_and(|a| !matches!(a.value.as_bool(), Some(false)))
+        });
+        sensitive
+    })
 }
 
 /// Whether the module in `dir` keeps its state in the default local file: its `terraform`
 /// blocks name no backend and no `cloud`. When its files cannot be read, it may not: the
 /// answer is no.
 pub fn keeps_state_locally(dir: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Some(texts) = module_texts(dir) else {
         return false;
     };
-    entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .all(|path| {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if !path.is_file() || !(name.ends_with(".tf") || name.ends_with(".tf.json")) {
-                return true;
-            }
-            let Ok(text) = std::fs::read_to_string(&path) else {
+    texts.iter().all(|(json, text)| {
+        if *json {
+            let Ok(value) = serde_json::from_str::<Value>(text) else {
                 return false;
             };
-            if name.ends_with(".json") {
-                let Ok(value) = serde_json::from_str::<Value>(&text) else {
-                    return false;
-                };
-                let blocks = match value.get("terraform") {
-                    None => return true,
-                    Some(Value::Array(blocks)) => blocks.clone(),
-                    Some(block) => vec![block.clone()],
-                };
-                return blocks
-                    .iter()
-                    .all(|b| b.get("backend").is_none() && b.get("cloud").is_none());
-            }
-            let Ok(body) = hcl::edit::parser::parse_body(&text) else {
-                return false;
+            let blocks = match value.get("terraform") {
+                None => return true,
+                Some(Value::Array(blocks)) => blocks.clone(),
+                Some(block) => vec![block.clone()],
             };
-            let local = body.get_blocks("terraform").all(|block| {
-                block.body.get_blocks("backend").next().is_none()
-                    && block.body.get_blocks("cloud").next().is_none()
-            });
-            local
-        })
+            return blocks
+                .iter()
+                .all(|b| b.get("backend").is_none() && b.get("cloud").is_none());
+        }
+        let Ok(body) = hcl::edit::parser::parse_body(text) else {
+            return false;
+        };
+        let local = body.get_blocks("terraform").all(|block| {
+            block.body.get_blocks("backend").next().is_none()
+                && block.body.get_blocks("cloud").next().is_none()
+        });
+        local
+    })
 }
 
 fn hcl_variables(file: &Path, text: &str) -> Result<Vec<Variable>, Problem> {

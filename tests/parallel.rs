@@ -232,11 +232,9 @@ fn an_init_that_met_another_setting_up_the_backend_is_run_again() {
     let mut d = Diamond::new("retries = 0");
     let raced = d.path("raced");
     fs::create_dir_all(&raced).unwrap();
-    let wrapper = d.b.dir().join("bin/terraform");
-    fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
-    fs::write(
-        &wrapper,
-        format!(
+    let wrapper = terraform_wrapper(
+        d.b.dir(),
+        &format!(
             "#!/bin/sh\n\
              step=$(basename \"$PWD\")\n\
              if [ \"$1\" = init ] && [ ! -e \"{raced}/$step\" ]; then\n\
@@ -249,9 +247,7 @@ fn an_init_that_met_another_setting_up_the_backend_is_run_again() {
              exec terraform \"$@\"\n",
             raced = raced.display()
         ),
-    )
-    .unwrap();
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    );
     d.b.arg("--terraform").arg(&wrapper);
 
     let run = d.b.run(&["run"]);
@@ -284,11 +280,9 @@ fn an_init_that_met_another_setting_up_the_backend_is_run_again() {
 fn steps_running_at_once_take_turns_for_init() {
     let mut d = Diamond::new("retries = 0");
     let record = d.path("inits");
-    let wrapper = d.b.dir().join("bin/terraform");
-    fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
-    fs::write(
-        &wrapper,
-        format!(
+    let wrapper = terraform_wrapper(
+        d.b.dir(),
+        &format!(
             "#!/bin/sh\n\
              [ \"$1\" = init ] || exec terraform \"$@\"\n\
              step=$(basename \"$PWD\")\n\
@@ -300,9 +294,7 @@ fn steps_running_at_once_take_turns_for_init() {
              exit $rc\n",
             record = record.display()
         ),
-    )
-    .unwrap();
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    );
     d.b.arg("--terraform").arg(&wrapper);
     d.set("sleep_b", json!(2)).set("sleep_c", json!(2));
 
@@ -328,11 +320,9 @@ fn steps_running_at_once_take_turns_for_init() {
 /// A terraform that writes `INT <its directory> <subcommand>` to `record` for every SIGINT it
 /// gets, and passes the signal on to the real terraform it runs.
 fn int_recording_terraform(dir: &Path, record: &Path) -> PathBuf {
-    let wrapper = dir.join("bin/terraform");
-    fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
-    fs::write(
-        &wrapper,
-        format!(
+    terraform_wrapper(
+        dir,
+        &format!(
             "#!/bin/sh\n\
              terraform \"$@\" &\n\
              child=$!\n\
@@ -344,7 +334,13 @@ fn int_recording_terraform(dir: &Path, record: &Path) -> PathBuf {
             record = record.display()
         ),
     )
-    .unwrap();
+}
+
+/// `script`, written as an executable `bin/terraform` under `dir`, to be `--terraform`.
+fn terraform_wrapper(dir: &Path, script: &str) -> PathBuf {
+    let wrapper = dir.join("bin/terraform");
+    fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
+    fs::write(&wrapper, script).unwrap();
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
     wrapper
 }

@@ -124,9 +124,14 @@ impl Bed {
         Controller {
             running: Some(running),
             base: format!("http://{address}"),
+            // A connection per request: the server closes one after refusing a request whose
+            // body it did not read (a 405, a 413), and a pooled connection reused at that moment
+            // fails a request that never reached it.
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_global(Some(Duration::from_secs(60)))
+                .max_idle_connections(0)
+                .max_idle_connections_per_host(0)
                 .build()
                 .into(),
         }

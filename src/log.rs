@@ -171,7 +171,7 @@ impl ChildLines {
     }
 
     /// A line the child printed: masked already where its ends count or the log does not
-    /// mask what it writes (see [`writes_masked`]); the rest is masked with the batch.
+    /// mask what it writes (see [`mask_each_line`]); the rest is masked with the batch.
     pub fn line(&mut self, text: &str) {
         self.push(None, text);
     }
@@ -250,10 +250,12 @@ thread_local! {
     static CAPTURED: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
 }
 
-/// Whether the installed subscriber is this module's, which masks all it writes; another
-/// (a caller's own) gets lines masked already, or not at all.
-pub fn writes_masked() -> bool {
-    tracing::dispatcher::get_default(|d| d.downcast_ref::<MaskedStderr>().is_some())
+/// Whether a child's line must be masked on its own before it is logged: where the ends of a
+/// line count (the parts of a secret holding whitespace), or where the installed subscriber
+/// is not this module's, which masks all it writes (a caller's own masks nothing).
+pub fn mask_each_line(redactor: &Redactor) -> bool {
+    redactor.has_parts()
+        || !tracing::dispatcher::get_default(|d| d.downcast_ref::<MaskedStderr>().is_some())
 }
 
 /// The form of a child's line, from an event formatted by the installed subscriber; `None`

@@ -302,10 +302,9 @@ impl Supervisor {
         let mut last = VecDeque::with_capacity(TAIL_LINES);
         let mut handle = |batch: &Batch| {
             let valid = batch.valid();
-            // The log masks what it writes (unless a caller's own subscriber writes it). A
-            // line is masked on its own only where its ends count, for the parts of a secret
-            // holding whitespace, and where it is kept. Asked once per batch, at its first
-            // line the reader leaves to the log.
+            // The log masks what it writes; a line is masked on its own only where
+            // `mask_each_line` says so and the batch holds something to mask, and where it is
+            // kept. Asked once per batch, at its first line the reader leaves to the log.
             let mut as_read = None;
             for (at, span) in batch.lines.iter().enumerate() {
                 let text = batch.text(valid, span);
@@ -315,8 +314,7 @@ impl Supervisor {
                     }
                 }
                 let as_read = *as_read.get_or_insert_with(|| {
-                    crate::log::writes_masked()
-                        && (!redactor.has_parts() || batch.clean(valid, &redactor))
+                    !crate::log::mask_each_line(&redactor) || batch.clean(valid, &redactor)
                 });
                 let line = if as_read {
                     text

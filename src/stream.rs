@@ -416,10 +416,9 @@ impl Stream {
 }
 
 /// A provisioner's output comes as fast as a child's lines, and goes out as they do: masked
-/// by the log with them, and on its own only where the ends of the line count (for the parts
-/// of a secret holding whitespace) or a caller's own subscriber writes the log.
+/// by the log with them, and on its own only where `mask_each_line` says so.
 fn provisioner_line(redactor: &Redactor, line: &ProvisionLine<'_>, out: &mut ChildLines) {
-    let output = match redactor.has_parts() || !crate::log::writes_masked() {
+    let output = match crate::log::mask_each_line(redactor) {
         true => redactor.mask(&line.output),
         false => Cow::Borrowed(&*line.output),
     };

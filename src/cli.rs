@@ -7,15 +7,15 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing::Level;
 
-use crate::engine::Engine;
-use crate::error::{exit, Error, Problem, Problems, Result};
-use crate::journal::Journal;
-use crate::load::{self, Loaded};
-use crate::lock::Lock;
-use crate::log::{Format, Logger};
+use crate::base::error::{exit, Error, Problem, Problems, Result};
+use crate::base::log::{Format, Logger};
+use crate::base::signals::{Shutdown, YIELD_SIGNAL};
+use crate::engine::core::Engine;
 use crate::process::Supervisor;
-use crate::signals::{Shutdown, YIELD_SIGNAL};
-use crate::terraform::Terraform;
+use crate::root::journal::Journal;
+use crate::root::lock::Lock;
+use crate::terraform::command::Terraform;
+use crate::workflow::load::{self, Loaded};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -129,7 +129,7 @@ pub enum Command {
     },
     /// The controller: an HTTP API that creates, destroys and describes clusters, each an
     /// instance of the tenant workflow (--workflow) under --root/clusters/<id>
-    Serve(crate::serve::Options),
+    Serve(crate::controller::serve::Options),
 }
 
 /// Reports a command line clap could not parse (or `--help`, `--version`) and returns the
@@ -141,7 +141,7 @@ pub fn usage_error(e: clap::Error) -> i32 {
         return e.exit_code();
     }
     let message = e.render().to_string();
-    crate::log::init(Format::Json);
+    crate::base::log::init(Format::Json);
     Logger::new(Format::Json, Default::default()).error(None, message.trim_end());
     e.exit_code()
 }
@@ -167,15 +167,15 @@ fn requested_format(args: impl Iterator<Item = String>, from_env: Option<String>
 }
 
 fn duration(text: &str) -> std::result::Result<Duration, String> {
-    crate::clock::parse_duration(text)
+    crate::base::clock::parse_duration(text)
 }
 
 /// Runs the command line and returns the process's exit code.
 pub fn main(cli: Cli) -> i32 {
     if let Command::Serve(options) = &cli.command {
-        return crate::serve::main(&cli, options);
+        return crate::controller::serve::main(&cli, options);
     }
-    crate::log::init(cli.log_format);
+    crate::base::log::init(cli.log_format);
     let shutdown = match Shutdown::install() {
         Ok(s) => s,
         Err(e) => {
@@ -191,7 +191,7 @@ pub fn main(cli: Cli) -> i32 {
     if let Some(n) = cli.parallelism {
         loaded.workflow.settings.parallelism = n.into();
     }
-    crate::log::mask_with(&loaded.redactor);
+    crate::base::log::mask_with(&loaded.redactor);
     let logger = Logger::new(cli.log_format, loaded.redactor.clone());
     let result = dispatch(&cli, loaded.clone(), logger.clone(), shutdown);
     match result {
@@ -204,7 +204,7 @@ fn report(e: &Error, loaded: Option<&Loaded>, format: Format) -> i32 {
     let text = e.to_string();
     let text = match loaded {
         Some(l) => l.redactor.mask(&text).into_owned(),
-        None => crate::secrets::mask_url_userinfo(text.as_str().into()).into_owned(),
+        None => crate::base::secrets::mask_url_userinfo(text.as_str().into()).into_owned(),
     };
     let step = match e {
         Error::StepFailed { step, .. } | Error::TerraformFailed { step, .. } => Some(step.as_str()),
@@ -223,11 +223,11 @@ fn report(e: &Error, loaded: Option<&Loaded>, format: Format) -> i32 {
 fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Result<i32> {
     match &cli.command {
         // Dispatched before a params file is loaded, in `main`; kept here for completeness.
-        Command::Serve(options) => Ok(crate::serve::main(cli, options)),
+        Command::Serve(options) => Ok(crate::controller::serve::main(cli, options)),
         Command::Validate => validate(&loaded, &mut engine(cli, loaded.clone(), logger, shutdown)),
         Command::Status { json } => {
-            let report = crate::status::collect(&loaded, &cli.root)?;
-            crate::status::print(&report, *json, &loaded, &mut std::io::stdout().lock())
+            let report = crate::engine::status::collect(&loaded, &cli.root)?;
+            crate::engine::status::print(&report, *json, &loaded, &mut std::io::stdout().lock())
                 .map_err(|e| Error::io("cannot write to stdout", e))?;
             Ok(exit::OK)
         }
@@ -238,7 +238,7 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
             if engine.terraform.resolve().is_ok() {
                 engine.terraform.verify(&engine.supervisor)?;
             }
-            crate::plan::main(
+            crate::commands::plan::main(
                 &loaded,
                 &cli.root,
                 &engine.terraform,
@@ -277,12 +277,12 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
                         None,
                         "stopped and let go of the lock for a destroy; holding until SIGTERM",
                     );
-                    crate::hold::until_stopped(&shutdown, &state_dir, cli.grace, &logger)
+                    crate::engine::hold::until_stopped(&shutdown, &state_dir, cli.grace, &logger)
                 }
                 Err(e @ Error::Interrupted { signal, .. }) => {
                     // Stopped while waiting for the lock, or while applying (the lock is
                     // ours no more): whoever holds it now dies with the pod unless told.
-                    crate::hold::pass_on(&state_dir, signal, cli.grace, &logger);
+                    crate::engine::hold::pass_on(&state_dir, signal, cli.grace, &logger);
                     Err(e)
                 }
                 Err(e) => {
@@ -291,11 +291,11 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
                         None,
                         "holding: `bootstrapper status` shows why; `bootstrapper run` tries again",
                     );
-                    crate::hold::until_stopped(&shutdown, &state_dir, cli.grace, &logger)
+                    crate::engine::hold::until_stopped(&shutdown, &state_dir, cli.grace, &logger)
                 }
                 Ok(_) => {
                     logger.info(None, "holding until SIGTERM");
-                    crate::hold::until_stopped(&shutdown, &state_dir, cli.grace, &logger)
+                    crate::engine::hold::until_stopped(&shutdown, &state_dir, cli.grace, &logger)
                 }
             }
         }
@@ -334,7 +334,7 @@ fn validate(loaded: &Loaded, engine: &mut Engine) -> Result<i32> {
         Err(Error::Input(p)) => problems.extend(p),
         Err(e) => return Err(e),
     }
-    problems.extend(crate::source::check_links(&engine.root, loaded));
+    problems.extend(crate::root::source::check_links(&engine.root, loaded));
     problems.into_result()?;
     for warning in load::warnings(loaded).into_iter().chain(notes) {
         match logger.format() {
@@ -352,7 +352,7 @@ fn validate(loaded: &Loaded, engine: &mut Engine) -> Result<i32> {
 
 fn reset(loaded: &Loaded, root: &std::path::Path, step: &str, logger: &Logger) -> Result<i32> {
     let journal = Journal::at(root);
-    if step == crate::source::RESET_NAME {
+    if step == crate::root::source::RESET_NAME {
         let source = loaded.renderer().render_source().map_err(Error::Input)?;
         let code = root.join(&source.dir);
         if !journal.dir().is_dir() && code.symlink_metadata().is_err() {
@@ -361,7 +361,7 @@ fn reset(loaded: &Loaded, root: &std::path::Path, step: &str, logger: &Logger) -
         }
         journal.create()?;
         let _lock = Lock::acquire(journal.dir(), &format!("reset {step}"))?;
-        crate::source::forget(root, &source, &journal, logger)?;
+        crate::root::source::forget(root, &source, &journal, logger)?;
         return Ok(exit::OK);
     }
     let known = journal
@@ -378,7 +378,7 @@ fn reset(loaded: &Loaded, root: &std::path::Path, step: &str, logger: &Logger) -
             Problem::new(format!("no step `{step}` in the workflow or the journal")).hint(format!(
                 "steps are: {}; `{}` forgets the code",
                 names.join(", "),
-                crate::source::RESET_NAME
+                crate::root::source::RESET_NAME
             )),
         )));
     }

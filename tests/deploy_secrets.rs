@@ -44,7 +44,7 @@ fn assert_no_secret_param(doc: &str) {
     assert!(params.len() > 10, "{json}");
     for name in params.keys() {
         assert!(
-            !bootstrapper::secrets::is_secret_name(name),
+            !bootstrapper::base::secrets::is_secret_name(name),
             "{name} in a ConfigMap"
         );
     }

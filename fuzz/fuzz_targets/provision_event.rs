@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use bootstrapper::provision_event::Reader;
+use bootstrapper::terraform::provision_event::Reader;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

@@ -7,8 +7,8 @@
 
 use std::path::Path;
 
-use bootstrapper::render::placeholder;
-use bootstrapper::tfvars::{self, Syntax};
+use bootstrapper::workflow::render::placeholder;
+use bootstrapper::workflow::tfvars::{self, Syntax};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

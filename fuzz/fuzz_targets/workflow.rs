@@ -6,8 +6,8 @@
 
 use std::path::Path;
 
-use bootstrapper::load::{self, Loaded};
-use bootstrapper::secrets::Redactor;
+use bootstrapper::workflow::load::{self, Loaded};
+use bootstrapper::base::secrets::Redactor;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // A directory that does not exist: `vars` paths relative to it never reach real files.
     let path = Path::new("/nonexistent/bootstrapper-fuzz/workflow.toml");
-    let workflow = match bootstrapper::workflow::parse(path, text) {
+    let workflow = match bootstrapper::workflow::file::parse(path, text) {
         Ok(workflow) => workflow,
         Err(problems) => {
             let _ = problems.to_string();

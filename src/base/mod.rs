@@ -1,0 +1,6 @@
+pub mod clock;
+pub mod durable;
+pub mod error;
+pub mod log;
+pub mod secrets;
+pub mod signals;

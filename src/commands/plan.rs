@@ -1,0 +1,745 @@
+//! `plan`: the dry run. What `run` (or `destroy`) would do now with this workflow, these
+//! params and this root: per step, run, skip or run again and why, the exact commands and the
+//! files it would write, every secret masked.
+//!
+//! Its decisions and commands are those of [`crate::engine::decide`], which `run` and `destroy`
+//! carry out, so the plan cannot drift from the real thing. It only reads: no process is started (but
+//! `terraform version`), and nothing is created under the root, not even the journal directory or the lock.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::base::clock;
+use crate::base::error::{exit, Error, Result};
+use crate::engine::decide;
+use crate::process::Command;
+use crate::root::journal::Journal;
+use crate::root::lock::{self, Holder};
+use crate::root::source;
+use crate::terraform::command::Terraform;
+use crate::terraform::local_state::LocalState;
+use crate::workflow::graph::Graph;
+use crate::workflow::load::{self, Loaded, Recorded};
+use crate::workflow::render::{Outputs, RenderedSource, RenderedStep};
+
+/// Which command is being planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandKind {
+    Run,
+    Destroy,
+}
+
+pub use crate::engine::decide::Decision;
+
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub command: CommandKind,
+    pub root: String,
+    /// False when nothing was ever put under the root (a plan from a laptop).
+    pub root_exists: bool,
+    /// Who holds the root's lock now: the command would wait for it, or fail with exit 3.
+    pub lock: Option<Holder>,
+    pub terraform: Program,
+    pub code: CodePlan,
+    /// Why the command would do nothing at all, if it would not.
+    pub blocked: Option<String>,
+    /// Things that would stop the command or that the operator should know.
+    pub notes: Vec<String>,
+    /// At most this many steps run at once.
+    pub parallelism: usize,
+    /// The steps in the order the command reaches them: each group runs together, once the
+    /// groups before it are done (as far as `parallelism` allows).
+    pub waves: Vec<Vec<String>>,
+    pub steps: Vec<StepPlan>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Program {
+    /// The binary as it would be run: resolved in PATH when found.
+    pub path: String,
+    pub found: bool,
+}
+
+/// The code the steps run in.
+#[derive(Debug, Serialize)]
+pub struct CodePlan {
+    /// `<root>/<source.dir>`.
+    pub dir: String,
+    /// `use` (it is there), `copy` (from the image), `clone` (with git), or `none` (nothing
+    /// to take it from: the command would stop).
+    pub action: &'static str,
+    /// The image directory or the repository URL (credentials masked), when not there yet.
+    pub from: Option<String>,
+    pub git_ref: Option<String>,
+    /// What the root records of the code that is there.
+    pub record: Option<source::Record>,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepPlan {
+    pub step: String,
+    pub decision: Decision,
+    pub reason: String,
+    /// The steps it starts only after: those it needs for `run`, those that need it for
+    /// `destroy`.
+    pub waits_for: Vec<String>,
+    /// For `run_again`: the inputs that differ from what the step was applied with; for
+    /// `run_again_if_changed`: the inputs that cannot be compared yet.
+    pub changed_inputs: Vec<String>,
+    /// `steps.<step>.outputs.<output>` values not known yet, shown as placeholders.
+    pub unknown_outputs: Vec<String>,
+    /// The directory terraform would run in.
+    pub dir: String,
+    pub workspace: Option<String>,
+    pub backend_config: Map<String, Value>,
+    /// The vars file it would write before running terraform.
+    pub vars_file: Option<VarsFile>,
+    pub commands: Vec<PlannedCommand>,
+    /// Why the command would stop at this step, if it would.
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VarsFile {
+    pub path: String,
+    pub mode: &'static str,
+    pub content: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlannedCommand {
+    pub cwd: String,
+    pub argv: Vec<String>,
+    pub env: Map<String, Value>,
+}
+
+/// `bootstrapper plan [--destroy] [--json]`.
+pub fn main(
+    loaded: &Loaded,
+    root: &Path,
+    terraform: &Terraform,
+    destroy: bool,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<i32> {
+    let plan = make(loaded, root, terraform, destroy)?;
+    print(&plan, json, loaded, out).map_err(|e| Error::io("cannot write to stdout", e))?;
+    Ok(exit::OK)
+}
+
+/// Works out the plan; an input error is what the command itself would stop with.
+pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) -> Result<Plan> {
+    let journal = Journal::at(root);
+    // Checks that the root is a directory or absent, before anything else reads it.
+    let recorded = load::read_journal(loaded, &journal).map_err(Error::Input)?;
+    let root_exists = root.is_dir();
+    let checked =
+        load::check(loaded, &recorded.outputs, load::Modules::Under(root)).map_err(Error::Input)?;
+    let source = checked.source;
+    let rendered = checked.steps;
+    source::check_links(root, loaded).into_result()?;
+
+    let mut terraform = terraform.clone();
+    let mut notes = checked.notes;
+    let found = match terraform.resolve() {
+        Ok(program) => {
+            terraform.program = program;
+            true
+        }
+        Err(e) => {
+            let why = match &e {
+                Error::Input(problems) if !problems.is_empty() => problems.0[0].message.clone(),
+                e => e.to_string(),
+            };
+            notes.push(format!("{why}: the command would stop with exit 2"));
+            false
+        }
+    };
+    let lock = lock::holder(journal.dir());
+    if let Some(holder) = &lock {
+        notes.push(format!(
+            "the root is locked by {holder}: {}",
+            if destroy {
+                "destroy would ask it to stop and wait for the lock"
+            } else {
+                "run would stop with exit 3 (run --hold waits for the lock)"
+            }
+        ));
+    }
+    let code = plan_code(root, &source, &journal);
+    let code_dir = root.join(&source.dir);
+    let identity = code
+        .record
+        .as_ref()
+        .map(|r| r.identity.clone())
+        .unwrap_or_default();
+    // Where the modules are read from before the code is in place: the tree it is copied from.
+    let module_dir = match (&code.record, &source.image_dir) {
+        (None, Some(image)) if image.is_dir() => image.clone(),
+        _ => code_dir.clone(),
+    };
+    let context = Context {
+        loaded,
+        journal: &journal,
+        terraform: &terraform,
+        code_dir: &code_dir,
+        module_dir: &module_dir,
+        code_present: code.record.is_some(),
+        identity: identity.as_deref(),
+        rendered: &rendered,
+        rendered_with: &recorded.outputs,
+    };
+    let tombstone = journal.tombstone()?;
+    let (blocked, steps) = if destroy {
+        if let Some(t) = &tombstone {
+            notes.push(match t.finished_at {
+                Some(at) => format!(
+                    "a destroy finished at {}; steps destroyed then are skipped",
+                    clock::format(at)
+                ),
+                None => format!(
+                    "a destroy began at {} and did not finish; this one would finish it",
+                    clock::format(t.started_at)
+                ),
+            });
+        }
+        (None, context.destroy_steps(&recorded)?)
+    } else {
+        match &tombstone {
+            Some(t) => (Some(decide::tombstone_message(t)), context.blocked_steps()),
+            None => (None, context.apply_steps(&recorded)?),
+        }
+    };
+    let graph = Graph::of(loaded).map_err(Error::Input)?;
+    let graph = if destroy { graph.reversed() } else { graph };
+    let names = |set: &mut dyn Iterator<Item = usize>| -> Vec<String> {
+        set.map(|i| loaded.workflow.steps[i].name.clone()).collect()
+    };
+    let mut steps = steps;
+    for plan in &mut steps {
+        if let Some(i) = loaded.workflow.step_index(&plan.step) {
+            plan.waits_for = names(&mut graph.needs(i).iter().copied());
+        }
+    }
+    let wave_of = graph.waves();
+    let mut order: Vec<usize> = (0..graph.len()).collect();
+    if destroy {
+        order.reverse();
+    }
+    let mut waves: Vec<Vec<String>> = Vec::new();
+    for i in order {
+        let w = wave_of[i];
+        if waves.len() <= w {
+            waves.resize(w + 1, Vec::new());
+        }
+        waves[w].push(loaded.workflow.steps[i].name.clone());
+    }
+    for step in &steps {
+        if matches!(step.decision, Decision::Skip | Decision::Blocked) {
+            continue;
+        }
+        let state = LocalState::of(Path::new(&step.dir), step.workspace.as_deref());
+        match state.check() {
+            Ok(None) => {}
+            Ok(Some(what)) => notes.push(format!("step {}: {what}", step.step)),
+            Err(why) => notes.push(format!("step {}: {why}; the step would fail", step.step)),
+        }
+        let errored = Path::new(&step.dir).join(crate::engine::decide::ERRORED_STATE);
+        if errored.exists() && !crate::terraform::local_state::holds_complete_state(&errored) {
+            notes.push(format!(
+                "step {}: {} holds no complete state (terraform could not save one): it would be set aside, not pushed, and resources of the attempt that left it may be recorded nowhere",
+                step.step,
+                errored.display()
+            ));
+        }
+    }
+    Ok(Plan {
+        command: if destroy {
+            CommandKind::Destroy
+        } else {
+            CommandKind::Run
+        },
+        root: root.display().to_string(),
+        root_exists,
+        lock,
+        terraform: Program {
+            path: terraform.program.display().to_string(),
+            found,
+        },
+        code,
+        blocked,
+        notes,
+        parallelism: loaded.workflow.settings.parallelism,
+        waves,
+        steps,
+    })
+}
+
+/// What the command would do about the code: use it, or copy or clone it first.
+fn plan_code(root: &Path, source: &RenderedSource, journal: &Journal) -> CodePlan {
+    let dir = root.join(&source.dir);
+    let mut plan = CodePlan {
+        dir: dir.display().to_string(),
+        action: "use",
+        from: None,
+        git_ref: None,
+        record: None,
+        note: None,
+    };
+    if let Some(code) = source::inspect(root, source, journal) {
+        plan.record = Some(code.record);
+        return plan;
+    }
+    let unknown = "the code's identity is known only once it is in place, so steps applied \
+                   before cannot be compared on it until then";
+    match (&source.image_dir, &source.git_url) {
+        (Some(image), _) if image.is_dir() => {
+            plan.action = "copy";
+            plan.from = Some(image.display().to_string());
+        }
+        (_, Some(url)) => {
+            plan.action = "clone";
+            plan.from =
+                Some(crate::base::secrets::mask_url_userinfo(url.as_str().into()).into_owned());
+            plan.git_ref = source.git_ref.clone();
+        }
+        (Some(image), None) => {
+            plan.action = "none";
+            plan.note = Some(format!(
+                "neither the code directory nor `source.image_dir` {} exists: the command would stop here with exit 2",
+                image.display()
+            ));
+            return plan;
+        }
+        (None, None) => {
+            plan.action = "none";
+            plan.note = Some(
+                "the code directory does not exist and the workflow names no `source.image_dir` or `source.git_url`: the command would stop here with exit 2"
+                    .to_string(),
+            );
+            return plan;
+        }
+    }
+    plan.note = Some(unknown.to_string());
+    plan
+}
+
+/// What every step's plan is worked out from.
+struct Context<'a> {
+    loaded: &'a Loaded,
+    journal: &'a Journal,
+    terraform: &'a Terraform,
+    code_dir: &'a Path,
+    /// The code, or the image's tree that it would be copied from.
+    module_dir: &'a Path,
+    code_present: bool,
+    identity: Option<&'a str>,
+    /// Every step as the checks rendered it, with `rendered_with`, to use again.
+    rendered: &'a [RenderedStep],
+    rendered_with: &'a Outputs,
+}
+
+impl Context<'_> {
+    /// `run`, step by step in order.
+    fn apply_steps(&self, recorded: &Recorded) -> Result<Vec<StepPlan>> {
+        // The outputs `run` would have when it reaches each step: those of skipped steps;
+        // a step that is applied (again) has outputs known only afterwards.
+        let mut outputs = Outputs::new();
+        let mut plans = Vec::new();
+        for (index, step) in self.loaded.workflow.steps.iter().enumerate() {
+            let rendered = load::render_again(
+                self.loaded,
+                self.rendered,
+                self.rendered_with,
+                index,
+                &outputs,
+                true,
+            )
+            .map_err(Error::Input)?;
+            let inputs = rendered.inputs(self.identity);
+            let marker = recorded.markers[index].as_ref();
+            let uncertain = decide::uncertain_inputs(&rendered, self.code_present);
+            let decided = decide::apply(&rendered, &inputs, marker, &uncertain, self.journal)?;
+            let mut plan = self.step_plan(&rendered, &decided);
+            if decided.decision == Decision::Skip {
+                let marker = marker.expect("skipped steps have markers");
+                outputs.insert(step.name.clone(), marker.outputs.clone());
+            } else {
+                plan.commands = self.commands(&rendered, false);
+                plan.problem = self.missing_dir(&rendered);
+            }
+            plans.push(plan);
+        }
+        Ok(plans)
+    }
+
+    /// `destroy`, in reverse order.
+    fn destroy_steps(&self, recorded: &Recorded) -> Result<Vec<StepPlan>> {
+        // Every marker's outputs: earlier steps are still there when a later one is destroyed.
+        let outputs = recorded.outputs.clone();
+        let mut plans = Vec::new();
+        for (index, step) in self.loaded.workflow.steps.iter().enumerate().rev() {
+            let rendered = load::render_again(
+                self.loaded,
+                self.rendered,
+                self.rendered_with,
+                index,
+                &outputs,
+                true,
+            )
+            .map_err(Error::Input)?;
+            let decided =
+                decide::destroy(&step.name, recorded.markers[index].as_ref(), self.journal)?;
+            let mut plan = self.step_plan(&rendered, &decided);
+            if decided.decision == Decision::Destroy {
+                plan.commands = self.commands(&rendered, true);
+                plan.problem = self.missing_dir(&rendered);
+                if !rendered.unknown_outputs.is_empty() {
+                    plan.problem = Some(format!(
+                        "destroy cannot render it: the outputs {} are not in the journal",
+                        decide::unknown_outputs(&rendered).join(", ")
+                    ));
+                }
+            }
+            plans.push(plan);
+        }
+        Ok(plans)
+    }
+
+    /// Every step, untouched: `run` on a destroyed root applies nothing.
+    fn blocked_steps(&self) -> Vec<StepPlan> {
+        let decided = decide::blocked();
+        self.loaded
+            .workflow
+            .steps
+            .iter()
+            .map(|step| StepPlan {
+                step: step.name.clone(),
+                decision: decided.decision,
+                reason: decided.reason.clone(),
+                waits_for: Vec::new(),
+                changed_inputs: Vec::new(),
+                unknown_outputs: Vec::new(),
+                dir: String::new(),
+                workspace: None,
+                backend_config: Map::new(),
+                vars_file: None,
+                commands: Vec::new(),
+                problem: None,
+            })
+            .collect()
+    }
+
+    fn step_plan(&self, rendered: &RenderedStep, decided: &decide::Decided) -> StepPlan {
+        let cwd = self.cwd(rendered);
+        StepPlan {
+            step: rendered.name.clone(),
+            decision: decided.decision,
+            reason: decided.reason.clone(),
+            waits_for: Vec::new(),
+            changed_inputs: decided.changed_inputs.clone(),
+            unknown_outputs: decide::unknown_outputs(rendered),
+            dir: cwd.display().to_string(),
+            workspace: rendered.workspace.clone(),
+            backend_config: rendered
+                .backend_config
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+            vars_file: rendered
+                .vars
+                .as_ref()
+                .filter(|_| decided.decision.runs())
+                .map(|content| VarsFile {
+                    path: cwd.join(rendered.vars_file()).display().to_string(),
+                    mode: "0600",
+                    content: content.clone(),
+                }),
+            commands: Vec::new(),
+            problem: None,
+        }
+    }
+
+    fn cwd(&self, rendered: &RenderedStep) -> PathBuf {
+        self.code_dir.join(&rendered.dir)
+    }
+
+    /// The very commands `run` (or `destroy`) would run for the step.
+    fn commands(&self, rendered: &RenderedStep, destroy: bool) -> Vec<PlannedCommand> {
+        let module = self.module_dir.join(&rendered.dir);
+        decide::commands(
+            self.terraform,
+            rendered,
+            &self.cwd(rendered),
+            &module,
+            destroy,
+        )
+        .iter()
+        .map(|step| planned(&step.command))
+        .collect()
+    }
+
+    /// `run` checks every step's directory before the first step; say so where it would fail.
+    fn missing_dir(&self, rendered: &RenderedStep) -> Option<String> {
+        let cwd = self.cwd(rendered);
+        (self.code_present && !decide::dir_unknown(rendered) && !cwd.is_dir()).then(|| {
+            format!(
+                "its directory {} does not exist in the code: the command would stop before the first step, with exit 2",
+                cwd.display()
+            )
+        })
+    }
+}
+
+fn planned(command: &Command) -> PlannedCommand {
+    let mut argv = vec![command.program.display().to_string()];
+    argv.extend(command.args.iter().cloned());
+    PlannedCommand {
+        cwd: command.cwd.display().to_string(),
+        argv,
+        env: command
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    }
+}
+
+/// Prints the plan as text or as one JSON document; every secret is masked either way.
+pub fn print(
+    plan: &Plan,
+    json: bool,
+    loaded: &Loaded,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let text = if json {
+        let mut text = serde_json::to_string_pretty(plan).expect("plans serialize");
+        text.push('\n');
+        text
+    } else {
+        render_text(plan)
+    };
+    out.write_all(loaded.redactor.mask(&text).as_bytes())
+}
+
+fn render_text(plan: &Plan) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let command = match plan.command {
+        CommandKind::Run => "run",
+        CommandKind::Destroy => "destroy",
+    };
+    let _ = writeln!(
+        s,
+        "plan: what `bootstrapper {command}` would do now; nothing is run or written"
+    );
+    if plan.root_exists {
+        let _ = writeln!(s, "root: {}", plan.root);
+    } else {
+        let _ = writeln!(
+            s,
+            "root: {} (does not exist: nothing applied yet)",
+            plan.root
+        );
+    }
+    let _ = writeln!(
+        s,
+        "terraform: {}{}",
+        plan.terraform.path,
+        if plan.terraform.found {
+            ""
+        } else {
+            " (not found)"
+        }
+    );
+    let code = &plan.code;
+    match (&code.record, code.action) {
+        (Some(record), _) => {
+            let _ = writeln!(
+                s,
+                "code: {} ({} from {}{}, {})",
+                code.dir,
+                record.kind,
+                record.origin,
+                record
+                    .git_ref
+                    .as_deref()
+                    .map(|r| format!(" at {r}"))
+                    .unwrap_or_default(),
+                record.identity.as_deref().unwrap_or("identity unknown")
+            );
+        }
+        (None, "copy") => {
+            let _ = writeln!(
+                s,
+                "code: {} does not exist: {command} would copy it from {}",
+                code.dir,
+                code.from.as_deref().unwrap_or("?")
+            );
+        }
+        (None, "clone") => {
+            let _ = writeln!(
+                s,
+                "code: {} does not exist: {command} would clone {}{}",
+                code.dir,
+                code.from.as_deref().unwrap_or("?"),
+                code.git_ref
+                    .as_deref()
+                    .map(|r| format!(" at {r}"))
+                    .unwrap_or_default()
+            );
+        }
+        (None, _) => {
+            let _ = writeln!(s, "code: {} does not exist", code.dir);
+        }
+    }
+    if let Some(note) = &code.note {
+        let _ = writeln!(s, "  {note}");
+    }
+    for note in &plan.notes {
+        let _ = writeln!(s, "note: {note}");
+    }
+    if let Some(blocked) = &plan.blocked {
+        let _ = writeln!(s, "blocked: {blocked}");
+    }
+    let _ = writeln!(
+        s,
+        "order (at most {} at once; a step starts when what it waits for is done):",
+        plan.parallelism
+    );
+    for (i, wave) in plan.waves.iter().enumerate() {
+        let together = if wave.len() > 1 { " run together" } else { "" };
+        let _ = writeln!(s, "  {}. {}{together}", i + 1, wave.join(", "));
+    }
+    for step in &plan.steps {
+        let waits = match step.waits_for.as_slice() {
+            [] => "nothing".to_string(),
+            names => names.join(", "),
+        };
+        let _ = writeln!(s, "  {}: waits for {waits}", step.step);
+    }
+    for (i, step) in plan.steps.iter().enumerate() {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "{}. {}: {} ({})",
+            i + 1,
+            step.step,
+            step.decision.as_str(),
+            step.reason
+        );
+        if let Some(problem) = &step.problem {
+            let _ = writeln!(s, "   problem: {problem}");
+        }
+        if step.decision == Decision::Blocked || step.decision == Decision::Skip {
+            continue;
+        }
+        if !step.unknown_outputs.is_empty() {
+            let _ = writeln!(
+                s,
+                "   not known yet (placeholders below): {}",
+                step.unknown_outputs.join(", ")
+            );
+        }
+        let _ = writeln!(s, "   in {}", step.dir);
+        if let Some(ws) = &step.workspace {
+            let _ = writeln!(s, "   workspace: {ws}");
+        }
+        if !step.backend_config.is_empty() {
+            let _ = writeln!(s, "   backend config:");
+            for (k, v) in &step.backend_config {
+                let _ = writeln!(s, "     {k} = {}", v.as_str().unwrap_or_default());
+            }
+        }
+        if let Some(vars) = &step.vars_file {
+            let _ = writeln!(s, "   writes {} (mode {}):", vars.path, vars.mode);
+            for line in vars.content.lines() {
+                let _ = writeln!(s, "     | {line}");
+            }
+        }
+        for command in &step.commands {
+            // The workspace is the one variable of a step's environment worth reading here.
+            let workspace = match command.env.get("TF_WORKSPACE").and_then(Value::as_str) {
+                Some(ws) => format!("TF_WORKSPACE={} ", shell_words(&[ws.to_string()])),
+                None => String::new(),
+            };
+            let _ = writeln!(s, "   $ {workspace}{}", shell_words(&command.argv));
+        }
+    }
+    let count = |d: Decision| plan.steps.iter().filter(|s| s.decision == d).count();
+    let _ = writeln!(s);
+    match plan.command {
+        CommandKind::Run => {
+            let _ = writeln!(
+                s,
+                "{} to run, {} to run again, {} to run again if changed, {} skipped{}",
+                count(Decision::Run),
+                count(Decision::RunAgain),
+                count(Decision::RunAgainIfChanged),
+                count(Decision::Skip),
+                if plan.blocked.is_some() {
+                    ", all blocked"
+                } else {
+                    ""
+                }
+            );
+        }
+        CommandKind::Destroy => {
+            let _ = writeln!(
+                s,
+                "{} to destroy, {} skipped",
+                count(Decision::Destroy),
+                count(Decision::Skip)
+            );
+        }
+    }
+    s
+}
+
+/// An argv as a POSIX shell would need it typed, so a printed command can be copied and run:
+/// only the display is quoted, the real command never meets a shell.
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|arg| {
+            let plain = !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_=./:,@%+".contains(c));
+            if plain {
+                arg.clone()
+            } else {
+                format!("'{}'", arg.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_words_quote_what_a_shell_would_split_or_expand() {
+        let argv: Vec<String> = [
+            "terraform",
+            "-backend-config=k=a b",
+            "x;touch /tmp/p",
+            "it's",
+            "$(id)",
+            "",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            shell_words(&argv),
+            r#"terraform '-backend-config=k=a b' 'x;touch /tmp/p' 'it'\''s' '$(id)' ''"#
+        );
+    }
+}

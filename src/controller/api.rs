@@ -1,0 +1,638 @@
+//! The controller's HTTP API: routes, request and answer types, errors as JSON, and the
+//! OpenAPI document generated from them. A request only records intent; the reconciler does
+//! the work. A rejected request writes nothing and starts nothing.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::base::error::Problems;
+use crate::controller::cluster::{self, Cluster, Document, Intent, Phase};
+use crate::controller::reconcile::Reconciler;
+use crate::controller::tokens::Tokens;
+
+/// The largest request body accepted.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// How much of an operation's log is answered: its end, where failures are.
+const MAX_LOG_LINES: usize = 10_000;
+
+pub struct App {
+    pub reconciler: Arc<Reconciler>,
+    /// None only with `--insecure-no-auth`.
+    pub tokens: Option<Tokens>,
+    /// Intent changes are read-modify-write; one at a time keeps generations in order.
+    pub writes: tokio::sync::Mutex<()>,
+}
+
+impl App {
+    fn root(&self) -> &std::path::Path {
+        &self.reconciler.settings.root
+    }
+
+    fn document(&self, cluster: &Cluster, intent: &Intent) -> Document {
+        cluster.document(
+            &self.reconciler.settings.workflow,
+            intent,
+            self.reconciler.running(&cluster.id),
+        )
+    }
+}
+
+/// Every error the API answers with, each with its status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        problems: Vec<ProblemBody>,
+    },
+    #[error("a valid bearer token is required (Authorization: Bearer TOKEN)")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed here")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Rejected(StatusCode, String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Rejected(status, _) => *status,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            message: message.into(),
+            problems: Vec::new(),
+        }
+    }
+
+    fn invalid(problems: &Problems) -> Self {
+        ApiError::BadRequest {
+            message: format!(
+                "the params do not fit the tenant workflow ({} problem(s))",
+                problems.0.len()
+            ),
+            problems: problems.0.iter().map(ProblemBody::from).collect(),
+        }
+    }
+
+    fn internal(context: &str, e: impl std::fmt::Display) -> Self {
+        tracing::error!("{context}: {e}");
+        ApiError::Internal(format!("{context}: {e}"))
+    }
+}
+
+/// The body of every error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    /// Every problem, when there are several.
+    pub problems: Vec<ProblemBody>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProblemBody {
+    pub message: String,
+    /// The file (and line and column) the problem is in, if any.
+    pub location: Option<String>,
+    pub step: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl From<&crate::base::error::Problem> for ProblemBody {
+    fn from(p: &crate::base::error::Problem) -> Self {
+        ProblemBody {
+            message: p.message.clone(),
+            location: p.location.as_ref().map(ToString::to_string),
+            step: p.step.clone(),
+            hint: p.hint.clone(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = ErrorBody {
+            error: self.to_string(),
+            problems: match self {
+                ApiError::BadRequest { problems, .. } => problems,
+                _ => Vec::new(),
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// `PUT /v1/clusters/{id}`: the cluster is to exist with these params.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutCluster {
+    /// The tenant workflow's params; `cluster_id` is set to the id when missing.
+    #[schema(value_type = Object)]
+    pub params: Map<String, Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterList {
+    pub clusters: Vec<Document>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperationLog {
+    pub id: String,
+    /// The last operation's output, secrets masked; its end when it is long.
+    pub lines: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    /// What keeps the controller from being ready.
+    pub problems: Vec<String>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "bootstrapper controller",
+        description = "Creates, destroys and describes tenants' clusters, each one instance of the tenant workflow"
+    ),
+    paths(
+        put_cluster,
+        delete_cluster,
+        get_cluster,
+        list_clusters,
+        get_log,
+        healthz,
+        readyz,
+        metrics
+    ),
+    modifiers(&BearerTokens),
+    components(schemas(
+        PutCluster,
+        Document,
+        ClusterList,
+        OperationLog,
+        ErrorBody,
+        ProblemBody,
+        Health
+    ))
+)]
+pub struct ApiDoc;
+
+/// The scheme that `security(("bearer" = []))` on the `/v1` routes names.
+struct BearerTokens;
+
+impl utoipa::Modify for BearerTokens {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/v1/clusters/{id}",
+            get(get_cluster).put(put_cluster).delete(delete_cluster),
+        )
+        .route("/v1/clusters", get(list_clusters))
+        .route("/v1/clusters/{id}/log", get(get_log))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), authorize));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app)
+}
+
+async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    if let Some(tokens) = &app.tokens {
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token);
+        if !tokens.accepts(token.trim()) {
+            tracing::warn!(path = %request.uri().path(), "refused a request without a valid token");
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route; GET /openapi.json lists them".to_string())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    cluster::check_id(id).map_err(ApiError::bad)
+}
+
+fn existing(app: &App, id: &str) -> Result<(Cluster, Intent), ApiError> {
+    check_id(id)?;
+    let cluster = Cluster::new(app.root(), id);
+    match cluster.intent() {
+        Ok(Some(intent)) => Ok((cluster, intent)),
+        Ok(None) => Err(ApiError::NotFound(format!("no cluster `{id}`"))),
+        Err(e) => Err(ApiError::internal("cannot read the cluster's intent", e)),
+    }
+}
+
+/// The params of a PUT body, with the cluster id filled in, checked against the workflow.
+fn accept_params(app: &App, id: &str, body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let put: PutCluster = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(format!("the body is not a valid request: {e}")))?;
+    let mut params = put.params;
+    match params.get("cluster_id") {
+        None => {
+            params.insert("cluster_id".to_string(), Value::String(id.to_string()));
+        }
+        Some(Value::String(given)) if given == id => {}
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "params.cluster_id is {other} but the path names cluster `{id}`; leave it out or make them equal"
+            )))
+        }
+    }
+    cluster::check_params(&app.reconciler.settings.workflow, &params)
+        .map_err(|p| ApiError::invalid(&p))?;
+    Ok(params)
+}
+
+/// Creates the cluster, or changes its params.
+#[utoipa::path(
+    put,
+    path = "/v1/clusters/{id}",
+    params(("id" = String, Path, description = "A DNS-1123 label of at most 40 characters")),
+    request_body = PutCluster,
+    responses(
+        (status = 200, description = "Already ready with these params; nothing started", body = Document),
+        (status = 202, description = "Accepted; the cluster is applied in the background", body = Document),
+        (status = 400, description = "A bad id, body or params", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+async fn put_cluster(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Document>), ApiError> {
+    check_id(&id)?;
+    let body = body.map_err(|r| ApiError::Rejected(r.status(), r.body_text()))?;
+    // Files and templates are blocking work: off the async workers' backs.
+    let params = tokio::task::block_in_place(|| accept_params(&app, &id, &body))?;
+    let writes = app.writes.lock().await;
+    let cluster = Cluster::new(app.root(), &id);
+    let recorded = tokio::task::block_in_place(|| record_present(&app, &cluster, params));
+    drop(writes);
+    let (status, intent) = recorded?;
+    if status == StatusCode::ACCEPTED {
+        app.reconciler.enqueue(&id);
+    }
+    let document = tokio::task::block_in_place(|| app.document(&cluster, &intent));
+    Ok((status, Json(document)))
+}
+
+/// Records that `cluster` is to exist with `params`: 200 when it already does and nothing is
+/// to be done, 202 otherwise (with a new generation, unless the same intent is in progress).
+fn record_present(
+    app: &App,
+    cluster: &Cluster,
+    params: Map<String, Value>,
+) -> Result<(StatusCode, Intent), ApiError> {
+    let current = cluster
+        .intent()
+        .map_err(|e| ApiError::internal("cannot read the cluster's intent", e))?;
+    let now = crate::base::clock::now_rfc3339();
+    let intent = match current {
+        None => Intent {
+            generation: 1,
+            present: true,
+            params,
+            created_at: now.clone(),
+            updated_at: now,
+        },
+        Some(current) => {
+            let phase = Phase::of(
+                &current,
+                cluster.outcome().ok().flatten().as_ref(),
+                app.reconciler.running(&cluster.id),
+            );
+            let same = current.present && current.params == params;
+            if same && phase == Phase::Ready {
+                return Ok((StatusCode::OK, current));
+            }
+            if same && phase != Phase::Failed {
+                return Ok((StatusCode::ACCEPTED, current));
+            }
+            Intent {
+                generation: current.generation + 1,
+                present: true,
+                params,
+                updated_at: now,
+                ..current
+            }
+        }
+    };
+    cluster
+        .write_intent(&intent)
+        .map_err(|e| ApiError::internal("cannot record the intent", e))?;
+    tracing::info_span!("cluster", id = %cluster.id)
+        .in_scope(|| tracing::info!(generation = intent.generation, "intent: present"));
+    Ok((StatusCode::ACCEPTED, intent))
+}
+
+/// Destroys the cluster; a running apply is stopped gracefully first.
+#[utoipa::path(
+    delete,
+    path = "/v1/clusters/{id}",
+    params(("id" = String, Path)),
+    responses(
+        (status = 202, description = "Accepted; the cluster is destroyed in the background", body = Document),
+        (status = 404, description = "Never created", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+async fn delete_cluster(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Document>), ApiError> {
+    let writes = app.writes.lock().await;
+    let recorded = tokio::task::block_in_place(|| record_absent(&app, &id));
+    drop(writes);
+    let (cluster, intent) = recorded?;
+    app.reconciler.enqueue(&id);
+    let document = tokio::task::block_in_place(|| app.document(&cluster, &intent));
+    Ok((StatusCode::ACCEPTED, Json(document)))
+}
+
+/// Records that the cluster `id` is to be destroyed; a failed destroy is tried again.
+fn record_absent(app: &App, id: &str) -> Result<(Cluster, Intent), ApiError> {
+    let (cluster, current) = existing(app, id)?;
+    let failed = Phase::of(
+        &current,
+        cluster.outcome().ok().flatten().as_ref(),
+        app.reconciler.running(id),
+    ) == Phase::Failed;
+    if !current.present && !failed {
+        return Ok((cluster, current));
+    }
+    let intent = Intent {
+        generation: current.generation + 1,
+        present: false,
+        updated_at: crate::base::clock::now_rfc3339(),
+        ..current
+    };
+    cluster
+        .write_intent(&intent)
+        .map_err(|e| ApiError::internal("cannot record the intent", e))?;
+    tracing::info_span!("cluster", id = %id)
+        .in_scope(|| tracing::info!(generation = intent.generation, "intent: absent"));
+    Ok((cluster, intent))
+}
+
+/// The cluster's phase, steps, outputs, last error and times.
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{id}",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = Document),
+        (status = 404, description = "Never created", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+async fn get_cluster(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<Document>, ApiError> {
+    tokio::task::block_in_place(|| {
+        let (cluster, intent) = existing(&app, &id)?;
+        Ok(Json(app.document(&cluster, &intent)))
+    })
+}
+
+/// Every cluster, optionally only those in one phase.
+#[utoipa::path(
+    get,
+    path = "/v1/clusters",
+    params(("phase" = Option<String>, Query, description = "pending, applying, ready, failed, destroying or destroyed")),
+    responses((status = 200, body = ClusterList), (status = 400, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn list_clusters(
+    State(app): State<Arc<App>>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ClusterList>, ApiError> {
+    let Query(query) = query.map_err(|r| ApiError::bad(r.body_text()))?;
+    let mut phase = None;
+    for (key, value) in &query {
+        match key.as_str() {
+            "phase" => {
+                phase = Some(
+                    Phase::ALL
+                        .into_iter()
+                        .find(|p| p.as_str() == value)
+                        .ok_or_else(|| {
+                            ApiError::bad(format!(
+                                "unknown phase {value:?}; phases are: {}",
+                                Phase::ALL.map(Phase::as_str).join(", ")
+                            ))
+                        })?,
+                )
+            }
+            other => return Err(ApiError::bad(format!("unknown query parameter `{other}`"))),
+        }
+    }
+    let clusters = tokio::task::block_in_place(|| {
+        let ids = cluster::list(app.root())
+            .map_err(|e| ApiError::internal("cannot list the clusters", e))?;
+        let mut clusters = Vec::new();
+        for id in ids {
+            let cluster = Cluster::new(app.root(), &id);
+            if let Ok(Some(intent)) = cluster.intent() {
+                let document = app.document(&cluster, &intent);
+                if phase.is_none_or(|p| p == document.phase) {
+                    clusters.push(document);
+                }
+            }
+        }
+        Ok::<_, ApiError>(clusters)
+    })?;
+    Ok(Json(ClusterList { clusters }))
+}
+
+/// The last operation's output, secrets masked.
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{id}/log",
+    params(("id" = String, Path)),
+    responses((status = 200, body = OperationLog), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn get_log(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<OperationLog>, ApiError> {
+    let (cluster, intent) = existing(&app, &id)?;
+    let text = match std::fs::read(cluster.log_path()) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(ApiError::internal("cannot read the operation's log", e)),
+    };
+    // Written masked; masked again with today's secrets in case the params changed since.
+    let redactor = cluster
+        .loaded(&app.reconciler.settings.workflow, &intent.params)
+        .redactor;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| redactor.mask(l).into_owned())
+        .collect();
+    let skip = lines.len().saturating_sub(MAX_LOG_LINES);
+    Ok(Json(OperationLog {
+        id,
+        lines: lines.into_iter().skip(skip).collect(),
+    }))
+}
+
+/// The process answers.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_string(),
+        problems: Vec::new(),
+    })
+}
+
+/// The root is writable, terraform is found and the tenant workflow loads.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    responses((status = 200, body = Health), (status = 503, body = Health))
+)]
+async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, Json<Health>) {
+    let settings = &app.reconciler.settings;
+    let mut problems = Vec::new();
+    let clusters = cluster::clusters_dir(&settings.root);
+    if let Err(e) = nix::unistd::access(&clusters, nix::unistd::AccessFlags::W_OK) {
+        problems.push(format!("{} is not writable: {e}", clusters.display()));
+    }
+    if find_program(&settings.terraform).is_none() {
+        problems.push(format!(
+            "terraform `{}` is not found",
+            settings.terraform.display()
+        ));
+    }
+    if let Err(p) = crate::workflow::file::load(&settings.workflow_path) {
+        problems.extend(p.0.iter().map(|p| p.to_string()));
+    }
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = if problems.is_empty() {
+        "ready"
+    } else {
+        "not ready"
+    };
+    (
+        status,
+        Json(Health {
+            status: word.to_string(),
+            problems,
+        }),
+    )
+}
+
+/// Prometheus metrics: operations by kind and result, running, queued, durations.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.reconciler.metrics.encode(),
+    )
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .expect("the OpenAPI document serializes"),
+    )
+}
+
+/// The path of `program` as the engine would run it: as given when it names a path,
+/// otherwise the first match on PATH.
+pub fn find_program(program: &std::path::Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.components().count() > 1 {
+        return executable(program).then(|| program.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|p| executable(p))
+    })
+}

@@ -1,0 +1,511 @@
+//! One tenant's cluster as the controller keeps it: its intent (present with these params,
+//! or absent), the outcome of the last operation, and the document the API answers with,
+//! read from those files and from the cluster's own journal.
+//!
+//! Layout: `<root>/clusters/<id>/{intent.json,outcome.json,params.json,operation.log}`, and
+//! the engine's own root (code, `.bootstrapper/` journal and lock) in the same directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::base::durable;
+use crate::base::error::Problems;
+use crate::base::secrets::Redactor;
+use crate::root::journal::Journal;
+use crate::workflow::file::Workflow;
+use crate::workflow::load::Loaded;
+
+/// Intent and params hold secrets: owner-only.
+const FILE_MODE: u32 = 0o600;
+/// A cluster id is a DNS-1123 label, kept short enough to be part of other resources' names.
+pub const MAX_ID_LEN: usize = 40;
+
+/// What the tenant asked for, written before the request is answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intent {
+    /// Raised on every change, so an outcome says which intent it achieved.
+    pub generation: u64,
+    pub present: bool,
+    pub params: Map<String, Value>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// What an operation kind does to a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Apply,
+    Destroy,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Apply => "apply",
+            Kind::Destroy => "destroy",
+        }
+    }
+
+    /// The operation that makes a cluster match its intent.
+    pub fn for_intent(intent: &Intent) -> Kind {
+        if intent.present {
+            Kind::Apply
+        } else {
+            Kind::Destroy
+        }
+    }
+}
+
+/// How the last finished operation ended. An interrupted one leaves no outcome: it is
+/// simply not done, and runs again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Ended {
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome {
+    pub generation: u64,
+    pub kind: Kind,
+    pub result: Ended,
+    pub error: Option<String>,
+    pub started_at: String,
+    pub finished_at: String,
+}
+
+impl Outcome {
+    /// Whether this outcome settles `intent`: the same generation, the operation it needs,
+    /// and an end (a failure is an end too, until the next request).
+    pub fn settles(&self, intent: &Intent) -> bool {
+        self.generation == intent.generation && self.kind == Kind::for_intent(intent)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Pending,
+    Applying,
+    Ready,
+    Failed,
+    Destroying,
+    Destroyed,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Pending,
+        Phase::Applying,
+        Phase::Ready,
+        Phase::Failed,
+        Phase::Destroying,
+        Phase::Destroyed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Applying => "applying",
+            Phase::Ready => "ready",
+            Phase::Failed => "failed",
+            Phase::Destroying => "destroying",
+            Phase::Destroyed => "destroyed",
+        }
+    }
+
+    /// Where a cluster stands, from its intent, its last outcome and what runs now.
+    pub fn of(intent: &Intent, outcome: Option<&Outcome>, running: Option<Kind>) -> Phase {
+        match running {
+            Some(Kind::Apply) => return Phase::Applying,
+            Some(Kind::Destroy) => return Phase::Destroying,
+            None => {}
+        }
+        match outcome.filter(|o| o.settles(intent)) {
+            Some(o) if o.result == Ended::Failed => Phase::Failed,
+            Some(_) if intent.present => Phase::Ready,
+            Some(_) => Phase::Destroyed,
+            None => Phase::Pending,
+        }
+    }
+}
+
+/// Whether `id` is a DNS-1123 label of at most [`MAX_ID_LEN`] characters.
+pub fn check_id(id: &str) -> std::result::Result<(), String> {
+    let valid_chars = id
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if id.is_empty() || id.len() > MAX_ID_LEN || !valid_chars {
+        return Err(format!(
+            "cluster id {id:?} must be 1 to {MAX_ID_LEN} lowercase letters, digits and '-'"
+        ));
+    }
+    if id.starts_with('-') || id.ends_with('-') {
+        return Err(format!(
+            "cluster id {id:?} must start and end with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// Where the controller keeps one cluster.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub id: String,
+    pub dir: PathBuf,
+}
+
+impl Cluster {
+    pub fn new(root: &Path, id: &str) -> Self {
+        Cluster {
+            id: id.to_string(),
+            dir: clusters_dir(root).join(id),
+        }
+    }
+
+    pub fn intent_path(&self) -> PathBuf {
+        self.dir.join("intent.json")
+    }
+
+    pub fn outcome_path(&self) -> PathBuf {
+        self.dir.join("outcome.json")
+    }
+
+    pub fn params_path(&self) -> PathBuf {
+        self.dir.join("params.json")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("operation.log")
+    }
+
+    pub fn journal(&self) -> Journal {
+        Journal::at(&self.dir)
+    }
+
+    pub fn intent(&self) -> std::io::Result<Option<Intent>> {
+        read_json(&self.intent_path())
+    }
+
+    pub fn outcome(&self) -> std::io::Result<Option<Outcome>> {
+        read_json(&self.outcome_path())
+    }
+
+    pub fn write_intent(&self, intent: &Intent) -> std::io::Result<()> {
+        if !self.dir.is_dir() {
+            std::fs::create_dir_all(&self.dir)?;
+            durable::sync_dir(self.dir.parent().expect("under clusters/"))?;
+        }
+        write_json(&self.intent_path(), intent)
+    }
+
+    pub fn write_outcome(&self, outcome: &Outcome) -> std::io::Result<()> {
+        write_json(&self.outcome_path(), outcome)
+    }
+
+    /// The params file the engine reads, from the intent it is to achieve.
+    pub fn write_params(&self, params: &Map<String, Value>) -> std::io::Result<()> {
+        write_json(&self.params_path(), params)
+    }
+
+    /// The workflow with this cluster's params, as the engine sees it.
+    pub fn loaded(&self, workflow: &Workflow, params: &Map<String, Value>) -> Loaded {
+        loaded(workflow, params)
+    }
+}
+
+/// A workflow with `params` and the controller's environment, ready to check or render.
+pub fn loaded(workflow: &Workflow, params: &Map<String, Value>) -> Loaded {
+    let params = Value::Object(params.clone());
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let redactor = Redactor::from_inputs(&params, &env);
+    Loaded {
+        workflow: workflow.clone(),
+        params,
+        env,
+        redactor,
+    }
+}
+
+/// Checks a request's params against the tenant workflow with the engine's own checks (every
+/// template renders, with placeholders for outputs not known yet; every rendered tfvars file
+/// parses and fits its module's variables), before anything is kept.
+pub fn check_params(
+    workflow: &Workflow,
+    params: &Map<String, Value>,
+) -> std::result::Result<(), Problems> {
+    crate::workflow::load::check_inputs(
+        workflow.clone(),
+        Value::Object(params.clone()),
+        std::env::vars().collect(),
+        None,
+    )
+    .map(drop)
+}
+
+/// A step as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StepDocument {
+    pub name: String,
+    /// pending, running, done, failed, changed or destroyed
+    pub state: String,
+    pub attempts: u32,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// A cluster as the API shows it, secrets masked.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Document {
+    pub id: String,
+    pub phase: Phase,
+    /// Raised by every request that changed the intent.
+    pub generation: u64,
+    /// Whether the cluster is meant to exist.
+    pub present: bool,
+    #[schema(value_type = Object)]
+    pub params: Map<String, Value>,
+    pub steps: Vec<StepDocument>,
+    /// The steps' non-sensitive outputs, by step and output name.
+    #[schema(value_type = Object)]
+    pub outputs: Map<String, Value>,
+    pub last_error: Option<String>,
+    /// How the last finished operation ended.
+    pub last_operation: Option<Outcome>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Cluster {
+    /// The document of a cluster whose intent is `intent`, with what runs on it now.
+    pub fn document(
+        &self,
+        workflow: &Workflow,
+        intent: &Intent,
+        running: Option<Kind>,
+    ) -> Document {
+        let loaded = self.loaded(workflow, &intent.params);
+        let outcome = self.outcome().unwrap_or_else(|e| {
+            tracing::warn!(cluster = %self.id, "{e}");
+            None
+        });
+        let phase = Phase::of(intent, outcome.as_ref(), running);
+        let mut last_error = outcome
+            .as_ref()
+            .filter(|o| o.settles(intent) && running.is_none())
+            .and_then(|o| o.error.clone());
+        let mut steps = Vec::new();
+        let mut outputs = Map::new();
+        match crate::engine::status::collect(&loaded, &self.dir) {
+            Ok(report) => {
+                for row in report.steps {
+                    steps.push(StepDocument {
+                        state: serde_json::to_value(row.state)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                        name: row.step,
+                        attempts: row.attempts,
+                        started_at: row.started_at,
+                        finished_at: row.finished_at,
+                        last_error: row.last_error,
+                    });
+                }
+            }
+            Err(e) => last_error = last_error.or(Some(e.to_string())),
+        }
+        let journal = self.journal();
+        for step in &workflow.steps {
+            if let Ok(Some(marker)) = journal.marker(&step.name) {
+                let shown: Map<String, Value> = marker
+                    .outputs
+                    .into_iter()
+                    .filter(|(name, _)| !marker.sensitive.contains(name))
+                    .collect();
+                outputs.insert(step.name.clone(), Value::Object(shown));
+            }
+        }
+        let mut document = Document {
+            id: self.id.clone(),
+            phase,
+            generation: intent.generation,
+            present: intent.present,
+            params: intent.params.clone(),
+            steps,
+            outputs,
+            last_error,
+            last_operation: outcome,
+            created_at: intent.created_at.clone(),
+            updated_at: intent.updated_at.clone(),
+        };
+        mask_document(&loaded.redactor, &mut document);
+        document
+    }
+}
+
+/// Masks every secret the cluster's params and the environment hold, in every string of the
+/// document, and the values of params whose names say they are secret.
+fn mask_document(redactor: &Redactor, document: &mut Document) {
+    for (name, value) in document.params.iter_mut() {
+        if crate::base::secrets::is_secret_name(name) {
+            *value = Value::String(crate::base::secrets::MASK.to_string());
+        }
+    }
+    let mut params = Value::Object(std::mem::take(&mut document.params));
+    mask_value(redactor, &mut params);
+    if let Value::Object(params) = params {
+        document.params = params;
+    }
+    let mut outputs = Value::Object(std::mem::take(&mut document.outputs));
+    mask_value(redactor, &mut outputs);
+    if let Value::Object(outputs) = outputs {
+        document.outputs = outputs;
+    }
+    let mask = |text: &mut Option<String>| {
+        if let Some(t) = text {
+            *t = redactor.mask(t).into_owned();
+        }
+    };
+    mask(&mut document.last_error);
+    for step in &mut document.steps {
+        mask(&mut step.last_error);
+    }
+    if let Some(op) = &mut document.last_operation {
+        mask(&mut op.error);
+    }
+}
+
+fn mask_value(redactor: &Redactor, value: &mut Value) {
+    match value {
+        Value::String(s) => *s = redactor.mask(s).into_owned(),
+        Value::Array(items) => items.iter_mut().for_each(|v| mask_value(redactor, v)),
+        Value::Object(map) => map.values_mut().for_each(|v| mask_value(redactor, v)),
+        _ => {}
+    }
+}
+
+pub fn clusters_dir(root: &Path) -> PathBuf {
+    root.join("clusters")
+}
+
+/// Every cluster id with a directory under the root, sorted.
+pub fn list(root: &Path) -> std::io::Result<Vec<String>> {
+    let mut ids = Vec::new();
+    let entries = match std::fs::read_dir(clusters_dir(root)) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if check_id(&name).is_ok() && entry.path().join("intent.json").is_file() {
+            ids.push(name);
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    durable::write(path, &bytes, FILE_MODE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intent(generation: u64, present: bool) -> Intent {
+        Intent {
+            generation,
+            present,
+            params: Map::new(),
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    fn outcome(generation: u64, kind: Kind, result: Ended) -> Outcome {
+        Outcome {
+            generation,
+            kind,
+            result,
+            error: None,
+            started_at: String::new(),
+            finished_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn ids_are_short_dns_labels() {
+        for good in ["a", "c1", "tenant-42", &"x".repeat(MAX_ID_LEN)] {
+            assert_eq!(check_id(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a.b",
+            "..",
+            "é",
+            &"x".repeat(MAX_ID_LEN + 1),
+        ] {
+            assert!(check_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_phase_follows_intent_outcome_and_what_runs() {
+        let ok = Ended::Succeeded;
+        assert_eq!(Phase::of(&intent(1, true), None, None), Phase::Pending);
+        let applied = outcome(1, Kind::Apply, ok);
+        assert_eq!(
+            Phase::of(&intent(1, true), Some(&applied), None),
+            Phase::Ready
+        );
+        // New params: the old outcome no longer settles it.
+        assert_eq!(
+            Phase::of(&intent(2, true), Some(&applied), None),
+            Phase::Pending
+        );
+        assert_eq!(
+            Phase::of(&intent(2, false), Some(&applied), Some(Kind::Apply)),
+            Phase::Applying
+        );
+        let destroyed = outcome(2, Kind::Destroy, ok);
+        assert_eq!(
+            Phase::of(&intent(2, false), Some(&destroyed), None),
+            Phase::Destroyed
+        );
+        let failed = outcome(3, Kind::Apply, Ended::Failed);
+        assert_eq!(
+            Phase::of(&intent(3, true), Some(&failed), None),
+            Phase::Failed
+        );
+    }
+}

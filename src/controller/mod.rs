@@ -1,0 +1,6 @@
+pub mod api;
+pub mod cluster;
+pub mod metrics;
+pub mod reconcile;
+pub mod serve;
+pub mod tokens;

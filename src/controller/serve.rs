@@ -1,0 +1,203 @@
+//! `serve`: the controller. Checks its inputs, listens, resumes every unfinished cluster, and
+//! on SIGTERM stops accepting, passes the signal to every running operation, waits up to the
+//! grace period, and exits 143.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::base::error::{Error, Problem, Problems, Result};
+use crate::base::log::Format;
+use crate::cli::Cli;
+use crate::controller::api::{self, App};
+use crate::controller::metrics::Metrics;
+use crate::controller::reconcile::{Reconciler, Settings};
+use crate::controller::tokens::Tokens;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// The address to listen on (port 0: any free port, named in the log)
+    #[arg(long, env = "BOOTSTRAPPER_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// How many operations may run at once
+    #[arg(long, env = "BOOTSTRAPPER_CONCURRENCY", default_value = "4",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// The bearer tokens, one per line (a mounted Secret); read again when it changes
+    #[arg(long, env = "BOOTSTRAPPER_TOKENS")]
+    pub tokens: Option<PathBuf>,
+    /// Serve the API without tokens (only for a laptop or a test)
+    #[arg(long, env = "BOOTSTRAPPER_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+}
+
+/// Runs the controller until a signal stops it; returns the exit code.
+pub fn main(cli: &Cli, options: &Options) -> i32 {
+    install_tracing(cli.log_format);
+    match serve(cli, options) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{}", prefixed(&e));
+            e.exit_code()
+        }
+    }
+}
+
+fn prefixed(e: &Error) -> String {
+    match e {
+        Error::Input(_) => e.to_string(),
+        _ => format!("error: {e}"),
+    }
+}
+
+/// The controller logs through `tracing`, a span per cluster; one place sets it up.
+pub fn install_tracing(format: Format) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BOOTSTRAPPER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        // Flat, as the engine's own JSON lines are: one shape for every line a reader parses.
+        Format::Json => builder.json().flatten_event(true).try_init(),
+        Format::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
+}
+
+fn serve(cli: &Cli, options: &Options) -> Result<i32> {
+    let app = prepare(cli, options)?;
+    // Two controllers on one root would run operations on the same clusters side by side.
+    let _lock = crate::root::lock::Lock::acquire(
+        &crate::controller::cluster::clusters_dir(&cli.root),
+        "serve",
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the async runtime", e))?;
+    runtime.block_on(run(app, options.listen, cli.grace))
+}
+
+/// Everything checked and loaded before the controller listens.
+fn prepare(cli: &Cli, options: &Options) -> Result<Arc<App>> {
+    let mut problems = Problems::default();
+    let workflow = crate::workflow::file::load(&cli.workflow).map_err(|p| problems.extend(p));
+    let tokens = match (&options.tokens, options.insecure_no_auth) {
+        (Some(path), _) => Tokens::load(path)
+            .map(Some)
+            .map_err(|e| problems.push(Problem::new(e.to_string()))),
+        (None, true) => Ok(None),
+        (None, false) => {
+            problems.push(
+                Problem::new("serve needs bearer tokens: anyone who reaches it could create and destroy clusters")
+                    .hint("pass --tokens FILE (one token per line, e.g. a mounted Secret), or --insecure-no-auth on a laptop"),
+            );
+            Err(())
+        }
+    };
+    let clusters = crate::controller::cluster::clusters_dir(&cli.root);
+    if let Err(e) = std::fs::create_dir_all(&clusters) {
+        problems.push(
+            Problem::new(format!("cannot create {}: {e}", clusters.display()))
+                .hint("--root must be a writable directory (the PVC mount)"),
+        );
+    }
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("cannot find this program's own path", e))?;
+    let (Ok(workflow), Ok(tokens), true) = (workflow, tokens, problems.is_empty()) else {
+        return Err(Error::Input(problems));
+    };
+    if api::find_program(&cli.terraform).is_none() {
+        warn!(
+            "terraform `{}` is not found: /readyz says so until it is",
+            cli.terraform.display()
+        );
+    }
+    let settings = Settings {
+        root: cli.root.clone(),
+        workflow_path: std::path::absolute(&cli.workflow)
+            .map_err(|e| Error::io("cannot resolve the workflow's path", e))?,
+        workflow,
+        exe,
+        terraform: cli.terraform.clone(),
+        grace: cli.grace,
+        concurrency: options.concurrency.into(),
+        log_format: cli.log_format,
+    };
+    if tokens.is_none() {
+        warn!("serving without tokens (--insecure-no-auth): anyone who reaches the port may create and destroy clusters");
+    }
+    Ok(Arc::new(App {
+        reconciler: Reconciler::new(settings, Arc::new(Metrics::new())),
+        tokens,
+        writes: tokio::sync::Mutex::new(()),
+    }))
+}
+
+async fn run(app: Arc<App>, listen: SocketAddr, grace: Duration) -> Result<i32> {
+    // Installed first: a SIGTERM from here on is a graceful stop, never the default death.
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| Error::io("cannot handle SIGTERM", e))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| Error::io("cannot handle SIGINT", e))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        Error::Input(Problems::one(
+            Problem::new(format!("cannot listen on {listen}: {e}"))
+                .hint("pass a free address with --listen or BOOTSTRAPPER_LISTEN"),
+        ))
+    })?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| Error::io("cannot read the listening address", e))?;
+    let reconciler = app.reconciler.clone();
+    let resumed = reconciler
+        .enqueue_all()
+        .map_err(|e| Error::io("cannot read the clusters under the root", e))?;
+    info!(
+        "listening on http://{address}; {resumed} cluster(s) on record, concurrency {}",
+        reconciler.settings.concurrency
+    );
+    let worker = tokio::spawn(reconciler.clone().work());
+
+    let stopped = Arc::new(std::sync::Mutex::new(None::<Signal>));
+    let on_signal = {
+        let stopped = stopped.clone();
+        let reconciler = reconciler.clone();
+        async move {
+            let signal = tokio::select! {
+                _ = terminate.recv() => Signal::SIGTERM,
+                _ = interrupt.recv() => Signal::SIGINT,
+            };
+            info!("{signal}: no longer accepting requests; stopping the running operations");
+            // Each operation gets SIGTERM, whatever stopped us: an engine takes it as the
+            // graceful stop, and gives its terraform one SIGINT.
+            reconciler.stop(Signal::SIGTERM);
+            *stopped.lock().expect("signal lock") = Some(signal);
+        }
+    };
+    let server = axum::serve(listener, api::router(app)).with_graceful_shutdown(on_signal);
+    if let Err(e) = server.await {
+        warn!("the server stopped: {e}");
+    }
+    let deadline = Instant::now() + grace + Duration::from_secs(1);
+    let left = reconciler.drained(deadline).await;
+    worker.abort();
+    if left > 0 {
+        warn!("{left} operation(s) still running after the grace period; exiting anyway");
+    } else {
+        info!("every operation stopped; unfinished ones resume on the next start");
+    }
+    let signal = stopped
+        .lock()
+        .expect("signal lock")
+        .unwrap_or(Signal::SIGTERM);
+    Ok(128 + signal as i32)
+}

@@ -1,0 +1,184 @@
+//! `run`: check everything, take the lock, put the code in place, then apply every step that
+//! [`crate::engine::decide`] does not skip, each once the steps it waits for are done (several at
+//! once, as [`crate::engine::schedule`] allows), leaving a marker after each.
+
+use std::sync::Mutex;
+
+use crate::base::clock;
+use crate::base::error::{Error, Result};
+use crate::engine::core::{Engine, Prepared};
+use crate::engine::decide::{self, Decision};
+use crate::engine::schedule::{self, Direction};
+use crate::root::journal::{Action, Marker, Tombstone};
+use crate::root::lock::Lock;
+use crate::workflow::graph::Graph;
+use crate::workflow::load;
+use crate::workflow::render::{self, Outputs};
+
+/// Whether a step was applied by this run or found applied with its inputs.
+enum Applied {
+    Now,
+    Before,
+}
+
+/// Long enough to mean "until the holder lets go", short enough not to overflow an `Instant`.
+const LOCK_WAIT_FOREVER: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// What a finished `run` did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Summary {
+    pub applied: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Set when the root was destroyed and `run` refused to apply.
+    pub destroyed: Option<Tombstone>,
+}
+
+impl Engine {
+    /// Applies the workflow. With `wait_for_lock` (the entrypoint), a lock held by another
+    /// process is waited for instead of failing: an entrypoint that exits restarts its
+    /// container, and with it whatever was holding the lock there.
+    pub fn run(&mut self, wait_for_lock: bool) -> Result<Summary> {
+        let root = self.root.display().to_string();
+        let _command = tracing::info_span!("command", command = "run", root).entered();
+        let logger = self.logger().clone();
+        let shutdown = self.supervisor.shutdown.clone();
+        let prepared = self.prepare(|dir| {
+            if !wait_for_lock {
+                return Lock::acquire(dir, "run");
+            }
+            Lock::acquire_within(dir, "run --hold", LOCK_WAIT_FOREVER, |holder, first| {
+                if first {
+                    logger.info(None, &format!("waiting for the lock, held by {holder}"));
+                }
+                shutdown.requested().is_none()
+            })
+            .map_err(|e| match shutdown.requested() {
+                Some(signal) => crate::base::signals::interrupted(signal),
+                None => e,
+            })
+        })?;
+        let journal = &prepared.journal;
+        let mut summary = Summary::default();
+        if let Some(tombstone) = journal.tombstone()? {
+            self.logger()
+                .warn(None, &decide::tombstone_message(&tombstone));
+            summary.destroyed = Some(tombstone);
+            return Ok(summary);
+        }
+        let graph = Graph::of(&self.loaded).map_err(Error::Input)?;
+        let outputs = Mutex::new(Outputs::new());
+        let this = &*self;
+        let outcomes = schedule::schedule(
+            &graph,
+            Direction::Forward,
+            this.loaded.workflow.settings.parallelism,
+            &|| this.supervisor.shutdown.requested().is_some(),
+            &|index| this.apply_step(&prepared, index, &outputs),
+        );
+        let mut errors = Vec::new();
+        let mut left_out = false;
+        for (step, outcome) in self.loaded.workflow.steps.iter().zip(outcomes) {
+            match outcome {
+                Some(Ok(Applied::Now)) => summary.applied.push(step.name.clone()),
+                Some(Ok(Applied::Before)) => summary.unchanged.push(step.name.clone()),
+                Some(Err(e)) => errors.push(e),
+                None => left_out = true,
+            }
+        }
+        if let Some(e) = Error::of_steps(errors) {
+            return Err(e);
+        }
+        // Nothing failed, so a step left out was held back by a stop request.
+        if left_out {
+            self.supervisor.shutdown.check()?;
+        }
+        self.logger().info(
+            None,
+            &format!(
+                "workflow done: {} applied, {} unchanged",
+                summary.applied.len(),
+                summary.unchanged.len()
+            ),
+        );
+        Ok(summary)
+    }
+
+    /// Applies step `index` unless its marker says it is done with these very inputs; its
+    /// outputs join `outputs` for the steps that wait for it.
+    fn apply_step(
+        &self,
+        prepared: &Prepared,
+        index: usize,
+        outputs: &Mutex<Outputs>,
+    ) -> Result<Applied> {
+        let Prepared {
+            journal,
+            code,
+            recorded,
+            ..
+        } = prepared;
+        let step = &self.loaded.workflow.steps[index];
+        let _step = tracing::info_span!("step", step = %step.name).entered();
+        self.supervisor.shutdown.check()?;
+        let known = outputs.lock().expect("no panics while held").clone();
+        let rendered = prepared
+            .rendered(&self.loaded, index, &known)
+            .map_err(|p| Error::StepFailed {
+                step: step.name.clone(),
+                message: p.to_string(),
+            })?;
+        let inputs = rendered.inputs(code.record.identity.as_deref());
+        let marker = recorded.markers[index].as_ref();
+        let decided = decide::apply(&rendered, &inputs, marker, &Default::default(), journal)?;
+        match (decided.decision, marker) {
+            (Decision::Skip, Some(marker)) => {
+                self.logger()
+                    .info(Some(&step.name), "done, inputs unchanged: skipped");
+                outputs
+                    .lock()
+                    .expect("no panics while held")
+                    .insert(step.name.clone(), marker.outputs.clone());
+                return Ok(Applied::Before);
+            }
+            (_, Some(marker)) => self.logger().info(
+                Some(&step.name),
+                &format!(
+                    "inputs changed since it was applied at {} ({}): applying again",
+                    clock::format(marker.finished_at),
+                    decided.changed_inputs.join(", ")
+                ),
+            ),
+            (_, None) => self.logger().info(Some(&step.name), "applying"),
+        }
+        let digest = render::digest(&inputs);
+        let (started_at, attempts, (values, sensitive)) =
+            self.with_retries(journal, &rendered.name, step.retry, Action::Apply, || {
+                self.terraform_step(&code.dir, &rendered, Action::Apply)
+                    .map(|o| o.unwrap_or_default())
+            })?;
+        let marker = Marker {
+            step: step.name.clone(),
+            digest,
+            inputs,
+            outputs: values,
+            sensitive,
+            started_at,
+            finished_at: clock::now(),
+            attempts,
+        };
+        load::mask_sensitive(self.logger().redactor(), &marker);
+        journal.write_marker(&marker)?;
+        self.logger().info(
+            Some(&step.name),
+            &format!(
+                "applied in {} (attempt {attempts}); marker written",
+                clock::human((marker.finished_at - started_at).unsigned_abs())
+            ),
+        );
+        outputs
+            .lock()
+            .expect("no panics while held")
+            .insert(step.name.clone(), marker.outputs);
+        Ok(Applied::Now)
+    }
+}

@@ -1,0 +1,4 @@
+pub mod disk;
+pub mod journal;
+pub mod lock;
+pub mod source;

@@ -1,0 +1,4 @@
+pub mod command;
+pub mod local_state;
+pub mod provision_event;
+pub mod stream;

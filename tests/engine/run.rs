@@ -4,7 +4,6 @@
 //! append to (`start|create|destroying|destroy <step>/<resource>`), on the
 //! terraform states, and on what the engine printed.
 
-mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -13,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
-use support::*;
+use crate::support::*;
 
 /// How long `network/slow` sleeps in the runs that a test kills or races: far
 /// longer than any test waits, so the kill always lands while it sleeps.

@@ -3,7 +3,6 @@
 //! along the reversed graph, a failure that lets the running step finish and starts nothing
 //! new, and SIGTERM reaching every running terraform exactly once.
 
-mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -11,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::json;
-use support::diamond::{Diamond, STEPS};
-use support::*;
+use crate::support::diamond::{Diamond, STEPS};
+use crate::support::*;
 
 const RESOURCES: [&str; 2] = ["first", "slow"];
 

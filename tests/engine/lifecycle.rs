@@ -4,7 +4,6 @@
 //! fixtures' provisioners write and on the states themselves: control-network's local
 //! terraform.tfstate on the PVC, and the pg backend's rows for the three later steps.
 
-mod support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -13,7 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::*;
+use crate::support::*;
 
 /// The workspace of every pg-backed step (`params.cluster_id`).
 const WORKSPACE: &str = "c1";

@@ -10,7 +10,6 @@
 //!
 //! Also here: values that would change a command's meaning reach terraform as one argument.
 
-mod support;
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions, TryLockError};
@@ -20,7 +19,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde::Deserialize;
-use support::{spawn_session, wait_for, Outcome, Running, BIN, FAKE_VERSION};
+use crate::support::{spawn_session, wait_for, Outcome, Running, BIN, FAKE_VERSION};
 
 const CORPUS: &str = "tests/bad-inputs";
 const MIN_CASES: usize = 40;

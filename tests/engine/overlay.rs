@@ -2,12 +2,11 @@
 //! put into the code in the same atomic copy, and is a step like any other: with real
 //! terraform, it runs after the steps before it, with their outputs, and is destroyed first.
 
-mod support;
 
 use std::fs;
 
 use serde_json::json;
-use support::Bootstrapper;
+use crate::support::Bootstrapper;
 
 fn module(name: &str, extra: &str) -> String {
     format!(

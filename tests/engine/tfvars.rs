@@ -2,13 +2,12 @@
 //! terraform starts: the real binary, real terraform behind a wrapper that records its calls,
 //! and the four-step fixture's later steps in a real PostgreSQL server.
 
-mod support;
 
 use std::fs;
 use std::path::Path;
 
 use serde_json::{json, Value};
-use support::*;
+use crate::support::*;
 
 /// The four-step workflow with the fixture's JSON vars templates, without retries.
 fn json_workflow() -> String {

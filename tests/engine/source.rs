@@ -2,7 +2,6 @@
 //! and http), atomically, with its identity in every step's inputs, and never a credential
 //! in what the engine prints or keeps. Real git, real terraform.
 
-mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -16,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::*;
+use crate::support::*;
 
 // ---------------------------------------------------------------------------
 // Fixtures: a one-step workflow over a tiny terraform module whose resource writes its
@@ -452,7 +451,7 @@ fn big_image(b: &Bootstrapper) -> PathBuf {
 }
 
 /// Polls (tightly: the copy is quick) until the copy's temporary sibling appears.
-fn wait_for_copy_to_start(running: &support::Running, root: &Path) {
+fn wait_for_copy_to_start(running: &crate::support::Running, root: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while temps_in(root).is_empty() {
         assert!(

@@ -2,7 +2,6 @@
 //! terraform with the pg backend, the four-step fixtures and their templates,
 //! and session kills. If these fail, no engine test result can be trusted.
 
-mod support;
 
 use std::fs;
 use std::path::Path;
@@ -10,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::*;
+use crate::support::*;
 
 /// Renders a fixture template the way the contract describes: Tera over
 /// `params` and `steps.<name>.outputs.<output>`.

@@ -3,7 +3,6 @@
 //! and a log consumer that reads JSON only. Real terraform, PostgreSQL and git throughout;
 //! a fake terraform only where the real one cannot be made to misbehave (an old version).
 
-mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -11,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::*;
+use crate::support::*;
 
 /// How long a test waits for something that takes seconds when all is well.
 const PATIENCE: Duration = Duration::from_secs(120);

@@ -4,7 +4,6 @@
 //! connection through each of the five listeners to the load balancer behind it, here a local
 //! listener that answers with its own name.
 
-mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -15,7 +14,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use support::{poll, spawn_session, terraform};
+use crate::support::{poll, spawn_session, terraform};
 
 const LISTENERS: [&str; 5] = [
     "nomad",

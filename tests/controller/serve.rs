@@ -1,14 +1,13 @@
 //! The controller (`bootstrapper serve`): the built binary driven by a real HTTP client, over a
 //! tenant workflow applied by real terraform into a real PostgreSQL backend.
 
-mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::json;
-use support::controller::*;
-use support::*;
+use crate::support::controller::*;
+use crate::support::*;
 
 const CONVERGE: Duration = Duration::from_secs(120);
 

@@ -4,14 +4,13 @@
 //! is searched for each secret in every form it could take (raw, JSON-escaped, HCL-escaped);
 //! every file under the root that holds one must be readable by its owner only.
 
-mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use support::{Bootstrapper, Outcome};
+use crate::support::{Bootstrapper, Outcome};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -295,7 +294,7 @@ fn every_value_of_a_secret_params_file_is_masked_whatever_its_name() {
             false => args.push(arg.to_owned()),
         }
     }
-    let mut by_env = std::process::Command::new(support::BIN);
+    let mut by_env = std::process::Command::new(crate::support::BIN);
     by_env
         .args(args)
         .env_remove("BOOTSTRAPPER_SECRET_PARAMS")

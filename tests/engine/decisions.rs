@@ -3,12 +3,11 @@
 //! front of the real terraform), on the four-step fixture with its later states in a real
 //! PostgreSQL server.
 
-mod support;
 
 use std::fs;
 
 use serde_json::{json, Value};
-use support::*;
+use crate::support::*;
 
 fn workflow() -> String {
     format!(

@@ -10,14 +10,13 @@
 //! repository. The workflows run through `bootstrapper plan --json` with the tree as their
 //! `image_dir`: exactly what the engine would write, nothing written.
 
-mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use support::Bootstrapper;
+use crate::support::Bootstrapper;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -3,7 +3,6 @@
 //! show the very commands they then run: terraform here is a wrapper that records every
 //! call (its directory and argv) before handing over to the real terraform.
 
-mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -11,7 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use support::{read_lines, Bootstrapper, Outcome};
+use crate::support::{read_lines, Bootstrapper, Outcome};
 
 // ---------------------------------------------------------------------------
 // The demo, with its relative paths made absolute so that it runs from a temp directory.
@@ -410,8 +409,8 @@ fn plan_reads_a_locked_root_and_says_what_the_lock_means() {
     fs::create_dir_all(lock.parent().unwrap()).unwrap();
     let mut cmd = std::process::Command::new("flock");
     cmd.arg(&lock).arg("sleep").arg("600");
-    let holder = support::spawn_session(cmd, b.dir());
-    support::wait_for(
+    let holder = crate::support::spawn_session(cmd, b.dir());
+    crate::support::wait_for(
         || {
             // flock(1) creates the file: until then, nobody holds it.
             fs::File::open(&lock)

@@ -1,0 +1,7 @@
+//! The controller (`bootstrapper serve`) driven by a real HTTP client over real terraform and
+//! PostgreSQL.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod serve;

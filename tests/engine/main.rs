@@ -1,0 +1,23 @@
+//! The engine end to end: the built binary against real terraform, PostgreSQL and git, one
+//! module per promise. One binary, so the support code compiles once and PostgreSQL starts
+//! once for all of them.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod bad_inputs;
+mod decisions;
+mod hardening;
+mod harness;
+mod lifecycle;
+mod overlay;
+mod parallel;
+mod plan;
+mod pod;
+mod run;
+mod secrets;
+mod source;
+mod stream;
+mod tfvars;
+mod torture;
+mod torture_diamond;

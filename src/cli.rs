@@ -129,7 +129,40 @@ pub enum Command {
     },
     /// The controller: an HTTP API that creates, destroys and describes clusters, each an
     /// instance of the tenant workflow (--workflow) under --root/clusters/<id>
-    Serve(crate::controller::serve::Options),
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The address to listen on (port 0: any free port, named in the log)
+    #[arg(long, env = "BOOTSTRAPPER_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: std::net::SocketAddr,
+    /// How many operations may run at once
+    #[arg(long, env = "BOOTSTRAPPER_CONCURRENCY", default_value = "4",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// The bearer tokens, one per line (a mounted Secret); read again when it changes
+    #[arg(long, env = "BOOTSTRAPPER_TOKENS")]
+    pub tokens: Option<PathBuf>,
+    /// Serve the API without tokens (only for a laptop or a test)
+    #[arg(long, env = "BOOTSTRAPPER_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+}
+
+impl Cli {
+    fn serve_options(&self, args: &ServeArgs) -> crate::controller::serve::Options {
+        crate::controller::serve::Options {
+            workflow: self.workflow.clone(),
+            root: self.root.clone(),
+            terraform: self.terraform.clone(),
+            log_format: self.log_format,
+            grace: self.grace,
+            listen: args.listen,
+            concurrency: args.concurrency,
+            tokens: args.tokens.clone(),
+            insecure_no_auth: args.insecure_no_auth,
+        }
+    }
 }
 
 /// Reports a command line clap could not parse (or `--help`, `--version`) and returns the
@@ -172,8 +205,8 @@ fn duration(text: &str) -> std::result::Result<Duration, String> {
 
 /// Runs the command line and returns the process's exit code.
 pub fn main(cli: Cli) -> i32 {
-    if let Command::Serve(options) = &cli.command {
-        return crate::controller::serve::main(&cli, options);
+    if let Command::Serve(args) = &cli.command {
+        return crate::controller::serve::main(&cli.serve_options(args));
     }
     crate::base::log::init(cli.log_format);
     let shutdown = match Shutdown::install() {
@@ -223,7 +256,7 @@ fn report(e: &Error, loaded: Option<&Loaded>, format: Format) -> i32 {
 fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Result<i32> {
     match &cli.command {
         // Dispatched before a params file is loaded, in `main`; kept here for completeness.
-        Command::Serve(options) => Ok(crate::controller::serve::main(cli, options)),
+        Command::Serve(args) => Ok(crate::controller::serve::main(&cli.serve_options(args))),
         Command::Validate => validate(&loaded, &mut engine(cli, loaded.clone(), logger, shutdown)),
         Command::Status { json } => {
             let report = crate::engine::status::collect(&loaded, &cli.root)?;

@@ -39,7 +39,7 @@ pub enum Error {
     #[error("stopped by {name}; unfinished steps run again on the next start")]
     Interrupted { signal: i32, name: &'static str },
     /// Too little room on the root's filesystem for terraform to save a state.
-    #[error("only {} free on the filesystem of {}, less than settings.min_free_space ({}): no terraform was started\n  hint: free space on the volume (or grow it), then run again", crate::root::disk::human(*free), path.display(), crate::root::disk::human(*min))]
+    #[error("only {} free on the filesystem of {}, less than settings.min_free_space ({}): no terraform was started\n  hint: free space on the volume (or grow it), then run again", crate::base::size::human(*free), path.display(), crate::base::size::human(*min))]
     NoSpace { path: PathBuf, free: u64, min: u64 },
     /// The root (the PVC) could not be read or written while working.
     #[error("{context}: {source}")]

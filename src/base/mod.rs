@@ -4,3 +4,4 @@ pub mod error;
 pub mod log;
 pub mod secrets;
 pub mod signals;
+pub mod size;

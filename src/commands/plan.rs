@@ -18,11 +18,11 @@ use crate::engine::decide;
 use crate::process::Command;
 use crate::root::journal::Journal;
 use crate::root::lock::{self, Holder};
+use crate::root::recorded::Recorded;
 use crate::root::source;
 use crate::terraform::command::Terraform;
 use crate::terraform::local_state::LocalState;
-use crate::workflow::graph::Graph;
-use crate::workflow::load::{self, Loaded, Recorded};
+use crate::workflow::load::{self, Loaded};
 use crate::workflow::render::{Outputs, RenderedSource, RenderedStep};
 
 /// Which command is being planned.
@@ -136,7 +136,7 @@ pub fn main(
 pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) -> Result<Plan> {
     let journal = Journal::at(root);
     // Checks that the root is a directory or absent, before anything else reads it.
-    let recorded = load::read_journal(loaded, &journal).map_err(Error::Input)?;
+    let recorded = crate::root::recorded::read_journal(loaded, &journal).map_err(Error::Input)?;
     let root_exists = root.is_dir();
     let checked =
         load::check(loaded, &recorded.outputs, load::Modules::Under(root)).map_err(Error::Input)?;
@@ -215,7 +215,7 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
             None => (None, context.apply_steps(&recorded)?),
         }
     };
-    let graph = Graph::of(loaded).map_err(Error::Input)?;
+    let graph = loaded.graph().map_err(Error::Input)?;
     let graph = if destroy { graph.reversed() } else { graph };
     let names = |set: &mut dyn Iterator<Item = usize>| -> Vec<String> {
         set.map(|i| loaded.workflow.steps[i].name.clone()).collect()
@@ -487,7 +487,7 @@ impl Context<'_> {
     /// `run` checks every step's directory before the first step; say so where it would fail.
     fn missing_dir(&self, rendered: &RenderedStep) -> Option<String> {
         let cwd = self.cwd(rendered);
-        (self.code_present && !decide::dir_unknown(rendered) && !cwd.is_dir()).then(|| {
+        (self.code_present && !rendered.dir_unknown() && !cwd.is_dir()).then(|| {
             format!(
                 "its directory {} does not exist in the code: the command would stop before the first step, with exit 2",
                 cwd.display()

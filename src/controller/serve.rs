@@ -13,33 +13,35 @@ use tracing::{info, warn};
 
 use crate::base::error::{Error, Problem, Problems, Result};
 use crate::base::log::Format;
-use crate::cli::Cli;
 use crate::controller::api::{self, App};
 use crate::controller::metrics::Metrics;
 use crate::controller::reconcile::{Reconciler, Settings};
 use crate::controller::tokens::Tokens;
 
-#[derive(Debug, Clone, clap::Args)]
+/// Everything `serve` is started with, from the command line or the environment.
+#[derive(Debug, Clone)]
 pub struct Options {
-    /// The address to listen on (port 0: any free port, named in the log)
-    #[arg(long, env = "BOOTSTRAPPER_LISTEN", default_value = "0.0.0.0:8080")]
+    /// The tenant workflow; every cluster is one instance of it.
+    pub workflow: PathBuf,
+    /// Where `clusters/<id>/` live.
+    pub root: PathBuf,
+    pub terraform: PathBuf,
+    pub log_format: Format,
+    /// How long a stop waits for the running operations.
+    pub grace: Duration,
     pub listen: SocketAddr,
-    /// How many operations may run at once
-    #[arg(long, env = "BOOTSTRAPPER_CONCURRENCY", default_value = "4",
-          value_parser = clap::value_parser!(u16).range(1..))]
+    /// How many operations may run at once.
     pub concurrency: u16,
-    /// The bearer tokens, one per line (a mounted Secret); read again when it changes
-    #[arg(long, env = "BOOTSTRAPPER_TOKENS")]
+    /// The bearer tokens' file, one per line.
     pub tokens: Option<PathBuf>,
-    /// Serve the API without tokens (only for a laptop or a test)
-    #[arg(long, env = "BOOTSTRAPPER_INSECURE_NO_AUTH")]
+    /// Serve without tokens.
     pub insecure_no_auth: bool,
 }
 
 /// Runs the controller until a signal stops it; returns the exit code.
-pub fn main(cli: &Cli, options: &Options) -> i32 {
-    install_tracing(cli.log_format);
-    match serve(cli, options) {
+pub fn main(options: &Options) -> i32 {
+    install_tracing(options.log_format);
+    match serve(options) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{}", prefixed(&e));
@@ -72,24 +74,24 @@ pub fn install_tracing(format: Format) {
     };
 }
 
-fn serve(cli: &Cli, options: &Options) -> Result<i32> {
-    let app = prepare(cli, options)?;
+fn serve(options: &Options) -> Result<i32> {
+    let app = prepare(options)?;
     // Two controllers on one root would run operations on the same clusters side by side.
     let _lock = crate::root::lock::Lock::acquire(
-        &crate::controller::cluster::clusters_dir(&cli.root),
+        &crate::controller::cluster::clusters_dir(&options.root),
         "serve",
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("cannot start the async runtime", e))?;
-    runtime.block_on(run(app, options.listen, cli.grace))
+    runtime.block_on(run(app, options.listen, options.grace))
 }
 
 /// Everything checked and loaded before the controller listens.
-fn prepare(cli: &Cli, options: &Options) -> Result<Arc<App>> {
+fn prepare(options: &Options) -> Result<Arc<App>> {
     let mut problems = Problems::default();
-    let workflow = crate::workflow::file::load(&cli.workflow).map_err(|p| problems.extend(p));
+    let workflow = crate::workflow::file::load(&options.workflow).map_err(|p| problems.extend(p));
     let tokens = match (&options.tokens, options.insecure_no_auth) {
         (Some(path), _) => Tokens::load(path)
             .map(Some)
@@ -103,7 +105,7 @@ fn prepare(cli: &Cli, options: &Options) -> Result<Arc<App>> {
             Err(())
         }
     };
-    let clusters = crate::controller::cluster::clusters_dir(&cli.root);
+    let clusters = crate::controller::cluster::clusters_dir(&options.root);
     if let Err(e) = std::fs::create_dir_all(&clusters) {
         problems.push(
             Problem::new(format!("cannot create {}: {e}", clusters.display()))
@@ -115,22 +117,22 @@ fn prepare(cli: &Cli, options: &Options) -> Result<Arc<App>> {
     let (Ok(workflow), Ok(tokens), true) = (workflow, tokens, problems.is_empty()) else {
         return Err(Error::Input(problems));
     };
-    if api::find_program(&cli.terraform).is_none() {
+    if api::find_program(&options.terraform).is_none() {
         warn!(
             "terraform `{}` is not found: /readyz says so until it is",
-            cli.terraform.display()
+            options.terraform.display()
         );
     }
     let settings = Settings {
-        root: cli.root.clone(),
-        workflow_path: std::path::absolute(&cli.workflow)
+        root: options.root.clone(),
+        workflow_path: std::path::absolute(&options.workflow)
             .map_err(|e| Error::io("cannot resolve the workflow's path", e))?,
         workflow,
         exe,
-        terraform: cli.terraform.clone(),
-        grace: cli.grace,
+        terraform: options.terraform.clone(),
+        grace: options.grace,
         concurrency: options.concurrency.into(),
-        log_format: cli.log_format,
+        log_format: options.log_format,
     };
     if tokens.is_none() {
         warn!("serving without tokens (--insecure-no-auth): anyone who reaches the port may create and destroy clusters");

@@ -74,7 +74,7 @@ pub struct Engine {
 pub struct Prepared {
     pub journal: Journal,
     pub code: source::Code,
-    pub recorded: load::Recorded,
+    pub recorded: crate::root::recorded::Recorded,
     /// Every step, rendered once with the outputs the journal holds (placeholders for the
     /// others), for the command to use as long as those are the outputs it runs with.
     pub rendered: Vec<RenderedStep>,
@@ -128,7 +128,7 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         }
-        let outputs_so_far = load::read_journal(&self.loaded, &journal)
+        let outputs_so_far = crate::root::recorded::read_journal(&self.loaded, &journal)
             .map(|r| r.outputs)
             .unwrap_or_default();
         let checked = load::check(&self.loaded, &outputs_so_far, load::Modules::Later)
@@ -158,7 +158,8 @@ impl Engine {
             );
         }
         // Read again under the lock: the journal is only stable now.
-        let recorded = load::read_journal(&self.loaded, &journal).map_err(Error::Input)?;
+        let recorded =
+            crate::root::recorded::read_journal(&self.loaded, &journal).map_err(Error::Input)?;
         let rendered = if recorded.outputs == outputs_so_far {
             checked.steps
         } else {
@@ -184,7 +185,7 @@ impl Engine {
         let mut dirs = vec![(None, code.to_path_buf())];
         for (step, rendered) in self.loaded.workflow.steps.iter().zip(rendered) {
             let dir = code.join(&rendered.dir);
-            if !decide::dir_unknown(rendered) && !dir.is_dir() {
+            if !rendered.dir_unknown() && !dir.is_dir() {
                 problems.push(
                     Problem::new(format!(
                         "its directory {} does not exist in the code",
@@ -195,7 +196,7 @@ impl Engine {
                     .hint("`dir` is relative to the code directory (`source.dir` under --root)"),
                 );
             }
-            if !decide::dir_unknown(rendered) {
+            if !rendered.dir_unknown() {
                 dirs.push((Some(step), dir));
             }
         }

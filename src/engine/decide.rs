@@ -299,15 +299,6 @@ pub fn state_at_hand(rendered: &RenderedStep, module: &Path) -> bool {
     rendered.backend_config.is_empty() && crate::workflow::module_vars::keeps_state_locally(module)
 }
 
-/// Whether a step's directory holds a value not known yet.
-pub fn dir_unknown(rendered: &RenderedStep) -> bool {
-    let dir = rendered.dir.to_string_lossy();
-    rendered
-        .placeholders()
-        .iter()
-        .any(|p| dir.contains(p.as_str()))
-}
-
 /// `steps.<step>.outputs.<output>` for every output a rendering could not know yet.
 pub fn unknown_outputs(rendered: &RenderedStep) -> Vec<String> {
     rendered

@@ -15,7 +15,6 @@ use crate::engine::schedule::{self, Direction};
 use crate::root::journal::Action;
 use crate::root::journal::{Destroyed, Tombstone};
 use crate::root::lock::{Holder, Lock};
-use crate::workflow::graph::Graph;
 use crate::workflow::render::Outputs;
 
 /// The signal that asks a running `run` to let go of the lock (see [`crate::base::signals`]).
@@ -79,7 +78,7 @@ impl Engine {
         // Outputs of every step that has a marker: a later step's backend address may come
         // from an earlier one, which is still there since destroy goes backwards.
         let outputs = &prepared.recorded.outputs;
-        let graph = Graph::of(&self.loaded).map_err(Error::Input)?;
+        let graph = self.loaded.graph().map_err(Error::Input)?;
         let this = &*self;
         let outcomes = schedule::schedule(
             &graph,

@@ -11,8 +11,6 @@ use crate::engine::decide::{self, Decision};
 use crate::engine::schedule::{self, Direction};
 use crate::root::journal::{Action, Marker, Tombstone};
 use crate::root::lock::Lock;
-use crate::workflow::graph::Graph;
-use crate::workflow::load;
 use crate::workflow::render::{self, Outputs};
 
 /// Whether a step was applied by this run or found applied with its inputs.
@@ -65,7 +63,7 @@ impl Engine {
             summary.destroyed = Some(tombstone);
             return Ok(summary);
         }
-        let graph = Graph::of(&self.loaded).map_err(Error::Input)?;
+        let graph = self.loaded.graph().map_err(Error::Input)?;
         let outputs = Mutex::new(Outputs::new());
         let this = &*self;
         let outcomes = schedule::schedule(
@@ -166,7 +164,7 @@ impl Engine {
             finished_at: clock::now(),
             attempts,
         };
-        load::mask_sensitive(self.logger().redactor(), &marker);
+        crate::root::recorded::mask_sensitive(self.logger().redactor(), &marker);
         journal.write_marker(&marker)?;
         self.logger().info(
             Some(&step.name),

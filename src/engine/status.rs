@@ -13,7 +13,7 @@ use crate::engine::decide::{self, Decision};
 use crate::root::journal::{AttemptState, Journal};
 use crate::root::lock::{self, Holder};
 use crate::root::source;
-use crate::workflow::load::{self, Loaded};
+use crate::workflow::load::Loaded;
 use crate::workflow::render::Outputs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -71,7 +71,7 @@ pub struct Report {
 
 pub fn collect(loaded: &Loaded, root: &Path) -> Result<Report> {
     let journal = Journal::at(root);
-    let recorded = load::read_journal(loaded, &journal).map_err(Error::Input)?;
+    let recorded = crate::root::recorded::read_journal(loaded, &journal).map_err(Error::Input)?;
     let holder = lock::holder(journal.dir());
     let code = loaded
         .renderer()

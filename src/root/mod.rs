@@ -1,4 +1,5 @@
 pub mod disk;
 pub mod journal;
 pub mod lock;
+pub mod recorded;
 pub mod source;

@@ -10,6 +10,9 @@ use toml::Spanned;
 
 use crate::base::error::{Location, Problem, Problems};
 
+/// The default `settings.min_free_space`: a state of a few thousand resources, twice over.
+pub const DEFAULT_MIN_FREE: u64 = 64 * crate::base::size::MIB;
+
 /// A string from the workflow file, still to be rendered, and where it was written.
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -66,7 +69,7 @@ impl Default for Settings {
         Settings {
             lock_timeout: Duration::from_secs(300),
             retry: Retry::default(),
-            min_free_space: crate::root::disk::DEFAULT_MIN_FREE,
+            min_free_space: DEFAULT_MIN_FREE,
             parallelism: DEFAULT_PARALLELISM,
         }
     }
@@ -295,7 +298,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problems> {
         step_retries.push(retry);
     }
     if let Some(size) = spec.settings.min_free_space {
-        match crate::root::disk::parse_size(size.get_ref()) {
+        match crate::base::size::parse_size(size.get_ref()) {
             Ok(bytes) => settings.min_free_space = bytes,
             Err(e) => problems.push(
                 Problem::new(format!("`settings.min_free_space`: {e}")).at(Location::at(

@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 
 use crate::base::error::{Problem, Problems};
 use crate::workflow::file::Workflow;
-use crate::workflow::load::Loaded;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Graph {
@@ -17,20 +16,6 @@ pub struct Graph {
 }
 
 impl Graph {
-    /// The graph of a loaded workflow, its output references read from its templates.
-    pub fn of(loaded: &Loaded) -> Result<Graph, Problems> {
-        let renderer = loaded.renderer();
-        // A step can use outputs of steps listed before it only; one that uses a later
-        // step's is reported where templates are rendered, not as a cycle too.
-        Graph::build(&loaded.workflow, |index| {
-            renderer
-                .references(index)
-                .into_iter()
-                .filter(|&j| j < index)
-                .collect()
-        })
-    }
-
     /// The graph of `workflow`, where `references(i)` are the steps whose outputs step `i`
     /// uses. A name in `needs` that is no step, and steps that wait for each other, are
     /// problems; each cycle names every step in it with its position.

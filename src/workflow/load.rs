@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::base::error::{Error, Problem, Problems, Result};
+use crate::base::error::{Error, Problems, Result};
 use crate::base::secrets::Redactor;
-use crate::root::journal::{Journal, Marker};
 use crate::workflow::file::Workflow;
 use crate::workflow::render::{Outputs, RenderedSource, RenderedStep, Renderer};
 
@@ -22,6 +21,20 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// The graph of the workflow, its output references read from its templates.
+    pub fn graph(&self) -> std::result::Result<crate::workflow::graph::Graph, Problems> {
+        let renderer = self.renderer();
+        // A step can use outputs of steps listed before it only; one that uses a later
+        // step's is reported where templates are rendered, not as a cycle too.
+        crate::workflow::graph::Graph::build(&self.workflow, |index| {
+            renderer
+                .references(index)
+                .into_iter()
+                .filter(|&j| j < index)
+                .collect()
+        })
+    }
+
     pub fn renderer(&self) -> Renderer<'_> {
         Renderer::new(&self.workflow, &self.params, &self.env)
     }
@@ -53,95 +66,6 @@ pub fn load(workflow: &Path, params: &[PathBuf], secret_params: &[PathBuf]) -> R
         env,
         redactor,
     })
-}
-
-/// What the journal says of each step, in workflow order, once every file has been read.
-pub struct Recorded {
-    pub markers: Vec<Option<Marker>>,
-    pub outputs: Outputs,
-}
-
-/// Reads every step's marker; a corrupt one, or one of a step the workflow lacks, is a problem.
-pub fn read_journal(loaded: &Loaded, journal: &Journal) -> std::result::Result<Recorded, Problems> {
-    match journal.check_root() {
-        Ok(()) => {}
-        Err(Error::Input(p)) => return Err(p),
-        Err(e) => return Err(Problems::one(Problem::new(e.to_string()))),
-    }
-    let mut problems = Problems::default();
-    let mut markers = Vec::new();
-    let mut outputs = Outputs::new();
-    for step in &loaded.workflow.steps {
-        match journal.marker(&step.name) {
-            Ok(marker) => {
-                if let Some(marker) = &marker {
-                    outputs.insert(step.name.clone(), marker.outputs.clone());
-                    mask_sensitive(&loaded.redactor, marker);
-                }
-                markers.push(marker);
-            }
-            Err(Error::Input(p)) => {
-                problems.extend(p);
-                markers.push(None);
-            }
-            Err(e) => {
-                problems.push(Problem::new(e.to_string()).in_step(&step.name));
-                markers.push(None);
-            }
-        }
-        // The other records are read only when their step comes up; a corrupt one must stop
-        // the command now, not after the steps before it were applied.
-        let others = [
-            journal.attempt(&step.name).map(drop),
-            journal.destroyed(&step.name).map(drop),
-            journal.destroy_attempt(&step.name).map(drop),
-        ];
-        for result in others {
-            match result {
-                Ok(()) => {}
-                Err(Error::Input(p)) => problems.extend(p),
-                Err(e) => problems.push(Problem::new(e.to_string()).in_step(&step.name)),
-            }
-        }
-    }
-    match journal.tombstone() {
-        Ok(_) => {}
-        Err(Error::Input(p)) => problems.extend(p),
-        Err(e) => problems.push(Problem::new(e.to_string())),
-    }
-    match journal.step_names() {
-        Ok(names) => {
-            for name in names {
-                if loaded.workflow.step(&name).is_none() {
-                    problems.push(
-                        Problem::new(format!(
-                            "the journal under {} has records of a step `{name}` that the workflow does not have",
-                            journal.dir().display()
-                        ))
-                        .at(crate::base::error::Location::file(&loaded.workflow.path))
-                        .hint(format!(
-                            "if that step's resources were destroyed or are managed elsewhere, `bootstrapper reset {name}` forgets it; otherwise use the workflow that has it"
-                        )),
-                    );
-                }
-            }
-        }
-        Err(e) => problems.push(Problem::new(e.to_string())),
-    }
-    if problems.is_empty() {
-        Ok(Recorded { markers, outputs })
-    } else {
-        Err(problems)
-    }
-}
-
-/// Sensitive outputs are masked from the moment they are known or read back.
-pub fn mask_sensitive(redactor: &Redactor, marker: &Marker) {
-    for name in &marker.sensitive {
-        if let Some(value) = marker.outputs.get(name) {
-            redactor.add_named(value, true);
-        }
-    }
 }
 
 /// What [`check`] found that is not a problem but that the operator should know.
@@ -190,7 +114,7 @@ pub fn check(
             }
         }
     }
-    if let Err(p) = crate::workflow::graph::Graph::of(loaded) {
+    if let Err(p) = loaded.graph() {
         problems.extend(p);
     }
     let mut notes = Vec::new();
@@ -322,7 +246,7 @@ pub fn check_variables<'a>(
     let source = loaded.renderer().render_source().ok();
     for (step, rendered) in loaded.workflow.steps.iter().zip(steps) {
         let Some(rendered) = rendered else { continue };
-        if !step.check_variables || crate::engine::decide::dir_unknown(rendered) {
+        if !step.check_variables || rendered.dir_unknown() {
             continue;
         }
         let mut module = code.join(&rendered.dir);

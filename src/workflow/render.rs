@@ -75,6 +75,12 @@ pub struct RenderedStep {
 }
 
 impl RenderedStep {
+    /// Whether the step's directory holds a value not known yet.
+    pub fn dir_unknown(&self) -> bool {
+        let dir = self.dir.to_string_lossy();
+        self.placeholders().iter().any(|p| dir.contains(p.as_str()))
+    }
+
     /// The file the rendered vars are written to, in the step's directory.
     pub fn vars_file(&self) -> &'static str {
         self.vars_source

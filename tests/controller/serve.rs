@@ -1,13 +1,12 @@
 //! The controller (`bootstrapper serve`): the built binary driven by a real HTTP client, over a
 //! tenant workflow applied by real terraform into a real PostgreSQL backend.
 
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use serde_json::json;
 use crate::support::controller::*;
 use crate::support::*;
+use serde_json::json;
 
 const CONVERGE: Duration = Duration::from_secs(120);
 

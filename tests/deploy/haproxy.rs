@@ -4,7 +4,6 @@
 //! connection through each of the five listeners to the load balancer behind it, here a local
 //! listener that answers with its own name.
 
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};

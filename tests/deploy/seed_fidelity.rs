@@ -10,13 +10,12 @@
 //! repository. The workflows run through `bootstrapper plan --json` with the tree as their
 //! `image_dir`: exactly what the engine would write, nothing written.
 
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
 use crate::support::Bootstrapper;
+use serde_json::Value;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -10,7 +10,6 @@
 //!
 //! Also here: values that would change a command's meaning reach terraform as one argument.
 
-
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions, TryLockError};
 use std::os::unix::fs::PermissionsExt;
@@ -18,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use serde::Deserialize;
 use crate::support::{spawn_session, wait_for, Outcome, Running, BIN, FAKE_VERSION};
+use serde::Deserialize;
 
 const CORPUS: &str = "tests/bad-inputs";
 const MIN_CASES: usize = 40;

@@ -3,11 +3,10 @@
 //! front of the real terraform), on the four-step fixture with its later states in a real
 //! PostgreSQL server.
 
-
 use std::fs;
 
-use serde_json::{json, Value};
 use crate::support::*;
+use serde_json::{json, Value};
 
 fn workflow() -> String {
     format!(

@@ -3,14 +3,13 @@
 //! and a log consumer that reads JSON only. Real terraform, PostgreSQL and git throughout;
 //! a fake terraform only where the real one cannot be made to misbehave (an old version).
 
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use crate::support::*;
+use serde_json::{json, Value};
 
 /// How long a test waits for something that takes seconds when all is well.
 const PATIENCE: Duration = Duration::from_secs(120);

@@ -2,14 +2,13 @@
 //! terraform with the pg backend, the four-step fixtures and their templates,
 //! and session kills. If these fail, no engine test result can be trusted.
 
-
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use crate::support::*;
+use serde_json::{json, Value};
 
 /// Renders a fixture template the way the contract describes: Tera over
 /// `params` and `steps.<name>.outputs.<output>`.

@@ -4,15 +4,14 @@
 //! fixtures' provisioners write and on the states themselves: control-network's local
 //! terraform.tfstate on the PVC, and the pg backend's rows for the three later steps.
 
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
 use crate::support::*;
+use serde_json::{json, Value};
 
 /// The workspace of every pg-backed step (`params.cluster_id`).
 const WORKSPACE: &str = "c1";

@@ -9,6 +9,7 @@ mod bad_inputs;
 mod decisions;
 mod hardening;
 mod harness;
+mod layers;
 mod lifecycle;
 mod overlay;
 mod parallel;

@@ -2,11 +2,10 @@
 //! put into the code in the same atomic copy, and is a step like any other: with real
 //! terraform, it runs after the steps before it, with their outputs, and is destroyed first.
 
-
 use std::fs;
 
-use serde_json::json;
 use crate::support::Bootstrapper;
+use serde_json::json;
 
 fn module(name: &str, extra: &str) -> String {
     format!(

@@ -3,15 +3,14 @@
 //! along the reversed graph, a failure that lets the running step finish and starts nothing
 //! new, and SIGTERM reaching every running terraform exactly once.
 
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::json;
 use crate::support::diamond::{Diamond, STEPS};
 use crate::support::*;
+use serde_json::json;
 
 const RESOURCES: [&str; 2] = ["first", "slow"];
 

@@ -3,14 +3,13 @@
 //! show the very commands they then run: terraform here is a wrapper that records every
 //! call (its directory and argv) before handing over to the real terraform.
 
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
 use crate::support::{read_lines, Bootstrapper, Outcome};
+use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------
 // The demo, with its relative paths made absolute so that it runs from a temp directory.

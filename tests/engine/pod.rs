@@ -2,14 +2,13 @@
 //! `kubectl exec` as `nsenter`, and the kubelet's SIGTERM sent to tini from outside. When tini
 //! exits, the kernel kills whatever is left in the namespace, as the end of a container does.
 
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::json;
 use crate::support::pod::{self, Pod};
 use crate::support::{local_state_resources, wait_for, Bootstrapper};
+use serde_json::json;
 
 /// Bounds an apply of both steps, or a destroy, on a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(180);

@@ -4,15 +4,14 @@
 //! append to (`start|create|destroying|destroy <step>/<resource>`), on the
 //! terraform states, and on what the engine printed.
 
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use serde_json::{json, Value};
 use crate::support::*;
+use serde_json::{json, Value};
 
 /// How long `network/slow` sleeps in the runs that a test kills or races: far
 /// longer than any test waits, so the kill always lands while it sleeps.

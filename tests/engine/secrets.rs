@@ -4,13 +4,12 @@
 //! is searched for each secret in every form it could take (raw, JSON-escaped, HCL-escaped);
 //! every file under the root that holds one must be readable by its owner only.
 
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
 use crate::support::{Bootstrapper, Outcome};
+use serde_json::{json, Value};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -2,7 +2,6 @@
 //! and http), atomically, with its identity in every step's inputs, and never a credential
 //! in what the engine prints or keeps. Real git, real terraform.
 
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -14,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
 use crate::support::*;
+use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------
 // Fixtures: a one-step workflow over a tiny terraform module whose resource writes its

@@ -2,12 +2,11 @@
 //! the apply's own events (one process fewer), per-resource progress lines, and failures told
 //! apart by their diagnostics, configuration errors failing at once, the rest retried.
 
-
 use std::fs;
 use std::path::Path;
 
-use serde_json::{json, Value};
 use crate::support::*;
+use serde_json::{json, Value};
 
 /// The four-step fixture (the first step has a sensitive output, the others none), no retries.
 fn four_steps() -> (Bootstrapper, std::path::PathBuf) {

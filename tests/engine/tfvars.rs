@@ -2,12 +2,11 @@
 //! terraform starts: the real binary, real terraform behind a wrapper that records its calls,
 //! and the four-step fixture's later steps in a real PostgreSQL server.
 
-
 use std::fs;
 use std::path::Path;
 
-use serde_json::{json, Value};
 use crate::support::*;
+use serde_json::{json, Value};
 
 /// The four-step workflow with the fixture's JSON vars templates, without retries.
 fn json_workflow() -> String {

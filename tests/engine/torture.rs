@@ -22,14 +22,13 @@
 //! destroyed again; a step marked done (`inited`, `destroyed`) when a kill came starts no
 //! process afterwards; no restart ever fails (each one exits 0 or is killed by the test).
 
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
 use crate::support::*;
+use serde_json::{json, Value};
 
 /// The workspace of every pg-backed step (`params.cluster_id`).
 const WORKSPACE: &str = "c1";

@@ -13,15 +13,14 @@
 //! marked done when a kill came starts no process afterwards; every state holds each resource
 //! once after `run` and is empty after `destroy`; no restart ever fails.
 
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use crate::support::diamond::{Diamond, STEPS, WORKSPACE};
 use crate::support::*;
+use serde_json::json;
 
 const DEFAULT_ROUNDS: u32 = 20;
 const MAX_KILLS_PER_PHASE: u64 = 4;

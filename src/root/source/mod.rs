@@ -731,7 +731,7 @@ pub fn check_links(root: &Path, loaded: &crate::workflow::load::Loaded) -> Probl
     if !code.exists() {
         return Problems::default();
     }
-    let outputs = crate::workflow::load::read_journal(loaded, &Journal::at(root))
+    let outputs = crate::root::recorded::read_journal(loaded, &Journal::at(root))
         .map(|r| r.outputs)
         .unwrap_or_default();
     let mut dirs = vec![(None, code.clone())];

@@ -6,6 +6,7 @@
 mod support;
 
 mod bad_inputs;
+mod compat;
 mod decisions;
 mod hardening;
 mod harness;

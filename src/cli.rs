@@ -7,13 +7,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing::Level;
 
-use crate::base::error::{exit, Error, Problem, Problems, Result};
+use crate::base::error::{exit, Error, Result};
 use crate::base::log::{Format, Logger};
-use crate::base::signals::{Shutdown, YIELD_SIGNAL};
+use crate::base::signals::Shutdown;
 use crate::engine::core::Engine;
 use crate::process::Supervisor;
-use crate::root::journal::Journal;
-use crate::root::lock::Lock;
 use crate::terraform::command::Terraform;
 use crate::workflow::load::{self, Loaded};
 
@@ -96,6 +94,10 @@ pub enum Command {
         /// Afterwards keep running until SIGTERM (the container entrypoint)
         #[arg(long, env = "BOOTSTRAPPER_HOLD")]
         hold: bool,
+        /// A workflow destroyed before is bootstrapped again from scratch (as `reset --all`
+        /// then `run`, in one command); without it, `run` refuses a destroyed workflow
+        #[arg(long)]
+        recreate: bool,
     },
     /// One line per step: state, attempts, duration, last error
     Status {
@@ -254,84 +256,22 @@ fn report(e: &Error, loaded: Option<&Loaded>, format: Format) -> i32 {
 }
 
 fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Result<i32> {
+    let mut engine = engine(cli, loaded, logger, shutdown);
     match &cli.command {
         // Dispatched before a params file is loaded, in `main`; kept here for completeness.
         Command::Serve(args) => Ok(crate::controller::serve::main(&cli.serve_options(args))),
-        Command::Validate => validate(&loaded, &mut engine(cli, loaded.clone(), logger, shutdown)),
-        Command::Status { json } => {
-            let report = crate::engine::status::collect(&loaded, &cli.root)?;
-            crate::engine::status::print(&report, *json, &loaded, &mut std::io::stdout().lock())
-                .map_err(|e| Error::io("cannot write to stdout", e))?;
-            Ok(exit::OK)
-        }
+        Command::Validate => crate::commands::validate::main(&mut engine),
+        Command::Status { json } => crate::engine::status::main(&engine, *json),
         Command::Plan { destroy, json } => {
-            let mut engine = engine(cli, loaded.clone(), logger, shutdown);
-            // Without terraform a laptop still plans, and the plan says where `run` would
-            // stop; a terraform that is there must be one that `run` would accept.
-            if engine.terraform.resolve().is_ok() {
-                engine.terraform.verify(&engine.supervisor)?;
-            }
-            crate::commands::plan::main(
-                &loaded,
-                &cli.root,
-                &engine.terraform,
-                *destroy,
-                *json,
-                &mut std::io::stdout().lock(),
-            )
+            crate::commands::plan::main(&mut engine, *destroy, *json)
         }
-        Command::Reset { all: true, .. } => reset_all(&cli.root, &logger),
-        Command::Reset { step, .. } => reset(
-            &loaded,
-            &cli.root,
+        Command::Reset { all: true, .. } => crate::commands::reset::all(&engine),
+        Command::Reset { step, .. } => crate::commands::reset::step(
+            &engine,
             step.as_deref().expect("clap requires STEP without --all"),
-            &logger,
         ),
-        Command::Destroy { wait } => {
-            let mut engine = engine(cli, loaded, logger, shutdown);
-            engine.destroy(*wait).map(|_| exit::OK)
-        }
-        Command::Run { hold } => {
-            let mut engine = engine(cli, loaded, logger.clone(), shutdown.clone());
-            let result = engine.run(*hold);
-            let state_dir = Journal::at(&cli.root).dir().to_path_buf();
-            if !*hold {
-                return match result {
-                    Ok(summary) if summary.destroyed.is_some() => Ok(exit::STEP_FAILED),
-                    Ok(_) => Ok(exit::OK),
-                    Err(e) => Err(e),
-                };
-            }
-            match result {
-                Err(e @ (Error::Input(_) | Error::Locked { .. })) => Err(e),
-                Err(Error::Interrupted { signal, .. }) if signal == YIELD_SIGNAL => {
-                    shutdown.clear_yield();
-                    logger.info(
-                        None,
-                        "stopped and let go of the lock for a destroy; holding until SIGTERM",
-                    );
-                    crate::engine::hold::until_stopped(&shutdown, &state_dir, cli.grace, &logger)
-                }
-                Err(e @ Error::Interrupted { signal, .. }) => {
-                    // Stopped while waiting for the lock, or while applying (the lock is
-                    // ours no more): whoever holds it now dies with the pod unless told.
-                    crate::engine::hold::pass_on(&state_dir, signal, cli.grace, &logger);
-                    Err(e)
-                }
-                Err(e) => {
-                    logger.warn(None, &format!("{e}"));
-                    logger.warn(
-                        None,
-                        "holding: `bootstrapper status` shows why; `bootstrapper run` tries again",
-                    );
-                    crate::engine::hold::until_stopped(&shutdown, &state_dir, cli.grace, &logger)
-                }
-                Ok(_) => {
-                    logger.info(None, "holding until SIGTERM");
-                    crate::engine::hold::until_stopped(&shutdown, &state_dir, cli.grace, &logger)
-                }
-            }
-        }
+        Command::Destroy { wait } => engine.destroy(*wait).map(|_| exit::OK),
+        Command::Run { hold, recreate } => crate::engine::run::main(&mut engine, *hold, *recreate),
     }
 }
 
@@ -350,92 +290,6 @@ fn engine(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Engi
         loaded,
         init_turn: Default::default(),
     }
-}
-
-fn validate(loaded: &Loaded, engine: &mut Engine) -> Result<i32> {
-    let logger = engine.logger().clone();
-    let (mut problems, notes) = match load::check(
-        loaded,
-        &Default::default(),
-        load::Modules::Under(&engine.root),
-    ) {
-        Ok(checked) => (Problems::default(), checked.notes),
-        Err(problems) => (problems, Vec::new()),
-    };
-    match engine.terraform.verify(&engine.supervisor) {
-        Ok(_) => {}
-        Err(Error::Input(p)) => problems.extend(p),
-        Err(e) => return Err(e),
-    }
-    problems.extend(crate::root::source::check_links(&engine.root, loaded));
-    problems.into_result()?;
-    for warning in load::warnings(loaded).into_iter().chain(notes) {
-        match logger.format() {
-            Format::Json => logger.warn(None, &warning),
-            Format::Text => logger.as_is(Level::WARN, None, &format!("warning: {warning}")),
-        }
-    }
-    println!(
-        "{}: {} steps, templates and params are valid",
-        loaded.workflow.path.display(),
-        loaded.workflow.steps.len()
-    );
-    Ok(exit::OK)
-}
-
-fn reset(loaded: &Loaded, root: &std::path::Path, step: &str, logger: &Logger) -> Result<i32> {
-    let journal = Journal::at(root);
-    if step == crate::root::source::RESET_NAME {
-        let source = loaded.renderer().render_source().map_err(Error::Input)?;
-        let code = root.join(&source.dir);
-        if !journal.dir().is_dir() && code.symlink_metadata().is_err() {
-            logger.info(None, "code: nothing on the root yet; nothing to forget");
-            return Ok(exit::OK);
-        }
-        journal.create()?;
-        let _lock = Lock::acquire(journal.dir(), &format!("reset {step}"))?;
-        crate::root::source::forget(root, &source, &journal, logger)?;
-        return Ok(exit::OK);
-    }
-    let known = journal
-        .step_names()
-        .map_err(|e| Error::input(e.to_string()))?;
-    if loaded.workflow.step(step).is_none() && !known.iter().any(|s| s == step) {
-        let names: Vec<&str> = loaded
-            .workflow
-            .steps
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect();
-        return Err(Error::Input(Problems::one(
-            Problem::new(format!("no step `{step}` in the workflow or the journal")).hint(format!(
-                "steps are: {}; `{}` forgets the code",
-                names.join(", "),
-                crate::root::source::RESET_NAME
-            )),
-        )));
-    }
-    let _lock = Lock::acquire(journal.dir(), &format!("reset {step}"))?;
-    if journal.forget(step)? {
-        logger.info(Some(step), "forgotten: the next run applies it again");
-    } else {
-        logger.info(Some(step), "nothing recorded; nothing to forget");
-    }
-    Ok(exit::OK)
-}
-
-fn reset_all(root: &std::path::Path, logger: &Logger) -> Result<i32> {
-    let journal = Journal::at(root);
-    let _lock = Lock::acquire(journal.dir(), "reset --all")?;
-    let forgotten = journal.forget_all()?;
-    logger.info(
-        None,
-        &format!(
-            "forgot {} step(s) and any record of a destroy: the next run bootstraps from scratch",
-            forgotten.len()
-        ),
-    );
-    Ok(exit::OK)
 }
 
 #[cfg(test)]

@@ -1,1 +1,3 @@
 pub mod plan;
+pub mod reset;
+pub mod validate;

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::base::clock;
 use crate::base::error::{exit, Error, Result};
+use crate::engine::core::Engine;
 use crate::engine::decide;
 use crate::process::Command;
 use crate::root::journal::Journal;
@@ -119,16 +120,16 @@ pub struct PlannedCommand {
 }
 
 /// `bootstrapper plan [--destroy] [--json]`.
-pub fn main(
-    loaded: &Loaded,
-    root: &Path,
-    terraform: &Terraform,
-    destroy: bool,
-    json: bool,
-    out: &mut impl Write,
-) -> Result<i32> {
-    let plan = make(loaded, root, terraform, destroy)?;
-    print(&plan, json, loaded, out).map_err(|e| Error::io("cannot write to stdout", e))?;
+pub fn main(engine: &mut Engine, destroy: bool, json: bool) -> Result<i32> {
+    // Without terraform a laptop still plans, and the plan says where `run` would stop; a
+    // terraform that is there must be one that `run` would accept.
+    if engine.terraform.resolve().is_ok() {
+        engine.terraform.verify(&engine.supervisor)?;
+    }
+    let (loaded, root) = (&engine.loaded, &engine.root);
+    let plan = make(loaded, root, &engine.terraform, destroy)?;
+    print(&plan, json, loaded, &mut std::io::stdout().lock())
+        .map_err(|e| Error::io("cannot write to stdout", e))?;
     Ok(exit::OK)
 }
 

@@ -3,7 +3,6 @@
 //! the work. A rejected request writes nothing and starts nothing.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -38,12 +37,12 @@ pub struct App {
 
 impl App {
     fn root(&self) -> &std::path::Path {
-        &self.reconciler.settings.root
+        &self.reconciler.config.root
     }
 
     fn document(&self, cluster: &Cluster, intent: &Intent) -> Document {
         cluster.document(
-            &self.reconciler.settings.workflow,
+            &self.reconciler.config.workflow,
             intent,
             self.reconciler.running(&cluster.id),
         )
@@ -305,7 +304,7 @@ fn accept_params(app: &App, id: &str, body: &[u8]) -> Result<Map<String, Value>,
             )))
         }
     }
-    cluster::check_params(&app.reconciler.settings.workflow, &params)
+    cluster::check_params(&app.reconciler.config.workflow, &params)
         .map_err(|p| ApiError::invalid(&p))?;
     Ok(params)
 }
@@ -535,7 +534,7 @@ async fn get_log(
     };
     // Written masked; masked again with today's secrets in case the params changed since.
     let redactor = cluster
-        .loaded(&app.reconciler.settings.workflow, &intent.params)
+        .loaded(&app.reconciler.config.workflow, &intent.params)
         .redactor;
     let lines: Vec<String> = text
         .lines()
@@ -564,18 +563,13 @@ async fn healthz() -> Json<Health> {
     responses((status = 200, body = Health), (status = 503, body = Health))
 )]
 async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, Json<Health>) {
-    let settings = &app.reconciler.settings;
+    let settings = &app.reconciler.config;
     let mut problems = Vec::new();
     let clusters = cluster::clusters_dir(&settings.root);
     if let Err(e) = nix::unistd::access(&clusters, nix::unistd::AccessFlags::W_OK) {
         problems.push(format!("{} is not writable: {e}", clusters.display()));
     }
-    if find_program(&settings.terraform).is_none() {
-        problems.push(format!(
-            "terraform `{}` is not found",
-            settings.terraform.display()
-        ));
-    }
+    problems.extend(app.reconciler.executor.problems());
     if let Err(p) = crate::workflow::file::load(&settings.workflow_path) {
         problems.extend(p.0.iter().map(|p| p.to_string()));
     }
@@ -617,22 +611,4 @@ async fn openapi() -> impl IntoResponse {
             .to_pretty_json()
             .expect("the OpenAPI document serializes"),
     )
-}
-
-/// The path of `program` as the engine would run it: as given when it names a path,
-/// otherwise the first match on PATH.
-pub fn find_program(program: &std::path::Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &std::path::Path| {
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.components().count() > 1 {
-        return executable(program).then(|| program.to_path_buf());
-    }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(program))
-            .find(|p| executable(p))
-    })
 }

@@ -1,5 +1,6 @@
 pub mod api;
 pub mod cluster;
+pub mod executor;
 pub mod metrics;
 pub mod reconcile;
 pub mod serve;

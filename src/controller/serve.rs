@@ -14,8 +14,9 @@ use tracing::{info, warn};
 use crate::base::error::{Error, Problem, Problems, Result};
 use crate::base::log::Format;
 use crate::controller::api::{self, App};
+use crate::controller::executor::{Executor, Local, LocalConfig};
 use crate::controller::metrics::Metrics;
-use crate::controller::reconcile::{Reconciler, Settings};
+use crate::controller::reconcile::{Config, Reconciler};
 use crate::controller::tokens::Tokens;
 
 /// Everything `serve` is started with, from the command line or the environment.
@@ -117,28 +118,31 @@ fn prepare(options: &Options) -> Result<Arc<App>> {
     let (Ok(workflow), Ok(tokens), true) = (workflow, tokens, problems.is_empty()) else {
         return Err(Error::Input(problems));
     };
-    if api::find_program(&options.terraform).is_none() {
-        warn!(
-            "terraform `{}` is not found: /readyz says so until it is",
-            options.terraform.display()
-        );
-    }
-    let settings = Settings {
+    let workflow_path = std::path::absolute(&options.workflow)
+        .map_err(|e| Error::io("cannot resolve the workflow's path", e))?;
+    let executor = Local::new(LocalConfig {
         root: options.root.clone(),
-        workflow_path: std::path::absolute(&options.workflow)
-            .map_err(|e| Error::io("cannot resolve the workflow's path", e))?,
-        workflow,
+        workflow_path: workflow_path.clone(),
+        workflow: workflow.clone(),
         exe,
         terraform: options.terraform.clone(),
         grace: options.grace,
-        concurrency: options.concurrency.into(),
         log_format: options.log_format,
+    });
+    for problem in executor.problems() {
+        warn!("{problem}: /readyz says so until it is");
+    }
+    let config = Config {
+        root: options.root.clone(),
+        workflow_path,
+        workflow,
+        concurrency: options.concurrency.into(),
     };
     if tokens.is_none() {
         warn!("serving without tokens (--insecure-no-auth): anyone who reaches the port may create and destroy clusters");
     }
     Ok(Arc::new(App {
-        reconciler: Reconciler::new(settings, Arc::new(Metrics::new())),
+        reconciler: Reconciler::new(config, Arc::new(Metrics::new()), Arc::new(executor)),
         tokens,
         writes: tokio::sync::Mutex::new(()),
     }))
@@ -165,7 +169,7 @@ async fn run(app: Arc<App>, listen: SocketAddr, grace: Duration) -> Result<i32> 
         .map_err(|e| Error::io("cannot read the clusters under the root", e))?;
     info!(
         "listening on http://{address}; {resumed} cluster(s) on record, concurrency {}",
-        reconciler.settings.concurrency
+        reconciler.config.concurrency
     );
     let worker = tokio::spawn(reconciler.clone().work());
 

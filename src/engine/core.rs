@@ -108,7 +108,13 @@ impl Engine {
 
     /// Checks everything, takes the lock (with `take_lock`) and puts the code in place;
     /// nothing has run yet when this fails with an input error.
-    pub fn prepare(&mut self, take_lock: impl FnOnce(&Path) -> Result<Lock>) -> Result<Prepared> {
+    /// With `forget_destroy`, a past destroy is forgotten under the lock (as `reset --all`
+    /// does), so that the workflow is bootstrapped again in the same command.
+    pub fn prepare(
+        &mut self,
+        take_lock: impl FnOnce(&Path) -> Result<Lock>,
+        forget_destroy: bool,
+    ) -> Result<Prepared> {
         let journal = Journal::at(&self.root);
         let mut problems = Problems::default();
         // A binary found good before, unchanged since, is not asked for its version again:
@@ -155,6 +161,16 @@ impl Engine {
             self.logger().warn(
                 None,
                 &format!("removed {}, a journal file torn by a crash", torn.display()),
+            );
+        }
+        if forget_destroy && journal.tombstone()?.is_some() {
+            let forgotten = journal.forget_all()?;
+            self.logger().info(
+                None,
+                &format!(
+                    "created again after a destroy: forgot {} step(s); bootstrapping from scratch",
+                    forgotten.len()
+                ),
             );
         }
         // Read again under the lock: the journal is only stable now.

@@ -42,18 +42,21 @@ impl Engine {
         let _command = tracing::info_span!("command", command = "destroy", root).entered();
         let logger = self.logger().clone();
         let shutdown = self.supervisor.shutdown.clone();
-        let prepared = self.prepare(|dir| {
-            Lock::acquire_within(dir, "destroy", wait, |holder, first| {
-                if first {
-                    ask_to_yield(holder, &logger);
-                }
-                shutdown.terminated().is_none()
-            })
-            .map_err(|e| match shutdown.terminated() {
-                Some(signal) => crate::base::signals::interrupted(signal),
-                None => e,
-            })
-        })?;
+        let prepared = self.prepare(
+            |dir| {
+                Lock::acquire_within(dir, "destroy", wait, |holder, first| {
+                    if first {
+                        ask_to_yield(holder, &logger);
+                    }
+                    shutdown.terminated().is_none()
+                })
+                .map_err(|e| match shutdown.terminated() {
+                    Some(signal) => crate::base::signals::interrupted(signal),
+                    None => e,
+                })
+            },
+            false,
+        )?;
         let journal = &prepared.journal;
 
         let tombstone = match journal.tombstone()? {

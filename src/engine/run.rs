@@ -5,11 +5,12 @@
 use std::sync::Mutex;
 
 use crate::base::clock;
-use crate::base::error::{Error, Result};
+use crate::base::error::{exit, Error, Result};
+use crate::base::signals::YIELD_SIGNAL;
 use crate::engine::core::{Engine, Prepared};
 use crate::engine::decide::{self, Decision};
 use crate::engine::schedule::{self, Direction};
-use crate::root::journal::{Action, Marker, Tombstone};
+use crate::root::journal::{Action, Journal, Marker, Tombstone};
 use crate::root::lock::Lock;
 use crate::workflow::render::{self, Outputs};
 
@@ -31,30 +32,83 @@ pub struct Summary {
     pub destroyed: Option<Tombstone>,
 }
 
+/// `run [--hold] [--recreate]`: applies the workflow; with `hold` (the entrypoint), keeps
+/// running afterwards until SIGTERM, whatever the run's result, and hands the lock over to a
+/// `destroy` that asks for it.
+pub fn main(engine: &mut Engine, hold: bool, recreate: bool) -> Result<i32> {
+    let result = engine.run(hold, recreate);
+    let (shutdown, logger, grace) = (
+        engine.supervisor.shutdown.clone(),
+        engine.logger().clone(),
+        engine.supervisor.grace,
+    );
+    let state_dir = Journal::at(&engine.root).dir().to_path_buf();
+    if !hold {
+        return match result {
+            Ok(summary) if summary.destroyed.is_some() => Ok(exit::STEP_FAILED),
+            Ok(_) => Ok(exit::OK),
+            Err(e) => Err(e),
+        };
+    }
+    match result {
+        Err(e @ (Error::Input(_) | Error::Locked { .. })) => Err(e),
+        Err(Error::Interrupted { signal, .. }) if signal == YIELD_SIGNAL => {
+            shutdown.clear_yield();
+            logger.info(
+                None,
+                "stopped and let go of the lock for a destroy; holding until SIGTERM",
+            );
+            crate::engine::hold::until_stopped(&shutdown, &state_dir, grace, &logger)
+        }
+        Err(e @ Error::Interrupted { signal, .. }) => {
+            // Stopped while waiting for the lock, or while applying (the lock is
+            // ours no more): whoever holds it now dies with the pod unless told.
+            crate::engine::hold::pass_on(&state_dir, signal, grace, &logger);
+            Err(e)
+        }
+        Err(e) => {
+            logger.warn(None, &format!("{e}"));
+            logger.warn(
+                None,
+                "holding: `bootstrapper status` shows why; `bootstrapper run` tries again",
+            );
+            crate::engine::hold::until_stopped(&shutdown, &state_dir, grace, &logger)
+        }
+        Ok(_) => {
+            logger.info(None, "holding until SIGTERM");
+            crate::engine::hold::until_stopped(&shutdown, &state_dir, grace, &logger)
+        }
+    }
+}
+
 impl Engine {
     /// Applies the workflow. With `wait_for_lock` (the entrypoint), a lock held by another
     /// process is waited for instead of failing: an entrypoint that exits restarts its
     /// container, and with it whatever was holding the lock there.
-    pub fn run(&mut self, wait_for_lock: bool) -> Result<Summary> {
+    /// With `recreate`, a workflow destroyed before is bootstrapped again instead of refused.
+    pub fn run(&mut self, wait_for_lock: bool, recreate: bool) -> Result<Summary> {
         let root = self.root.display().to_string();
         let _command = tracing::info_span!("command", command = "run", root).entered();
         let logger = self.logger().clone();
         let shutdown = self.supervisor.shutdown.clone();
-        let prepared = self.prepare(|dir| {
-            if !wait_for_lock {
-                return Lock::acquire(dir, "run");
-            }
-            Lock::acquire_within(dir, "run --hold", LOCK_WAIT_FOREVER, |holder, first| {
-                if first {
-                    logger.info(None, &format!("waiting for the lock, held by {holder}"));
+        let prepared = self.prepare(
+            |dir| {
+                if !wait_for_lock {
+                    return Lock::acquire(dir, "run");
                 }
-                shutdown.requested().is_none()
-            })
-            .map_err(|e| match shutdown.requested() {
-                Some(signal) => crate::base::signals::interrupted(signal),
-                None => e,
-            })
-        })?;
+                Lock::acquire_within(dir, "run --hold", LOCK_WAIT_FOREVER, |holder, first| {
+                    if first {
+                        logger.info(None, &format!("waiting for the lock, held by {holder}"));
+                    }
+                    shutdown.requested().is_none()
+                })
+                .map_err(|e| match shutdown.requested() {
+                    Some(signal) => crate::base::signals::interrupted(signal),
+                    None => e,
+                })
+            },
+            recreate,
+        )?;
         let journal = &prepared.journal;
         let mut summary = Summary::default();
         if let Some(tombstone) = journal.tombstone()? {

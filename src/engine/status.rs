@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::base::clock;
 use crate::base::error::{Error, FailureKind, Result};
+use crate::engine::core::Engine;
 use crate::engine::decide::{self, Decision};
 use crate::root::journal::{AttemptState, Journal};
 use crate::root::lock::{self, Holder};
@@ -67,6 +68,14 @@ pub struct Report {
     /// Who holds the lock now, if anyone.
     pub lock: Option<Holder>,
     pub steps: Vec<Row>,
+}
+
+/// `status [--json]`: what the journal says, per step; reads only, takes no lock.
+pub fn main(engine: &Engine, json: bool) -> Result<i32> {
+    let report = collect(&engine.loaded, &engine.root)?;
+    print(&report, json, &engine.loaded, &mut std::io::stdout().lock())
+        .map_err(|e| Error::io("cannot write to stdout", e))?;
+    Ok(crate::base::error::exit::OK)
 }
 
 pub fn collect(loaded: &Loaded, root: &Path) -> Result<Report> {

@@ -5,6 +5,10 @@
 //! makes it abandon its final state write), then wait; only when the grace period is nearly
 //! spent does the whole group get SIGKILL.
 
+mod program;
+
+pub use program::find_program;
+
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -77,7 +77,7 @@ impl Terraform {
 
     /// The full path of the binary, or an input error saying how to fix it.
     pub fn resolve(&self) -> Result<PathBuf, Error> {
-        find_program(&self.program).ok_or_else(|| {
+        crate::process::find_program(&self.program).ok_or_else(|| {
             Error::Input(Problems::one(
                 Problem::new(format!(
                     "terraform binary `{}` {}",
@@ -286,23 +286,6 @@ pub fn parse_outputs(stdout: &[u8]) -> Result<Outputs, String> {
         values.insert(name, output.get("value").cloned().unwrap_or(Value::Null));
     }
     Ok((values, sensitive))
-}
-
-fn find_program(program: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
-    if program.components().count() > 1 {
-        return executable(program).then(|| program.to_path_buf());
-    }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(program))
-            .find(|p| executable(p))
-    })
 }
 
 #[cfg(test)]

@@ -118,7 +118,9 @@ fn a_cluster_is_created_changed_destroyed_and_created_again() {
     assert_eq!(log.status, 200, "{log:?}");
     let lines = log.body["lines"].as_array().unwrap();
     assert!(
-        lines.iter().any(|l| l.as_str().unwrap().ends_with(" run")),
+        lines
+            .iter()
+            .any(|l| l.as_str().unwrap().ends_with(" run --recreate")),
         "{log:?}"
     );
     assert!(

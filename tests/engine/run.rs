@@ -966,3 +966,45 @@ fn log_format_json_makes_every_stderr_line_a_json_object() {
         "{bad}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// A destroyed workflow: refused by a plain `run`, bootstrapped again by `run --recreate`.
+
+#[test]
+fn after_a_destroy_run_exits_1_and_run_recreate_bootstraps_again_in_one_command() {
+    let (b, conn_str) = four_steps();
+    b.run(&["run"]).assert_success();
+    b.run(&["destroy"]).assert_success();
+    let destroyed = b.ledger();
+
+    let refused = b.run(&["run"]);
+    refused.assert_code(1);
+    assert!(
+        refused.stderr.contains("this workflow was destroyed at"),
+        "{refused}"
+    );
+    assert_eq!(
+        b.ledger(),
+        destroyed,
+        "a destroyed workflow was applied again"
+    );
+
+    let again = b.run(&["run", "--recreate"]);
+    again.assert_success();
+    assert!(
+        again.stderr.contains("created again after a destroy"),
+        "{again}"
+    );
+    let after = &b.ledger()[destroyed.len()..];
+    for resource in all_resources() {
+        assert_eq!(count(after, "create", &resource), 1, "{after:#?}");
+    }
+    assert_states_complete(&b, &conn_str);
+    assert_eq!(step_states(&status_json(&b)), all_done());
+
+    // Not destroyed any more: `--recreate` changes nothing, and a plain run skips it all.
+    let skipped = b.run(&["run", "--recreate"]);
+    skipped.assert_success();
+    assert!(!skipped.stderr.contains("created again"), "{skipped}");
+    assert_eq!(b.ledger().len(), destroyed.len() + after.len());
+}

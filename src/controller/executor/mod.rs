@@ -1,0 +1,55 @@
+//! The boundary between deciding and running: the reconciler decides which operation a
+//! cluster needs; an [`Executor`] runs it and says how it ended. An operation is one engine
+//! command over one cluster's root, so a second way of running it (a Kubernetes Job, say) is
+//! a new file here, not an edit of the reconciler.
+
+mod local;
+
+pub use local::{Local, LocalConfig};
+
+use nix::sys::signal::Signal;
+
+use crate::base::error::FailureKind;
+use crate::controller::cluster::Kind;
+
+/// One engine command that brings one cluster to one generation of its intent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    pub cluster: String,
+    pub generation: u64,
+    pub kind: Kind,
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    Succeeded,
+    /// The engine failed (`exit_code` 1 or 2), or could not be started (`exit_code` None).
+    Failed {
+        exit_code: Option<i32>,
+        /// What kind of terraform failure it was, when a step recorded one.
+        failure: Option<FailureKind>,
+        error: String,
+    },
+    /// Stopped by a signal: not done, so the cluster is looked at again.
+    Interrupted,
+    /// Another engine held the cluster's root: looked at again after a pause.
+    Later,
+}
+
+/// Called once, from any thread, when an operation has ended.
+pub type OnEnd = Box<dyn FnOnce(Ending) + Send>;
+
+/// Runs operations. Every method returns at once; an operation's end comes through its
+/// [`OnEnd`].
+pub trait Executor: Send + Sync {
+    /// Starts `operation`; its log goes to the cluster's `operation.log`.
+    fn start(&self, operation: Operation, on_end: OnEnd);
+    /// Passes `signal` to the running operation of `cluster`, if any: SIGUSR1 asks an apply
+    /// to let go for a destroy, SIGTERM stops it.
+    fn stop(&self, cluster: &str, signal: Signal);
+    /// The operations running now, for a restarted controller to adopt.
+    fn running(&self) -> Vec<Operation>;
+    /// Why operations cannot run now; empty when they can (`/readyz`).
+    fn problems(&self) -> Vec<String>;
+}

@@ -84,11 +84,11 @@ pub struct Cli {
     #[arg(long, env = "BOOTSTRAPPER_PARALLELISM", value_parser = clap::value_parser!(u16).range(1..), global = true)]
     pub parallelism: Option<u16>,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Verb,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub enum Verb {
     /// Apply every unfinished step in order
     Run {
         /// Afterwards keep running until SIGTERM (the container entrypoint)
@@ -206,9 +206,9 @@ fn duration(text: &str) -> std::result::Result<Duration, String> {
 }
 
 /// Runs the command line and returns the process's exit code.
-pub fn main(cli: Cli) -> i32 {
-    if let Command::Serve(args) = &cli.command {
-        return crate::controller::serve::main(&cli.serve_options(args));
+pub fn run(cli: Cli) -> i32 {
+    if let Verb::Serve(args) = &cli.command {
+        return crate::controller::serve::command(&cli.serve_options(args));
     }
     crate::base::log::init(cli.log_format);
     let shutdown = match Shutdown::install() {
@@ -259,19 +259,19 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
     let mut engine = engine(cli, loaded, logger, shutdown);
     match &cli.command {
         // Dispatched before a params file is loaded, in `main`; kept here for completeness.
-        Command::Serve(args) => Ok(crate::controller::serve::main(&cli.serve_options(args))),
-        Command::Validate => crate::commands::validate::main(&mut engine),
-        Command::Status { json } => crate::engine::status::main(&engine, *json),
-        Command::Plan { destroy, json } => {
-            crate::commands::plan::main(&mut engine, *destroy, *json)
+        Verb::Serve(args) => Ok(crate::controller::serve::command(&cli.serve_options(args))),
+        Verb::Validate => crate::commands::validate::command(&mut engine),
+        Verb::Status { json } => crate::engine::status::command(&engine, *json),
+        Verb::Plan { destroy, json } => {
+            crate::commands::plan::command(&mut engine, *destroy, *json)
         }
-        Command::Reset { all: true, .. } => crate::commands::reset::all(&engine),
-        Command::Reset { step, .. } => crate::commands::reset::step(
+        Verb::Reset { all: true, .. } => crate::commands::reset::all(&engine),
+        Verb::Reset { step, .. } => crate::commands::reset::step(
             &engine,
             step.as_deref().expect("clap requires STEP without --all"),
         ),
-        Command::Destroy { wait } => engine.destroy(*wait).map(|_| exit::OK),
-        Command::Run { hold, recreate } => crate::engine::run::main(&mut engine, *hold, *recreate),
+        Verb::Destroy { wait } => engine.destroy(*wait).map(|_| exit::OK),
+        Verb::Run { hold, recreate } => crate::engine::run::command(&mut engine, *hold, *recreate),
     }
 }
 

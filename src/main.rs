@@ -5,5 +5,5 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => std::process::exit(bootstrapper::cli::usage_error(e)),
     };
-    std::process::exit(bootstrapper::cli::main(cli));
+    std::process::exit(bootstrapper::cli::run(cli));
 }

@@ -1,6 +1,7 @@
 pub mod clock;
 pub mod durable;
 pub mod error;
+pub mod json;
 pub mod log;
 pub mod secrets;
 pub mod signals;

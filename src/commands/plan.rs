@@ -120,7 +120,7 @@ pub struct PlannedCommand {
 }
 
 /// `bootstrapper plan [--destroy] [--json]`.
-pub fn main(engine: &mut Engine, destroy: bool, json: bool) -> Result<i32> {
+pub fn command(engine: &mut Engine, destroy: bool, json: bool) -> Result<i32> {
     // Without terraform a laptop still plans, and the plan says where `run` would stop; a
     // terraform that is there must be one that `run` would accept.
     if engine.terraform.resolve().is_ok() {

@@ -9,7 +9,7 @@ use crate::engine::core::Engine;
 use crate::workflow::load;
 
 /// `validate`: every problem of workflow, templates, params, modules and terraform at once.
-pub fn main(engine: &mut Engine) -> Result<i32> {
+pub fn command(engine: &mut Engine) -> Result<i32> {
     let loaded = &engine.loaded.clone();
     let logger = engine.logger().clone();
     let (mut problems, notes) = match load::check(

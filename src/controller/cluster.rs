@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 
 use crate::base::durable;
 use crate::base::error::Problems;
+use crate::base::json;
 use crate::base::secrets::Redactor;
 use crate::root::journal::Journal;
 use crate::workflow::file::Workflow;
@@ -416,22 +417,17 @@ pub fn list(root: &Path) -> std::io::Result<Vec<String>> {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: {e}", path.display()),
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    json::read(path).map_err(|e| match e {
+        json::ReadError::Io(e) => e,
+        json::ReadError::Corrupt(e) => std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        ),
+    })
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    bytes.push(b'\n');
-    durable::write(path, &bytes, FILE_MODE)
+    json::write(path, value, FILE_MODE)
 }
 
 #[cfg(test)]

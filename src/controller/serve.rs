@@ -40,7 +40,7 @@ pub struct Options {
 }
 
 /// Runs the controller until a signal stops it; returns the exit code.
-pub fn main(options: &Options) -> i32 {
+pub fn command(options: &Options) -> i32 {
     install_tracing(options.log_format);
     match serve(options) {
         Ok(code) => code,

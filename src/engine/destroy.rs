@@ -29,7 +29,7 @@ enum Gone {
 
 /// What a finished `destroy` did.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Summary {
+pub struct DestroySummary {
     pub destroyed: Vec<String>,
     pub already: Vec<String>,
     pub never_started: Vec<String>,
@@ -37,7 +37,7 @@ pub struct Summary {
 
 impl Engine {
     /// Destroys the workflow, waiting up to `wait` for a running command to let go of the lock.
-    pub fn destroy(&mut self, wait: Duration) -> Result<Summary> {
+    pub fn destroy(&mut self, wait: Duration) -> Result<DestroySummary> {
         let root = self.root.display().to_string();
         let _command = tracing::info_span!("command", command = "destroy", root).entered();
         let logger = self.logger().clone();
@@ -90,7 +90,7 @@ impl Engine {
             &|| this.supervisor.shutdown.requested().is_some(),
             &|index| this.destroy_step(&prepared, index, outputs),
         );
-        let mut summary = Summary::default();
+        let mut summary = DestroySummary::default();
         let mut errors = Vec::new();
         let mut left_out = false;
         for (step, outcome) in self.loaded.workflow.steps.iter().zip(outcomes).rev() {

@@ -25,7 +25,7 @@ const LOCK_WAIT_FOREVER: std::time::Duration = std::time::Duration::from_secs(10
 
 /// What a finished `run` did.
 #[derive(Debug, Default, PartialEq)]
-pub struct Summary {
+pub struct RunSummary {
     pub applied: Vec<String>,
     pub unchanged: Vec<String>,
     /// Set when the root was destroyed and `run` refused to apply.
@@ -35,7 +35,7 @@ pub struct Summary {
 /// `run [--hold] [--recreate]`: applies the workflow; with `hold` (the entrypoint), keeps
 /// running afterwards until SIGTERM, whatever the run's result, and hands the lock over to a
 /// `destroy` that asks for it.
-pub fn main(engine: &mut Engine, hold: bool, recreate: bool) -> Result<i32> {
+pub fn command(engine: &mut Engine, hold: bool, recreate: bool) -> Result<i32> {
     let result = engine.run(hold, recreate);
     let (shutdown, logger, grace) = (
         engine.supervisor.shutdown.clone(),
@@ -86,7 +86,7 @@ impl Engine {
     /// process is waited for instead of failing: an entrypoint that exits restarts its
     /// container, and with it whatever was holding the lock there.
     /// With `recreate`, a workflow destroyed before is bootstrapped again instead of refused.
-    pub fn run(&mut self, wait_for_lock: bool, recreate: bool) -> Result<Summary> {
+    pub fn run(&mut self, wait_for_lock: bool, recreate: bool) -> Result<RunSummary> {
         let root = self.root.display().to_string();
         let _command = tracing::info_span!("command", command = "run", root).entered();
         let logger = self.logger().clone();
@@ -110,7 +110,7 @@ impl Engine {
             recreate,
         )?;
         let journal = &prepared.journal;
-        let mut summary = Summary::default();
+        let mut summary = RunSummary::default();
         if let Some(tombstone) = journal.tombstone()? {
             self.logger()
                 .warn(None, &decide::tombstone_message(&tombstone));

@@ -71,7 +71,7 @@ pub struct Report {
 }
 
 /// `status [--json]`: what the journal says, per step; reads only, takes no lock.
-pub fn main(engine: &Engine, json: bool) -> Result<i32> {
+pub fn command(engine: &Engine, json: bool) -> Result<i32> {
     let report = collect(&engine.loaded, &engine.root)?;
     print(&report, json, &engine.loaded, &mut std::io::stdout().lock())
         .map_err(|e| Error::io("cannot write to stdout", e))?;

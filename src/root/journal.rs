@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use crate::base::clock::Timestamp;
 use crate::base::durable;
 use crate::base::error::{Error, Location, Problem, Problems, Result};
+use crate::base::json;
 
 pub const STATE_DIR: &str = ".bootstrapper";
 const STEPS_DIR: &str = "steps";
@@ -401,31 +402,28 @@ fn io_error(verb: &str, path: &Path, e: io::Error) -> Error {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, step: Option<&str>) -> Result<Option<T>> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error("read", path, e)),
-    };
-    serde_json::from_str(&text).map(Some).map_err(|e| {
-        let location = Location {
-            file: path.to_path_buf(),
-            line: (e.line() > 0).then_some((e.line(), e.column())),
-        };
-        let mut problem = Problem::new(format!("the journal file is corrupt: {e}")).at(location);
-        problem = match step {
-            Some(step) => problem.in_step(step).hint(format!(
-                "if the step's resources are as they should be, `bootstrapper reset {step}` forgets it and the next run applies it again"
-            )),
-            None => problem.hint("`bootstrapper reset --all` forgets the whole journal"),
-        };
-        Error::Input(Problems::one(problem))
+    json::read(path).map_err(|e| match e {
+        json::ReadError::Io(e) => io_error("read", path, e),
+        json::ReadError::Corrupt(e) => {
+            let location = Location {
+                file: path.to_path_buf(),
+                line: (e.line() > 0).then_some((e.line(), e.column())),
+            };
+            let mut problem =
+                Problem::new(format!("the journal file is corrupt: {e}")).at(location);
+            problem = match step {
+                Some(step) => problem.in_step(step).hint(format!(
+                    "if the step's resources are as they should be, `bootstrapper reset {step}` forgets it and the next run applies it again"
+                )),
+                None => problem.hint("`bootstrapper reset --all` forgets the whole journal"),
+            };
+            Error::Input(Problems::one(problem))
+        }
     })
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(value).expect("journal records serialize");
-    bytes.push(b'\n');
-    durable::write(path, &bytes, FILE_MODE).map_err(|e| io_error("write", path, e))
+    json::write(path, value, FILE_MODE).map_err(|e| io_error("write", path, e))
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ use crate::base::error::exit;
 use crate::base::log::{Format, Logger};
 use crate::controller::cluster::{self, Cluster, Ended, Intent, Kind, Outcome};
 use crate::controller::metrics::Metrics;
-use crate::process::{Command, Supervisor};
+use crate::process::{Command, Options, Stop, Supervisor};
+use crate::terraform::diagnostics::FirstError;
 use crate::workflow::file::Workflow;
 
 /// A cluster whose root another engine holds, or whose outcome could not be recorded, is
@@ -330,7 +331,16 @@ impl Reconciler {
             let mut on_line = |line: &str| {
                 let _ = writeln!(log, "{line}");
             };
-            let finished = match supervisor.run_stopped_by(&command, &stop_signal, &mut on_line) {
+            let options = Options {
+                name: "its child engine",
+                stop: Stop::By(&stop_signal),
+                on_line: Some(&mut on_line),
+                // An engine passes terraform's lines on tagged with their step, so few open an
+                // error here; one that does is still the best reason a failure can give.
+                errors: Some(Box::new(FirstError::default())),
+                ..Options::default()
+            };
+            let finished = match supervisor.run(&command, options) {
                 Ok(finished) => finished,
                 Err(e) => {
                     let error = format!("cannot start {}: {e}", command.program.display());

@@ -11,11 +11,12 @@ use crate::base::durable;
 use crate::base::error::{Error, FailureKind, Problem, Problems, Result};
 use crate::base::log::Logger;
 use crate::engine::decide::{self, Role};
-use crate::process::{Command, Supervisor};
+use crate::process::{Command, Options, Supervisor};
 use crate::root::journal::{Action, Attempt, AttemptState, Journal};
 use crate::root::lock::Lock;
 use crate::root::source;
 use crate::terraform::command::{self as terraform, Terraform};
+use crate::terraform::diagnostics;
 use crate::terraform::local_state::LocalState;
 use crate::terraform::stream::Stream;
 use crate::workflow::file::Retry;
@@ -560,14 +561,30 @@ impl Engine {
         };
         let mut stream = None;
         let finished = match output {
-            Output::Log => self.supervisor.run_watching(command, false, &mut watch),
-            Output::Capture => self.supervisor.run_watching(command, true, &mut watch),
+            Output::Log => self.supervisor.run(
+                command,
+                Options {
+                    watch: Some(&mut watch),
+                    ..diagnostics::options()
+                },
+            ),
+            Output::Capture => self.supervisor.run(
+                command,
+                Options {
+                    capture_stdout: true,
+                    watch: Some(&mut watch),
+                    ..diagnostics::options()
+                },
+            ),
             Output::Stream(reader) => {
-                let finished =
-                    self.supervisor
-                        .run_reading(command, &mut watch, &mut |line, whole, out| {
-                            reader.line(line, whole, out)
-                        });
+                let finished = self.supervisor.run(
+                    command,
+                    Options {
+                        watch: Some(&mut watch),
+                        stdout_reader: Some(&mut |line, whole, out| reader.line(line, whole, out)),
+                        ..diagnostics::options()
+                    },
+                );
                 stream = Some(reader);
                 finished
             }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::base::error::{Error, Problem, Problems};
-use crate::process::{Command, Supervisor};
+use crate::process::{Command, Options, Supervisor};
+use crate::terraform::diagnostics;
 use crate::workflow::render::RenderedStep;
 
 /// The oldest terraform whose command lines and `-json` stream the engine is written for.
@@ -135,7 +136,13 @@ impl Terraform {
             ))
         };
         let finished = supervisor
-            .run(&command, true)
+            .run(
+                &command,
+                Options {
+                    capture_stdout: true,
+                    ..diagnostics::options()
+                },
+            )
             .map_err(|e| unusable(format!("cannot start it: {e}")))?;
         if let Some(signal) = supervisor.shutdown.requested() {
             return Err(crate::base::signals::interrupted(signal));

@@ -1,4 +1,5 @@
 pub mod command;
+pub mod diagnostics;
 pub mod local_state;
 pub mod provision_event;
 pub mod stream;

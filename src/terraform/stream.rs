@@ -249,54 +249,9 @@ impl Stream {
         let kind: &str = &event.kind;
         match kind {
             "apply_start" | "apply_progress" | "apply_complete" | "apply_errored" => {
-                let Some(hook) = event.hook else { return };
-                let Some(resource) = hook.resource else {
-                    return;
-                };
-                let action = hook.action.as_deref().unwrap_or("apply");
-                let address: &str = &resource.addr;
-                let elapsed = match (self.progress_said.get(address), kind) {
-                    (Some((started, _)), "apply_complete" | "apply_errored") => {
-                        started.elapsed().as_secs_f64()
-                    }
-                    _ => hook.elapsed_seconds.unwrap_or(0.0),
-                };
-                let message = match kind {
-                    "apply_start" => {
-                        self.remember_progress(address, 0);
-                        format!("{address}: {}…", ing(action))
-                    }
-                    "apply_progress" => {
-                        let whole = elapsed as u64;
-                        let said = self.progress_said.get(address).map_or(0, |p| p.1);
-                        if whole < said + PROGRESS_EVERY_SECONDS {
-                            return;
-                        }
-                        self.remember_progress(address, whole);
-                        format!("{address}: still {}… {}", ing(action), minutes(whole))
-                    }
-                    "apply_complete" => {
-                        self.progress_said.remove(address);
-                        format!("{address}: {} in {}", done(action), seconds(elapsed))
-                    }
-                    _ => {
-                        self.progress_said.remove(address);
-                        format!(
-                            "{address}: {} failed after {}",
-                            noun(action),
-                            seconds(elapsed)
-                        )
-                    }
-                };
-                tracing::info!(
-                    source = "terraform",
-                    step = self.step.as_str(),
-                    event = kind,
-                    address,
-                    action,
-                    elapsed_seconds = elapsed,
-                    "{message}"
-                );
+                if let Some(hook) = event.hook {
+                    self.resource_event(kind, hook);
+                }
             }
             "provision_progress" => {
                 let Some(hook) = event.hook else { return };
@@ -351,6 +306,58 @@ impl Stream {
             }
             _ => {}
         }
+    }
+
+    /// A resource's change started, went on, or ended: one line each, progress at most once
+    /// every [`PROGRESS_EVERY_SECONDS`].
+    fn resource_event(&mut self, kind: &str, hook: Hook<'_>) {
+        let Some(resource) = hook.resource else {
+            return;
+        };
+        let action = hook.action.as_deref().unwrap_or("apply");
+        let address: &str = &resource.addr;
+        let elapsed = match (self.progress_said.get(address), kind) {
+            (Some((started, _)), "apply_complete" | "apply_errored") => {
+                started.elapsed().as_secs_f64()
+            }
+            _ => hook.elapsed_seconds.unwrap_or(0.0),
+        };
+        let message = match kind {
+            "apply_start" => {
+                self.remember_progress(address, 0);
+                format!("{address}: {}…", ing(action))
+            }
+            "apply_progress" => {
+                let whole = elapsed as u64;
+                let said = self.progress_said.get(address).map_or(0, |p| p.1);
+                if whole < said + PROGRESS_EVERY_SECONDS {
+                    return;
+                }
+                self.remember_progress(address, whole);
+                format!("{address}: still {}… {}", ing(action), minutes(whole))
+            }
+            "apply_complete" => {
+                self.progress_said.remove(address);
+                format!("{address}: {} in {}", done(action), seconds(elapsed))
+            }
+            _ => {
+                self.progress_said.remove(address);
+                format!(
+                    "{address}: {} failed after {}",
+                    noun(action),
+                    seconds(elapsed)
+                )
+            }
+        };
+        tracing::info!(
+            source = "terraform",
+            step = self.step.as_str(),
+            event = kind,
+            address,
+            action,
+            elapsed_seconds = elapsed,
+            "{message}"
+        );
     }
 
     fn remember_progress(&mut self, address: &str, at: u64) {

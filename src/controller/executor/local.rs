@@ -15,8 +15,9 @@ use super::{Ending, Executor, OnEnd, Operation};
 use crate::base::error::exit;
 use crate::base::log::{Format, Logger};
 use crate::controller::cluster::{Cluster, Kind};
-use crate::process::{Command, Supervisor};
+use crate::process::{Command, Options, Stop, Supervisor};
 use crate::root::journal::AttemptState;
+use crate::terraform::diagnostics::FirstError;
 use crate::workflow::file::Workflow;
 
 /// What every child engine is started with.
@@ -145,7 +146,16 @@ fn execute(config: &LocalConfig, cluster: &Cluster, kind: Kind, stop: &AtomicI32
     let mut on_line = |line: &str| {
         let _ = writeln!(log, "{line}");
     };
-    let finished = match supervisor.run_stopped_by(&command, &stop_signal, &mut on_line) {
+    let options = Options {
+        name: "its child engine",
+        stop: Stop::By(&stop_signal),
+        on_line: Some(&mut on_line),
+        // An engine passes terraform's lines on tagged with their step, so few open an error
+        // here; one that does is still the best reason a failure can give.
+        errors: Some(Box::new(FirstError::default())),
+        ..Options::default()
+    };
+    let finished = match supervisor.run(&command, options) {
         Ok(finished) => finished,
         Err(e) => return failed(format!("cannot start {}: {e}", command.program.display())),
     };

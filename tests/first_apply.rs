@@ -320,9 +320,13 @@ fn the_control_plane_variables_accept_the_defaults_and_refuse_what_would_fail_an
         .flat_map(|b| b.blocks().filter(|b| b.identifier() == "variable"))
         .map(|b| b.labels()[0].as_str().to_owned())
         .collect();
-    for gone in ["namesvr_lb_ip"] {
-        assert!(!declared.contains(gone), "{gone} is still a variable");
-    }
+    assert!(
+        !declared.contains("namesvr_lb_ip"),
+        "namesvr_lb_ip is still a variable"
+    );
+    assert!(
+        declared.contains("controller_storage_class") && declared.contains("image_pull_secret")
+    );
 }
 
 /// The variables a resource's metadata and spec read, directly or through `local.name`.

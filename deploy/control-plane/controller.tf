@@ -25,7 +25,10 @@ locals {
     TF_VAR_rocketmq_docker_image      = var.rocketmq_docker_image
     "TF_VAR_terraform-image"          = var.terraform_image
     "TF_VAR_golang-image"             = var.golang_image
-    NAMESVR_INDEX_IP                  = var.namesvr_lb_ip
+    NAMESVR_INDEX_IP                  = module.targets.namesvr_index_ip
+    # rocketmq.toml clones the tree from here when the image carries none.
+    BOOTSTRAPPER_CODE_GIT_URL = var.code_git_url
+    BOOTSTRAPPER_CODE_GIT_REF = var.code_git_ref
   }, var.tenant_env)
 }
 
@@ -36,7 +39,8 @@ resource "kubernetes_persistent_volume_claim_v1" "controller" {
     labels    = local.controller_labels
   }
   spec {
-    access_modes = ["ReadWriteOnce"]
+    access_modes       = ["ReadWriteOnce"]
+    storage_class_name = var.controller_storage_class
     resources {
       requests = { storage = var.controller_storage }
     }
@@ -52,7 +56,7 @@ resource "kubernetes_deployment_v1" "controller" {
   }
   spec {
     # One writer per root: two controllers would run two operations on one cluster.
-    replicas = 1
+    replicas = var.controller_replicas
     strategy {
       type = "Recreate"
     }
@@ -67,6 +71,13 @@ resource "kubernetes_deployment_v1" "controller" {
         automount_service_account_token  = false
         enable_service_links             = false
         termination_grace_period_seconds = var.controller_grace_seconds + 30
+        # The same image as the bootstrapper pod, from the same registry.
+        dynamic "image_pull_secrets" {
+          for_each = var.image_pull_secret == null ? [] : [var.image_pull_secret]
+          content {
+            name = image_pull_secrets.value
+          }
+        }
         security_context {
           run_as_user     = 10001
           run_as_group    = 10001
@@ -81,7 +92,7 @@ resource "kubernetes_deployment_v1" "controller" {
           image = var.controller_image
           args = [
             "serve",
-            "--listen", "0.0.0.0:8080",
+            "--listen", "0.0.0.0:${var.controller_pod_port}",
             "--workflow", "/usr/share/bootstrapper/workflows/rocketmq.toml",
             "--root", "/var/lib/bootstrapper",
             "--tokens", "/etc/bootstrapper/tokens/tokens",
@@ -89,7 +100,7 @@ resource "kubernetes_deployment_v1" "controller" {
           ]
           port {
             name           = "http"
-            container_port = 8080
+            container_port = var.controller_pod_port
           }
           env {
             name  = "HOME"
@@ -129,12 +140,13 @@ resource "kubernetes_deployment_v1" "controller" {
             period_seconds = 10
           }
           resources {
-            requests = { cpu = "500m", memory = "1Gi" }
-            limits   = { cpu = "2", memory = "4Gi" }
+            requests = { cpu = var.controller_cpu_request, memory = var.controller_memory_request }
+            limits   = { cpu = var.controller_cpu_limit, memory = var.controller_memory_limit }
           }
           security_context {
             allow_privilege_escalation = false
             read_only_root_filesystem  = true
+            run_as_non_root            = true
             capabilities {
               drop = ["ALL"]
             }
@@ -172,11 +184,15 @@ resource "kubernetes_deployment_v1" "controller" {
         }
         volume {
           name = "tmp"
-          empty_dir {}
+          empty_dir {
+            size_limit = "1Gi"
+          }
         }
         volume {
           name = "home"
-          empty_dir {}
+          empty_dir {
+            size_limit = "1Gi"
+          }
         }
       }
     }
@@ -185,7 +201,8 @@ resource "kubernetes_deployment_v1" "controller" {
 
 resource "kubernetes_service_v1" "controller" {
   metadata {
-    name      = "bootstrapper-controller-${var.cluster_id}"
+    # The original's name: callers address the controller by it.
+    name      = "nomad-ctrl-service-${var.cluster_id}"
     namespace = var.namespace
     labels    = local.controller_labels
   }
@@ -193,7 +210,7 @@ resource "kubernetes_service_v1" "controller" {
     selector = local.controller_labels
     port {
       name        = "http"
-      port        = 8080
+      port        = var.controller_svc_port
       target_port = "http"
     }
   }

@@ -7,13 +7,8 @@ locals {
 
 module "haproxy_config" {
   source = "./haproxy-config"
-  backends = {
-    nomad          = { address = var.nomad_server_ip, port = 4646 }
-    consul_backend = { address = var.backend_ip, port = 8500 }
-    consul_tenants = { address = var.consul_access_ip, port = 8500 }
-    prometheus     = { address = var.namesvr_lb_ip, port = 9090 }
-    namesvr        = { address = var.namesvr_lb_ip, port = 8080 }
-  }
+  # Every target from the load balancers the earlier steps created (lookup.tf).
+  backends = module.targets.backends
 }
 
 resource "kubernetes_config_map_v1" "haproxy" {
@@ -34,7 +29,7 @@ resource "kubernetes_deployment_v1" "haproxy" {
     labels    = local.haproxy_labels
   }
   spec {
-    replicas = 2
+    replicas = var.haproxy_replicas
     selector {
       match_labels = local.haproxy_labels
     }
@@ -48,8 +43,10 @@ resource "kubernetes_deployment_v1" "haproxy" {
         automount_service_account_token = false
         enable_service_links            = false
         security_context {
-          run_as_user     = 99
-          run_as_group    = 99
+          # Any uid reads the config; none needs the image's haproxy user, and a high one
+          # clashes with no host user.
+          run_as_user     = 10099
+          run_as_group    = 10099
           run_as_non_root = true
           seccomp_profile {
             type = "RuntimeDefault"
@@ -73,11 +70,12 @@ resource "kubernetes_deployment_v1" "haproxy" {
           }
           resources {
             requests = { cpu = "100m", memory = "64Mi" }
-            limits   = { memory = "256Mi" }
+            limits   = { cpu = "1", memory = "256Mi" }
           }
           security_context {
             allow_privilege_escalation = false
             read_only_root_filesystem  = true
+            run_as_non_root            = true
             capabilities {
               drop = ["ALL"]
             }
@@ -100,7 +98,9 @@ resource "kubernetes_deployment_v1" "haproxy" {
         }
         volume {
           name = "run"
-          empty_dir {}
+          empty_dir {
+            size_limit = "16Mi"
+          }
         }
       }
     }
@@ -109,7 +109,8 @@ resource "kubernetes_deployment_v1" "haproxy" {
 
 resource "kubernetes_service_v1" "haproxy" {
   metadata {
-    name      = "haproxy-${var.cluster_id}"
+    # The original's name: the management network addresses the control plane by it.
+    name      = var.cluster_id
     namespace = var.namespace
     labels    = local.haproxy_labels
   }
@@ -120,7 +121,7 @@ resource "kubernetes_service_v1" "haproxy" {
       content {
         name        = replace(port.key, "_", "-")
         port        = port.value
-        target_port = port.value
+        target_port = replace(port.key, "_", "-")
       }
     }
   }

@@ -4,7 +4,7 @@ output "haproxy_service" {
 }
 
 output "controller_url" {
-  value = "http://${kubernetes_service_v1.controller.metadata[0].name}.${var.namespace}.svc:8080"
+  value = "http://${kubernetes_service_v1.controller.metadata[0].name}.${var.namespace}.svc:${var.controller_svc_port}"
 }
 
 output "haproxy_cfg" {

@@ -4,8 +4,15 @@ variable "namespace" {
 }
 
 variable "cluster_id" {
-  description = "The bootstrap's cluster id: names the objects, and is the Nomad cluster the tenants' clusters run on."
+  description = "The bootstrap's cluster id: names the objects (HAProxy's Service is named after it alone), and is the Nomad cluster the tenants' clusters run on."
   type        = string
+
+  validation {
+    # The jump host's rule: nomad-ctrl-service-<id>, a Service name, must stay a 63-character
+    # DNS label.
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", var.cluster_id)) && length(var.cluster_id) <= 40
+    error_message = "cluster_id must be a lowercase DNS label of at most 40 characters: it is part of Kubernetes object names."
+  }
 }
 
 variable "haproxy_image" {
@@ -43,9 +50,30 @@ variable "consul_access_ip" {
   type        = string
 }
 
-variable "namesvr_lb_ip" {
-  description = "The NameServers' internal load balancer (nameServerInternalLb-<cluster_id>), which fronts the NameServer HTTP endpoint and Prometheus alike."
+variable "env_name" {
+  description = "The hosts step's env_name; it decides only NAMESVR_INDEX_IP (targets/)."
   type        = string
+}
+
+variable "ipv6_api_url" {
+  description = "The API the tree's ipv6 module asks for a load balancer's IPv6 address."
+  type        = string
+}
+
+variable "region_id" {
+  type = string
+}
+
+variable "namesvr_http_endpoint_port" {
+  description = "The hosts' namesvr_http_endpoint_port: the NameServers' load balancer listens on it."
+  type        = number
+  default     = 8080
+}
+
+variable "prometheus_port" {
+  description = "The hosts' prometheus_port: the NameServers' load balancer listens on it."
+  type        = number
+  default     = 9090
 }
 
 variable "region" {
@@ -73,6 +101,17 @@ variable "subnet_id" {
 variable "ucloud_api_base_url" {
   type    = string
   default = "https://api.ucloud.cn"
+}
+
+# From the pod's environment (TF_VAR_*), as every step of the bootstrap gets them.
+variable "ucloud_pub_key" {
+  type      = string
+  sensitive = true
+}
+
+variable "ucloud_secret" {
+  type      = string
+  sensitive = true
 }
 
 variable "cloud_keys_secret" {
@@ -104,7 +143,7 @@ variable "golang_image" {
 }
 
 variable "tenant_env" {
-  description = "More environment for the controller and the tenant workflow it runs."
+  description = "More environment for the controller and the tenant workflow it runs (the original's controller_env_map); it wins over the module's own."
   type        = map(string)
   default     = {}
 }
@@ -112,6 +151,77 @@ variable "tenant_env" {
 variable "controller_storage" {
   type    = string
   default = "10Gi"
+}
+
+variable "controller_storage_class" {
+  description = "StorageClass of the controller's PVC; null uses the cluster default, and without one the claim stays Pending."
+  type        = string
+  default     = null
+}
+
+variable "image_pull_secret" {
+  description = "Name of an existing docker-registry Secret for the controller's image; null for none. The jump host passes its own."
+  type        = string
+  default     = null
+}
+
+variable "code_git_url" {
+  description = "Where the controller clones the tree from when its image carries none (BOOTSTRAPPER_CODE_GIT_URL); \"\" for none."
+  type        = string
+  default     = ""
+}
+
+variable "code_git_ref" {
+  type    = string
+  default = ""
+}
+
+variable "controller_replicas" {
+  description = "1, or 0 to stop the controller: two would run operations on one root side by side."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = contains([0, 1], var.controller_replicas)
+    error_message = "controller_replicas is 0 or 1: the controller's root is one ReadWriteOnce volume with one writer."
+  }
+}
+
+variable "controller_svc_port" {
+  description = "The port of the controller's Service, nomad-ctrl-service-<cluster_id>."
+  type        = number
+  default     = 8080
+}
+
+variable "controller_pod_port" {
+  description = "The port the controller listens on in its pod."
+  type        = number
+  default     = 8080
+}
+
+variable "controller_cpu_request" {
+  type    = string
+  default = "500m"
+}
+
+variable "controller_memory_request" {
+  type    = string
+  default = "1Gi"
+}
+
+variable "controller_cpu_limit" {
+  type    = string
+  default = "2"
+}
+
+variable "controller_memory_limit" {
+  type    = string
+  default = "4Gi"
+}
+
+variable "haproxy_replicas" {
+  type    = number
+  default = 2
 }
 
 variable "controller_grace_seconds" {

@@ -1,13 +1,13 @@
-output "pod" {
-  value = kubernetes_pod_v1.bootstrapper.metadata[0].name
+output "deployment" {
+  value = kubernetes_deployment_v1.bootstrapper.metadata[0].name
 }
 
 output "status_command" {
-  value = "kubectl --namespace ${var.namespace} exec ${local.name} --container bootstrapper -- bootstrapper status"
+  value = "kubectl --namespace ${var.namespace} exec deployment/${local.name} --container bootstrapper -- bootstrapper status"
 }
 
 output "logs_command" {
-  value = "kubectl --namespace ${var.namespace} logs --follow ${local.name} --container bootstrapper"
+  value = "kubectl --namespace ${var.namespace} logs --follow deployment/${local.name} --container bootstrapper"
 }
 
 output "controller_tokens_secret" {

@@ -1,5 +1,6 @@
-# The controller's bearer tokens, mounted by it as a file (one token a line). The bootstrap's
-# control-plane step names this Secret; it never reads it.
+# The controller's bearer tokens, mounted by it as a file (one token a line; generated-token.tf
+# makes one when none is given). The bootstrap's control-plane step names this Secret; it never
+# reads it.
 resource "kubernetes_secret_v1" "controller_tokens" {
   metadata {
     name      = "${local.name}-controller-tokens"
@@ -8,6 +9,6 @@ resource "kubernetes_secret_v1" "controller_tokens" {
   }
 
   data = {
-    tokens = join("", [for t in var.controller_tokens : "${t}\n"])
+    tokens = join("", [for t in local.controller_tokens : "${t}\n"])
   }
 }

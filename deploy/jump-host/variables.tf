@@ -11,12 +11,12 @@ variable "kube_context" {
 }
 
 variable "namespace" {
-  description = "Existing namespace that holds the bootstrapper's Secrets, PVC, Pod and the control plane it creates."
+  description = "Existing namespace that holds the bootstrapper's Secrets, PVC, Deployment and the control plane it creates. Changing it after the first apply would replace the project PVC, which holds control-network's only state: the plan stops on its prevent_destroy (README, \"Moving a control plane\")."
   type        = string
 }
 
 variable "cluster_id" {
-  description = "Names the Kubernetes objects and the Terraform workspaces; it overrides params.cluster_id."
+  description = "Names the Kubernetes objects and the Terraform workspaces; it overrides params.cluster_id. Changing it after the first apply would replace the project PVC, which holds control-network's only state: the plan stops on its prevent_destroy (README, \"Moving a control plane\")."
   type        = string
 
   validation {
@@ -36,7 +36,7 @@ variable "image" {
 }
 
 variable "image_pull_secret" {
-  description = "Name of an existing docker-registry Secret for a private registry; null for none."
+  description = "Name of an existing docker-registry Secret for a private registry, used by the bootstrapper and the controller alike; null for none."
   type        = string
   default     = null
 }
@@ -89,14 +89,20 @@ variable "extra_env" {
 }
 
 variable "storage_class" {
-  description = "StorageClass of the PVC; null uses the cluster default. Prefer one with reclaimPolicy Retain: the PVC holds the only copy of control-network's state."
+  description = "StorageClass of the bootstrapper's PVC and the controller's; null uses the cluster default. Choose it before the first apply, preferably one with reclaimPolicy Retain. Changing it after the first apply would replace the project PVC, which holds control-network's only state: the plan stops on its prevent_destroy (README, \"Moving a control plane\")."
   type        = string
   default     = null
 }
 
 variable "storage_size" {
-  type    = string
-  default = "2Gi"
+  description = "Size of the project PVC. Growing it expands the claim in place where its StorageClass allows expansion; shrinking it would replace the claim, and the plan stops on its prevent_destroy (README, \"Moving a control plane\")."
+  type        = string
+  default     = "2Gi"
+
+  validation {
+    condition     = can(regex("^[0-9]+(Ki|Mi|Gi|Ti)$", var.storage_size))
+    error_message = "storage_size is a Kubernetes quantity in binary units, like 2Gi."
+  }
 }
 
 variable "cpu_request" {
@@ -114,8 +120,19 @@ variable "memory_limit" {
   default = "2Gi"
 }
 
+variable "cpu_limit" {
+  type    = string
+  default = "2"
+}
+
+variable "pod_security_labels" {
+  description = "Label the namespace for the restricted Pod Security Standard, which every pod here meets. Turn it off when the namespace is shared with pods that do not."
+  type        = bool
+  default     = true
+}
+
 variable "controller_tokens" {
-  description = "Bearer tokens the controller accepts, one per caller; they become the Secret the controller mounts."
+  description = "Bearer tokens the controller accepts, one per caller; they become the Secret the controller mounts. Empty: one is generated (`terraform output -raw controller_token`)."
   type        = list(string)
   sensitive   = true
   default     = []

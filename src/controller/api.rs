@@ -556,7 +556,8 @@ async fn healthz() -> Json<Health> {
     })
 }
 
-/// The root is writable, terraform is found and the tenant workflow loads.
+/// The root is writable, terraform is found, the tenant workflow loads and its code can be
+/// copied or cloned.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -570,8 +571,27 @@ async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, Json<Health>) {
         problems.push(format!("{} is not writable: {e}", clusters.display()));
     }
     problems.extend(app.reconciler.executor.problems());
-    if let Err(p) = crate::workflow::file::load(&settings.workflow_path) {
-        problems.extend(p.0.iter().map(|p| p.to_string()));
+    match crate::workflow::file::load(&settings.workflow_path) {
+        Err(p) => problems.extend(p.0.iter().map(|p| p.to_string())),
+        // Every tenant's run copies or clones the code; without either each one fails.
+        // A source that needs a tenant's params to render is left to that tenant's run.
+        Ok(workflow) => {
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            let renderer =
+                crate::workflow::render::Renderer::new(&workflow, &serde_json::json!({}), &env);
+            if let Ok(source) = renderer.render_source() {
+                let copied = source.image_dir.as_ref().filter(|d| d.is_dir());
+                if copied.is_none() && source.git_url.is_none() {
+                    problems.push(format!(
+                        "the tenant workflow's code is not found: `source.image_dir` {} is not a directory and `source.git_url` is empty",
+                        source
+                            .image_dir
+                            .as_ref()
+                            .map_or("(unset)".to_string(), |d| d.display().to_string())
+                    ));
+                }
+            }
+        }
     }
     let status = if problems.is_empty() {
         StatusCode::OK

@@ -6,6 +6,7 @@ mod support;
 
 mod control_plane_rbac;
 mod deploy_secrets;
+mod first_apply;
 mod haproxy;
 mod provider_mirror;
 mod seed_fidelity;

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use crate::support::{poll, spawn_session, terraform};
+use crate::support::{free_port, poll, spawn_session, terraform};
 
 const LISTENERS: [&str; 5] = [
     "nomad",
@@ -37,13 +37,6 @@ fn stand_in(name: &'static str) -> u16 {
         }
     });
     port
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// What a connection to `port` is answered with, if it is answered at all.

@@ -32,11 +32,6 @@ fn plan(b: &Bootstrapper, extra: &[&str]) -> Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON: {e}\n{out}"))
 }
 
-fn marker(b: &Bootstrapper, step: &str) -> Value {
-    let path = b.root().join(format!(".bootstrapper/steps/{step}/inited"));
-    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
-}
-
 /// Fills the plan's placeholders with the outputs the markers hold now.
 fn known(b: &Bootstrapper, text: &str) -> String {
     let mut text = text.to_string();

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::support::four_step_resources as resources;
 use crate::support::*;
 use serde_json::{json, Value};
 
@@ -19,30 +20,12 @@ const WORKSPACE: &str = "c1";
 /// How long a test waits for something that takes seconds when all is well.
 const PATIENCE: Duration = Duration::from_secs(120);
 
-/// The resources each step of the fixture creates, by their ledger names.
-fn resources(step: &str) -> &'static [&'static str] {
-    match step {
-        "hosts" => &["first", "slow", "client[0]", "client[1]"],
-        _ => &["first", "slow", "last"],
-    }
-}
-
 /// Every resource of the workflow as `<step>/<resource>`, the ledger's naming.
 fn all_resources() -> Vec<String> {
     FOUR_STEPS
         .iter()
         .flat_map(|step| resources(step).iter().map(move |r| format!("{step}/{r}")))
         .collect()
-}
-
-/// A step's resources as addresses in its state, sorted like `state_resources`.
-fn expected_state(step: &str) -> Vec<String> {
-    let mut addresses: Vec<String> = resources(step)
-        .iter()
-        .map(|r| format!("terraform_data.{r}"))
-        .collect();
-    addresses.sort();
-    addresses
 }
 
 /// The four-step workflow and its params on a fresh root and a fresh database.

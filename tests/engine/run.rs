@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use crate::support::four_step_resources as resources;
 use crate::support::*;
 use serde_json::{json, Value};
 
@@ -51,14 +52,6 @@ fn set_params(b: &Bootstrapper, conn_str: &str, extra: Value) {
     b.write_params(&params);
 }
 
-/// The resources of a step, as the ledger and the state name them.
-fn resources(step: &str) -> &'static [&'static str] {
-    match step {
-        "hosts" => &["client[0]", "client[1]", "first", "slow"],
-        _ => &["first", "last", "slow"],
-    }
-}
-
 /// Every resource of the workflow, as the ledger names it (`network/slow`).
 fn all_resources() -> Vec<String> {
     FOUR_STEPS
@@ -71,14 +64,6 @@ fn all_resources() -> Vec<String> {
 fn count(ledger: &[String], event: &str, resource: &str) -> usize {
     let line = format!("{event} {resource}");
     ledger.iter().filter(|l| **l == line).count()
-}
-
-/// The state addresses a step's state must hold once it is applied.
-fn expected_state(step: &str) -> Vec<String> {
-    resources(step)
-        .iter()
-        .map(|r| format!("terraform_data.{r}"))
-        .collect()
 }
 
 /// The code directory of a step on the PVC.
@@ -146,23 +131,10 @@ fn marker_path(b: &Bootstrapper, step: &str) -> PathBuf {
         .join("inited")
 }
 
-fn marker(b: &Bootstrapper, step: &str) -> Value {
-    let path = marker_path(b, step);
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 fn mtime(path: &Path) -> SystemTime {
     fs::metadata(path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// `status --json`, which must succeed.
-fn status_json(b: &Bootstrapper) -> Value {
-    let outcome = b.run(&["status", "--json"]);
-    outcome.assert_success();
-    serde_json::from_str(&outcome.stdout).unwrap_or_else(|e| panic!("{e}\n{outcome}"))
 }
 
 /// `(step, state)` per row of a `status --json` document, in workflow order.

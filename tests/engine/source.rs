@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 // ---------------------------------------------------------------------------
 // Fixtures: a one-step workflow over a tiny terraform module whose resource writes its
@@ -64,12 +64,6 @@ fn setup(b: &Bootstrapper, source: &str) {
 
 fn toml_string(text: &str) -> String {
     serde_json::to_string(text).unwrap()
-}
-
-fn status_json(b: &Bootstrapper) -> Value {
-    let outcome = b.run(&["status", "--json"]);
-    outcome.assert_success();
-    serde_json::from_str(&outcome.stdout).unwrap_or_else(|e| panic!("{e}\n{outcome}"))
 }
 
 fn code_identity(b: &Bootstrapper) -> String {
@@ -219,14 +213,6 @@ impl Drop for GitDaemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A loopback port nothing listens on (it was free a moment ago).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
 }
 
 // ---------------------------------------------------------------------------

@@ -30,11 +30,6 @@ fn subcommands(b: &Bootstrapper, record: &Path, step: &str) -> Vec<String> {
         .collect()
 }
 
-fn marker(b: &Bootstrapper, step: &str) -> Value {
-    let path = b.root().join(format!(".bootstrapper/steps/{step}/inited"));
-    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
-}
-
 #[test]
 fn outputs_come_from_the_apply_stream_or_a_local_state_without_a_process() {
     let (b, record) = four_steps();

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::support::four_step_resources as resources;
 use crate::support::*;
 use serde_json::{json, Value};
 
@@ -75,14 +76,6 @@ impl Rng {
     }
 }
 
-/// The resources each step of the fixture creates, by their ledger names.
-fn resources(step: &str) -> &'static [&'static str] {
-    match step {
-        "hosts" => &["first", "slow", "client[0]", "client[1]"],
-        _ => &["first", "slow", "last"],
-    }
-}
-
 /// Every resource as (step, ledger name, state address).
 fn all_resources() -> Vec<(&'static str, String, String)> {
     FOUR_STEPS
@@ -93,15 +86,6 @@ fn all_resources() -> Vec<(&'static str, String, String)> {
                 .map(move |r| (*step, format!("{step}/{r}"), format!("terraform_data.{r}")))
         })
         .collect()
-}
-
-fn expected_state(step: &str) -> Vec<String> {
-    let mut addresses: Vec<String> = resources(step)
-        .iter()
-        .map(|r| format!("terraform_data.{r}"))
-        .collect();
-    addresses.sort();
-    addresses
 }
 
 type States = BTreeMap<&'static str, Vec<String>>;

@@ -749,7 +749,7 @@ fn give_to_postgres(dir: &Path) {
 /// A port that was free a moment ago. Ephemeral ports are handed out in turn,
 /// so another process taking it in between is unlikely; the server log says
 /// so if it happens.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("bind a loopback port")
@@ -856,4 +856,40 @@ pub fn terraform_calls(record: &Path) -> Vec<Vec<String>> {
             line.split('\0').map(str::to_owned).collect()
         })
         .collect()
+}
+
+// ---------------------------------------------------------------------------
+// What the four-step fixture's steps hold, and what the journal says of them.
+
+/// The resources of a step of the four-step fixture, as the ledger names them.
+pub fn four_step_resources(step: &str) -> &'static [&'static str] {
+    match step {
+        "hosts" => &["client[0]", "client[1]", "first", "slow"],
+        _ => &["first", "last", "slow"],
+    }
+}
+
+/// The state addresses a four-step fixture's step holds once applied, sorted as
+/// [`state_resources`] gives them.
+pub fn expected_state(step: &str) -> Vec<String> {
+    let mut addresses: Vec<String> = four_step_resources(step)
+        .iter()
+        .map(|r| format!("terraform_data.{r}"))
+        .collect();
+    addresses.sort();
+    addresses
+}
+
+/// A step's marker, parsed.
+pub fn marker(b: &Bootstrapper, step: &str) -> Value {
+    let path = b.root().join(format!(".bootstrapper/steps/{step}/inited"));
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `status --json`, which must succeed.
+pub fn status_json(b: &Bootstrapper) -> Value {
+    let outcome = b.run(&["status", "--json"]);
+    outcome.assert_success();
+    serde_json::from_str(&outcome.stdout).unwrap_or_else(|e| panic!("{e}\n{outcome}"))
 }

@@ -11,11 +11,11 @@ use crate::base::clock;
 use crate::base::error::{Error, FailureKind, Result};
 use crate::engine::core::Engine;
 use crate::engine::decide::{self, Decision};
-use crate::root::journal::{AttemptState, Journal};
+use crate::root::journal::{Attempt, AttemptState, Journal, Marker};
 use crate::root::lock::{self, Holder};
 use crate::root::source;
 use crate::workflow::load::Loaded;
-use crate::workflow::render::Outputs;
+use crate::workflow::render::{Outputs, RenderedStep};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -94,92 +94,19 @@ pub fn collect(loaded: &Loaded, root: &Path) -> Result<Report> {
     for (index, step) in loaded.workflow.steps.iter().enumerate() {
         let marker = &recorded.markers[index];
         let attempt = journal.attempt(&step.name)?;
-        let in_flight = holder.is_some()
-            && attempt
-                .as_ref()
-                .is_some_and(|a| a.state == AttemptState::Running);
-        let mut row = Row {
-            step: step.name.clone(),
-            state: State::Pending,
-            attempts: attempt.as_ref().map_or(0, |a| a.attempts),
-            started_at: None,
-            finished_at: None,
-            duration_seconds: None,
-            changed_inputs: Vec::new(),
-            last_error: attempt.as_ref().and_then(|a| a.last_error.clone()),
-            failure: attempt.as_ref().and_then(|a| a.failure),
-        };
+        let mut row = Row::new(&step.name, attempt.as_ref());
         // Inputs can be compared only when every output they use is known.
         let current = renderer.render_step(index, &outputs, false).ok();
         if let Some(marker) = marker {
             outputs.insert(step.name.clone(), marker.outputs.clone());
-            row.state = State::Done;
-            row.started_at = Some(clock::format(marker.started_at));
-            row.finished_at = Some(clock::format(marker.finished_at));
-            row.duration_seconds = Some((marker.finished_at - marker.started_at).as_seconds_f64());
-            row.attempts = row.attempts.max(marker.attempts);
-            if let Some(rendered) = current {
-                let inputs = rendered.inputs(identity.as_deref());
-                let decided = decide::apply(
-                    &rendered,
-                    &inputs,
-                    Some(marker),
-                    &Default::default(),
-                    &journal,
-                )?;
-                if decided.decision == Decision::RunAgain {
-                    row.state = State::Changed;
-                    row.changed_inputs = decided.changed_inputs;
-                }
-            }
+            row.applied(marker, current, identity.as_deref(), &journal)?;
         }
         if let Some(attempt) = &attempt {
-            match attempt.state {
-                AttemptState::Running if in_flight => {
-                    row.state = State::Running;
-                    row.started_at = Some(clock::format(attempt.started_at));
-                    row.finished_at = None;
-                    row.duration_seconds =
-                        Some((clock::now() - attempt.started_at).as_seconds_f64());
-                }
-                AttemptState::Running if marker.is_none() => {
-                    row.state = State::Failed;
-                    row.last_error = Some(format!(
-                        "interrupted: the process running attempt {} (pid {}) stopped before it finished",
-                        attempt.attempts, attempt.pid
-                    ));
-                }
-                AttemptState::Failed if marker.is_none() => row.state = State::Failed,
-                _ => {}
-            }
+            let in_flight = holder.is_some() && attempt.state == AttemptState::Running;
+            row.attempted(attempt, in_flight, marker.is_some());
         }
         // A destroy's own progress overrides what the apply left.
-        let destroy_attempt = journal.destroy_attempt(&step.name)?;
-        if let Some(destroyed) = journal.destroyed(&step.name)? {
-            row.state = State::Destroyed;
-            row.attempts = destroyed.attempts;
-            row.started_at = Some(clock::format(destroyed.started_at));
-            row.finished_at = Some(clock::format(destroyed.finished_at));
-            row.duration_seconds =
-                Some((destroyed.finished_at - destroyed.started_at).as_seconds_f64());
-            row.last_error = None;
-            row.failure = None;
-        } else if let Some(attempt) = destroy_attempt {
-            row.attempts = attempt.attempts;
-            row.failure = attempt.failure;
-            row.last_error = attempt.last_error.map(|e| format!("destroy: {e}"));
-            row.state = match attempt.state {
-                AttemptState::Running if holder.is_some() => State::Running,
-                AttemptState::Running | AttemptState::Failed => State::Failed,
-                AttemptState::Succeeded => row.state,
-            };
-            if attempt.state == AttemptState::Running && holder.is_none() {
-                row.last_error = Some(format!(
-                    "destroy interrupted: attempt {} (pid {}) stopped before it finished",
-                    attempt.attempts, attempt.pid
-                ));
-            }
-        }
+        row.destroyed(&journal, holder.is_some())?;
         rows.push(row);
     }
     Ok(Report {
@@ -189,6 +116,107 @@ pub fn collect(loaded: &Loaded, root: &Path) -> Result<Report> {
         lock: holder,
         steps: rows,
     })
+}
+
+impl Row {
+    /// A step not applied yet, as far as its last attempt says.
+    fn new(step: &str, attempt: Option<&Attempt>) -> Row {
+        Row {
+            step: step.to_string(),
+            state: State::Pending,
+            attempts: attempt.map_or(0, |a| a.attempts),
+            started_at: None,
+            finished_at: None,
+            duration_seconds: None,
+            changed_inputs: Vec::new(),
+            last_error: attempt.and_then(|a| a.last_error.clone()),
+            failure: attempt.and_then(|a| a.failure),
+        }
+    }
+
+    /// The step has a marker: done, or changed if it is rendered now (`current`) with other
+    /// inputs than it was applied with.
+    fn applied(
+        &mut self,
+        marker: &Marker,
+        current: Option<RenderedStep>,
+        identity: Option<&str>,
+        journal: &Journal,
+    ) -> Result<()> {
+        self.state = State::Done;
+        self.started_at = Some(clock::format(marker.started_at));
+        self.finished_at = Some(clock::format(marker.finished_at));
+        self.duration_seconds = Some((marker.finished_at - marker.started_at).as_seconds_f64());
+        self.attempts = self.attempts.max(marker.attempts);
+        if let Some(rendered) = current {
+            let inputs = rendered.inputs(identity);
+            let decided = decide::apply(
+                &rendered,
+                &inputs,
+                Some(marker),
+                &Default::default(),
+                journal,
+            )?;
+            if decided.decision == Decision::RunAgain {
+                self.state = State::Changed;
+                self.changed_inputs = decided.changed_inputs;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the step's last apply attempt says: running now (`in_flight`: the lock is held),
+    /// or failed, unless a marker (`applied`) says it was done after all.
+    fn attempted(&mut self, attempt: &Attempt, in_flight: bool, applied: bool) {
+        match attempt.state {
+            AttemptState::Running if in_flight => {
+                self.state = State::Running;
+                self.started_at = Some(clock::format(attempt.started_at));
+                self.finished_at = None;
+                self.duration_seconds = Some((clock::now() - attempt.started_at).as_seconds_f64());
+            }
+            AttemptState::Running if !applied => {
+                self.state = State::Failed;
+                self.last_error = Some(format!(
+                    "interrupted: the process running attempt {} (pid {}) stopped before it finished",
+                    attempt.attempts, attempt.pid
+                ));
+            }
+            AttemptState::Failed if !applied => self.state = State::Failed,
+            _ => {}
+        }
+    }
+
+    /// What a destroy did to the step, if one reached it; `locked`: whether the lock is held.
+    fn destroyed(&mut self, journal: &Journal, locked: bool) -> Result<()> {
+        let destroy_attempt = journal.destroy_attempt(&self.step)?;
+        if let Some(destroyed) = journal.destroyed(&self.step)? {
+            self.state = State::Destroyed;
+            self.attempts = destroyed.attempts;
+            self.started_at = Some(clock::format(destroyed.started_at));
+            self.finished_at = Some(clock::format(destroyed.finished_at));
+            self.duration_seconds =
+                Some((destroyed.finished_at - destroyed.started_at).as_seconds_f64());
+            self.last_error = None;
+            self.failure = None;
+        } else if let Some(attempt) = destroy_attempt {
+            self.attempts = attempt.attempts;
+            self.failure = attempt.failure;
+            self.last_error = attempt.last_error.map(|e| format!("destroy: {e}"));
+            self.state = match attempt.state {
+                AttemptState::Running if locked => State::Running,
+                AttemptState::Running | AttemptState::Failed => State::Failed,
+                AttemptState::Succeeded => self.state,
+            };
+            if attempt.state == AttemptState::Running && !locked {
+                self.last_error = Some(format!(
+                    "destroy interrupted: attempt {} (pid {}) stopped before it finished",
+                    attempt.attempts, attempt.pid
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 pub fn print(

@@ -229,114 +229,181 @@ pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problems> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let tpl = |s: Spanned<String>| Template {
-        origin: Location::at(path, text, s.span().start),
-        text: s.into_inner(),
-    };
+    let file = Reader { path, text };
     let mut problems = Problems::default();
+    let source = file.source(spec.source, &mut problems);
+    let (settings, step_retries) = file.settings(spec.settings, &spec.steps, &mut problems);
+    let steps = file.steps(spec.steps, step_retries, &mut problems);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Workflow {
+        path: path.to_path_buf(),
+        base_dir,
+        source,
+        settings,
+        steps,
+    })
+}
 
-    let source = Source {
-        dir: tpl(spec.source.dir),
-        image_dir: spec.source.image_dir.map(tpl),
-        git_url: spec.source.git_url.map(tpl),
-        git_ref: spec.source.git_ref.map(tpl),
-        overlays: spec
-            .source
-            .overlay
-            .into_iter()
-            .map(|o| Overlay {
-                from: tpl(o.from),
-                into: tpl(o.into),
-            })
-            .collect(),
-    };
-    if source.dir.text.trim().is_empty() {
-        problems.push(
-            Problem::new("`source.dir` is empty")
-                .at(source.dir.origin.clone())
-                .hint("name the directory under --root that holds the code, e.g. dir = \"code\""),
-        );
+/// The workflow file being read, to place what is read from it.
+struct Reader<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Reader<'_> {
+    fn at(&self, offset: usize) -> Location {
+        Location::at(self.path, self.text, offset)
     }
 
-    let mut duration = |field: &str, value: Option<Spanned<String>>, into: &mut Duration| {
+    fn template(&self, s: Spanned<String>) -> Template {
+        Template {
+            origin: self.at(s.span().start),
+            text: s.into_inner(),
+        }
+    }
+
+    fn source(&self, spec: SourceSpec, problems: &mut Problems) -> Source {
+        let tpl = |s| self.template(s);
+        let source = Source {
+            dir: tpl(spec.dir),
+            image_dir: spec.image_dir.map(tpl),
+            git_url: spec.git_url.map(tpl),
+            git_ref: spec.git_ref.map(tpl),
+            overlays: spec
+                .overlay
+                .into_iter()
+                .map(|o| Overlay {
+                    from: tpl(o.from),
+                    into: tpl(o.into),
+                })
+                .collect(),
+        };
+        if source.dir.text.trim().is_empty() {
+            problems.push(
+                Problem::new("`source.dir` is empty")
+                    .at(source.dir.origin.clone())
+                    .hint(
+                        "name the directory under --root that holds the code, e.g. dir = \"code\"",
+                    ),
+            );
+        }
+        source
+    }
+
+    /// The settings, and each step's retries (the settings' unless the step has its own).
+    fn settings(
+        &self,
+        spec: SettingsSpec,
+        steps: &[Spanned<StepSpec>],
+        problems: &mut Problems,
+    ) -> (Settings, Vec<Retry>) {
+        let mut settings = Settings::default();
+        self.duration(
+            "settings.lock_timeout",
+            spec.lock_timeout,
+            &mut settings.lock_timeout,
+            problems,
+        );
+        self.duration(
+            "settings.retry_delay",
+            spec.retry_delay,
+            &mut settings.retry.delay,
+            problems,
+        );
+        if let Some(retries) = spec.retries {
+            settings.retry.retries = retries;
+        }
+        let mut step_retries = Vec::with_capacity(steps.len());
+        for step in steps {
+            let mut retry = settings.retry;
+            if let Some(retries) = step.get_ref().retries {
+                retry.retries = retries;
+            }
+            self.duration(
+                "retry_delay",
+                step.get_ref().retry_delay.clone(),
+                &mut retry.delay,
+                problems,
+            );
+            step_retries.push(retry);
+        }
+        if let Some(size) = spec.min_free_space {
+            match crate::base::size::parse_size(size.get_ref()) {
+                Ok(bytes) => settings.min_free_space = bytes,
+                Err(e) => problems.push(
+                    Problem::new(format!("`settings.min_free_space`: {e}"))
+                        .at(self.at(size.span().start)),
+                ),
+            }
+        }
+
+        if let Some(n) = spec.parallelism {
+            match usize::try_from(*n.get_ref()) {
+                Ok(n) if n > 0 => settings.parallelism = n,
+                _ => problems.push(
+                    Problem::new(format!(
+                        "`settings.parallelism` = {} is not a number of steps",
+                        n.get_ref()
+                    ))
+                    .at(self.at(n.span().start))
+                    .hint("at least 1: how many steps may run at once"),
+                ),
+            }
+        }
+        (settings, step_retries)
+    }
+
+    fn duration(
+        &self,
+        field: &str,
+        value: Option<Spanned<String>>,
+        into: &mut Duration,
+        problems: &mut Problems,
+    ) {
         if let Some(value) = value {
             match crate::base::clock::parse_duration(value.get_ref()) {
                 Ok(d) => *into = d,
-                Err(e) => problems.push(Problem::new(format!("`{field}`: {e}")).at(Location::at(
-                    path,
-                    text,
-                    value.span().start,
-                ))),
+                Err(e) => problems
+                    .push(Problem::new(format!("`{field}`: {e}")).at(self.at(value.span().start))),
             }
         }
-    };
-    let mut settings = Settings::default();
-    duration(
-        "settings.lock_timeout",
-        spec.settings.lock_timeout,
-        &mut settings.lock_timeout,
-    );
-    duration(
-        "settings.retry_delay",
-        spec.settings.retry_delay,
-        &mut settings.retry.delay,
-    );
-    if let Some(retries) = spec.settings.retries {
-        settings.retry.retries = retries;
-    }
-    let mut step_retries = Vec::with_capacity(spec.steps.len());
-    for step in &spec.steps {
-        let mut retry = settings.retry;
-        if let Some(retries) = step.get_ref().retries {
-            retry.retries = retries;
-        }
-        duration(
-            "retry_delay",
-            step.get_ref().retry_delay.clone(),
-            &mut retry.delay,
-        );
-        step_retries.push(retry);
-    }
-    if let Some(size) = spec.settings.min_free_space {
-        match crate::base::size::parse_size(size.get_ref()) {
-            Ok(bytes) => settings.min_free_space = bytes,
-            Err(e) => problems.push(
-                Problem::new(format!("`settings.min_free_space`: {e}")).at(Location::at(
-                    path,
-                    text,
-                    size.span().start,
-                )),
-            ),
-        }
     }
 
-    if let Some(n) = spec.settings.parallelism {
-        match usize::try_from(*n.get_ref()) {
-            Ok(n) if n > 0 => settings.parallelism = n,
-            _ => problems.push(
-                Problem::new(format!(
-                    "`settings.parallelism` = {} is not a number of steps",
-                    n.get_ref()
-                ))
-                .at(Location::at(path, text, n.span().start))
-                .hint("at least 1: how many steps may run at once"),
-            ),
+    fn steps(
+        &self,
+        specs: Vec<Spanned<StepSpec>>,
+        retries: Vec<Retry>,
+        problems: &mut Problems,
+    ) -> Vec<Step> {
+        if specs.is_empty() {
+            problems.push(
+                Problem::new("the workflow has no steps")
+                    .at(Location::file(self.path))
+                    .hint("add at least one [[step]] table with a name and a dir"),
+            );
         }
+        let mut seen: HashMap<String, Location> = HashMap::new();
+        let mut steps = Vec::with_capacity(specs.len());
+        for (step, retry) in specs.into_iter().zip(retries) {
+            steps.push(self.step(step, retry, &mut seen, problems));
+        }
+        steps
     }
 
-    if spec.steps.is_empty() {
-        problems.push(
-            Problem::new("the workflow has no steps")
-                .at(Location::file(path))
-                .hint("add at least one [[step]] table with a name and a dir"),
-        );
-    }
-    let mut seen: HashMap<String, Location> = HashMap::new();
-    let mut steps = Vec::with_capacity(spec.steps.len());
-    for (step, retry) in spec.steps.into_iter().zip(step_retries) {
-        let step_location = Location::at(path, text, step.span().start);
+    /// One step; `seen` holds the names of those before it, as template keys.
+    fn step(
+        &self,
+        step: Spanned<StepSpec>,
+        retry: Retry,
+        seen: &mut HashMap<String, Location>,
+        problems: &mut Problems,
+    ) -> Step {
+        let tpl = |s| self.template(s);
+        let step_location = self.at(step.span().start);
         let step = step.into_inner();
-        let name_location = Location::at(path, text, step.name.span().start);
+        let name_location = self.at(step.name.span().start);
         let name = step.name.into_inner();
         if let Some(problem) = check_step_name(&name) {
             problems.push(problem.at(name_location.clone()));
@@ -355,7 +422,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problems> {
         }
         let mut backend_config = Vec::new();
         for (key, value) in step.backend_config {
-            let key_location = Location::at(path, text, key.span().start);
+            let key_location = self.at(key.span().start);
             let key = key.into_inner();
             if key.is_empty() || key.contains('=') || key.starts_with('-') {
                 problems.push(
@@ -368,7 +435,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problems> {
             }
             backend_config.push((key, tpl(value)));
         }
-        steps.push(Step {
+        Step {
             location: step_location,
             dir: tpl(step.dir),
             workspace: step.workspace.map(tpl),
@@ -382,24 +449,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problems> {
                 needs
                     .into_iter()
                     .map(|n| Need {
-                        origin: Location::at(path, text, n.span().start),
+                        origin: self.at(n.span().start),
                         name: n.into_inner(),
                     })
                     .collect()
             }),
             name,
-        });
+        }
     }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    Ok(Workflow {
-        path: path.to_path_buf(),
-        base_dir,
-        source,
-        settings,
-        steps,
-    })
 }
 
 fn check_step_name(name: &str) -> Option<Problem> {

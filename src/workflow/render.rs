@@ -327,39 +327,92 @@ impl<'w> Renderer<'w> {
     ) -> Result<RenderedStep, Problems> {
         let step = &self.workflow.steps[index];
         let mut problems = Problems::default();
+        let vars_template = self.read_vars_template(step, &mut problems);
+        let referenced = self.referenced_outputs(index, vars_template.as_ref(), &mut problems);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let (steps, unknown_outputs) =
+            self.earlier_outputs(index, outputs, placeholders, &referenced);
+        let context = self.context(&steps);
+        let strings = self.render_strings(step, &context, vars_template.as_ref(), &mut problems);
+        let dir = checked_dir(step, strings.dir, &mut problems);
+        let workspace = checked_workspace(step, strings.workspace.flatten(), &mut problems);
+        let vars_source = checked_vars(
+            step,
+            vars_template.as_ref(),
+            strings.vars.as_deref(),
+            &unknown_outputs,
+            &mut problems,
+        );
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let all = |v: Vec<Option<String>>| v.into_iter().map(|s| s.expect("no problems")).collect();
+        Ok(RenderedStep {
+            name: step.name.clone(),
+            dir: dir.expect("no problems"),
+            workspace,
+            backend_config: strings
+                .backend_config
+                .into_iter()
+                .map(|(k, v)| (k, v.expect("no problems")))
+                .collect(),
+            vars: strings.vars,
+            vars_source,
+            init_args: all(strings.init_args),
+            apply_args: all(strings.apply_args),
+            unknown_outputs,
+        })
+    }
 
-        let vars_template = step.vars.as_ref().and_then(|t| {
-            match render_str(&t.text, &self.context(&Map::new())) {
-                Ok(path) => {
-                    let path = self.workflow.base_dir.join(path);
-                    match read_template(&path) {
-                        Ok(text) => Some((path, text)),
-                        Err(e) => {
-                            problems.push(
-                                Problem::new(format!(
-                                    "cannot read the vars template {}: {e}",
-                                    path.display()
-                                ))
-                                .at(t.origin.clone())
-                                .in_step(&step.name)
-                                .hint("`vars` is relative to the workflow file's directory"),
-                            );
-                            None
-                        }
+    /// The step's vars template, read from the path its `vars` renders to (with no outputs:
+    /// the path cannot depend on them), and that path.
+    fn read_vars_template(
+        &self,
+        step: &Step,
+        problems: &mut Problems,
+    ) -> Option<(PathBuf, String)> {
+        let t = step.vars.as_ref()?;
+        match render_str(&t.text, &self.context(&Map::new())) {
+            Ok(path) => {
+                let path = self.workflow.base_dir.join(path);
+                match read_template(&path) {
+                    Ok(text) => Some((path, text)),
+                    Err(e) => {
+                        problems.push(
+                            Problem::new(format!(
+                                "cannot read the vars template {}: {e}",
+                                path.display()
+                            ))
+                            .at(t.origin.clone())
+                            .in_step(&step.name)
+                            .hint("`vars` is relative to the workflow file's directory"),
+                        );
+                        None
                     }
                 }
-                Err(e) => {
-                    problems.push(self.template_problem(t.origin.clone(), Some(&step.name), &e));
-                    None
-                }
             }
-        });
+            Err(e) => {
+                problems.push(self.template_problem(t.origin.clone(), Some(&step.name), &e));
+                None
+            }
+        }
+    }
 
+    /// The outputs step `index` uses, by the index of the step that makes them.
+    fn referenced_outputs(
+        &self,
+        index: usize,
+        vars_template: Option<&(PathBuf, String)>,
+        problems: &mut Problems,
+    ) -> BTreeMap<usize, BTreeSet<String>> {
+        let step = &self.workflow.steps[index];
         // Every output reference in the step, checked against the step order.
         let mut texts: Vec<(&str, Location)> = step_templates(step)
             .map(|t| (t.text.as_str(), t.origin.clone()))
             .collect();
-        if let Some((path, text)) = &vars_template {
+        if let Some((path, text)) = vars_template {
             texts.push((text.as_str(), Location::file(path)));
         }
         let mut referenced: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
@@ -395,10 +448,18 @@ impl<'w> Renderer<'w> {
                 }
             }
         }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
+        referenced
+    }
 
+    /// The `steps` a template of step `index` sees, and the `step.output` pairs in it that
+    /// are placeholders.
+    fn earlier_outputs(
+        &self,
+        index: usize,
+        outputs: &Outputs,
+        placeholders: bool,
+        referenced: &BTreeMap<usize, BTreeSet<String>>,
+    ) -> (Map<String, Value>, Vec<(String, String)>) {
         let mut unknown_outputs = Vec::new();
         let mut steps = Map::new();
         for (j, earlier) in self.workflow.steps[..index].iter().enumerate() {
@@ -425,9 +486,19 @@ impl<'w> Renderer<'w> {
             steps.insert(earlier.name.clone(), entry.clone());
             steps.insert(template_key(&earlier.name), entry);
         }
-        let context = self.context(&steps);
+        (steps, unknown_outputs)
+    }
 
-        let mut render = |t: &Template| match render_str(&t.text, &context) {
+    /// Every template of the step rendered in `context`; one that fails is `None`, with its
+    /// problem in `problems`.
+    fn render_strings(
+        &self,
+        step: &Step,
+        context: &tera::Context,
+        vars_template: Option<&(PathBuf, String)>,
+        problems: &mut Problems,
+    ) -> StepStrings {
+        let mut render = |t: &Template| match render_str(&t.text, context) {
             Ok(s) => Some(s),
             Err(e) => {
                 problems.push(self.template_problem(t.origin.clone(), Some(&step.name), &e));
@@ -443,93 +514,21 @@ impl<'w> Renderer<'w> {
             .collect();
         let init_args: Vec<_> = step.init_args.iter().map(&mut render).collect();
         let apply_args: Vec<_> = step.apply_args.iter().map(&mut render).collect();
-        let vars =
-            vars_template
-                .as_ref()
-                .and_then(|(path, text)| match render_str(text, &context) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        problems.push(self.template_problem(
-                            Location::file(path),
-                            Some(&step.name),
-                            &e,
-                        ));
-                        None
-                    }
-                });
-
-        let dir = dir.and_then(|d| match inside(&d) {
-            Ok(p) => Some(p),
-            Err(why) => {
-                problems.push(
-                    Problem::new(format!("`dir` = `{d}` {why}"))
-                        .at(step.dir.origin.clone())
-                        .in_step(&step.name)
-                        .hint("a step's dir is relative to the code directory and stays inside it"),
-                );
+        let vars = vars_template.and_then(|(path, text)| match render_str(text, context) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                problems.push(self.template_problem(Location::file(path), Some(&step.name), &e));
                 None
             }
         });
-        let workspace = workspace.flatten();
-        if let Some(ws) = &workspace {
-            if let Some(why) = bad_workspace(ws) {
-                let origin = step.workspace.as_ref().map(|t| t.origin.clone());
-                let mut problem =
-                    Problem::new(format!("workspace `{ws}` {why}")).in_step(&step.name);
-                if let Some(origin) = origin {
-                    problem = problem.at(origin);
-                }
-                problems
-                    .push(problem.hint("a workspace name is letters, digits, `-`, `_` and `.`"));
-            }
-        }
-        let vars_source = match (&vars_template, &vars) {
-            (Some((path, text)), Some(rendered)) => {
-                let syntax = Syntax::of_name(path);
-                let placeholders: Vec<String> = unknown_outputs
-                    .iter()
-                    .map(|(step, output)| placeholder(step, output))
-                    .collect();
-                let source = tfvars::Source {
-                    step: &step.name,
-                    template: path,
-                    template_text: text,
-                    syntax,
-                    rendered,
-                };
-                match source.check(&placeholders) {
-                    Ok(settings) => Some(VarsSource {
-                        template: path.clone(),
-                        text: text.clone(),
-                        syntax,
-                        settings,
-                    }),
-                    Err(p) => {
-                        problems.extend(p);
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        let all = |v: Vec<Option<String>>| v.into_iter().map(|s| s.expect("no problems")).collect();
-        Ok(RenderedStep {
-            name: step.name.clone(),
-            dir: dir.expect("no problems"),
+        StepStrings {
+            dir,
             workspace,
-            backend_config: backend_config
-                .into_iter()
-                .map(|(k, v)| (k, v.expect("no problems")))
-                .collect(),
+            backend_config,
+            init_args,
+            apply_args,
             vars,
-            vars_source,
-            init_args: all(init_args),
-            apply_args: all(apply_args),
-            unknown_outputs,
-        })
+        }
     }
 
     fn context(&self, steps: &Map<String, Value>) -> tera::Context {
@@ -593,6 +592,86 @@ impl<'w> Renderer<'w> {
             Some(
                 "templates can use `params`, `env` and `steps.<step>.outputs.<output>`".to_string(),
             )
+        }
+    }
+}
+
+/// A step's templates as rendered, each `None` where rendering failed.
+struct StepStrings {
+    dir: Option<String>,
+    workspace: Option<Option<String>>,
+    backend_config: Vec<(String, Option<String>)>,
+    init_args: Vec<Option<String>>,
+    apply_args: Vec<Option<String>>,
+    vars: Option<String>,
+}
+
+/// The rendered `dir`, checked to stay inside the code.
+fn checked_dir(step: &Step, dir: Option<String>, problems: &mut Problems) -> Option<PathBuf> {
+    dir.and_then(|d| match inside(&d) {
+        Ok(p) => Some(p),
+        Err(why) => {
+            problems.push(
+                Problem::new(format!("`dir` = `{d}` {why}"))
+                    .at(step.dir.origin.clone())
+                    .in_step(&step.name)
+                    .hint("a step's dir is relative to the code directory and stays inside it"),
+            );
+            None
+        }
+    })
+}
+
+/// The rendered `workspace`, checked to be a name terraform takes.
+fn checked_workspace(
+    step: &Step,
+    workspace: Option<String>,
+    problems: &mut Problems,
+) -> Option<String> {
+    if let Some(ws) = &workspace {
+        if let Some(why) = bad_workspace(ws) {
+            let origin = step.workspace.as_ref().map(|t| t.origin.clone());
+            let mut problem = Problem::new(format!("workspace `{ws}` {why}")).in_step(&step.name);
+            if let Some(origin) = origin {
+                problem = problem.at(origin);
+            }
+            problems.push(problem.hint("a workspace name is letters, digits, `-`, `_` and `.`"));
+        }
+    }
+    workspace
+}
+
+/// What the rendered vars set, checked in their syntax.
+fn checked_vars(
+    step: &Step,
+    vars_template: Option<&(PathBuf, String)>,
+    vars: Option<&str>,
+    unknown_outputs: &[(String, String)],
+    problems: &mut Problems,
+) -> Option<VarsSource> {
+    let ((path, text), rendered) = vars_template.zip(vars)?;
+    let syntax = Syntax::of_name(path);
+    let placeholders: Vec<String> = unknown_outputs
+        .iter()
+        .map(|(step, output)| placeholder(step, output))
+        .collect();
+    let source = tfvars::Source {
+        step: &step.name,
+        template: path,
+        template_text: text,
+        syntax,
+        rendered,
+    };
+    match source.check(&placeholders) {
+        Ok(settings) => Some(VarsSource {
+            template: path.clone(),
+            text: text.clone(),
+            syntax,
+            settings,
+        }),
+        Err(p) => {
+            problems.extend(p);
+            None
         }
     }
 }

@@ -1,20 +1,13 @@
-//! `plan`: the dry run. What `run` (or `destroy`) would do now with this workflow, these
-//! params and this root: per step, run, skip or run again and why, the exact commands and the
-//! files it would write, every secret masked.
-//!
-//! Its decisions and commands are those of [`crate::engine::decide`], which `run` and `destroy`
-//! carry out, so the plan cannot drift from the real thing. It only reads: no process is started (but
-//! `terraform version`), and nothing is created under the root, not even the journal directory or the lock.
+//! The plan worked out: per step, what the command would decide and run, and what stands in
+//! its way, from the same decisions as [`crate::engine::decide`].
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::base::clock;
-use crate::base::error::{exit, Error, Result};
-use crate::engine::core::Engine;
+use crate::base::error::{Error, Result};
 use crate::engine::decide;
 use crate::process::Command;
 use crate::root::journal::Journal;
@@ -119,20 +112,6 @@ pub struct PlannedCommand {
     pub env: Map<String, Value>,
 }
 
-/// `bootstrapper plan [--destroy] [--json]`.
-pub fn command(engine: &mut Engine, destroy: bool, json: bool) -> Result<i32> {
-    // Without terraform a laptop still plans, and the plan says where `run` would stop; a
-    // terraform that is there must be one that `run` would accept.
-    if engine.terraform.resolve().is_ok() {
-        engine.terraform.verify(&engine.supervisor)?;
-    }
-    let (loaded, root) = (&engine.loaded, &engine.root);
-    let plan = make(loaded, root, &engine.terraform, destroy)?;
-    print(&plan, json, loaded, &mut std::io::stdout().lock())
-        .map_err(|e| Error::io("cannot write to stdout", e))?;
-    Ok(exit::OK)
-}
-
 /// Works out the plan; an input error is what the command itself would stop with.
 pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) -> Result<Plan> {
     let journal = Journal::at(root);
@@ -145,22 +124,8 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
     let rendered = checked.steps;
     source::check_links(root, loaded).into_result()?;
 
-    let mut terraform = terraform.clone();
     let mut notes = checked.notes;
-    let found = match terraform.resolve() {
-        Ok(program) => {
-            terraform.program = program;
-            true
-        }
-        Err(e) => {
-            let why = match &e {
-                Error::Input(problems) if !problems.is_empty() => problems.0[0].message.clone(),
-                e => e.to_string(),
-            };
-            notes.push(format!("{why}: the command would stop with exit 2"));
-            false
-        }
-    };
+    let (terraform, found) = resolve(terraform, &mut notes);
     let lock = lock::holder(journal.dir());
     if let Some(holder) = &lock {
         notes.push(format!(
@@ -195,70 +160,9 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
         rendered: &rendered,
         rendered_with: &recorded.outputs,
     };
-    let tombstone = journal.tombstone()?;
-    let (blocked, steps) = if destroy {
-        if let Some(t) = &tombstone {
-            notes.push(match t.finished_at {
-                Some(at) => format!(
-                    "a destroy finished at {}; steps destroyed then are skipped",
-                    clock::format(at)
-                ),
-                None => format!(
-                    "a destroy began at {} and did not finish; this one would finish it",
-                    clock::format(t.started_at)
-                ),
-            });
-        }
-        (None, context.destroy_steps(&recorded)?)
-    } else {
-        match &tombstone {
-            Some(t) => (Some(decide::tombstone_message(t)), context.blocked_steps()),
-            None => (None, context.apply_steps(&recorded)?),
-        }
-    };
-    let graph = loaded.graph().map_err(Error::Input)?;
-    let graph = if destroy { graph.reversed() } else { graph };
-    let names = |set: &mut dyn Iterator<Item = usize>| -> Vec<String> {
-        set.map(|i| loaded.workflow.steps[i].name.clone()).collect()
-    };
-    let mut steps = steps;
-    for plan in &mut steps {
-        if let Some(i) = loaded.workflow.step_index(&plan.step) {
-            plan.waits_for = names(&mut graph.needs(i).iter().copied());
-        }
-    }
-    let wave_of = graph.waves();
-    let mut order: Vec<usize> = (0..graph.len()).collect();
-    if destroy {
-        order.reverse();
-    }
-    let mut waves: Vec<Vec<String>> = Vec::new();
-    for i in order {
-        let w = wave_of[i];
-        if waves.len() <= w {
-            waves.resize(w + 1, Vec::new());
-        }
-        waves[w].push(loaded.workflow.steps[i].name.clone());
-    }
-    for step in &steps {
-        if matches!(step.decision, Decision::Skip | Decision::Blocked) {
-            continue;
-        }
-        let state = LocalState::of(Path::new(&step.dir), step.workspace.as_deref());
-        match state.check() {
-            Ok(None) => {}
-            Ok(Some(what)) => notes.push(format!("step {}: {what}", step.step)),
-            Err(why) => notes.push(format!("step {}: {why}; the step would fail", step.step)),
-        }
-        let errored = Path::new(&step.dir).join(crate::engine::decide::ERRORED_STATE);
-        if errored.exists() && !crate::terraform::local_state::holds_complete_state(&errored) {
-            notes.push(format!(
-                "step {}: {} holds no complete state (terraform could not save one): it would be set aside, not pushed, and resources of the attempt that left it may be recorded nowhere",
-                step.step,
-                errored.display()
-            ));
-        }
-    }
+    let (blocked, mut steps) = context.steps(destroy, &recorded, &mut notes)?;
+    let waves = order(loaded, destroy, &mut steps)?;
+    state_notes(&steps, &mut notes);
     Ok(Plan {
         command: if destroy {
             CommandKind::Destroy
@@ -279,6 +183,78 @@ pub fn make(loaded: &Loaded, root: &Path, terraform: &Terraform, destroy: bool) 
         waves,
         steps,
     })
+}
+
+/// Terraform with its program found in PATH, and whether it was; a note says what the
+/// command would do without it.
+fn resolve(terraform: &Terraform, notes: &mut Vec<String>) -> (Terraform, bool) {
+    let mut terraform = terraform.clone();
+    let found = match terraform.resolve() {
+        Ok(program) => {
+            terraform.program = program;
+            true
+        }
+        Err(e) => {
+            let why = match &e {
+                Error::Input(problems) if !problems.is_empty() => problems.0[0].message.clone(),
+                e => e.to_string(),
+            };
+            notes.push(format!("{why}: the command would stop with exit 2"));
+            false
+        }
+    };
+    (terraform, found)
+}
+
+/// Fills in what each step waits for; returns the groups the steps run in, in order.
+fn order(loaded: &Loaded, destroy: bool, steps: &mut [StepPlan]) -> Result<Vec<Vec<String>>> {
+    let graph = loaded.graph().map_err(Error::Input)?;
+    let graph = if destroy { graph.reversed() } else { graph };
+    let names = |set: &mut dyn Iterator<Item = usize>| -> Vec<String> {
+        set.map(|i| loaded.workflow.steps[i].name.clone()).collect()
+    };
+    for plan in steps.iter_mut() {
+        if let Some(i) = loaded.workflow.step_index(&plan.step) {
+            plan.waits_for = names(&mut graph.needs(i).iter().copied());
+        }
+    }
+    let wave_of = graph.waves();
+    let mut order: Vec<usize> = (0..graph.len()).collect();
+    if destroy {
+        order.reverse();
+    }
+    let mut waves: Vec<Vec<String>> = Vec::new();
+    for i in order {
+        let w = wave_of[i];
+        if waves.len() <= w {
+            waves.resize(w + 1, Vec::new());
+        }
+        waves[w].push(loaded.workflow.steps[i].name.clone());
+    }
+    Ok(waves)
+}
+
+/// What the local state of each step that would run says about it.
+fn state_notes(steps: &[StepPlan], notes: &mut Vec<String>) {
+    for step in steps {
+        if matches!(step.decision, Decision::Skip | Decision::Blocked) {
+            continue;
+        }
+        let state = LocalState::of(Path::new(&step.dir), step.workspace.as_deref());
+        match state.check() {
+            Ok(None) => {}
+            Ok(Some(what)) => notes.push(format!("step {}: {what}", step.step)),
+            Err(why) => notes.push(format!("step {}: {why}; the step would fail", step.step)),
+        }
+        let errored = Path::new(&step.dir).join(crate::engine::decide::ERRORED_STATE);
+        if errored.exists() && !crate::terraform::local_state::holds_complete_state(&errored) {
+            notes.push(format!(
+                "step {}: {} holds no complete state (terraform could not save one): it would be set aside, not pushed, and resources of the attempt that left it may be recorded nowhere",
+                step.step,
+                errored.display()
+            ));
+        }
+    }
 }
 
 /// What the command would do about the code: use it, or copy or clone it first.
@@ -346,6 +322,35 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
+    /// Every step's plan, in the order the command reaches them, and why the command would
+    /// do nothing at all, if it would not.
+    fn steps(
+        &self,
+        destroy: bool,
+        recorded: &Recorded,
+        notes: &mut Vec<String>,
+    ) -> Result<(Option<String>, Vec<StepPlan>)> {
+        let tombstone = self.journal.tombstone()?;
+        if !destroy {
+            return Ok(match &tombstone {
+                Some(t) => (Some(decide::tombstone_message(t)), self.blocked_steps()),
+                None => (None, self.apply_steps(recorded)?),
+            });
+        }
+        if let Some(t) = &tombstone {
+            notes.push(match t.finished_at {
+                Some(at) => format!(
+                    "a destroy finished at {}; steps destroyed then are skipped",
+                    clock::format(at)
+                ),
+                None => format!(
+                    "a destroy began at {} and did not finish; this one would finish it",
+                    clock::format(t.started_at)
+                ),
+            });
+        }
+        Ok((None, self.destroy_steps(recorded)?))
+    }
     /// `run`, step by step in order.
     fn apply_steps(&self, recorded: &Recorded) -> Result<Vec<StepPlan>> {
         // The outputs `run` would have when it reaches each step: those of skipped steps;
@@ -508,239 +513,5 @@ fn planned(command: &Command) -> PlannedCommand {
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect(),
-    }
-}
-
-/// Prints the plan as text or as one JSON document; every secret is masked either way.
-pub fn print(
-    plan: &Plan,
-    json: bool,
-    loaded: &Loaded,
-    out: &mut impl Write,
-) -> std::io::Result<()> {
-    let text = if json {
-        let mut text = serde_json::to_string_pretty(plan).expect("plans serialize");
-        text.push('\n');
-        text
-    } else {
-        render_text(plan)
-    };
-    out.write_all(loaded.redactor.mask(&text).as_bytes())
-}
-
-fn render_text(plan: &Plan) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    let command = match plan.command {
-        CommandKind::Run => "run",
-        CommandKind::Destroy => "destroy",
-    };
-    let _ = writeln!(
-        s,
-        "plan: what `bootstrapper {command}` would do now; nothing is run or written"
-    );
-    if plan.root_exists {
-        let _ = writeln!(s, "root: {}", plan.root);
-    } else {
-        let _ = writeln!(
-            s,
-            "root: {} (does not exist: nothing applied yet)",
-            plan.root
-        );
-    }
-    let _ = writeln!(
-        s,
-        "terraform: {}{}",
-        plan.terraform.path,
-        if plan.terraform.found {
-            ""
-        } else {
-            " (not found)"
-        }
-    );
-    let code = &plan.code;
-    match (&code.record, code.action) {
-        (Some(record), _) => {
-            let _ = writeln!(
-                s,
-                "code: {} ({} from {}{}, {})",
-                code.dir,
-                record.kind,
-                record.origin,
-                record
-                    .git_ref
-                    .as_deref()
-                    .map(|r| format!(" at {r}"))
-                    .unwrap_or_default(),
-                record.identity.as_deref().unwrap_or("identity unknown")
-            );
-        }
-        (None, "copy") => {
-            let _ = writeln!(
-                s,
-                "code: {} does not exist: {command} would copy it from {}",
-                code.dir,
-                code.from.as_deref().unwrap_or("?")
-            );
-        }
-        (None, "clone") => {
-            let _ = writeln!(
-                s,
-                "code: {} does not exist: {command} would clone {}{}",
-                code.dir,
-                code.from.as_deref().unwrap_or("?"),
-                code.git_ref
-                    .as_deref()
-                    .map(|r| format!(" at {r}"))
-                    .unwrap_or_default()
-            );
-        }
-        (None, _) => {
-            let _ = writeln!(s, "code: {} does not exist", code.dir);
-        }
-    }
-    if let Some(note) = &code.note {
-        let _ = writeln!(s, "  {note}");
-    }
-    for note in &plan.notes {
-        let _ = writeln!(s, "note: {note}");
-    }
-    if let Some(blocked) = &plan.blocked {
-        let _ = writeln!(s, "blocked: {blocked}");
-    }
-    let _ = writeln!(
-        s,
-        "order (at most {} at once; a step starts when what it waits for is done):",
-        plan.parallelism
-    );
-    for (i, wave) in plan.waves.iter().enumerate() {
-        let together = if wave.len() > 1 { " run together" } else { "" };
-        let _ = writeln!(s, "  {}. {}{together}", i + 1, wave.join(", "));
-    }
-    for step in &plan.steps {
-        let waits = match step.waits_for.as_slice() {
-            [] => "nothing".to_string(),
-            names => names.join(", "),
-        };
-        let _ = writeln!(s, "  {}: waits for {waits}", step.step);
-    }
-    for (i, step) in plan.steps.iter().enumerate() {
-        let _ = writeln!(s);
-        let _ = writeln!(
-            s,
-            "{}. {}: {} ({})",
-            i + 1,
-            step.step,
-            step.decision.as_str(),
-            step.reason
-        );
-        if let Some(problem) = &step.problem {
-            let _ = writeln!(s, "   problem: {problem}");
-        }
-        if step.decision == Decision::Blocked || step.decision == Decision::Skip {
-            continue;
-        }
-        if !step.unknown_outputs.is_empty() {
-            let _ = writeln!(
-                s,
-                "   not known yet (placeholders below): {}",
-                step.unknown_outputs.join(", ")
-            );
-        }
-        let _ = writeln!(s, "   in {}", step.dir);
-        if let Some(ws) = &step.workspace {
-            let _ = writeln!(s, "   workspace: {ws}");
-        }
-        if !step.backend_config.is_empty() {
-            let _ = writeln!(s, "   backend config:");
-            for (k, v) in &step.backend_config {
-                let _ = writeln!(s, "     {k} = {}", v.as_str().unwrap_or_default());
-            }
-        }
-        if let Some(vars) = &step.vars_file {
-            let _ = writeln!(s, "   writes {} (mode {}):", vars.path, vars.mode);
-            for line in vars.content.lines() {
-                let _ = writeln!(s, "     | {line}");
-            }
-        }
-        for command in &step.commands {
-            // The workspace is the one variable of a step's environment worth reading here.
-            let workspace = match command.env.get("TF_WORKSPACE").and_then(Value::as_str) {
-                Some(ws) => format!("TF_WORKSPACE={} ", shell_words(&[ws.to_string()])),
-                None => String::new(),
-            };
-            let _ = writeln!(s, "   $ {workspace}{}", shell_words(&command.argv));
-        }
-    }
-    let count = |d: Decision| plan.steps.iter().filter(|s| s.decision == d).count();
-    let _ = writeln!(s);
-    match plan.command {
-        CommandKind::Run => {
-            let _ = writeln!(
-                s,
-                "{} to run, {} to run again, {} to run again if changed, {} skipped{}",
-                count(Decision::Run),
-                count(Decision::RunAgain),
-                count(Decision::RunAgainIfChanged),
-                count(Decision::Skip),
-                if plan.blocked.is_some() {
-                    ", all blocked"
-                } else {
-                    ""
-                }
-            );
-        }
-        CommandKind::Destroy => {
-            let _ = writeln!(
-                s,
-                "{} to destroy, {} skipped",
-                count(Decision::Destroy),
-                count(Decision::Skip)
-            );
-        }
-    }
-    s
-}
-
-/// An argv as a POSIX shell would need it typed, so a printed command can be copied and run:
-/// only the display is quoted, the real command never meets a shell.
-fn shell_words(argv: &[String]) -> String {
-    argv.iter()
-        .map(|arg| {
-            let plain = !arg.is_empty()
-                && arg
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_=./:,@%+".contains(c));
-            if plain {
-                arg.clone()
-            } else {
-                format!("'{}'", arg.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shell_words_quote_what_a_shell_would_split_or_expand() {
-        let argv: Vec<String> = [
-            "terraform",
-            "-backend-config=k=a b",
-            "x;touch /tmp/p",
-            "it's",
-            "$(id)",
-            "",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(
-            shell_words(&argv),
-            r#"terraform '-backend-config=k=a b' 'x;touch /tmp/p' 'it'\''s' '$(id)' ''"#
-        );
     }
 }

@@ -28,12 +28,14 @@
 //! - [`cli`]: the top: every clap type, turned into plain options for the layers below; maps
 //!   every result to an exit code.
 
+// Public for the fuzz targets and the tests, which drive the parsers directly; the layers above
+// them are the crate's own.
 pub mod base;
 pub mod cli;
-pub mod commands;
-pub mod controller;
-pub mod engine;
-pub mod process;
-pub mod root;
+pub(crate) mod commands;
+pub(crate) mod controller;
+pub(crate) mod engine;
+pub(crate) mod process;
+pub(crate) mod root;
 pub mod terraform;
 pub mod workflow;

@@ -66,8 +66,6 @@ pub enum ApiError {
     #[error("{0}")]
     Rejected(StatusCode, String),
     #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
     Internal(String),
 }
 
@@ -79,7 +77,6 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Rejected(status, _) => *status,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

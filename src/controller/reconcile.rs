@@ -71,6 +71,15 @@ impl Reconciler {
 
     /// Queues every cluster under the root: what a killed controller left unfinished resumes.
     pub fn enqueue_all(&self) -> std::io::Result<usize> {
+        // What an executor still runs from before the restart is adopted: its cluster gets
+        // no second operation, and is looked at again when that one ends.
+        let adopted = self.executor.running();
+        {
+            let mut inner = self.inner.lock().expect("reconciler lock");
+            for operation in adopted {
+                inner.running.insert(operation.cluster, operation.kind);
+            }
+        }
         let ids = cluster::list(&self.config.root)?;
         for id in &ids {
             self.enqueue(id);

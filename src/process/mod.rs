@@ -14,6 +14,6 @@ mod program;
 mod supervisor;
 
 pub use command::{Command, Finished};
-pub use handler::{ErrorLines, StdoutReader};
+pub use handler::ErrorLines;
 pub use program::find_program;
 pub use supervisor::{Options, Stop, Supervisor};

@@ -344,10 +344,6 @@ impl Journal {
         Ok(())
     }
 
-    pub fn write_attempt(&self, step: &str, attempt: &Attempt) -> Result<()> {
-        self.write(step, ATTEMPT, attempt)
-    }
-
     /// Forgets everything about a step, so that the next run applies it again.
     pub fn forget(&self, step: &str) -> Result<bool> {
         let dir = self.step_dir(step);

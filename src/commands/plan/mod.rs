@@ -14,9 +14,7 @@ mod print;
 use crate::base::error::{exit, Error, Result};
 use crate::engine::core::Engine;
 
-pub use model::{
-    make, CodePlan, CommandKind, Decision, Plan, PlannedCommand, Program, StepPlan, VarsFile,
-};
+pub use model::make;
 pub use print::print;
 
 /// `bootstrapper plan [--destroy] [--json]`.

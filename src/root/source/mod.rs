@@ -16,9 +16,6 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use credentials::{
-    FILE_SUFFIX, PASSWORD, SSH_KEY, SSH_KNOWN_HOSTS, SSH_PASSPHRASE, TOKEN, USERNAME,
-};
 pub use links::{check_links, confinement_problems};
 
 use crate::base::durable;

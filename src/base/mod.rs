@@ -1,8 +1,8 @@
-pub mod clock;
-pub mod durable;
+pub(crate) mod clock;
+pub(crate) mod durable;
 pub mod error;
-pub mod json;
-pub mod log;
+pub(crate) mod json;
+pub(crate) mod log;
 pub mod secrets;
-pub mod signals;
-pub mod size;
+pub(crate) mod signals;
+pub(crate) mod size;

@@ -36,8 +36,6 @@ pub struct Finished {
     pub stdout: Vec<u8>,
     /// The last lines it printed, masked, to explain a failure.
     pub tail: Vec<String>,
-    /// Whether the engine had to signal it to stop.
-    pub interrupted: bool,
     /// The first error the child reported, as the caller's [`super::ErrorLines`] gathered
     /// it, masked.
     pub first_error: Option<String>,

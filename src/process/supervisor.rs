@@ -122,7 +122,6 @@ impl Supervisor {
             status,
             stdout: pipes.captured(),
             tail,
-            interrupted: run.interrupted,
             first_error,
         })
     }

@@ -145,7 +145,6 @@ mod tests {
             status: std::process::Command::new("false").status().unwrap(),
             stdout: vec![],
             tail: vec!["╵".into()],
-            interrupted: false,
             first_error: first_error(&boxed),
         };
         assert_eq!(

@@ -1,5 +1,5 @@
-pub mod command;
-pub mod diagnostics;
-pub mod local_state;
+pub(crate) mod command;
+pub(crate) mod diagnostics;
+pub(crate) mod local_state;
 pub mod provision_event;
-pub mod stream;
+pub(crate) mod stream;

@@ -218,11 +218,6 @@ impl Stream {
             .filter(|(_, sensitive)| sensitive.is_empty())
     }
 
-    /// The error diagnostics read, the first [`KEPT_DIAGNOSTICS`] of them.
-    pub fn errors(&self) -> &[Diagnostic] {
-        &self.errors
-    }
-
     /// What the failure of the command was, by its diagnostics: about the configuration
     /// when every error points at a file and none at a resource; about a resource when one
     /// names an address; a crash (or kill) when there were none.
@@ -606,7 +601,7 @@ mod tests {
         line(&mut s, &diagnostic(Some("a.b"), Some("main.tf")), true);
         assert_eq!(s.reason().unwrap(), "Error: Bad: it is bad");
         assert_eq!(
-            s.errors()[0].readable(),
+            s.errors[0].readable(),
             "Error: Bad: it is bad (at main.tf line 3, a.b)"
         );
     }

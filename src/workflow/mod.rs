@@ -1,7 +1,7 @@
 pub mod file;
-pub mod graph;
+pub(crate) mod graph;
 pub mod load;
-pub mod module_vars;
-pub mod params;
+pub(crate) mod module_vars;
+pub(crate) mod params;
 pub mod render;
 pub mod tfvars;

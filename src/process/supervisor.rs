@@ -110,7 +110,6 @@ impl Supervisor {
             stop,
             sent: None,
             kill_at: None,
-            interrupted: false,
         };
         run.wait(&mut pipes, &mut handle, &mut watch)?;
         run.kill_leftovers();
@@ -162,11 +161,10 @@ struct Running<'a> {
     pid: Pid,
     redactor: Redactor,
     stop: Stop<'a>,
-    /// The last signal sent.
+    /// The last signal sent; none until a stop was asked for.
     sent: Option<Signal>,
     /// When its process group is killed if it has not exited by then.
     kill_at: Option<Instant>,
-    interrupted: bool,
 }
 
 impl Running<'_> {
@@ -211,7 +209,7 @@ impl Running<'_> {
         let Some(signal) = asked.filter(|s| self.sent != Some(*s)) else {
             return;
         };
-        if !self.interrupted {
+        if self.sent.is_none() {
             self.kill_at = Some(match self.stop {
                 Stop::OnShutdown => self
                     .supervisor
@@ -220,7 +218,6 @@ impl Running<'_> {
                 Stop::By(_) => Instant::now() + self.supervisor.grace,
             });
         }
-        self.interrupted = true;
         self.sent = Some(signal);
         self.warn(&format!(
             "stopping: sent {signal} to {} (pid {}); waiting up to {} for it to save its state",
@@ -236,7 +233,7 @@ impl Running<'_> {
     /// for them any more: they must not go on working behind the engine's back, e.g. while
     /// a `destroy` that asked for this stop runs.
     fn kill_leftovers(&self) {
-        if self.interrupted && killpg(self.pid, Signal::SIGKILL).is_ok() {
+        if self.sent.is_some() && killpg(self.pid, Signal::SIGKILL).is_ok() {
             self.warn(&format!(
                 "killed what {} left running in its process group",
                 self.name

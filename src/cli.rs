@@ -149,6 +149,9 @@ pub struct ServeArgs {
     /// Serve the API without tokens (only for a laptop or a test)
     #[arg(long, env = "BOOTSTRAPPER_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// Once the tokens file cannot be read, how long the tokens read before still count
+    #[arg(long, env = "BOOTSTRAPPER_TOKENS_GRACE", value_parser = duration, default_value = "30s")]
+    pub tokens_grace: Duration,
 }
 
 impl Cli {
@@ -163,6 +166,7 @@ impl Cli {
             concurrency: args.concurrency,
             tokens: args.tokens.clone(),
             insecure_no_auth: args.insecure_no_auth,
+            tokens_grace: args.tokens_grace,
         }
     }
 }

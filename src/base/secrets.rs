@@ -1,6 +1,7 @@
 //! Which values are secret, and masking them out of everything the engine prints or keeps.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use aho_corasick::AhoCorasick;
@@ -30,8 +31,12 @@ const SECRET_WORDS: [&str; 10] = [
 pub const MIN_PART_LEN: usize = 6;
 
 /// Shorter values would mask ordinary words and digits all over the logs; `validate` warns
-/// about secrets this short instead.
+/// about secrets this short instead. Documents ([`Redactor::mask_json`]) have no such bound.
 pub const MIN_MASKED_LEN: usize = 4;
+
+/// The environment variable that names, comma-separated, further variables whose values are
+/// secret whatever their names say (a `TF_VAR_pg_conn_str` holding a password, say).
+pub const SECRET_ENV: &str = "BOOTSTRAPPER_SECRET_ENV";
 
 /// Whether a param, output or variable of this name holds a secret.
 pub fn is_secret_name(name: &str) -> bool {
@@ -49,6 +54,9 @@ pub struct Redactor {
 struct Known {
     /// Every form of every secret, longest first.
     secrets: Vec<String>,
+    /// Every secret value as it is, however short, and the text of a secret number: a value
+    /// of a document equal to one of them is masked whole.
+    exact: HashSet<String>,
     /// Whether a text holds any of `secrets`, in one pass: most text holds none.
     any: Option<AhoCorasick>,
     /// The parts of secrets with whitespace in them that a wrapped line can hold.
@@ -135,14 +143,18 @@ impl Parts {
 }
 
 impl Redactor {
-    /// Secrets named by the params and the environment.
+    /// Secrets named by the params and the environment. An environment variable is secret
+    /// by the same rule as a param, by its name (`TF_VAR_ucloud_private_key`), or when
+    /// [`SECRET_ENV`] lists it: a `TF_VAR_*` value such as `true` or a region is not.
     pub fn from_inputs(params: &Value, env: &[(String, String)]) -> Self {
         let redactor = Redactor::default();
         redactor.add_named(params, false);
+        let listed = secret_env_names(env);
         for (name, value) in env {
-            // The shell's working directories are paths, whatever their names say.
-            let path = matches!(name.as_str(), "PWD" | "OLDPWD");
-            if name.starts_with("TF_VAR_") || (is_secret_name(name) && !path) {
+            // The shell's working directories are paths, and the list names variables,
+            // whatever their names say.
+            let plain = matches!(name.as_str(), "PWD" | "OLDPWD" | SECRET_ENV);
+            if listed.contains(&name.as_str()) || (is_secret_name(name) && !plain) {
                 redactor.add(value);
             }
         }
@@ -166,10 +178,13 @@ impl Redactor {
     }
 
     pub fn add(&self, secret: &str) {
+        let mut known = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if !secret.is_empty() {
+            known.exact.insert(secret.to_string());
+        }
         if secret.len() < MIN_MASKED_LEN {
             return;
         }
-        let mut known = self.inner.write().unwrap_or_else(|e| e.into_inner());
         for form in escaped_forms(secret) {
             if !known.secrets.contains(&form) {
                 if form.contains(char::is_whitespace) {
@@ -182,6 +197,36 @@ impl Redactor {
         known.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         // Without the automaton every secret is searched for on its own, as before.
         known.any = AhoCorasick::new(&known.secrets).ok();
+    }
+
+    /// Masks a JSON document by its structure, as the API shows params and outputs: every
+    /// value (but null) under a key whose name says it is secret, at any depth, whatever its
+    /// type and length; every value equal to a secret (a number or boolean by its JSON
+    /// text); and the secrets inside every other string, as in text.
+    pub fn mask_json(&self, value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    if is_secret_name(key) && !v.is_null() {
+                        *v = Value::String(MASK.to_string());
+                    } else {
+                        self.mask_json(v);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.mask_json(v)),
+            Value::String(s) if self.is_exact(s) => *s = MASK.to_string(),
+            Value::String(s) => *s = self.mask(s).into_owned(),
+            Value::Number(_) | Value::Bool(_) if self.is_exact(&value.to_string()) => {
+                *value = Value::String(MASK.to_string());
+            }
+            _ => {}
+        }
+    }
+
+    fn is_exact(&self, text: &str) -> bool {
+        let known = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        known.exact.contains(text)
     }
 
     /// Whether some secret holds whitespace, so that its parts may end or start a line: text
@@ -235,6 +280,16 @@ impl Redactor {
             })
             .unwrap_or(bytes.len())
     }
+}
+
+/// The names [`SECRET_ENV`] lists in `env`.
+fn secret_env_names(env: &[(String, String)]) -> Vec<&str> {
+    env.iter()
+        .filter(|(name, _)| name == SECRET_ENV)
+        .flat_map(|(_, list)| list.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect()
 }
 
 /// A secret as printed raw, inside a JSON string (a tfvars value written with `json_encode`,
@@ -297,6 +352,72 @@ mod tests {
         let r = Redactor::from_inputs(&params, &env);
         let masked = r.mask("cn-bj2 hunter22 tok-1234 PRIVATEKEY /root");
         assert_eq!(masked, format!("cn-bj2 {MASK} {MASK} {MASK} /root"));
+    }
+
+    #[test]
+    fn tf_vars_are_secret_by_their_names_or_when_listed() {
+        let env: Vec<(String, String)> = [
+            ("TF_VAR_ucloud_private_key", "ucloud-pk-value"),
+            ("TF_VAR_ucloud_public_key", "ucloud-pub-value"),
+            ("TF_VAR_access_key", "AKIDEXAMPLE"),
+            ("TF_VAR_secret_key", "secret-key-value"),
+            ("TF_VAR_enable_feature", "false"),
+            ("TF_VAR_region", "cn-bj2"),
+            ("TF_VAR_pg_conn_str", "host=db password=pgpass"),
+            ("TF_VAR_ledger", "/var/ledger"),
+            (SECRET_ENV, "TF_VAR_pg_conn_str, TF_VAR_nothing"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let r = Redactor::from_inputs(&json!({}), &env);
+        let text = "ucloud-pk-value ucloud-pub-value AKIDEXAMPLE secret-key-value -input=false cn-bj2 host=db password=pgpass /var/ledger TF_VAR_pg_conn_str";
+        assert_eq!(
+            r.mask(text),
+            format!("{MASK} {MASK} {MASK} {MASK} -input=false cn-bj2 {MASK} /var/ledger TF_VAR_pg_conn_str")
+        );
+    }
+
+    #[test]
+    fn documents_are_masked_by_structure_and_by_equal_values() {
+        let params = json!({
+            "db": {"pin_password": 91827364, "pwd": "abc", "host": "db.internal"},
+            "api_token": {"id": 7, "value": "tok-value-1"},
+            "tls_cert": ["a", "b"],
+            "count": 3,
+            "flag": true,
+            "note": "uses tok-value-1 inside",
+        });
+        let env = vec![("TF_VAR_secret_key".to_string(), "sk-4242".to_string())];
+        let r = Redactor::from_inputs(&params, &env);
+        let mut document = params.clone();
+        r.mask_json(&mut document);
+        assert_eq!(
+            document,
+            json!({
+                "db": {"pin_password": MASK, "pwd": MASK, "host": "db.internal"},
+                "api_token": MASK,
+                "tls_cert": MASK,
+                "count": 3,
+                "flag": true,
+                "note": format!("uses {MASK} inside"),
+            })
+        );
+        // Outputs equal to a secret, whatever their type; others as they are.
+        let mut outputs = json!({
+            "pin": 91827364, "pin_text": "91827364", "short": "abc", "key_value": "sk-4242",
+            "env": "sk-4242", "list": [1, "abc", 3], "id": 7, "enabled": true, "none": null,
+            "db_password": null,
+        });
+        r.mask_json(&mut outputs);
+        assert_eq!(
+            outputs,
+            json!({
+                "pin": MASK, "pin_text": MASK, "short": MASK, "key_value": MASK,
+                "env": MASK, "list": [1, MASK, 3], "id": MASK, "enabled": true, "none": null,
+                "db_password": null,
+            })
+        );
     }
 
     #[test]

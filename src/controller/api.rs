@@ -568,6 +568,7 @@ async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, Json<Health>) {
         problems.push(format!("{} is not writable: {e}", clusters.display()));
     }
     problems.extend(app.reconciler.executor.problems());
+    problems.extend(app.tokens.iter().flat_map(Tokens::problems));
     match crate::workflow::file::load(&settings.workflow_path) {
         Err(p) => problems.extend(p.0.iter().map(|p| p.to_string())),
         // Every tenant's run copies or clones the code; without either each one fails.

@@ -352,23 +352,18 @@ impl Cluster {
     }
 }
 
-/// Masks every secret the cluster's params and the environment hold, in every string of the
-/// document, and the values of params whose names say they are secret.
+/// Masks the document's params and each step's outputs by their structure (a value under a
+/// secret-sounding name, a value equal to a secret: [`Redactor::mask_json`]), and every secret
+/// the cluster's params and the environment hold in its texts.
 fn mask_document(redactor: &Redactor, document: &mut Document) {
-    for (name, value) in document.params.iter_mut() {
-        if crate::base::secrets::is_secret_name(name) {
-            *value = Value::String(crate::base::secrets::MASK.to_string());
-        }
-    }
     let mut params = Value::Object(std::mem::take(&mut document.params));
-    mask_value(redactor, &mut params);
+    redactor.mask_json(&mut params);
     if let Value::Object(params) = params {
         document.params = params;
     }
-    let mut outputs = Value::Object(std::mem::take(&mut document.outputs));
-    mask_value(redactor, &mut outputs);
-    if let Value::Object(outputs) = outputs {
-        document.outputs = outputs;
+    // By step: a step's name is no output's, and says nothing of its values.
+    for outputs in document.outputs.values_mut() {
+        redactor.mask_json(outputs);
     }
     let mask = |text: &mut Option<String>| {
         if let Some(t) = text {
@@ -381,15 +376,6 @@ fn mask_document(redactor: &Redactor, document: &mut Document) {
     }
     if let Some(op) = &mut document.last_operation {
         mask(&mut op.error);
-    }
-}
-
-fn mask_value(redactor: &Redactor, value: &mut Value) {
-    match value {
-        Value::String(s) => *s = redactor.mask(s).into_owned(),
-        Value::Array(items) => items.iter_mut().for_each(|v| mask_value(redactor, v)),
-        Value::Object(map) => map.values_mut().for_each(|v| mask_value(redactor, v)),
-        _ => {}
     }
 }
 

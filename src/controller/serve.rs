@@ -37,6 +37,8 @@ pub struct Options {
     pub tokens: Option<PathBuf>,
     /// Serve without tokens.
     pub insecure_no_auth: bool,
+    /// How long the tokens read last still count once the tokens file cannot be read.
+    pub tokens_grace: Duration,
 }
 
 /// Runs the controller until a signal stops it; returns the exit code.
@@ -94,7 +96,7 @@ fn prepare(options: &Options) -> Result<Arc<App>> {
     let mut problems = Problems::default();
     let workflow = crate::workflow::file::load(&options.workflow).map_err(|p| problems.extend(p));
     let tokens = match (&options.tokens, options.insecure_no_auth) {
-        (Some(path), _) => Tokens::load(path)
+        (Some(path), _) => Tokens::load(path, options.tokens_grace)
             .map(Some)
             .map_err(|e| problems.push(Problem::new(e.to_string()))),
         (None, true) => Ok(None),

@@ -19,7 +19,8 @@ fn repo() -> PathBuf {
 const ROOT_PASSWORD: &str = "Sup3r\"Secret${x}Root-Pw";
 /// A secret param that no template uses.
 const API_TOKEN: &str = "tok-unused-7c1f9e";
-/// A `TF_VAR_*` value that reaches terraform, which prints it in its plan.
+/// A `TF_VAR_*` value that reaches terraform, which prints it in its plan; secret because
+/// BOOTSTRAPPER_SECRET_ENV lists it (its name says nothing).
 const TF_VAR_REGION: &str = "tfvar-region-9d2e41";
 
 /// The demo, its paths made absolute, network's region taken from `TF_VAR_region`.
@@ -86,6 +87,7 @@ fn the_demo_never_shows_a_secret_and_keeps_them_in_owner_only_files() {
     b.write_workflow(&workflow());
     b.write_params(&params(2));
     b.env("TF_VAR_region", TF_VAR_REGION);
+    b.env("BOOTSTRAPPER_SECRET_ENV", "TF_VAR_region");
     let mut printed: Vec<(String, Outcome)> = Vec::new();
     // Runs one command that must succeed, keeps what it printed, returns its stderr.
     let run = |printed: &mut Vec<(String, Outcome)>, b: &Bootstrapper, args: &[&str]| {

@@ -242,13 +242,20 @@ pub fn check_params(
     workflow: &Workflow,
     params: &Map<String, Value>,
 ) -> std::result::Result<(), Problems> {
-    crate::workflow::load::check_inputs(
-        workflow.clone(),
-        Value::Object(params.clone()),
-        std::env::vars().collect(),
-        None,
-    )
-    .map(drop)
+    let params = Value::Object(params.clone());
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    // A param no template reads is a typo, or meant for another workflow; `cluster_id` is
+    // the controller's own.
+    let renderer = crate::workflow::render::Renderer::new(workflow, &params, &env);
+    let mut problems = crate::workflow::reads::unread(&renderer, &params, &["cluster_id"]);
+    if let Err(p) = crate::workflow::load::check_inputs(workflow.clone(), params, env, None) {
+        problems.extend(p);
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
 }
 
 /// A step as the API shows it.

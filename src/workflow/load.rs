@@ -303,9 +303,18 @@ pub fn check_variables<'a>(
     problems
 }
 
-/// Warnings that do not stop a run, for `validate` to show.
+/// Warnings that do not stop a run, for `validate` to show. A param no template reads is
+/// one: a params file may be shared with other tools.
 pub fn warnings(loaded: &Loaded) -> Vec<String> {
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> =
+        crate::workflow::reads::unread(&loaded.renderer(), &loaded.params, &[])
+            .0
+            .iter()
+            .map(|p| match &p.hint {
+                Some(hint) => format!("{}; {hint}", p.message),
+                None => p.message.clone(),
+            })
+            .collect();
     if let Some(params) = loaded.params.as_object() {
         for (name, value) in params {
             if let Value::String(s) = value {

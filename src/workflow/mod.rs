@@ -3,5 +3,7 @@ pub(crate) mod graph;
 pub mod load;
 pub(crate) mod module_vars;
 pub(crate) mod params;
+pub(crate) mod reads;
 pub mod render;
 pub mod tfvars;
+pub(crate) mod var_types;

@@ -9,14 +9,18 @@ use serde_json::Value;
 
 use crate::base::error::{Location, Problem, Problems};
 use crate::workflow::tfvars;
+use crate::workflow::var_types::{Type, Validation};
 
 /// A variable the module declares.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Variable {
     pub name: String,
     /// No `default`: terraform needs a value for it.
     pub required: bool,
     pub declared_at: Location,
+    /// Its `type`, when it is one [`Type`] knows.
+    pub ty: Option<Type>,
+    pub validations: Vec<Validation>,
 }
 
 /// The variables declared by the `*.tf` and `*.tf.json` files of the module in `dir`.
@@ -158,10 +162,29 @@ fn hcl_variables(file: &Path, text: &str) -> Result<Vec<Variable>, Problem> {
         .get_blocks("variable")
         .filter_map(|block| {
             let name = block.labels.first()?.as_str().to_string();
+            let expr = |body: &Body, key: &str| {
+                body.get_attribute(key)
+                    .map(|a| hcl::Expression::from(a.value.clone()))
+            };
+            let validations = block
+                .body
+                .get_blocks("validation")
+                .filter_map(|v| {
+                    Some(Validation {
+                        condition: expr(&v.body, "condition")?,
+                        error_message: match expr(&v.body, "error_message") {
+                            Some(hcl::Expression::String(s)) => Some(s),
+                            _ => None,
+                        },
+                    })
+                })
+                .collect();
             Some(Variable {
                 name,
                 required: !block.body.has_attribute("default"),
                 declared_at: Location::at(file, text, block.span().map_or(0, |s| s.start)),
+                ty: expr(&block.body, "type").and_then(|t| Type::parse(&t)),
+                validations,
             })
         })
         .collect())
@@ -187,6 +210,12 @@ fn json_variables(file: &Path, text: &str) -> Result<Vec<Variable>, Problem> {
             name: name.clone(),
             required: body.get("default").is_none(),
             declared_at: Location::file(file),
+            ty: body
+                .get("type")
+                .and_then(Value::as_str)
+                .and_then(Type::parse_str),
+            // Conditions there are template strings; terraform checks them.
+            validations: Vec::new(),
         })
         .collect())
 }
@@ -263,6 +292,18 @@ pub fn check(
         };
         problems.push(problem.hint(hint));
     }
+    for setting in set {
+        let Some(variable) = variables.iter().find(|v| v.name == setting.name) else {
+            continue;
+        };
+        if let Some(message) = misfit(variable, setting) {
+            let problem = match vars {
+                Some(vars) => vars.problem(setting.offset, Some(&setting.name), message),
+                None => Problem::new(message).in_step(step),
+            };
+            problems.push(problem);
+        }
+    }
     if supplied.has_var_file() {
         return problems;
     }
@@ -288,8 +329,42 @@ pub fn check(
     problems
 }
 
+/// What is wrong with the value `setting` gives `variable`: a type it does not fit, or a
+/// `validation` it fails. The value itself is never quoted: it may be a secret.
+fn misfit(variable: &Variable, setting: &tfvars::Setting) -> Option<String> {
+    let value = setting.value.as_ref()?;
+    let value = match &variable.ty {
+        Some(ty) => match ty.convert(value) {
+            Ok(converted) => converted,
+            Err(why) => {
+                return Some(format!(
+                    "sets `{}` to {why} (the variable is declared at {})",
+                    setting.name, variable.declared_at
+                ))
+            }
+        },
+        None => value.clone(),
+    };
+    if value.is_null() {
+        return None;
+    }
+    let failed = variable
+        .validations
+        .iter()
+        .find(|v| v.passes(&variable.name, &value) == Some(false))?;
+    Some(format!(
+        "sets `{}` to a value the module's validation refuses: {} (the variable is declared at {})",
+        setting.name,
+        failed
+            .error_message
+            .as_deref()
+            .unwrap_or("its condition is false"),
+        variable.declared_at
+    ))
+}
+
 /// The declared name nearest to a misspelt one, if one is near enough to be a typo.
-fn closest<'a>(name: &str, names: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn closest<'a>(name: &str, names: &[&'a str]) -> Option<&'a str> {
     names
         .iter()
         .map(|n| (edit_distance(name, n), *n))
@@ -362,6 +437,8 @@ mod tests {
         tfvars::Setting {
             name: name.into(),
             offset: 0,
+            value: None,
+            span: None,
         }
     }
 
@@ -411,6 +488,54 @@ mod tests {
             ..given
         };
         assert!(check(&vars, &[setting("n")], None, &given, "net", dir.path()).is_empty());
+    }
+
+    #[test]
+    fn values_that_do_not_fit_the_type_or_fail_a_validation_are_problems() {
+        let dir = module(&[(
+            "main.tf",
+            "variable \"count\" {\n  type = number\n  validation {\n    condition     = var.count >= 1 && floor(var.count) == var.count\n    error_message = \"count must be a whole number of at least 1.\"\n  }\n}\nvariable \"names\" {\n  type    = list(string)\n  default = []\n}\n",
+        )]);
+        let vars = read(dir.path()).unwrap();
+        let none = Supplied {
+            env: &[],
+            apply_args: &[],
+            auto_loaded: &[],
+        };
+        let problems = |text: &str| {
+            let settings = tfvars::parse(tfvars::Syntax::Hcl, text, &[]).unwrap();
+            check(&vars, &settings, None, &none, "s", dir.path()).to_string()
+        };
+        assert_eq!(problems("count = 3\nnames = [\"a\", 1]\n"), "");
+        assert_eq!(problems("count = \"2\"\n"), "");
+        for (text, expected) in [
+            (
+                "count = -1\n",
+                "count must be a whole number of at least 1.",
+            ),
+            (
+                "count = 1.5\n",
+                "count must be a whole number of at least 1.",
+            ),
+            (
+                "count = \"three\"\n",
+                "a string that is not a number, where the type is `number`",
+            ),
+            ("count = true\n", "a boolean, where the type is `number`"),
+            (
+                "count = 2\nnames = [[\"a\"]]\n",
+                "a list at `[0]`, where the type is `string` (the variable is declared at",
+            ),
+        ] {
+            let found = problems(text);
+            assert!(found.contains(expected), "{text}: {found}");
+            assert!(found.contains("main.tf:"), "{text}: {found}");
+        }
+        // A value not known yet is not checked.
+        let p = "<known after apply: steps.a.outputs.b>".to_string();
+        let settings =
+            tfvars::parse(tfvars::Syntax::Hcl, &format!("count = \"{p}\"\n"), &[p]).unwrap();
+        assert!(check(&vars, &settings, None, &none, "s", dir.path()).is_empty());
     }
 
     #[test]

@@ -296,6 +296,29 @@ impl<'w> Renderer<'w> {
         overlays
     }
 
+    /// Every template of the workflow: the source's strings, each step's, and each step's
+    /// vars template when its path renders and it can be read (else rendering reports it).
+    pub fn template_texts(&self) -> Vec<String> {
+        let source = &self.workflow.source;
+        let mut texts: Vec<String> = std::iter::once(&source.dir)
+            .chain(source.image_dir.iter())
+            .chain(source.git_url.iter())
+            .chain(source.git_ref.iter())
+            .chain(source.overlays.iter().flat_map(|o| [&o.from, &o.into]))
+            .chain(self.workflow.steps.iter().flat_map(step_templates))
+            .map(|t| t.text.clone())
+            .collect();
+        let context = self.context(&Map::new());
+        for vars in self.workflow.steps.iter().filter_map(|s| s.vars.as_ref()) {
+            if let Ok(path) = render_str(&vars.text, &context) {
+                if let Ok(text) = read_template(&self.workflow.base_dir.join(path)) {
+                    texts.push(text);
+                }
+            }
+        }
+        texts
+    }
+
     /// The steps whose outputs step `index` uses, in its workflow strings or its vars
     /// template. A name that is no step, or a template that cannot be read, is left to
     /// [`Renderer::render_step`] to report.
@@ -835,7 +858,7 @@ fn output_refs(text: &str) -> Vec<OutputRef> {
 }
 
 /// Reads `.ident` or `["name"]` / `['name']` at `pos`; returns the name and the end.
-fn segment(text: &str, pos: usize) -> Option<(String, usize)> {
+pub(crate) fn segment(text: &str, pos: usize) -> Option<(String, usize)> {
     let bytes = text.as_bytes();
     match bytes.get(pos)? {
         b'.' => {
@@ -858,7 +881,7 @@ fn segment(text: &str, pos: usize) -> Option<(String, usize)> {
     }
 }
 
-fn is_ident(b: u8) -> bool {
+pub(crate) fn is_ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 

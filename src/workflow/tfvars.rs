@@ -51,11 +51,15 @@ impl Syntax {
     }
 }
 
-/// A variable set by a tfvars file, and the byte offset of its name there.
+/// A variable set by a tfvars file, the byte offset of its name there, and its value when it
+/// is known: not when it holds a placeholder for an output not known yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Setting {
     pub name: String,
     pub offset: usize,
+    pub value: Option<Value>,
+    /// Where the value is in the text, when known.
+    pub span: Option<std::ops::Range<usize>>,
 }
 
 /// What is wrong at a byte offset of a tfvars text.
@@ -74,10 +78,33 @@ pub fn parse(syntax: Syntax, text: &str, unknown: &[String]) -> Result<Vec<Setti
         let null = format!("{:<width$}", "null", width = placeholder.len());
         neutral = neutral.replace(placeholder.as_str(), &null);
     }
-    match syntax {
-        Syntax::Hcl => parse_hcl(&neutral),
-        Syntax::Json => parse_json(&neutral),
+    let mut settings = match syntax {
+        Syntax::Hcl => parse_hcl(&neutral)?,
+        Syntax::Json => parse_json(&neutral)?,
+    };
+    // Where a placeholder stood, `null` stands now: a value holding one is not known.
+    let placed: Vec<std::ops::Range<usize>> = unknown
+        .iter()
+        .flat_map(|p| {
+            text.match_indices(p.as_str())
+                .map(|(at, p)| at..at + p.len())
+        })
+        .collect();
+    if !placed.is_empty() {
+        for setting in &mut settings {
+            let known = match (syntax, &setting.span) {
+                (Syntax::Hcl, Some(span)) => !placed
+                    .iter()
+                    .any(|p| p.start < span.end && span.start < p.end),
+                // A JSON text's values are not placed: any placeholder may be in any of them.
+                _ => false,
+            };
+            if !known {
+                setting.value = None;
+            }
+        }
     }
+    Ok(settings)
 }
 
 fn parse_hcl(text: &str) -> Result<Vec<Setting>, Vec<Flaw>> {
@@ -104,9 +131,12 @@ fn parse_hcl(text: &str) -> Result<Vec<Setting>, Vec<Flaw>> {
                         ),
                     });
                 }
+                let value = hcl::Value::from(hcl::Expression::from(attr.value.clone()));
                 settings.push(Setting {
                     name: attr.key.as_str().to_string(),
                     offset,
+                    value: serde_json::to_value(value).ok(),
+                    span: attr.value.span(),
                 });
             }
             Structure::Block(block) => flaws.push(Flaw {
@@ -165,12 +195,14 @@ fn parse_json(text: &str) -> Result<Vec<Setting>, Vec<Flaw>> {
         }]);
     };
     Ok(map
-        .keys()
-        .map(|name| Setting {
+        .iter()
+        .map(|(name, value)| Setting {
             name: name.clone(),
             offset: text
                 .find(&serde_json::to_string(name).unwrap_or_default())
                 .unwrap_or(0),
+            value: Some(value.clone()),
+            span: None,
         })
         .collect())
 }

@@ -10,6 +10,11 @@ variable "cluster_id" {
 variable "broker_count" {
   type    = number
   default = 2
+
+  validation {
+    condition     = var.broker_count >= 1 && floor(var.broker_count) == var.broker_count
+    error_message = "broker_count is a whole number of brokers, at least 1."
+  }
 }
 
 variable "namesvr_address" {

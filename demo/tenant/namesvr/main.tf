@@ -11,6 +11,11 @@ variable "cluster_id" {
 variable "namesvr_count" {
   type    = number
   default = 2
+
+  validation {
+    condition     = var.namesvr_count >= 1 && floor(var.namesvr_count) == var.namesvr_count
+    error_message = "namesvr_count is a whole number of NameServers, at least 1."
+  }
 }
 
 resource "terraform_data" "namesvr" {

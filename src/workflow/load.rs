@@ -349,6 +349,24 @@ mod tests {
     }
 
     #[test]
+    fn a_param_no_template_reads_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let workflow = tenant_workflow(dir.path(), "region = \"{{ params.region }}\"\n");
+        let params = json!({"region": "bj", "regoin": "sh", "replicas": 3});
+        let loaded = Loaded {
+            redactor: Redactor::from_inputs(&params, &[]),
+            workflow,
+            params,
+            env: Vec::new(),
+        };
+        let warnings = warnings(&loaded);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("param `regoin` is read by no template"));
+        assert!(warnings[0].contains("did you mean `region`?"));
+        assert!(warnings[1].contains("param `replicas`"));
+    }
+
+    #[test]
     fn check_inputs_answers_a_caller_with_every_problem_or_none() {
         let dir = tempfile::tempdir().unwrap();
         let workflow = tenant_workflow(dir.path(), "regoin = \"{{ params.region }}\"\n");

@@ -119,3 +119,33 @@ fn no_terraform_config_map_holds_a_password() {
     // The control plane's haproxy.cfg and the jump host's params.
     assert!(config_maps >= 2);
 }
+
+/// A variable a manifest takes from a Secret is masked by its name alone (the engine and the
+/// controller mask an environment variable by the params' rule, not for being a TF_VAR_*).
+#[test]
+fn every_variable_taken_from_a_secret_is_secret_by_its_name() {
+    let mut manifests = Vec::new();
+    files(&deploy().join("k8s"), "yaml", &mut manifests);
+    let mut found = 0;
+    for manifest in &manifests {
+        let text = fs::read_to_string(manifest).expect("read manifest");
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim() != "secretKeyRef:" {
+                continue;
+            }
+            let name = lines[..i]
+                .iter()
+                .rev()
+                .find_map(|l| l.trim().strip_prefix("- name: "))
+                .expect("the variable's name");
+            found += 1;
+            assert!(
+                bootstrapper::base::secrets::is_secret_name(name),
+                "{}: `{name}` comes from a Secret but its name does not say so: rename it or list it in BOOTSTRAPPER_SECRET_ENV",
+                manifest.display()
+            );
+        }
+    }
+    assert!(found >= 4, "{found} variables from Secrets");
+}

@@ -346,8 +346,8 @@ fn problems(workflow: &str, params: &str, manifest: &str, templates: Option<&Pat
                 "{name}: backend_config overrides `{key}` of {dir}/backend.tf"
             ));
         }
-        // Every TF_VAR_* value is masked in a plan, so an address taken from one is known
-        // by its template.
+        // A TF_VAR_* value may be masked in a plan (by its name, or BOOTSTRAPPER_SECRET_ENV),
+        // so an address taken from one is known by its template.
         match (
             address.as_deref(),
             backend.get("address").and_then(Value::as_str),
@@ -411,7 +411,7 @@ fn the_rocketmq_workflow_satisfies_the_namesvr_and_broker_modules() {
 
 #[test]
 fn dropped_renamed_and_mistyped_variables_and_a_missing_output_are_all_reported() {
-    let broken = |network: bool, hosts: bool| {
+    let broken = |network: bool, mistyped: bool, renamed: bool| {
         let templates = tempfile::tempdir().expect("temp dir");
         for entry in fs::read_dir(repo().join("templates/bootstrap")).expect("templates") {
             let path = entry.expect("entry").path();
@@ -426,12 +426,19 @@ fn dropped_renamed_and_mistyped_variables_and_a_missing_output_are_all_reported(
                     })
                     .collect::<Vec<_>>()
                     .join("\n"),
-                Some("hosts.tfvars.tera") if hosts => text
-                    .replace(
-                        "broker_count                = {{ params.broker_count | json_encode() }}",
-                        "broker_count                = 3",
-                    )
-                    .replace("outputs.backend_ip", "outputs.consul_address"),
+                Some("hosts.tfvars.tera") => {
+                    let mut text = text;
+                    if mistyped {
+                        text = text.replace(
+                            "broker_count                = {{ params.broker_count | json_encode() }}",
+                            "broker_count                = 3",
+                        );
+                    }
+                    if renamed {
+                        text = text.replace("outputs.backend_ip", "outputs.consul_address");
+                    }
+                    text
+                }
                 _ => text,
             };
             fs::write(templates.path().join(path.file_name().expect("name")), text)
@@ -447,7 +454,7 @@ fn dropped_renamed_and_mistyped_variables_and_a_missing_output_are_all_reported(
     };
 
     // What the engine's `validate` itself refuses: names against the module's variables.
-    let (report, count) = broken(true, false);
+    let (report, count) = broken(true, false, false);
     for expected in [
         "sets `mgr_vpc_cidr`, which the module",
         "required variable `mgrVpcCidr`",
@@ -460,10 +467,17 @@ fn dropped_renamed_and_mistyped_variables_and_a_missing_output_are_all_reported(
     }
     assert_eq!(count, 3, "{report}");
 
-    // What only this test sees: the shape of a value and the outputs a template names.
-    let (report, count) = broken(false, true);
+    // And a value against its variable's type.
+    let (report, count) = broken(false, true, false);
+    assert!(
+        report.contains("sets `broker_count` to a number, where the type is `list(number)`"),
+        "{report}"
+    );
+    assert_eq!(count, 1, "{report}");
+
+    // What only this test sees: the outputs a template names.
+    let (report, count) = broken(false, false, true);
     for expected in [
-        "hosts: `broker_count` is declared list but rendered as 3",
         "`steps.control_network.outputs.consul_address` is not an output of control-network",
         // The hosts template's backend URL now differs from the backend address, too.
         "is not the backend address",
@@ -473,7 +487,7 @@ fn dropped_renamed_and_mistyped_variables_and_a_missing_output_are_all_reported(
             "missing {expected:?} in:\n{report}"
         );
     }
-    assert_eq!(count, 3, "{report}");
+    assert_eq!(count, 2, "{report}");
 }
 
 /// The `TF_VAR_*` names a file mentions (a manifest's env, a module's env blocks and maps).

@@ -131,11 +131,10 @@ fn parse_hcl(text: &str) -> Result<Vec<Setting>, Vec<Flaw>> {
                         ),
                     });
                 }
-                let value = hcl::Value::from(hcl::Expression::from(attr.value.clone()));
                 settings.push(Setting {
                     name: attr.key.as_str().to_string(),
                     offset,
-                    value: serde_json::to_value(value).ok(),
+                    value: literal(&hcl::Expression::from(attr.value.clone())),
                     span: attr.value.span(),
                 });
             }
@@ -153,6 +152,41 @@ fn parse_hcl(text: &str) -> Result<Vec<Setting>, Vec<Flaw>> {
     } else {
         Err(flaws)
     }
+}
+
+/// The value a literal expression writes; `None` for anything else (a template with
+/// interpolations, a heredoc, a reference), which is not checked.
+fn literal(expr: &hcl::Expression) -> Option<Value> {
+    use hcl::expr::{Operation, UnaryOperator};
+    use hcl::Expression as E;
+    Some(match expr {
+        E::Null => Value::Null,
+        E::Bool(b) => Value::Bool(*b),
+        E::Number(n) => serde_json::to_value(n).ok()?,
+        E::String(s) => Value::String(s.clone()),
+        E::Array(items) => Value::Array(items.iter().map(literal).collect::<Option<_>>()?),
+        E::Object(object) => {
+            let mut map = serde_json::Map::new();
+            for (key, value) in object {
+                let key = match key {
+                    hcl::ObjectKey::Identifier(id) => id.to_string(),
+                    hcl::ObjectKey::Expression(E::String(s)) => s.clone(),
+                    _ => return None,
+                };
+                map.insert(key, literal(value)?);
+            }
+            Value::Object(map)
+        }
+        E::Parenthesis(inner) => literal(inner)?,
+        E::Operation(op) => match op.as_ref() {
+            Operation::Unary(unary) if unary.operator == UnaryOperator::Neg => {
+                let n = literal(&unary.expr)?.as_f64()?;
+                serde_json::Number::from_f64(-n).map(Value::Number)?
+            }
+            _ => return None,
+        },
+        _ => return None,
+    })
 }
 
 /// Names and calls in a value: terraform refuses them in tfvars ("Variables not allowed"),
@@ -411,6 +445,29 @@ mod tests {
         assert_eq!(
             Location::at(Path::new("f"), text, flaws[0].offset).line,
             Some((3, 8))
+        );
+    }
+
+    #[test]
+    fn literal_values_are_read_and_others_left_unknown() {
+        let values: Vec<Option<Value>> = parse(
+            Syntax::Hcl,
+            "a = -1.5\nb = { x = [1, \"y\"], \"z\" = null }\nc = <<EOT\nz\nEOT\nd = \"${1}\"\ne = -(2)\n",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|s| s.value)
+        .collect();
+        assert_eq!(
+            values,
+            [
+                Some(serde_json::json!(-1.5)),
+                Some(serde_json::json!({"x": [1, "y"], "z": null})),
+                None,
+                None,
+                Some(serde_json::json!(-2.0)),
+            ]
         );
     }
 

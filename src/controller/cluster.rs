@@ -237,7 +237,8 @@ pub fn loaded(workflow: &Workflow, params: &Map<String, Value>) -> Loaded {
 
 /// Checks a request's params against the tenant workflow with the engine's own checks (every
 /// template renders, with placeholders for outputs not known yet; every rendered tfvars file
-/// parses and fits its module's variables), before anything is kept.
+/// parses and fits its module's variables, their types and simple validations), and that
+/// some template reads each param, before anything is kept.
 pub fn check_params(
     workflow: &Workflow,
     params: &Map<String, Value>,

@@ -41,6 +41,24 @@ const ENGINE: &str = "bootstrapper";
 const CHILD: &str = "terraform";
 const AS_IS: &str = "report";
 
+/// What a child process is, for the `source` its lines are logged with: terraform under the
+/// engine, an engine under the controller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Child {
+    #[default]
+    Terraform,
+    Engine,
+}
+
+impl Child {
+    fn source(self) -> &'static str {
+        match self {
+            Child::Terraform => CHILD,
+            Child::Engine => "engine",
+        }
+    }
+}
+
 /// A handle for the engine's events, about a step or about the whole workflow.
 #[derive(Debug, Clone)]
 pub struct Logger {
@@ -75,8 +93,8 @@ impl Logger {
     }
 
     /// A line with which a child process reports an error.
-    pub fn child_error(&self, step: &str, line: &str) {
-        emit(Level::ERROR, CHILD, Some(step), line);
+    pub fn child_error(&self, child: Child, step: &str, line: &str) {
+        emit(Level::ERROR, child.source(), Some(step), line);
     }
 
     /// Text that people read as it is written (a list of problems with their hints); in
@@ -110,15 +128,22 @@ type About = (String, String);
 
 /// One line a child printed, or a provisioner's, as its own event; `message` is the line's
 /// text, or the placeholder of a template.
-fn child_event(step: &str, about: Option<&About>, target_template: bool, message: &str) {
+fn child_event(
+    child: Child,
+    step: &str,
+    about: Option<&About>,
+    target_template: bool,
+    message: &str,
+) {
+    let source = child.source();
     macro_rules! event {
         ($target:expr) => {
             match about {
-                None => tracing::event!(target: $target, Level::INFO, source = CHILD, step, "{message}"),
+                None => tracing::event!(target: $target, Level::INFO, source, step, "{message}"),
                 Some((address, provisioner)) => tracing::event!(
                     target: $target,
                     Level::INFO,
-                    source = CHILD,
+                    source,
                     step,
                     event = "provision_progress",
                     address = address.as_str(),
@@ -142,6 +167,7 @@ fn child_event(step: &str, about: Option<&About>, target_template: bool, message
 /// calls at the end of each batch and before it logs anything else, so that the log keeps
 /// the order in which things were printed.
 pub struct ChildLines {
+    child: Child,
     step: String,
     /// The provisioner the lines gathered speak for, if any.
     about: Option<About>,
@@ -161,8 +187,10 @@ struct Template {
 }
 
 impl ChildLines {
-    pub fn new(step: &str) -> Self {
+    /// The lines of a child that is `child`, about `step`.
+    pub fn of(child: Child, step: &str) -> Self {
         ChildLines {
+            child,
             step: step.to_string(),
             about: None,
             template: None,
@@ -194,9 +222,9 @@ impl ChildLines {
         }
         let template = self
             .template
-            .get_or_insert_with(|| template(&self.step, self.about.as_ref()));
+            .get_or_insert_with(|| template(self.child, &self.step, self.about.as_ref()));
         let Some(template) = template else {
-            child_event(&self.step, self.about.as_ref(), false, text);
+            child_event(self.child, &self.step, self.about.as_ref(), false, text);
             return;
         };
         self.chunk.push_str(&template.prefix);
@@ -260,13 +288,13 @@ pub fn mask_each_line(redactor: &Redactor) -> bool {
 
 /// The form of a child's line, from an event formatted by the installed subscriber; `None`
 /// when that is not this module's.
-fn template(step: &str, about: Option<&About>) -> Option<Template> {
+fn template(child: Child, step: &str, about: Option<&About>) -> Option<Template> {
     let json = tracing::dispatcher::get_default(|d| {
         d.downcast_ref::<MaskedStderr>()
             .map(|_| d.downcast_ref::<Text>().is_none())
     })?;
     CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
-    child_event(step, about, true, PLACEHOLDER);
+    child_event(child, step, about, true, PLACEHOLDER);
     let text = String::from_utf8(CAPTURED.with(|c| c.borrow_mut().take())?).ok()?;
     let (prefix, suffix) = text.split_once(PLACEHOLDER)?;
     if suffix.contains(PLACEHOLDER) {
@@ -439,7 +467,9 @@ where
             _ => "info",
         };
         match (fields.source.as_deref(), fields.step.as_deref()) {
-            (Some(CHILD), Some(step)) => writeln!(writer, "[{step}] {}", fields.message),
+            (Some(source), Some(step)) if source == CHILD || source == Child::Engine.source() => {
+                writeln!(writer, "[{step}] {}", fields.message)
+            }
             (Some(AS_IS), _) => writeln!(writer, "{}", fields.message),
             (_, Some(step)) => {
                 writeln!(writer, "bootstrapper: {level}: {step}: {}", fields.message)
@@ -526,12 +556,12 @@ mod tests {
                     let _step = tracing::info_span!("step", step = "hosts").entered();
                     let one_by_one = stderr_of(|| {
                         for line in lines {
-                            child_event("hosts", None, false, line);
-                            child_event("hosts", Some(&about), false, line);
+                            child_event(Child::Terraform, "hosts", None, false, line);
+                            child_event(Child::Terraform, "hosts", Some(&about), false, line);
                         }
                     });
                     let batched = stderr_of(|| {
-                        let mut out = ChildLines::new("hosts");
+                        let mut out = ChildLines::of(Child::Terraform, "hosts");
                         for line in lines {
                             out.line(line);
                             out.provisioner_line(&about.0, &about.1, line);
@@ -610,7 +640,7 @@ mod tests {
         let text = captured(Format::Text, || {
             logger.info(Some("network"), "applying");
             logger.warn(None, "careful");
-            let mut lines = ChildLines::new("network");
+            let mut lines = ChildLines::of(Child::Terraform, "network");
             lines.line("token hunter2-secret here");
             lines.flush();
             logger.as_is(Level::ERROR, None, "error: x\n  hint: y");

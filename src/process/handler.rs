@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use super::lines::Batch;
-use crate::base::log::{ChildLines, Logger};
+use crate::base::log::{Child, ChildLines, Logger};
 use crate::base::secrets::Redactor;
 
 /// How many of the last lines are kept to explain a failure.
@@ -40,6 +40,7 @@ pub trait ErrorLines {
 pub(super) struct Handler<'s, 'a> {
     logger: &'s Logger,
     label: &'s str,
+    child: Child,
     redactor: Redactor,
     sink: ChildLines,
     /// The last lines, as read: masked only at the end.
@@ -55,6 +56,7 @@ impl<'s, 'a> Handler<'s, 'a> {
     pub(super) fn new(
         logger: &'s Logger,
         label: &'s str,
+        child: Child,
         errors: Option<Box<dyn ErrorLines + 'a>>,
         on_line: Option<&'a mut dyn FnMut(&str)>,
         stdout_reader: Option<StdoutReader<'a>>,
@@ -62,8 +64,9 @@ impl<'s, 'a> Handler<'s, 'a> {
         Handler {
             logger,
             label,
+            child,
             redactor: logger.redactor().clone(),
-            sink: ChildLines::new(label),
+            sink: ChildLines::of(child, label),
             tail: VecDeque::with_capacity(TAIL_LINES),
             last: VecDeque::with_capacity(TAIL_LINES),
             errors,
@@ -111,7 +114,7 @@ impl<'s, 'a> Handler<'s, 'a> {
         let error = self.errors.as_ref().is_some_and(|e| e.opens(line));
         if error {
             self.sink.flush();
-            self.logger.child_error(self.label, line);
+            self.logger.child_error(self.child, self.label, line);
         } else {
             self.sink.line(line);
         }

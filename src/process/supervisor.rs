@@ -62,6 +62,8 @@ pub struct Options<'a> {
     /// Tells the lines that report an error, and gathers the first report.
     pub errors: Option<Box<dyn ErrorLines + 'a>>,
     pub stop: Stop<'a>,
+    /// What the child is, for the `source` of its lines in the log.
+    pub child: crate::base::log::Child,
 }
 
 impl Default for Options<'_> {
@@ -74,6 +76,7 @@ impl Default for Options<'_> {
             on_line: None,
             errors: None,
             stop: Stop::default(),
+            child: Default::default(),
         }
     }
 }
@@ -90,11 +93,18 @@ impl Supervisor {
             on_line,
             errors,
             stop,
+            child: kind,
         } = options;
         let mut child = self.spawn(command)?;
         let mut pipes = Pipes::new(&mut child, capture_stdout);
-        let mut handler =
-            Handler::new(&self.logger, &command.label, errors, on_line, stdout_reader);
+        let mut handler = Handler::new(
+            &self.logger,
+            &command.label,
+            kind,
+            errors,
+            on_line,
+            stdout_reader,
+        );
         let mut handle = |batch: &Batch| handler.batch(batch);
         let mut watch = || {
             if let Some(watch) = watch.as_mut() {

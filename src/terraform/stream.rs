@@ -492,7 +492,11 @@ mod tests {
     }
 
     fn line(s: &mut Stream, raw: &str, whole: bool) -> bool {
-        s.line(raw, whole, &mut ChildLines::new("hosts"))
+        s.line(
+            raw,
+            whole,
+            &mut ChildLines::of(crate::base::log::Child::Terraform, "hosts"),
+        )
     }
 
     fn hook_event(kind: &str, addr: &str, action: &str, elapsed: f64) -> String {

@@ -3,7 +3,8 @@
 //! read from those files and from the cluster's own journal.
 //!
 //! Layout: `<root>/clusters/<id>/{intent.json,outcome.json,params.json,operation.log}`, and
-//! the engine's own root (code, `.bootstrapper/` journal and lock) in the same directory.
+//! the engine's own root (code, `.bootstrapper/` journal and lock) in its `engine/`: apart,
+//! so that neither's clean-up of torn temp files can touch the other's.
 
 use std::path::{Path, PathBuf};
 
@@ -15,12 +16,22 @@ use crate::base::durable;
 use crate::base::error::Problems;
 use crate::base::json;
 use crate::base::secrets::Redactor;
-use crate::root::journal::Journal;
+use crate::root::journal::{Journal, STATE_DIR};
 use crate::workflow::file::Workflow;
 use crate::workflow::load::Loaded;
 
 /// Intent and params hold secrets: owner-only.
 const FILE_MODE: u32 = 0o600;
+/// The engine's root, in the cluster's directory.
+pub const ENGINE_DIR: &str = "engine";
+/// The files the controller keeps in a cluster's directory (and their temp files beside);
+/// the paths below name each.
+pub const CONTROLLER_FILES: [&str; 4] = [
+    "intent.json",
+    "outcome.json",
+    "params.json",
+    "operation.log",
+];
 /// A cluster id is a DNS-1123 label, kept short enough to be part of other resources' names.
 pub const MAX_ID_LEN: usize = 40;
 
@@ -187,8 +198,19 @@ impl Cluster {
         self.dir.join("operation.log")
     }
 
+    /// The root of the cluster's engine: `engine/`, or, for a cluster an older version left
+    /// with its engine in the cluster's directory itself and not moved yet (see
+    /// [`crate::controller::layout`]), that directory.
+    pub fn engine_root(&self) -> PathBuf {
+        if self.dir.join(STATE_DIR).is_dir() {
+            self.dir.clone()
+        } else {
+            self.dir.join(ENGINE_DIR)
+        }
+    }
+
     pub fn journal(&self) -> Journal {
-        Journal::at(&self.dir)
+        Journal::at(&self.engine_root())
     }
 
     pub fn intent(&self) -> std::io::Result<Option<Intent>> {
@@ -200,11 +222,23 @@ impl Cluster {
     }
 
     pub fn write_intent(&self, intent: &Intent) -> std::io::Result<()> {
-        if !self.dir.is_dir() {
-            std::fs::create_dir_all(&self.dir)?;
-            durable::sync_dir(self.dir.parent().expect("under clusters/"))?;
+        let clusters = self.dir.parent().expect("under clusters/");
+        let created = !self.dir.is_dir();
+        let written = (|| {
+            if created {
+                std::fs::create_dir_all(&self.dir)?;
+                durable::sync_dir(clusters)?;
+            }
+            write_json(&self.intent_path(), intent)
+        })();
+        if written.is_err() && created {
+            // A refused request leaves nothing behind (the disk full, say): an empty directory
+            // would be a cluster id taken by nothing.
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                let _ = durable::sync_dir(clusters);
+            }
         }
-        write_json(&self.intent_path(), intent)
+        written
     }
 
     pub fn write_outcome(&self, outcome: &Outcome) -> std::io::Result<()> {
@@ -313,7 +347,7 @@ impl Cluster {
             .and_then(|o| o.error.clone());
         let mut steps = Vec::new();
         let mut outputs = Map::new();
-        match crate::engine::status::collect(&loaded, &self.dir) {
+        match crate::engine::status::collect(&loaded, &self.engine_root()) {
             Ok(report) => {
                 for row in report.steps {
                     steps.push(StepDocument {

@@ -78,17 +78,37 @@ pub fn install_tracing(format: Format) {
 }
 
 fn serve(options: &Options) -> Result<i32> {
+    let options = &absolute(options)?;
     let app = prepare(options)?;
     // Two controllers on one root would run operations on the same clusters side by side.
-    let _lock = crate::root::lock::Lock::acquire(
-        &crate::controller::cluster::clusters_dir(&options.root),
-        "serve",
-    )?;
+    let _lock = crate::controller::layout::lock(&options.root)?;
+    crate::controller::layout::migrate(&options.root)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("cannot start the async runtime", e))?;
     runtime.block_on(run(app, options.listen, options.grace))
+}
+
+/// `options` with every path absolute: each engine runs in its cluster's directory, and is
+/// handed them. A bare `--terraform` name stays a name, looked up on the PATH.
+fn absolute(options: &Options) -> Result<Options> {
+    let absolute = |path: &PathBuf| {
+        std::path::absolute(path)
+            .map_err(|e| Error::io(format!("cannot resolve the path {}", path.display()), e))
+    };
+    let terraform = if options.terraform.to_string_lossy().contains('/') {
+        absolute(&options.terraform)?
+    } else {
+        options.terraform.clone()
+    };
+    Ok(Options {
+        workflow: absolute(&options.workflow)?,
+        root: absolute(&options.root)?,
+        terraform,
+        tokens: options.tokens.as_ref().map(absolute).transpose()?,
+        ..options.clone()
+    })
 }
 
 /// Everything checked and loaded before the controller listens.

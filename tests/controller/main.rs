@@ -5,4 +5,5 @@
 mod support;
 
 mod inputs;
+mod paths;
 mod serve;

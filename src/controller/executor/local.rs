@@ -3,21 +3,21 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use super::report::EngineReport;
 use super::{Ending, Executor, OnEnd, Operation};
 use crate::base::error::exit;
-use crate::base::log::{Format, Logger};
+use crate::base::log::{Child, Format, Logger};
 use crate::controller::cluster::{Cluster, Kind};
 use crate::process::{Command, Options, Stop, Supervisor};
 use crate::root::journal::AttemptState;
-use crate::terraform::diagnostics::FirstError;
 use crate::workflow::file::Workflow;
 
 /// What every child engine is started with.
@@ -89,13 +89,33 @@ impl Executor for Local {
     }
 
     fn problems(&self) -> Vec<String> {
-        match crate::process::find_program(&self.config.terraform) {
-            Some(_) => Vec::new(),
-            None => vec![format!(
+        let mut problems = Vec::new();
+        if crate::process::find_program(&self.config.terraform).is_none() {
+            problems.push(format!(
                 "terraform `{}` is not found",
                 self.config.terraform.display()
-            )],
+            ));
         }
+        // Every engine refuses to start terraform under its free-space floor.
+        let (root, floor) = (
+            &self.config.root,
+            self.config.workflow.settings.min_free_space,
+        );
+        let human = crate::base::size::human;
+        match crate::root::disk::free_space(root) {
+            Ok(free) if free < floor => problems.push(format!(
+                "only {} free on the filesystem of {}, less than the tenant workflow's settings.min_free_space ({}): every operation would fail",
+                human(free),
+                root.display(),
+                human(floor)
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(format!(
+                "cannot tell how much space is free at {}: {e}",
+                root.display()
+            )),
+        }
+        problems
     }
 }
 
@@ -136,8 +156,16 @@ fn execute(config: &LocalConfig, cluster: &Cluster, kind: Kind, stop: &AtomicI32
             ))
         }
     };
+    let engine_root = cluster.engine_root();
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&engine_root)
+    {
+        return failed(format!("cannot create {}: {e}", engine_root.display()));
+    }
     let args = engine_args(kind);
-    let command = command(config, cluster, &args);
+    let command = command(config, cluster, &engine_root, &args);
     let stop_signal = || match stop.load(Ordering::SeqCst) {
         0 => None,
         n => Signal::try_from(n).ok(),
@@ -150,9 +178,8 @@ fn execute(config: &LocalConfig, cluster: &Cluster, kind: Kind, stop: &AtomicI32
         name: "its child engine",
         stop: Stop::By(&stop_signal),
         on_line: Some(&mut on_line),
-        // An engine passes terraform's lines on tagged with their step, so few open an error
-        // here; one that does is still the best reason a failure can give.
-        errors: Some(Box::new(FirstError::default())),
+        errors: Some(Box::new(EngineReport::default())),
+        child: Child::Engine,
         ..Options::default()
     };
     let finished = match supervisor.run(&command, options) {
@@ -195,7 +222,12 @@ fn recorded_failure(
     })
 }
 
-fn command(config: &LocalConfig, cluster: &Cluster, args: &[String]) -> Command {
+fn command(
+    config: &LocalConfig,
+    cluster: &Cluster,
+    engine_root: &Path,
+    args: &[String],
+) -> Command {
     // The engine stops its terraform within its own grace; ours kills what is left after.
     let child_grace = config
         .grace
@@ -207,7 +239,7 @@ fn command(config: &LocalConfig, cluster: &Cluster, args: &[String]) -> Command 
         "--params".to_string(),
         cluster.params_path().display().to_string(),
         "--root".to_string(),
-        cluster.dir.display().to_string(),
+        engine_root.display().to_string(),
         "--terraform".to_string(),
         config.terraform.display().to_string(),
         format!("--grace={}s", child_grace.as_secs()),
@@ -222,7 +254,7 @@ fn command(config: &LocalConfig, cluster: &Cluster, args: &[String]) -> Command 
     Command {
         program: config.exe.clone(),
         args: argv,
-        cwd: cluster.dir.clone(),
+        cwd: engine_root.to_path_buf(),
         // The controller's own environment (its TF_VAR_* above all) is inherited; an
         // operation must end, not hold like an entrypoint.
         env: vec![("BOOTSTRAPPER_HOLD".to_string(), "false".to_string())],

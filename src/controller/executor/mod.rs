@@ -4,6 +4,7 @@
 //! a new file here, not an edit of the reconciler.
 
 mod local;
+mod report;
 
 pub use local::{Local, LocalConfig};
 

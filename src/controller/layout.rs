@@ -173,6 +173,23 @@ mod tests {
     }
 
     #[test]
+    fn a_root_an_engine_holds_stays_and_is_used_where_it_is() {
+        let root = tempfile::tempdir().unwrap();
+        let cluster = Cluster::new(root.path(), "c1");
+        let dir = &cluster.dir;
+        fs::create_dir_all(dir.join(".bootstrapper")).unwrap();
+        fs::create_dir_all(dir.join("code")).unwrap();
+        let engine = Lock::acquire(&dir.join(".bootstrapper"), "run").unwrap();
+        migrate(root.path()).unwrap();
+        assert_eq!(cluster.engine_root(), *dir);
+        assert!(dir.join("code").is_dir() && !dir.join(MOVING).exists());
+        drop(engine);
+        migrate(root.path()).unwrap();
+        assert_eq!(cluster.engine_root(), dir.join("engine"));
+        assert!(dir.join("engine/code").is_dir());
+    }
+
+    #[test]
     fn a_move_cut_short_is_finished() {
         let root = tempfile::tempdir().unwrap();
         let cluster = Cluster::new(root.path(), "c1");

@@ -98,6 +98,18 @@ pub enum Verb {
         /// then `run`, in one command); without it, `run` refuses a destroyed workflow
         #[arg(long)]
         recreate: bool,
+        /// Apply exactly the plans the last `diff` saved, refusing (exit 2) when a step's
+        /// inputs changed since; steps it did not plan are left out
+        #[arg(long, conflicts_with_all = ["hold", "recreate"])]
+        reviewed: bool,
+    },
+    /// What terraform would change if `run` applied now, per step and resource; saves the
+    /// plans for `run --reviewed`. Exit 0: nothing would change; 2: something would
+    Diff {
+        /// Only these steps (default: every step)
+        steps: Vec<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// One line per step: state, attempts, duration, last error
     Status {
@@ -275,7 +287,12 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
             step.as_deref().expect("clap requires STEP without --all"),
         ),
         Verb::Destroy { wait } => engine.destroy(*wait).map(|_| exit::OK),
-        Verb::Run { hold, recreate } => crate::engine::run::command(&mut engine, *hold, *recreate),
+        Verb::Run {
+            hold,
+            recreate,
+            reviewed,
+        } => crate::engine::run::command(&mut engine, *hold, *recreate, *reviewed),
+        Verb::Diff { steps, json } => crate::engine::diff::command(&mut engine, steps, *json),
     }
 }
 

@@ -8,6 +8,9 @@ pub mod exit {
     pub const OK: i32 = 0;
     pub const STEP_FAILED: i32 = 1;
     pub const BAD_INPUT: i32 = 2;
+    /// `diff`: something would change (as terraform's `-detailed-exitcode`). The same
+    /// number as [`BAD_INPUT`]: an input error prints no document, a diff always does.
+    pub const CHANGES: i32 = 2;
     pub const LOCKED: i32 = 3;
 }
 

@@ -50,7 +50,7 @@ fn is_backend_race(error: &Error) -> bool {
 }
 
 /// What becomes of a command's stdout.
-enum Output<'a> {
+pub(super) enum Output<'a> {
     /// Logged line by line.
     Log,
     /// Kept whole, and returned.
@@ -324,28 +324,28 @@ impl Engine {
         step: &RenderedStep,
         action: Action,
     ) -> Result<Option<terraform::Outputs>> {
+        self.terraform_step_with(code, step, action, None)
+    }
+
+    /// [`Engine::terraform_step`], applying the saved plan `reviewed` (made by `diff`)
+    /// instead of planning anew when one is given.
+    pub fn terraform_step_with(
+        &self,
+        code: &Path,
+        step: &RenderedStep,
+        action: Action,
+        reviewed: Option<&Path>,
+    ) -> Result<Option<terraform::Outputs>> {
         let cwd = code.join(&step.dir);
-        let mut state = LocalState::of(&cwd, step.workspace.as_deref());
-        match state.repair() {
-            Ok(None) => {}
-            Ok(Some(done)) => self.logger().warn(Some(&step.name), &done),
-            Err(message) => {
-                return Err(Error::StepFailed {
-                    step: step.name.clone(),
-                    message,
-                })
-            }
-        }
-        if let Some(vars) = &step.vars {
-            let path = cwd.join(step.vars_file());
-            durable::write(&path, vars.as_bytes(), 0o600)
-                .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
-        }
+        let mut state = self.step_files(step, &cwd)?;
         self.set_aside_errored_state(step, &cwd)?;
         let mut outputs = None;
         let mut streamed = None;
         let destroy = action == Action::Destroy;
-        for planned in decide::commands(&self.terraform, step, &cwd, &cwd, destroy) {
+        for mut planned in decide::commands(&self.terraform, step, &cwd, &cwd, destroy) {
+            if let (Role::Apply, Some(plan)) = (planned.role, reviewed) {
+                planned.command = self.terraform.apply_plan_command(step, &cwd, plan);
+            }
             match planned.role {
                 Role::PushErrored => {
                     // The resources in it exist, so the backend must get it back first.
@@ -410,8 +410,30 @@ impl Engine {
         }
     }
 
+    /// Puts a step's directory in order for terraform: its local state repaired if a kill
+    /// tore it, its vars file written.
+    pub(super) fn step_files(&self, step: &RenderedStep, cwd: &Path) -> Result<LocalState> {
+        let state = LocalState::of(cwd, step.workspace.as_deref());
+        match state.repair() {
+            Ok(None) => {}
+            Ok(Some(done)) => self.logger().warn(Some(&step.name), &done),
+            Err(message) => {
+                return Err(Error::StepFailed {
+                    step: step.name.clone(),
+                    message,
+                })
+            }
+        }
+        if let Some(vars) = &step.vars {
+            let path = cwd.join(step.vars_file());
+            durable::write(&path, vars.as_bytes(), 0o600)
+                .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        }
+        Ok(state)
+    }
+
     /// Waits for the turn of `step`'s `init`, saying so when another step has it.
-    fn init_turn(&self, step: &RenderedStep) -> std::sync::MutexGuard<'_, ()> {
+    pub(super) fn init_turn(&self, step: &RenderedStep) -> std::sync::MutexGuard<'_, ()> {
         match self.init_turn.try_lock() {
             Ok(turn) => return turn,
             // A step that panicked holding it left nothing half done that this one needs.
@@ -430,7 +452,11 @@ impl Engine {
     /// run again shortly after. The
     /// other terraform is done in a moment: the waits start short, and differ a little from
     /// one engine to another, so that two that met do not meet again.
-    fn racing<T>(&self, step: &RenderedStep, mut run: impl FnMut() -> Result<T>) -> Result<T> {
+    pub(super) fn racing<T>(
+        &self,
+        step: &RenderedStep,
+        mut run: impl FnMut() -> Result<T>,
+    ) -> Result<T> {
         let mut wait = std::time::Duration::from_millis(100);
         let mut tries_left = BACKEND_RACE_TRIES;
         loop {
@@ -537,6 +563,20 @@ impl Engine {
         output: Output<'_>,
         state: &mut LocalState,
     ) -> Result<Vec<u8>> {
+        self.execute_detailed(step, command, output, state, false)
+            .map(|(stdout, _)| stdout)
+    }
+
+    /// [`Engine::execute`]; with `detailed`, exit code 2 is no failure but terraform's "there
+    /// are changes" (`-detailed-exitcode`), and the second value says whether it came.
+    pub(super) fn execute_detailed(
+        &self,
+        step: &RenderedStep,
+        command: &Command,
+        output: Output<'_>,
+        state: &mut LocalState,
+        detailed: bool,
+    ) -> Result<(Vec<u8>, bool)> {
         self.supervisor.shutdown.check()?;
         if command.args.first().is_some_and(|a| a != "output") {
             crate::root::disk::ensure_room(
@@ -593,10 +633,12 @@ impl Engine {
             step: step.name.clone(),
             message: format!("cannot start {}: {e}", command.program.display()),
         })?;
-        if let (Some(signal), false) = (self.supervisor.shutdown.requested(), finished.success()) {
+        let changes = detailed && finished.status.code() == Some(2);
+        let success = finished.success() || changes;
+        if let (Some(signal), false) = (self.supervisor.shutdown.requested(), success) {
             return Err(crate::base::signals::interrupted(signal));
         }
-        if !finished.success() {
+        if !success {
             let subcommand = command.args.first().map(String::as_str).unwrap_or("");
             let Some(stream) = stream else {
                 return Err(Error::StepFailed {
@@ -615,6 +657,6 @@ impl Engine {
                 kind,
             });
         }
-        Ok(finished.stdout)
+        Ok((finished.stdout, changes))
     }
 }

@@ -1,7 +1,9 @@
 pub mod core;
 pub mod decide;
 pub mod destroy;
+pub mod diff;
 pub mod hold;
+pub mod reviewed;
 pub mod run;
 pub mod schedule;
 pub mod status;

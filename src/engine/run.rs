@@ -9,6 +9,7 @@ use crate::base::error::{exit, Error, Result};
 use crate::base::signals::YIELD_SIGNAL;
 use crate::engine::core::{Engine, Prepared};
 use crate::engine::decide::{self, Decision};
+use crate::engine::reviewed::{Reviewed, Verdict};
 use crate::engine::schedule::{self, Direction};
 use crate::root::journal::{Action, Journal, Marker, Tombstone};
 use crate::root::lock::Lock;
@@ -18,6 +19,8 @@ use crate::workflow::render::{self, Outputs};
 enum Applied {
     Now,
     Before,
+    /// `run --reviewed`: not reviewed by the last diff, and not done.
+    LeftOut,
 }
 
 /// Long enough to mean "until the holder lets go", short enough not to overflow an `Instant`.
@@ -30,13 +33,16 @@ pub struct RunSummary {
     pub unchanged: Vec<String>,
     /// Set when the root was destroyed and `run` refused to apply.
     pub destroyed: Option<Tombstone>,
+    /// `run --reviewed`: the steps the last diff did not plan, not applied.
+    pub left_out: Vec<String>,
 }
 
 /// `run [--hold] [--recreate]`: applies the workflow; with `hold` (the entrypoint), keeps
 /// running afterwards until SIGTERM, whatever the run's result, and hands the lock over to a
 /// `destroy` that asks for it.
-pub fn command(engine: &mut Engine, hold: bool, recreate: bool) -> Result<i32> {
-    let result = engine.run(hold, recreate);
+/// With `reviewed`, applies the plans the last `diff` saved instead.
+pub fn command(engine: &mut Engine, hold: bool, recreate: bool, reviewed: bool) -> Result<i32> {
+    let result = engine.run(hold, recreate, reviewed);
     let (shutdown, logger, grace) = (
         engine.supervisor.shutdown.clone(),
         engine.logger().clone(),
@@ -86,7 +92,14 @@ impl Engine {
     /// process is waited for instead of failing: an entrypoint that exits restarts its
     /// container, and with it whatever was holding the lock there.
     /// With `recreate`, a workflow destroyed before is bootstrapped again instead of refused.
-    pub fn run(&mut self, wait_for_lock: bool, recreate: bool) -> Result<RunSummary> {
+    /// With `reviewed`, each step is applied from the plan the last `diff` saved for it
+    /// (see [`crate::engine::reviewed`]).
+    pub fn run(
+        &mut self,
+        wait_for_lock: bool,
+        recreate: bool,
+        reviewed: bool,
+    ) -> Result<RunSummary> {
         let root = self.root.display().to_string();
         let _command = tracing::info_span!("command", command = "run", root).entered();
         let logger = self.logger().clone();
@@ -118,14 +131,35 @@ impl Engine {
             return Ok(summary);
         }
         let graph = self.loaded.graph().map_err(Error::Input)?;
+        let reviewed = match reviewed {
+            false => None,
+            true => {
+                let reviewed = Reviewed::load(journal)?;
+                reviewed.check(
+                    &self.loaded,
+                    &prepared.rendered,
+                    prepared.code.record.identity.as_deref(),
+                    &prepared.recorded.markers,
+                )?;
+                self.logger().info(
+                    None,
+                    &format!(
+                        "applying the plans reviewed by the diff at {}",
+                        reviewed.made_at()
+                    ),
+                );
+                Some(reviewed)
+            }
+        };
         let outputs = Mutex::new(Outputs::new());
         let this = &*self;
+        let reviewed_ref = reviewed.as_ref();
         let outcomes = schedule::schedule(
             &graph,
             Direction::Forward,
             this.loaded.workflow.settings.parallelism,
             &|| this.supervisor.shutdown.requested().is_some(),
-            &|index| this.apply_step(&prepared, index, &outputs),
+            &|index| this.apply_step(&prepared, index, &outputs, reviewed_ref),
         );
         let mut errors = Vec::new();
         let mut left_out = false;
@@ -133,6 +167,7 @@ impl Engine {
             match outcome {
                 Some(Ok(Applied::Now)) => summary.applied.push(step.name.clone()),
                 Some(Ok(Applied::Before)) => summary.unchanged.push(step.name.clone()),
+                Some(Ok(Applied::LeftOut)) => summary.left_out.push(step.name.clone()),
                 Some(Err(e)) => errors.push(e),
                 None => left_out = true,
             }
@@ -143,6 +178,18 @@ impl Engine {
         // Nothing failed, so a step left out was held back by a stop request.
         if left_out {
             self.supervisor.shutdown.check()?;
+        }
+        if let Some(reviewed) = &reviewed {
+            reviewed.finish()?;
+            if !summary.left_out.is_empty() {
+                self.logger().warn(
+                    None,
+                    &format!(
+                        "the reviewed plans are applied; not reviewed, so left out: {}. `bootstrapper diff` reviews them now",
+                        summary.left_out.join(", ")
+                    ),
+                );
+            }
         }
         self.logger().info(
             None,
@@ -162,6 +209,7 @@ impl Engine {
         prepared: &Prepared,
         index: usize,
         outputs: &Mutex<Outputs>,
+        reviewed: Option<&Reviewed>,
     ) -> Result<Applied> {
         let Prepared {
             journal,
@@ -172,6 +220,26 @@ impl Engine {
         let step = &self.loaded.workflow.steps[index];
         let _step = tracing::info_span!("step", step = %step.name).entered();
         self.supervisor.shutdown.check()?;
+        let marker = recorded.markers[index].as_ref();
+        let leave_out = |reason: &str| {
+            self.logger().warn(
+                Some(&step.name),
+                &format!("not reviewed, left out: {reason}"),
+            );
+            if let Some(marker) = marker {
+                outputs
+                    .lock()
+                    .expect("no panics while held")
+                    .insert(step.name.clone(), marker.outputs.clone());
+            }
+            Ok(Applied::LeftOut)
+        };
+        if let (Some(reviewed), None) = (reviewed, marker) {
+            // Rendering it may need outputs of steps left out before it.
+            if !reviewed.planned(&step.name) {
+                return leave_out("the last diff saved no plan for it");
+            }
+        }
         let known = outputs.lock().expect("no panics while held").clone();
         let rendered = prepared
             .rendered(&self.loaded, index, &known)
@@ -180,9 +248,25 @@ impl Engine {
                 message: p.to_string(),
             })?;
         let inputs = rendered.inputs(code.record.identity.as_deref());
-        let marker = recorded.markers[index].as_ref();
-        let decided = decide::apply(&rendered, &inputs, marker, &Default::default(), journal)?;
+        let mut decided = decide::apply(&rendered, &inputs, marker, &Default::default(), journal)?;
+        let mut plan_file = None;
+        if let Some(reviewed) = reviewed {
+            match reviewed.verdict(&step.name, &inputs, marker) {
+                Ok(Verdict::Skip) => decided.decision = Decision::Skip,
+                Ok(Verdict::Apply(file)) => plan_file = Some(file),
+                Ok(Verdict::LeaveOut(reason)) => return leave_out(&reason),
+                // The steps before it were applied from their reviewed plans, and their
+                // outputs changed what this one was planned with.
+                Err(problem) => {
+                    return Err(Error::StepFailed {
+                        step: step.name.clone(),
+                        message: problem.to_string(),
+                    })
+                }
+            }
+        }
         match (decided.decision, marker) {
+            _ if plan_file.is_some() => {}
             (Decision::Skip, Some(marker)) => {
                 self.logger()
                     .info(Some(&step.name), "done, inputs unchanged: skipped");
@@ -202,10 +286,24 @@ impl Engine {
             ),
             (_, None) => self.logger().info(Some(&step.name), "applying"),
         }
+        if let Some(file) = &plan_file {
+            self.logger().info(
+                Some(&step.name),
+                &format!("applying the reviewed plan {}", file.display()),
+            );
+        }
+        // A reviewed plan is tried once: a failed apply leaves it stale.
+        let retry = match plan_file {
+            Some(_) => crate::workflow::file::Retry {
+                retries: 0,
+                ..step.retry
+            },
+            None => step.retry,
+        };
         let digest = render::digest(&inputs);
         let (started_at, attempts, (values, sensitive)) =
-            self.with_retries(journal, &rendered.name, step.retry, Action::Apply, || {
-                self.terraform_step(&code.dir, &rendered, Action::Apply)
+            self.with_retries(journal, &rendered.name, retry, Action::Apply, || {
+                self.terraform_step_with(&code.dir, &rendered, Action::Apply, plan_file.as_deref())
                     .map(|o| o.unwrap_or_default())
             })?;
         let marker = Marker {
@@ -220,6 +318,11 @@ impl Engine {
         };
         crate::root::recorded::mask_sensitive(self.logger().redactor(), &marker);
         journal.write_marker(&marker)?;
+        if let Some(file) = &plan_file {
+            // Applied: it is stale now, and the marker says it was applied.
+            crate::base::durable::remove(file)
+                .map_err(|e| Error::io(format!("cannot remove {}", file.display()), e))?;
+        }
         self.logger().info(
             Some(&step.name),
             &format!(

@@ -37,6 +37,11 @@ const KEPT_STATE: &str = "source-state";
 /// The terraform binary whose version was last found good ([`crate::terraform::command`]).
 const TERRAFORM_RECORD: &str = "terraform";
 
+/// The plan `diff` saved for a step, which `run --reviewed` applies.
+const REVIEWED_PLAN: &str = "reviewed.tfplan";
+/// What the last `diff` found, and the plans it saved.
+const DIFF_RECORD: &str = "diff.json";
+
 /// Files here may hold sensitive outputs.
 const FILE_MODE: u32 = 0o600;
 
@@ -144,6 +149,26 @@ impl Journal {
     /// restart with nothing to do need not start it to ask again.
     pub fn terraform_record(&self) -> PathBuf {
         self.dir.join(TERRAFORM_RECORD)
+    }
+
+    /// What the last `diff` found ([`crate::engine::diff`]).
+    pub fn diff_record(&self) -> PathBuf {
+        self.dir.join(DIFF_RECORD)
+    }
+
+    /// Where `diff` saves the plan of `step`, creating the step's directory if need be.
+    pub fn reviewed_plan(&self, step: &str) -> Result<PathBuf> {
+        let dir = self.step_dir(step);
+        if !dir.exists() {
+            fs::create_dir_all(&dir).map_err(|e| self.io("create", &dir, e))?;
+            durable::sync_dir(&self.dir.join(STEPS_DIR)).map_err(|e| self.io("sync", &dir, e))?;
+        }
+        Ok(dir.join(REVIEWED_PLAN))
+    }
+
+    /// The plan `diff` saved for `step`, whether or not it is there.
+    pub fn reviewed_plan_path(&self, step: &str) -> PathBuf {
+        self.step_dir(step).join(REVIEWED_PLAN)
     }
 
     /// Where terraform's local states wait while the code is replaced.

@@ -187,6 +187,49 @@ impl Terraform {
         commands
     }
 
+    /// `plan` with the vars and args `apply` would get, saving the plan to `out`: exit 0
+    /// when nothing would change, 2 when something would (`-detailed-exitcode`).
+    pub fn plan_command(&self, step: &RenderedStep, cwd: &Path, out: &Path) -> Command {
+        let mut args = vec![
+            "plan".to_string(),
+            "-json".to_string(),
+            "-input=false".to_string(),
+            self.lock_timeout_arg(),
+            "-detailed-exitcode".to_string(),
+            format!("-out={}", out.display()),
+        ];
+        if step.vars.is_some() {
+            args.push(format!("-var-file={}", step.vars_file()));
+        }
+        args.extend(step.apply_args.iter().cloned());
+        self.command(step, cwd, args)
+    }
+
+    /// `show -json` of a saved plan: what it would change, sensitive values in the clear.
+    pub fn show_plan_command(&self, step: &RenderedStep, cwd: &Path, plan: &Path) -> Command {
+        self.command(
+            step,
+            cwd,
+            vec!["show".into(), "-json".into(), plan.display().to_string()],
+        )
+    }
+
+    /// `apply` of a saved plan. Terraform refuses planning options beside a saved plan (the
+    /// vars, `-target`, `-replace`… are in it already): of `apply_args` only those that
+    /// steer the apply itself are passed on.
+    pub fn apply_plan_command(&self, step: &RenderedStep, cwd: &Path, plan: &Path) -> Command {
+        let mut args = vec![
+            "apply".to_string(),
+            "-json".to_string(),
+            "-auto-approve".to_string(),
+            "-input=false".to_string(),
+            self.lock_timeout_arg(),
+        ];
+        args.extend(apply_only_args(&step.apply_args));
+        args.push(plan.display().to_string());
+        self.command(step, cwd, args)
+    }
+
     /// `init`. A step's workspace needs no command of its own: every later command of the
     /// step gets it as `TF_WORKSPACE`, and creates it when it does not exist yet.
     pub fn prepare_commands(&self, step: &RenderedStep, cwd: &Path) -> Vec<Command> {
@@ -276,6 +319,34 @@ impl Terraform {
     }
 }
 
+/// The options of `apply_args` that `apply` takes beside a saved plan, with their values.
+fn apply_only_args(args: &[String]) -> Vec<String> {
+    const WITH_VALUE: [&str; 3] = ["-parallelism", "-lock-timeout", "-state-out"];
+    const FLAGS: [&str; 3] = ["-lock", "-compact-warnings", "-no-color"];
+    let mut kept = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let name = arg.split('=').next().unwrap_or(arg).replacen("--", "-", 1);
+        if WITH_VALUE.contains(&name.as_str()) {
+            kept.push(arg.clone());
+            if !arg.contains('=') {
+                kept.extend(args.next().cloned());
+            }
+        } else if FLAGS.contains(&name.as_str()) {
+            kept.push(arg.clone());
+        } else if !arg.contains('=') && arg.starts_with('-') && takes_value(&name) {
+            // A planning option and its value, both left to the plan.
+            args.next();
+        }
+    }
+    kept
+}
+
+/// Planning options written as two arguments (`-var x=1`).
+fn takes_value(name: &str) -> bool {
+    ["-var", "-var-file", "-target", "-replace"].contains(&name)
+}
+
 /// A step's output values, and the names of those terraform marked sensitive.
 pub type Outputs = (Map<String, Value>, Vec<String>);
 
@@ -338,6 +409,35 @@ mod tests {
         assert_eq!(
             push.args.join(" "),
             "state push -no-color -lock-timeout=180s errored.tfstate"
+        );
+    }
+
+    #[test]
+    fn a_saved_plan_is_applied_without_planning_options() {
+        let mut tf = Terraform::new("terraform".into(), Duration::from_secs(180));
+        tf.color = false;
+        let mut s = step();
+        s.apply_args = [
+            "-var",
+            "a=1",
+            "-parallelism",
+            "3",
+            "-target=x",
+            "-lock=false",
+            "-var-file=f",
+        ]
+        .map(String::from)
+        .to_vec();
+        let cwd = Path::new("/r/code/net");
+        let apply = tf.apply_plan_command(&s, cwd, Path::new("/r/p.tfplan"));
+        assert_eq!(
+            apply.args.join(" "),
+            "apply -no-color -json -auto-approve -input=false -lock-timeout=180s -parallelism 3 -lock=false /r/p.tfplan"
+        );
+        let plan = tf.plan_command(&s, cwd, Path::new("/r/p.tfplan"));
+        assert_eq!(
+            plan.args.join(" "),
+            "plan -no-color -json -input=false -lock-timeout=180s -detailed-exitcode -out=/r/p.tfplan -var-file=bootstrapper.tfvars -var a=1 -parallelism 3 -target=x -lock=false -var-file=f"
         );
     }
 

@@ -8,6 +8,7 @@ mod support;
 mod bad_inputs;
 mod compat;
 mod decisions;
+mod diff;
 mod hardening;
 mod harness;
 mod layers;

@@ -203,13 +203,16 @@ fn diff_plans_the_first_step_of_a_fresh_root_then_names_exactly_what_a_changed_p
 }
 
 #[test]
-fn run_reviewed_refuses_a_param_changed_since_the_diff_and_a_plan_made_stale() {
+fn run_reviewed_refuses_a_param_changed_since_the_diff_leaves_out_what_was_not_known_and_fails_a_stale_plan(
+) {
     let (b, conn_str) = four_steps(json!({}));
     b.run(&["run"]).assert_success();
     let ledger = b.ledger();
 
+    // network would be replaced, and its outputs with it: hosts, which uses them, is not
+    // known until network is applied.
     set_params(&b, &conn_str, json!({"tag_network": "a"}));
-    let (document, _) = diff_json(&b, 2);
+    let (document, outcome) = diff_json(&b, 2);
     assert_eq!(
         changed(&document, "network"),
         expected_state("network")
@@ -217,28 +220,51 @@ fn run_reviewed_refuses_a_param_changed_since_the_diff_and_a_plan_made_stale() {
             .map(|a| (a, "replace".to_string()))
             .collect::<Vec<_>>()
     );
+    let hosts = step(&document, "hosts");
+    assert_eq!(hosts["status"], "not_known", "{outcome}");
+    assert_eq!(hosts["waits_for"], json!(["network"]), "{outcome}");
+    assert_eq!(step(&document, "system-job")["status"], "no_changes");
 
     // Changed again after the review: refused before anything runs, naming the input.
     set_params(&b, &conn_str, json!({"tag_network": "b"}));
     let refused = b.run(&["run", "--reviewed"]);
     refused.assert_code(2);
     assert!(
-        refused.stderr.contains("network")
+        refused.stderr.contains("step `network`")
             && refused.stderr.contains("inputs changed since the diff"),
         "{refused}"
     );
     assert!(refused.stderr.contains(": vars"), "{refused}");
     assert_eq!(b.ledger(), ledger, "nothing applied");
 
-    // Back to the reviewed params, but the state moved on (a plain `run` applied them):
-    // terraform refuses the stale plan, and the step fails with its reason.
+    // As reviewed: network is applied, hosts left out and named.
     set_params(&b, &conn_str, json!({"tag_network": "a"}));
-    b.run(&["run"]).assert_success();
-    let ledger = b.ledger();
+    let applied = b.run(&["run", "--reviewed"]);
+    applied.assert_success();
+    assert!(applied.stderr.contains("left out: hosts"), "{applied}");
+    let after = &b.ledger()[ledger.len()..];
+    assert!(
+        !after.is_empty() && after.iter().all(|l| l.contains(" network/")),
+        "{after:#?}"
+    );
+
+    // Now hosts is planned; a plain `run` then moves its state on, and terraform refuses
+    // the stale plan: the step fails with terraform's reason.
+    let (document, outcome) = diff_json(&b, 2);
+    assert_eq!(step(&document, "hosts")["status"], "changes", "{outcome}");
+    let plain = b.run(&["run"]);
+    plain.assert_success();
+    assert!(
+        plain
+            .stderr
+            .contains("hosts: inputs changed since it was applied"),
+        "{plain}"
+    );
+    let ledger_after_run = b.ledger();
     let stale = b.run(&["run", "--reviewed"]);
     stale.assert_code(1);
     assert!(stale.stderr.contains("Saved plan is stale"), "{stale}");
-    assert_eq!(b.ledger(), ledger, "nothing applied");
+    assert_eq!(b.ledger(), ledger_after_run, "nothing applied");
     diff_json(&b, 0);
 }
 
@@ -435,4 +461,21 @@ fn bad_inputs_of_diff_and_run_reviewed_are_refused_before_anything_runs() {
         "{replaced}"
     );
     assert!(!journal_file(&b, "app", "inited").exists());
+}
+
+#[test]
+fn a_diff_beside_a_running_run_exits_3_and_writes_nothing() {
+    let (b, _) = four_steps(json!({ "sleep_network": 600 }));
+    let first = b.spawn(&["run"]);
+    wait_for(
+        || b.ledger().iter().any(|l| l == "start network/slow"),
+        std::time::Duration::from_secs(120),
+    );
+    let second = b.run(&["diff"]);
+    second.assert_code(3);
+    assert!(second.stderr.contains("locked"), "{second}");
+    assert!(second.stdout.is_empty(), "{second}");
+    assert!(!b.root().join(".bootstrapper/diff.json").exists());
+    assert!(!plan_file(&b, "control-network").exists());
+    first.kill_session();
 }

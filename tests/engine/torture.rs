@@ -21,6 +21,8 @@
 //! state empty, and a resource already gone from the state when a destroy was killed is never
 //! destroyed again; a step marked done (`inited`, `destroyed`) when a kill came starts no
 //! process afterwards; no restart ever fails (each one exits 0 or is killed by the test).
+//! One round in four, a `diff` of the applied workflow is killed too: the diff that finishes
+//! finds nothing to change, a `run` after it applies nothing, and no diff applies anything.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -42,6 +44,8 @@ const MAX_KILLS_PER_PHASE: u64 = 4;
 /// kills in 0–5 s each, kills land in every step of both phases, mid-init, mid-apply and
 /// mid-provisioner.
 const KILL_WINDOW: Duration = Duration::from_millis(5000);
+/// A diff of the applied workflow takes about a second.
+const DIFF_KILL_WINDOW: Duration = Duration::from_millis(1200);
 /// Bounds a phase's last, unkilled attempt; it takes seconds when all is well.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -258,6 +262,11 @@ impl Round {
 
     /// Runs `command` until it exits 0, SIGKILLing its session at random moments first.
     fn phase(&mut self, command: &str, totals: &mut Totals) -> Vec<Kill> {
+        self.phase_within(command, KILL_WINDOW, totals)
+    }
+
+    /// [`Round::phase`], each kill coming within `window` of the start.
+    fn phase_within(&mut self, command: &str, window: Duration, totals: &mut Totals) -> Vec<Kill> {
         let planned = 1 + self.rng.up_to(MAX_KILLS_PER_PHASE - 1);
         let mut kills = Vec::new();
         for attempt in 0..=planned {
@@ -268,7 +277,7 @@ impl Round {
             let outcome = if attempt < planned {
                 let moment = Duration::from_millis(
                     self.rng
-                        .up_to(KILL_WINDOW.as_millis().try_into().expect("small")),
+                        .up_to(window.as_millis().try_into().expect("small")),
                 );
                 if poll(|| running.try_wait().is_some(), moment) {
                     running.try_wait().expect("exited")
@@ -332,6 +341,24 @@ impl Round {
             assert!(
                 applied.contains(&format!("create {resource}")),
                 "{resource} never created\n{context}"
+            );
+        }
+
+        // One round in four, a `diff` is killed at random moments too: what a killed diff
+        // leaves behind trips neither the diff that finishes (nothing would change) nor a
+        // `run` (nothing to apply), and no diff applies anything.
+        if self.number.is_multiple_of(4) {
+            self.phase_within("diff", DIFF_KILL_WINDOW, totals);
+            assert_eq!(
+                self.b.ledger(),
+                applied,
+                "a diff applied something\n{context}"
+            );
+            self.b.run(&["run"]).assert_success();
+            assert_eq!(
+                self.b.ledger(),
+                applied,
+                "nothing to apply after a diff\n{context}"
             );
         }
 

@@ -98,10 +98,12 @@ pub enum Verb {
         /// then `run`, in one command); without it, `run` refuses a destroyed workflow
         #[arg(long)]
         recreate: bool,
-        /// Apply exactly the plans the last `diff` saved, refusing (exit 2) when a step's
-        /// inputs changed since; steps it did not plan are left out
-        #[arg(long, conflicts_with_all = ["hold", "recreate"])]
-        reviewed: bool,
+        /// Apply exactly the plans the last `diff` saved (with DIFF_ID: only if that is the
+        /// last diff), refusing (exit 2) when a step's inputs changed since; steps it did not
+        /// plan are left out
+        #[arg(long, value_name = "DIFF_ID", num_args = 0..=1, default_missing_value = "",
+              conflicts_with_all = ["hold", "recreate"])]
+        reviewed: Option<String>,
     },
     /// What terraform would change if `run` applied now, per step and resource; saves the
     /// plans for `run --reviewed`. Exit 0: nothing would change; 2: something would
@@ -291,7 +293,12 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
             hold,
             recreate,
             reviewed,
-        } => crate::engine::run::command(&mut engine, *hold, *recreate, *reviewed),
+        } => {
+            let reviewed = reviewed
+                .as_deref()
+                .map(|id| Some(id).filter(|id| !id.is_empty()));
+            crate::engine::run::command(&mut engine, *hold, *recreate, reviewed)
+        }
         Verb::Diff { steps, json } => crate::engine::diff::command(&mut engine, steps, *json),
     }
 }

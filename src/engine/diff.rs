@@ -36,6 +36,9 @@ pub const FORMAT: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Document {
     pub format: u32,
+    /// Names this diff and its plans: `run --reviewed=ID` applies them only if they are still
+    /// the last diff's.
+    pub id: String,
     pub made_at: String,
     /// The code's identity (a commit id, or a content hash of a copy).
     pub code: Option<String>,
@@ -191,7 +194,8 @@ pub fn print(document: &Document, out: &mut impl Write) -> std::io::Result<()> {
     if document.changes && planned {
         writeln!(
             out,
-            "plans saved: `bootstrapper run --reviewed` applies exactly these"
+            "diff {}: plans saved; `bootstrapper run --reviewed={}` applies exactly these",
+            document.id, document.id
         )?;
     }
     Ok(())
@@ -313,9 +317,19 @@ impl Engine {
             return Err(error.expect("matched"));
         }
         self.supervisor.shutdown.check()?;
+        let made_at = clock::now_rfc3339();
+        let mut id = Sha256::new();
+        id.update(made_at.as_bytes());
+        for step in &steps {
+            id.update(step.step.as_bytes());
+            if let Some(plan) = &step.plan {
+                id.update(plan.sha256.as_bytes());
+            }
+        }
         let document = Document {
             format: FORMAT,
-            made_at: clock::now_rfc3339(),
+            id: render::hex(&id.finalize()[..8]),
+            made_at,
             code: prepared.code.record.identity.clone(),
             changes: steps
                 .iter()

@@ -31,9 +31,10 @@ const RUN_DIFF: &str =
     "run `bootstrapper diff` to review what would change now, then `bootstrapper run --reviewed`";
 
 impl Reviewed {
-    /// Reads the last diff's document; refuses (exit 2) when there is none, or it did not
-    /// finish planning, or a saved plan is no longer the one reviewed.
-    pub fn load(journal: &Journal) -> Result<Reviewed> {
+    /// Reads the last diff's document; refuses (exit 2) when there is none, it is not the
+    /// diff `expected` names, it did not finish planning, or a saved plan is no longer the one
+    /// reviewed.
+    pub fn load(journal: &Journal, expected: Option<&str>) -> Result<Reviewed> {
         let record = journal.diff_record();
         let refuse = |message: String| {
             Error::Input(Problems::one(
@@ -61,6 +62,12 @@ impl Reviewed {
                 "the last diff was recorded in format {}, not {}",
                 document.format,
                 diff::FORMAT
+            )));
+        }
+        if let Some(expected) = expected.filter(|e| *e != document.id) {
+            return Err(refuse(format!(
+                "`run --reviewed={expected}`: the last diff is {}, made at {}",
+                document.id, document.made_at
             )));
         }
         let mut problems = Problems::default();

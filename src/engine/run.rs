@@ -40,8 +40,14 @@ pub struct RunSummary {
 /// `run [--hold] [--recreate]`: applies the workflow; with `hold` (the entrypoint), keeps
 /// running afterwards until SIGTERM, whatever the run's result, and hands the lock over to a
 /// `destroy` that asks for it.
-/// With `reviewed`, applies the plans the last `diff` saved instead.
-pub fn command(engine: &mut Engine, hold: bool, recreate: bool, reviewed: bool) -> Result<i32> {
+/// With `reviewed`, applies the plans the last `diff` saved instead (`Some(id)`: only if that
+/// diff is `id`).
+pub fn command(
+    engine: &mut Engine,
+    hold: bool,
+    recreate: bool,
+    reviewed: Option<Option<&str>>,
+) -> Result<i32> {
     let result = engine.run(hold, recreate, reviewed);
     let (shutdown, logger, grace) = (
         engine.supervisor.shutdown.clone(),
@@ -93,12 +99,12 @@ impl Engine {
     /// container, and with it whatever was holding the lock there.
     /// With `recreate`, a workflow destroyed before is bootstrapped again instead of refused.
     /// With `reviewed`, each step is applied from the plan the last `diff` saved for it
-    /// (see [`crate::engine::reviewed`]).
+    /// (see [`crate::engine::reviewed`]), if that diff is the one named.
     pub fn run(
         &mut self,
         wait_for_lock: bool,
         recreate: bool,
-        reviewed: bool,
+        reviewed: Option<Option<&str>>,
     ) -> Result<RunSummary> {
         let root = self.root.display().to_string();
         let _command = tracing::info_span!("command", command = "run", root).entered();
@@ -132,9 +138,9 @@ impl Engine {
         }
         let graph = self.loaded.graph().map_err(Error::Input)?;
         let reviewed = match reviewed {
-            false => None,
-            true => {
-                let reviewed = Reviewed::load(journal)?;
+            None => None,
+            Some(expected) => {
+                let reviewed = Reviewed::load(journal, expected)?;
                 reviewed.check(
                     &self.loaded,
                     &prepared.rendered,

@@ -364,13 +364,16 @@ fn diff_finds_what_changed_outside_the_engine_and_run_reviewed_applies_nothing_u
     );
     assert_eq!(external_in_state(&b)["value"], "v1");
 
-    // Reviewed again, applied as reviewed.
+    // Reviewed again, applied as reviewed, naming the diff.
     let (document, _) = diff_json(&b, 2);
     assert_eq!(
         changed(&document, "app"),
         [("terraform_data.ext".to_string(), "update".to_string())]
     );
-    b.run(&["run", "--reviewed"]).assert_success();
+    let id = document["id"].as_str().unwrap();
+    assert_eq!(id.len(), 16, "{document:#}");
+    b.run(&["run", &format!("--reviewed={id}")])
+        .assert_success();
     assert_eq!(external_in_state(&b)["value"], "v3");
     diff_json(&b, 0);
 }
@@ -445,6 +448,12 @@ fn bad_inputs_of_diff_and_run_reviewed_are_refused_before_anything_runs() {
     let corrupt = b.run(&["run", "--reviewed"]);
     corrupt.assert_code(2);
     assert!(corrupt.stderr.contains("corrupt"), "{corrupt}");
+
+    // A diff that is not the last one.
+    b.run(&["diff"]).assert_code(2);
+    let other = b.run(&["run", "--reviewed=0123456789abcdef"]);
+    other.assert_code(2);
+    assert!(other.stderr.contains("the last diff is "), "{other}");
 
     // A saved plan replaced after the review.
     b.run(&["diff"]).assert_code(2);

@@ -397,7 +397,15 @@ impl Engine {
             diff.waits_for = waits_for.into_iter().collect();
             self.logger().info(
                 Some(&name),
-                &format!("not known until {} applied", diff.waits_for.join(", ")),
+                &format!(
+                    "not known until {} {} applied",
+                    diff.waits_for.join(", "),
+                    if diff.waits_for.len() == 1 {
+                        "is"
+                    } else {
+                        "are"
+                    }
+                ),
             );
             return Ok(diff);
         }

@@ -278,6 +278,8 @@ mod tests {
             "after_unknown":{"id":true}}},
           {"address":"terraform_data.c","change":{"actions":["no-op"]}},
           {"address":"terraform_data.d","change":{"actions":["create"],"after":{"input":"s2"}}}],
+          "resource_drift":[{"address":"terraform_data.a","change":{"actions":["update"],
+            "before":{"tags":{"a":"1"}},"after":{"tags":{"a":"2"}}}}],
           "output_changes":{"o":{"actions":["update"]},"p":{"actions":["no-op"]}}}"#;
         let changes = parse(json).unwrap();
         assert_eq!(
@@ -308,6 +310,8 @@ mod tests {
         assert_eq!(changes.resources[2].address, "terraform_data.d");
         assert!(changes.resources[2].attributes.is_empty());
         assert_eq!(changes.outputs.len(), 1);
+        assert_eq!(changes.drift[0].action, Action::Update);
+        assert_eq!(changes.drift[0].attributes[0].name, "tags.a");
         let text = serde_json::to_string(&changes).unwrap();
         assert!(!text.contains("s1") && !text.contains("s2"), "{text}");
     }

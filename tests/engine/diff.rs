@@ -488,3 +488,34 @@ fn a_diff_beside_a_running_run_exits_3_and_writes_nothing() {
     assert!(!plan_file(&b, "control-network").exists());
     first.kill_session();
 }
+
+#[test]
+fn a_step_that_cannot_be_planned_fails_the_diff_with_its_reason_and_run_reviewed_refuses() {
+    let b = one_step("tok-0a1b2c3d4e", "v1");
+    b.run(&["run"]).assert_success();
+    let code = b.root().join("code/app/broken.tf");
+    fs::write(
+        &code,
+        "resource \"terraform_data\" \"broken\" {\n  input = var.nosuch\n}\n",
+    )
+    .unwrap();
+
+    let (document, outcome) = diff_json(&b, 1);
+    let app = step(&document, "app");
+    assert_eq!(app["status"], "failed", "{outcome}");
+    assert!(
+        app["reason"].as_str().unwrap().contains("nosuch"),
+        "{outcome}"
+    );
+    assert!(outcome.stderr.contains("nosuch"), "{outcome}");
+    assert!(!plan_file(&b, "app").exists());
+
+    let refused = b.run(&["run", "--reviewed"]);
+    refused.assert_code(2);
+    assert!(
+        refused
+            .stderr
+            .contains("the last diff did not plan step `app`"),
+        "{refused}"
+    );
+}

@@ -186,10 +186,15 @@ impl Reviewed {
     }
 
     /// Once every reviewed plan was applied: the record goes, so that the same plans are
-    /// never offered again.
+    /// never offered again, and with it the plans a skipped step did not need (they hold
+    /// every value, secrets too).
     pub fn finish(&self) -> Result<()> {
-        crate::base::durable::remove(&self.record)
-            .map_err(|e| Error::io(format!("cannot remove {}", self.record.display()), e))
+        let plans = self.document.steps.iter().filter_map(|s| s.plan.as_ref());
+        for file in std::iter::once(&self.record).chain(plans.map(|p| &p.file)) {
+            crate::base::durable::remove(file)
+                .map_err(|e| Error::io(format!("cannot remove {}", file.display()), e))?;
+        }
+        Ok(())
     }
 
     pub fn made_at(&self) -> &str {

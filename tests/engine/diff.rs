@@ -188,10 +188,12 @@ fn diff_plans_the_first_step_of_a_fresh_root_then_names_exactly_what_a_changed_p
         pg_state_resources(&conn_str, "hosts", "c1"),
         expected_state("hosts")
     );
-    assert!(
-        !plan_file(&b, "hosts").exists(),
-        "an applied plan is removed"
-    );
+    for name in FOUR_STEPS {
+        assert!(
+            !plan_file(&b, name).exists(),
+            "{name}: no plan is left once applied"
+        );
+    }
     diff_json(&b, 0);
 
     // The plans of a diff are applied once: a second `run --reviewed` finds none.

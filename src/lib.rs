@@ -20,7 +20,8 @@
 //! - [`root`]: what lives on the PVC: the journal (markers, attempts), the lock, free
 //!   space, and the code put there atomically (copied or cloned).
 //! - [`engine`]: deciding per step (apply, skip, destroy, and why), scheduling along the
-//!   graph, `run`, `destroy`, the entrypoint's hold, `status`.
+//!   graph, `run`, `destroy`, the entrypoint's hold, `status`, `diff` (terraform's plans,
+//!   which `run --reviewed` applies).
 //! - [`commands`]: the commands that only read or forget: `plan` (the dry run),
 //!   `validate`, `reset`.
 //! - [`controller`]: `serve`: the HTTP API, each cluster's durable intent and document, the

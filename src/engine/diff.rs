@@ -281,7 +281,27 @@ impl Engine {
                 Ok(Some(diff))
             },
         );
-        let redactor = self.logger().redactor().clone();
+        let (steps, errors) = self.gather(outcomes, &wanted);
+        // Stopped by a signal: no document, as if this diff had not run.
+        let error = Error::of_steps(errors);
+        if matches!(error, Some(Error::Interrupted { .. })) {
+            return Err(error.expect("matched"));
+        }
+        self.supervisor.shutdown.check()?;
+        let document = document(steps, prepared.code.record.identity.clone());
+        crate::base::json::write(&record, &document, 0o600)
+            .map_err(|e| Error::io(format!("cannot write {}", record.display()), e))?;
+        Ok(Some((document, error)))
+    }
+
+    /// Each step's diff in the workflow's order, the failed and those never planned
+    /// included, and the errors.
+    fn gather(
+        &self,
+        outcomes: schedule::Outcomes<Option<StepDiff>>,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> (Vec<StepDiff>, Vec<Error>) {
+        let redactor = self.logger().redactor();
         let mut steps = Vec::new();
         let mut errors = Vec::new();
         let mut first_failure = None;
@@ -291,13 +311,13 @@ impl Engine {
             }
             match outcome {
                 Some(Ok(Some(diff))) => steps.push(diff),
-                Some(Ok(None)) => {}
                 Some(Err(e)) => {
                     let reason = redactor.mask(&e.to_string()).into_owned();
                     first_failure.get_or_insert_with(|| step.name.clone());
                     steps.push(StepDiff::without_plan(&step.name, Status::Failed, reason));
                     errors.push(e);
                 }
+                Some(Ok(None)) => {}
                 None => {
                     let reason = match &first_failure {
                         Some(at) => format!("the diff stopped after `{at}` failed"),
@@ -311,34 +331,7 @@ impl Engine {
                 }
             }
         }
-        // Stopped by a signal: no document, as if this diff had not run.
-        let error = Error::of_steps(errors);
-        if matches!(error, Some(Error::Interrupted { .. })) {
-            return Err(error.expect("matched"));
-        }
-        self.supervisor.shutdown.check()?;
-        let made_at = clock::now_rfc3339();
-        let mut id = Sha256::new();
-        id.update(made_at.as_bytes());
-        for step in &steps {
-            id.update(step.step.as_bytes());
-            if let Some(plan) = &step.plan {
-                id.update(plan.sha256.as_bytes());
-            }
-        }
-        let document = Document {
-            format: FORMAT,
-            id: render::hex(&id.finalize()[..8]),
-            made_at,
-            code: prepared.code.record.identity.clone(),
-            changes: steps
-                .iter()
-                .any(|s| matches!(s.status, Status::Changes | Status::NotKnown)),
-            steps,
-        };
-        crate::base::json::write(&record, &document, 0o600)
-            .map_err(|e| Error::io(format!("cannot write {}", record.display()), e))?;
-        Ok(Some((document, error)))
+        (steps, errors)
     }
 
     /// Every name in `selected` must be a step of the workflow.
@@ -498,6 +491,29 @@ impl Engine {
             message,
         })?;
         Ok((changes, has_changes))
+    }
+}
+
+/// The document of a diff that planned `steps` with the code `code`.
+fn document(steps: Vec<StepDiff>, code: Option<String>) -> Document {
+    let made_at = clock::now_rfc3339();
+    let mut id = Sha256::new();
+    id.update(made_at.as_bytes());
+    for step in &steps {
+        id.update(step.step.as_bytes());
+        if let Some(plan) = &step.plan {
+            id.update(plan.sha256.as_bytes());
+        }
+    }
+    Document {
+        format: FORMAT,
+        id: render::hex(&id.finalize()[..8]),
+        made_at,
+        code,
+        changes: steps
+            .iter()
+            .any(|s| matches!(s.status, Status::Changes | Status::NotKnown)),
+        steps,
     }
 }
 

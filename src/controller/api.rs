@@ -256,7 +256,9 @@ async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) ->
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map_or("", |(_, token)| token);
         if !tokens.accepts(token.trim()) {
-            tracing::warn!(path = %request.uri().path(), "refused a request without a valid token");
+            app.reconciler
+                .metrics
+                .refused("unauthorized", "a request without a valid token");
             return ApiError::Unauthorized.into_response();
         }
     }

@@ -1,5 +1,10 @@
 //! The controller's Prometheus metrics: operations by kind and result, operations running,
-//! the queue's length, and how long operations take.
+//! the queue's length, and how long operations take; connections open, and what the HTTP
+//! layer refused.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -19,13 +24,26 @@ pub struct Kind {
     pub kind: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Refused {
+    pub reason: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub operations: Family<Operation, Counter>,
     pub running: Gauge,
     pub queued: Gauge,
     pub durations: Family<Kind, Histogram>,
+    pub refusals: Family<Refused, Counter>,
+    pub connections: Gauge,
+    /// A flood of refusals is counted, not logged line by line: when each reason was last
+    /// logged, and how many came since.
+    refusals_logged: Mutex<HashMap<&'static str, (Instant, u64)>>,
 }
+
+/// How often a reason's refusals are summed up in the log, at most.
+const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(60);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -63,12 +81,27 @@ impl Metrics {
             "How long operations took, by kind",
             durations.clone(),
         );
+        let refusals = Family::<Refused, Counter>::default();
+        registry.register(
+            "http_refused",
+            "Requests and connections refused, by reason (unauthorized, connection_limit, header_timeout, body_timeout)",
+            refusals.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "Client connections open now",
+            connections.clone(),
+        );
         Metrics {
             registry,
             operations,
             running,
             queued,
             durations,
+            refusals,
+            connections,
+            refusals_logged: Default::default(),
         }
     }
 
@@ -84,6 +117,40 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .observe(seconds);
+    }
+
+    /// Counts a refusal; the first of each `reason` is logged, later ones summed up at most
+    /// once a minute: a client knocking in a loop must not fill the log.
+    pub fn refused(&self, reason: &'static str, what: &str) {
+        self.refusals
+            .get_or_create(&Refused {
+                reason: reason.to_string(),
+            })
+            .inc();
+        let mut logged = self.refusals_logged.lock().expect("refusals lock");
+        let now = Instant::now();
+        match logged.get_mut(reason) {
+            None => {
+                logged.insert(reason, (now, 0));
+                tracing::warn!(
+                    reason,
+                    "refused {what}; further refusals are counted in bootstrapper_http_refused_total and summed up here at most once a minute"
+                );
+            }
+            Some((last, since)) => {
+                *since += 1;
+                if now.duration_since(*last) >= REFUSALS_LOGGED_EVERY {
+                    tracing::warn!(
+                        reason,
+                        count = *since,
+                        "refused {since} more ({reason}) since the last report",
+                        since = *since
+                    );
+                    *last = now;
+                    *since = 0;
+                }
+            }
+        }
     }
 
     /// The text exposition format.

@@ -166,6 +166,19 @@ pub struct ServeArgs {
     /// Once the tokens file cannot be read, how long the tokens read before still count
     #[arg(long, env = "BOOTSTRAPPER_TOKENS_GRACE", value_parser = duration, default_value = "30s")]
     pub tokens_grace: Duration,
+    /// How long a client may take to send a request's line and headers
+    #[arg(long, env = "BOOTSTRAPPER_HEADER_TIMEOUT", value_parser = duration, default_value = "10s")]
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body, from its headers (else 408)
+    #[arg(long, env = "BOOTSTRAPPER_BODY_TIMEOUT", value_parser = duration, default_value = "30s")]
+    pub body_timeout: Duration,
+    /// How long an open connection may wait for its next request
+    #[arg(long, env = "BOOTSTRAPPER_IDLE_TIMEOUT", value_parser = duration, default_value = "60s")]
+    pub idle_timeout: Duration,
+    /// How many client connections may be open at once (default: as many as the open-file
+    /// limit leaves room for beside the operations, at most 1024)
+    #[arg(long, env = "BOOTSTRAPPER_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
 }
 
 impl Cli {
@@ -181,6 +194,12 @@ impl Cli {
             tokens: args.tokens.clone(),
             insecure_no_auth: args.insecure_no_auth,
             tokens_grace: args.tokens_grace,
+            http: crate::controller::http::Limits {
+                header_timeout: args.header_timeout,
+                body_timeout: args.body_timeout,
+                idle_timeout: args.idle_timeout,
+                max_connections: args.max_connections,
+            },
         }
     }
 }

@@ -1,6 +1,7 @@
 pub mod api;
 pub mod cluster;
 pub mod executor;
+pub mod http;
 pub mod layout;
 pub mod metrics;
 pub mod reconcile;

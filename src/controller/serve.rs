@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
@@ -15,6 +15,7 @@ use crate::base::error::{Error, Problem, Problems, Result};
 use crate::base::log::Format;
 use crate::controller::api::{self, App};
 use crate::controller::executor::{Executor, Local, LocalConfig};
+use crate::controller::http::{self, Limits};
 use crate::controller::metrics::Metrics;
 use crate::controller::reconcile::{Config, Reconciler};
 use crate::controller::tokens::Tokens;
@@ -39,6 +40,8 @@ pub struct Options {
     pub insecure_no_auth: bool,
     /// How long the tokens read last still count once the tokens file cannot be read.
     pub tokens_grace: Duration,
+    /// Timeouts and the connection limit.
+    pub http: Limits,
 }
 
 /// Runs the controller until a signal stops it; returns the exit code.
@@ -87,7 +90,7 @@ fn serve(options: &Options) -> Result<i32> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("cannot start the async runtime", e))?;
-    runtime.block_on(run(app, options.listen, options.grace))
+    runtime.block_on(run(app, options.listen, options.grace, options.http))
 }
 
 /// `options` with every path absolute: each engine runs in its cluster's directory, and is
@@ -170,7 +173,7 @@ fn prepare(options: &Options) -> Result<Arc<App>> {
     }))
 }
 
-async fn run(app: Arc<App>, listen: SocketAddr, grace: Duration) -> Result<i32> {
+async fn run(app: Arc<App>, listen: SocketAddr, grace: Duration, limits: Limits) -> Result<i32> {
     // Installed first: a SIGTERM from here on is a graceful stop, never the default death.
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|e| Error::io("cannot handle SIGTERM", e))?;
@@ -193,6 +196,8 @@ async fn run(app: Arc<App>, listen: SocketAddr, grace: Duration) -> Result<i32> 
         "listening on http://{address}; {resumed} cluster(s) on record, concurrency {}",
         reconciler.config.concurrency
     );
+    let (allowed, files) = http::allowed_connections(&limits, reconciler.config.concurrency);
+    info!("at most {allowed} connection(s) at once (open-file limit {files})");
     let worker = tokio::spawn(reconciler.clone().work());
 
     let stopped = Arc::new(std::sync::Mutex::new(None::<Signal>));
@@ -211,11 +216,10 @@ async fn run(app: Arc<App>, listen: SocketAddr, grace: Duration) -> Result<i32> 
             *stopped.lock().expect("signal lock") = Some(signal);
         }
     };
-    let server = axum::serve(listener, api::router(app)).with_graceful_shutdown(on_signal);
-    if let Err(e) = server.await {
-        warn!("the server stopped: {e}");
-    }
-    let deadline = Instant::now() + grace + Duration::from_secs(1);
+    let metrics = reconciler.metrics.clone();
+    let router = api::router(app);
+    let stopping = http::serve(listener, router, limits, allowed, metrics, on_signal, grace).await;
+    let deadline = stopping + grace + Duration::from_secs(1);
     let left = reconciler.drained(deadline).await;
     worker.abort();
     if left > 0 {

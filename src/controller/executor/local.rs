@@ -149,6 +149,7 @@ fn execute(config: &LocalConfig, cluster: &Cluster, kind: Kind, stop: &AtomicI32
         .open(cluster.log_path())
     {
         Ok(file) => std::io::LineWriter::new(file),
+        Err(e) if starved(&e) => return Ending::Later,
         Err(e) => {
             return failed(format!(
                 "cannot write {}: {e}",
@@ -184,6 +185,8 @@ fn execute(config: &LocalConfig, cluster: &Cluster, kind: Kind, stop: &AtomicI32
     };
     let finished = match supervisor.run(&command, options) {
         Ok(finished) => finished,
+        // Out of open files, processes or memory for a moment: not the operation's fault.
+        Err(e) if starved(&e) => return Ending::Later,
         Err(e) => return failed(format!("cannot start {}: {e}", command.program.display())),
     };
     match finished.status.code() {
@@ -197,6 +200,15 @@ fn execute(config: &LocalConfig, cluster: &Cluster, kind: Kind, stop: &AtomicI32
             error: format!("`{}` failed: {}", args.join(" "), finished.reason()),
         },
     }
+}
+
+/// Whether `e` says the system lacked a resource for a moment, rather than that the
+/// operation cannot run.
+fn starved(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)
+    )
 }
 
 /// The engine's own command for an operation: one invocation, whatever the root holds.

@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod http;
 mod inputs;
 mod paths;
 mod serve;

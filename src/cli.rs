@@ -172,7 +172,8 @@ pub struct ServeArgs {
     /// How long a client may take to send a request's body, from its headers (else 408)
     #[arg(long, env = "BOOTSTRAPPER_BODY_TIMEOUT", value_parser = duration, default_value = "30s")]
     pub body_timeout: Duration,
-    /// How long an open connection may wait for its next request
+    /// How long an open connection may wait for its next request, or for its client to read
+    /// more of an answer
     #[arg(long, env = "BOOTSTRAPPER_IDLE_TIMEOUT", value_parser = duration, default_value = "60s")]
     pub idle_timeout: Duration,
     /// How many client connections may be open at once (default: as many as the open-file

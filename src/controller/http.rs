@@ -4,7 +4,8 @@
 //! - a request's line and headers must arrive within the header timeout, counted from the
 //!   connection's opening or from the first byte of a later request; its body within the body
 //!   timeout of its head (else 408, and the connection is closed);
-//! - a connection waits at most the idle timeout for its next request;
+//! - a connection waits at most the idle timeout for its next request, and for its client to
+//!   read more of an answer;
 //! - at most [`allowed_connections`] are open at once, a number that leaves open files for the
 //!   operations; one more is answered 503 and closed at once;
 //! - hyper's own answers to requests it cannot read (400, 414, 431) are JSON errors like every
@@ -253,6 +254,10 @@ async fn connection(
             "a connection whose request line and headers did not arrive in time (--header-timeout)",
         ),
         Some(Timeout::Idle) => debug!("closed an idle connection"),
+        Some(Timeout::Stalled) => metrics.refused(
+            "write_timeout",
+            "a connection whose client stopped reading its answer (--idle-timeout)",
+        ),
         None => {
             if let Err(e) = ended {
                 debug!("a connection ended: {e}");
@@ -388,6 +393,18 @@ enum Phase {
 enum Timeout {
     Head,
     Idle,
+    /// The client read nothing of an answer.
+    Stalled,
+}
+
+impl Timeout {
+    fn what(self) -> &'static str {
+        match self {
+            Timeout::Head => "the request's line and headers did not arrive in time",
+            Timeout::Idle => "no request came while the connection was idle",
+            Timeout::Stalled => "the client stopped reading its answer",
+        }
+    }
 }
 
 /// A connection's phase, shared by its socket and its requests.
@@ -480,6 +497,8 @@ struct Timed {
     activity: Arc<Activity>,
     limits: Limits,
     timer: Option<(Pin<Box<Sleep>>, Instant)>,
+    /// Since when a write waits for the client to read.
+    stall: Option<Pin<Box<Sleep>>>,
     /// A rewritten answer not yet written whole.
     rewritten: Vec<u8>,
 }
@@ -491,6 +510,7 @@ impl Timed {
             activity,
             limits,
             timer: None,
+            stall: None,
             rewritten: Vec::new(),
         }
     }
@@ -509,16 +529,34 @@ impl Timed {
         }
         ready!(timer.as_mut().poll(cx));
         self.activity.state().timed_out = Some(timeout);
-        let what = match timeout {
-            Timeout::Head => "the request's line and headers did not arrive in time",
-            Timeout::Idle => "no request came while the connection was idle",
-        };
-        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, timeout.what())))
+    }
+
+    /// A write to the socket; one that waits fails once the client has read nothing for the
+    /// idle timeout (else a client that never reads would hold its connection for good).
+    fn write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(written) = Pin::new(&mut self.stream).poll_write(cx, buf) {
+            self.stall = None;
+            return Poll::Ready(written);
+        }
+        let idle = self.limits.idle_timeout;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        ready!(stall.as_mut().poll(cx));
+        self.activity.state().timed_out = Some(Timeout::Stalled);
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            Timeout::Stalled.what(),
+        )))
     }
 
     fn drain_rewritten(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.rewritten.is_empty() {
-            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.rewritten))?;
+            let rewritten = std::mem::take(&mut self.rewritten);
+            let written = self.write(cx, &rewritten);
+            self.rewritten = rewritten;
+            let n = ready!(written)?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -568,7 +606,7 @@ impl AsyncWrite for Timed {
                 return Poll::Ready(Ok(buf.len()));
             }
         }
-        Pin::new(&mut this.stream).poll_write(cx, buf)
+        this.write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -84,7 +84,7 @@ impl Metrics {
         let refusals = Family::<Refused, Counter>::default();
         registry.register(
             "http_refused",
-            "Requests and connections refused, by reason (unauthorized, connection_limit, header_timeout, body_timeout)",
+            "Requests and connections refused, by reason (unauthorized, connection_limit, header_timeout, body_timeout, write_timeout)",
             refusals.clone(),
         );
         let connections = Gauge::default();

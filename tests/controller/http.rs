@@ -621,3 +621,35 @@ fn refused_requests_are_counted_not_logged_one_by_one() {
     let stderr = c.stderr();
     assert!(lines_with(&stderr, "refused") <= 1, "{stderr}");
 }
+
+#[test]
+fn a_client_that_stops_reading_its_answers_is_disconnected() {
+    let bed = Bed::new();
+    let c = bed.start(
+        &[],
+        &[
+            ("BOOTSTRAPPER_IDLE_TIMEOUT", "1s"),
+            ("BOOTSTRAPPER_HEADER_TIMEOUT", "30s"),
+        ],
+    );
+    // Requests for the largest open answer, all sent at once and none of the answers read,
+    // until the socket buffers between them are full.
+    let mut s = connect(&c.base);
+    let requests = 2000;
+    let request = b"GET /openapi.json HTTP/1.1\r\nHost: test\r\n\r\n";
+    s.write_all(&request.repeat(requests)).expect("write");
+    let open = "bootstrapper_http_connections";
+    // The request that reads the metric is the one connection left.
+    wait_for(
+        || metric(&c.base, open) == 1.0,
+        Duration::from_secs(1) + SLACK * 2,
+    );
+    let mut answers = Vec::new();
+    s.set_read_timeout(Some(SLACK)).expect("timeout");
+    let _ = s.read_to_end(&mut answers);
+    let answered = String::from_utf8_lossy(&answers)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert!(answered < requests, "all {answered} answered");
+    assert_eq!(refused(&c.base, "write_timeout"), 1.0);
+}

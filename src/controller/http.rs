@@ -112,7 +112,8 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(allowed));
     let (closing, closed) = watch::channel(false);
     let mut builder = http1::Builder::new();
-    // Our own timers bound the head, told apart from the wait between requests.
+    // Hyper's header timer runs from the moment it waits for a head, the wait between
+    // requests included; ours tell the two apart.
     builder.max_buf_size(MAX_HEAD).header_read_timeout(None);
     let mut warned: Option<Instant> = None;
     tokio::pin!(stop);

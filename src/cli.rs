@@ -166,6 +166,14 @@ pub struct ServeArgs {
     /// Once the tokens file cannot be read, how long the tokens read before still count
     #[arg(long, env = "BOOTSTRAPPER_TOKENS_GRACE", value_parser = duration, default_value = "30s")]
     pub tokens_grace: Duration,
+    /// How long a destroyed cluster's files are kept before they are removed (it then answers 404)
+    #[arg(long, env = "BOOTSTRAPPER_KEEP_DESTROYED", value_name = "DUR",
+          value_parser = positive_duration, default_value = "7d")]
+    pub keep_destroyed: Duration,
+    /// An operation running longer is stopped gracefully and its cluster failed
+    #[arg(long, env = "BOOTSTRAPPER_OPERATION_TIMEOUT", value_name = "DUR",
+          value_parser = positive_duration, default_value = "2h")]
+    pub operation_timeout: Duration,
 }
 
 impl Cli {
@@ -181,6 +189,8 @@ impl Cli {
             tokens: args.tokens.clone(),
             insecure_no_auth: args.insecure_no_auth,
             tokens_grace: args.tokens_grace,
+            keep_destroyed: args.keep_destroyed,
+            operation_timeout: args.operation_timeout,
         }
     }
 }
@@ -221,6 +231,13 @@ fn requested_format(args: impl Iterator<Item = String>, from_env: Option<String>
 
 fn duration(text: &str) -> std::result::Result<Duration, String> {
     crate::base::clock::parse_duration(text)
+}
+
+fn positive_duration(text: &str) -> std::result::Result<Duration, String> {
+    match duration(text)? {
+        d if d.is_zero() => Err(format!("`{text}` must be more than zero")),
+        d => Ok(d),
+    }
 }
 
 /// Runs the command line and returns the process's exit code.

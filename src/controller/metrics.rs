@@ -25,6 +25,7 @@ pub struct Metrics {
     pub running: Gauge,
     pub queued: Gauge,
     pub durations: Family<Kind, Histogram>,
+    pub damaged: Gauge,
 }
 
 impl Default for Metrics {
@@ -63,8 +64,15 @@ impl Metrics {
             "How long operations took, by kind",
             durations.clone(),
         );
+        let damaged = Gauge::default();
+        registry.register(
+            "clusters_damaged",
+            "Clusters with a record that cannot be read (GET /v1/clusters?phase=damaged, and `damage` in each document)",
+            damaged.clone(),
+        );
         Metrics {
             registry,
+            damaged,
             operations,
             running,
             queued,

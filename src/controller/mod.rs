@@ -3,6 +3,8 @@ pub mod cluster;
 pub mod executor;
 pub mod layout;
 pub mod metrics;
+pub mod purge;
 pub mod reconcile;
+pub mod records;
 pub mod serve;
 pub mod tokens;

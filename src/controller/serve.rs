@@ -39,6 +39,10 @@ pub struct Options {
     pub insecure_no_auth: bool,
     /// How long the tokens read last still count once the tokens file cannot be read.
     pub tokens_grace: Duration,
+    /// How long a destroyed cluster's files are kept.
+    pub keep_destroyed: Duration,
+    /// How long an operation may run before it is stopped and its cluster failed.
+    pub operation_timeout: Duration,
 }
 
 /// Runs the controller until a signal stops it; returns the exit code.
@@ -87,7 +91,7 @@ fn serve(options: &Options) -> Result<i32> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("cannot start the async runtime", e))?;
-    runtime.block_on(run(app, options.listen, options.grace))
+    runtime.block_on(run(app, options))
 }
 
 /// `options` with every path absolute: each engine runs in its cluster's directory, and is
@@ -159,6 +163,7 @@ fn prepare(options: &Options) -> Result<Arc<App>> {
         workflow_path,
         workflow,
         concurrency: options.concurrency.into(),
+        operation_timeout: options.operation_timeout,
     };
     if tokens.is_none() {
         warn!("serving without tokens (--insecure-no-auth): anyone who reaches the port may create and destroy clusters");
@@ -170,7 +175,8 @@ fn prepare(options: &Options) -> Result<Arc<App>> {
     }))
 }
 
-async fn run(app: Arc<App>, listen: SocketAddr, grace: Duration) -> Result<i32> {
+async fn run(app: Arc<App>, options: &Options) -> Result<i32> {
+    let (listen, grace): (SocketAddr, Duration) = (options.listen, options.grace);
     // Installed first: a SIGTERM from here on is a graceful stop, never the default death.
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|e| Error::io("cannot handle SIGTERM", e))?;
@@ -186,6 +192,7 @@ async fn run(app: Arc<App>, listen: SocketAddr, grace: Duration) -> Result<i32> 
         .local_addr()
         .map_err(|e| Error::io("cannot read the listening address", e))?;
     let reconciler = app.reconciler.clone();
+    crate::controller::purge::remove_leftovers(&reconciler.config.root);
     let resumed = reconciler
         .enqueue_all()
         .map_err(|e| Error::io("cannot read the clusters under the root", e))?;
@@ -194,6 +201,10 @@ async fn run(app: Arc<App>, listen: SocketAddr, grace: Duration) -> Result<i32> 
         reconciler.config.concurrency
     );
     let worker = tokio::spawn(reconciler.clone().work());
+    let housekeeping = tokio::spawn(crate::controller::purge::housekeeping(
+        app.clone(),
+        options.keep_destroyed,
+    ));
 
     let stopped = Arc::new(std::sync::Mutex::new(None::<Signal>));
     let on_signal = {
@@ -218,6 +229,7 @@ async fn run(app: Arc<App>, listen: SocketAddr, grace: Duration) -> Result<i32> 
     let deadline = Instant::now() + grace + Duration::from_secs(1);
     let left = reconciler.drained(deadline).await;
     worker.abort();
+    housekeeping.abort();
     if left > 0 {
         warn!("{left} operation(s) still running after the grace period; exiting anyway");
     } else {

@@ -6,4 +6,5 @@ mod support;
 
 mod inputs;
 mod paths;
+mod records;
 mod serve;

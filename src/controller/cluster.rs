@@ -571,5 +571,9 @@ mod tests {
             Phase::of(&intent(3, true), Some(&failed), None),
             Phase::Failed
         );
+        // The same generation of another intent (the cluster created again meanwhile).
+        let mut other = intent(3, true);
+        other.uid = "b2".to_string();
+        assert_eq!(Phase::of(&other, Some(&failed), None), Phase::Pending);
     }
 }

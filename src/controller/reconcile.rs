@@ -437,3 +437,21 @@ pub fn spoken(d: Duration) -> String {
         _ => format!("{}ms", d.as_millis()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_said_as_they_are_given() {
+        for (d, said) in [
+            (Duration::from_secs(7200), "2h"),
+            (Duration::from_secs(5400), "90m"),
+            (Duration::from_secs(3), "3s"),
+            (Duration::from_secs(7 * 86_400), "7d"),
+            (Duration::from_millis(1500), "1500ms"),
+        ] {
+            assert_eq!(spoken(d), said);
+        }
+    }
+}

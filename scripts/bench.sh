@@ -18,8 +18,8 @@
 #      GET /v1/clusters/{id}/log over a log of MIB MiB, and the worst /healthz latency meanwhile.
 # Usage: scripts/bench.sh [RUNS]   (RUNS of the restart, default 20).
 #        scripts/bench.sh parallel [PAIRS]   (only 4., PAIRS default 5).
-#        scripts/bench.sh list [N]   (only 5., N default 1000).
-#        scripts/bench.sh log [MIB]   (only 6., MIB default 150).
+#        scripts/bench.sh list [N]   (5., not in the default run; N default 1000).
+#        scripts/bench.sh log [MIB]   (6., not in the default run; MIB default 150).
 #   BENCH_BIN=path measures that binary instead of building this tree's (e.g. another
 #   version's, for a before/after).
 #   Then the seed comparison (scripts/bench-seed.sh) and the streaming throughput

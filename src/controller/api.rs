@@ -283,6 +283,8 @@ fn existing(app: &App, id: &str) -> Result<(Cluster, Record), ApiError> {
     check_id(id)?;
     let cluster = Cluster::new(app.root(), id);
     if !cluster.on_record() {
+        // Removed behind the controller's back, perhaps: the list forgets it too.
+        app.reconciler.refresh(id);
         return Err(ApiError::NotFound(format!("no cluster `{id}`")));
     }
     let record = Record::read(&cluster);
@@ -483,7 +485,7 @@ async fn get_cluster(
 #[utoipa::path(
     get,
     path = "/v1/clusters",
-    params(("phase" = Option<String>, Query, description = "pending, applying, ready, failed, destroying or destroyed")),
+    params(("phase" = Option<String>, Query, description = "pending, applying, ready, failed, destroying, destroyed or damaged")),
     responses((status = 200, body = ClusterList), (status = 400, body = ErrorBody)),
     security(("bearer" = []))
 )]

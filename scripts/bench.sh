@@ -10,8 +10,18 @@
 #   4. independent steps at once: two branches of equal cost (each a provisioner sleeping 2 s),
 #      run with --parallelism 2 against --parallelism 1, in pairs on fresh roots; the ratio of
 #      their wall times (goal: at most 0.55).
+#   5. a thousand tenants (`list`): N clusters on record (one created by `serve`, its records
+#      copied under N-1 other ids), then the median time of GET /v1/clusters, of a filtered
+#      list that matches none (?phase=failed) and of the full list with 8 clients at once
+#      (goals: 50 ms and 5 ms for 1,000); and how long `serve` takes to start over them.
+#   6. a long operation log (`log`): the controller's peak RSS (VmHWM) before and after
+#      GET /v1/clusters/{id}/log over a log of MIB MiB, and the worst /healthz latency meanwhile.
 # Usage: scripts/bench.sh [RUNS]   (RUNS of the restart, default 20).
 #        scripts/bench.sh parallel [PAIRS]   (only 4., PAIRS default 5).
+#        scripts/bench.sh list [N]   (5., not in the default run; N default 1000).
+#        scripts/bench.sh log [MIB]   (6., not in the default run; MIB default 150).
+#   BENCH_BIN=path measures that binary instead of building this tree's (e.g. another
+#   version's, for a before/after).
 #   Then the seed comparison (scripts/bench-seed.sh) and the streaming throughput
 #   (scripts/bench-stream.sh).
 # Memory is the engine's own peak (VmHWM), sampled from /proc while it runs: terraform and its
@@ -19,8 +29,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-20}
-cargo build --release --locked --quiet
-bin=$PWD/target/release/bootstrapper
+if [ -n "${BENCH_BIN:-}" ]; then
+  bin=$(realpath "$BENCH_BIN")
+else
+  cargo build --release --locked --quiet
+  bin=$PWD/target/release/bootstrapper
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -71,6 +85,84 @@ TOML
 }
 if [ "${1:-}" = parallel ]; then
   bench_parallel "${2:-5}"
+  exit 0
+fi
+
+# --- 5. and 6. The controller over many clusters, and over a long log --------------------------
+median_of() { sort -n | awk '{v[NR] = $1} END {printf "%.1f", ((NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) * 1000}'; }
+# Starts serve over ROOT on the demo tenant workflow; serve_ms: how long it took to answer.
+serve_at() { # ROOT PORT
+  local start=$EPOCHREALTIME
+  "$bin" serve --listen "127.0.0.1:$2" --workflow "$PWD/workflows/tenant-demo.toml" --root "$1" \
+    --insecure-no-auth >/dev/null 2>>"$1/serve.log" &
+  serve_pid=$!
+  for _ in $(seq 1200); do
+    if curl -sf "http://127.0.0.1:$2/healthz" >/dev/null; then
+      serve_ms=$(( (${EPOCHREALTIME/./} - ${start/./}) / 1000 ))
+      return
+    fi
+    sleep 0.05
+  done
+  echo "serve did not start" >&2; cat "$1/serve.log" >&2; exit 1
+}
+# One cluster created by serve itself, ready, and the controller stopped: the records a real
+# controller writes, to copy.
+seed_cluster() { # ROOT PORT ID
+  serve_at "$1" "$2"
+  curl -sf -X PUT "http://127.0.0.1:$2/v1/clusters/$3" -d '{"params": {}}' >/dev/null
+  until curl -s "http://127.0.0.1:$2/v1/clusters/$3" | grep -q '"phase":"ready"'; do sleep 0.2; done
+  kill -TERM "$serve_pid"; wait "$serve_pid" || true
+}
+bench_list() { # N
+  local n=$1 root=$work/list port=$(( 20000 + RANDOM % 20000 ))
+  mkdir -p "$root"
+  seed_cluster "$root" "$port" bench-0
+  # Hard links: the copies cost no space; the records that name the id are rewritten.
+  for i in $(seq 1 $(( n - 1 ))); do
+    cp -al "$root/clusters/bench-0" "$root/clusters/bench-$i"
+    for f in intent.json params.json; do
+      sed "s/\"bench-0\"/\"bench-$i\"/" "$root/clusters/bench-0/$f" > "$root/clusters/bench-$i/$f.new"
+      mv "$root/clusters/bench-$i/$f.new" "$root/clusters/bench-$i/$f"
+    done
+  done
+  local listed
+  serve_at "$root" "$port"
+  listed=$(curl -s "http://127.0.0.1:$port/v1/clusters" | grep -o '"phase":"ready"' | wc -l)
+  local url=http://127.0.0.1:$port/v1/clusters all failed eight
+  all=$(for _ in $(seq 21); do curl -s -o /dev/null -w '%{time_total}\n' "$url"; done | median_of)
+  failed=$(for _ in $(seq 21); do curl -s -o /dev/null -w '%{time_total}\n' "$url?phase=failed"; done | median_of)
+  eight=$(for _ in $(seq 8); do
+    (for _ in $(seq 10); do curl -s -o /dev/null -w '%{time_total}\n' "$url"; done) &
+  done | median_of)
+  wait_serve_stop
+  echo "serve over $n clusters ($listed listed ready): started in ${serve_ms} ms; GET /v1/clusters median ${all} ms (goal <= 50), ?phase=failed ${failed} ms (goal <= 5), with 8 clients ${eight} ms"
+}
+wait_serve_stop() { kill -TERM "$serve_pid"; wait "$serve_pid" || true; }
+bench_log() { # MIB
+  local mib=$1 root=$work/log port=$(( 20000 + RANDOM % 20000 ))
+  mkdir -p "$root"
+  seed_cluster "$root" "$port" big
+  # Lines of about 120 bytes, as terraform's are.
+  (yes "bootstrapper: info: [broker] terraform_data.broker: Still creating... [10s elapsed] padding padding padding" || true) \
+    | head -c $(( mib * 1048576 )) > "$root/clusters/big/operation.log"
+  serve_at "$root" "$port"
+  local before after worst
+  before=$(awk '/^VmHWM/ {print $2}' "/proc/$serve_pid/status")
+  (for _ in $(seq 3); do curl -s -o /dev/null "http://127.0.0.1:$port/v1/clusters/big/log"; done; touch "$work/log-done") &
+  local reader=$!
+  worst=$(while [ ! -e "$work/log-done" ]; do curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$port/healthz"; done \
+    | sort -n | tail -1 | awk '{printf "%.1f", $1 * 1000}')
+  wait "$reader"
+  after=$(awk '/^VmHWM/ {print $2}' "/proc/$serve_pid/status")
+  wait_serve_stop
+  echo "GET /v1/clusters/{id}/log over a ${mib} MiB log (3 times): serve's peak RSS ${before} KiB before, ${after} KiB after; worst /healthz meanwhile ${worst} ms"
+}
+if [ "${1:-}" = list ]; then
+  bench_list "${2:-1000}"
+  exit 0
+fi
+if [ "${1:-}" = log ]; then
+  bench_log "${2:-150}"
   exit 0
 fi
 

@@ -180,6 +180,14 @@ pub struct ServeArgs {
     /// limit leaves room for beside the operations, at most 1024)
     #[arg(long, env = "BOOTSTRAPPER_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: Option<u32>,
+    /// How long a destroyed cluster's files are kept before they are removed (it then answers 404)
+    #[arg(long, env = "BOOTSTRAPPER_KEEP_DESTROYED", value_name = "DUR",
+          value_parser = positive_duration, default_value = "7d")]
+    pub keep_destroyed: Duration,
+    /// An operation running longer is stopped gracefully and its cluster failed
+    #[arg(long, env = "BOOTSTRAPPER_OPERATION_TIMEOUT", value_name = "DUR",
+          value_parser = positive_duration, default_value = "2h")]
+    pub operation_timeout: Duration,
 }
 
 impl Cli {
@@ -201,6 +209,8 @@ impl Cli {
                 idle_timeout: args.idle_timeout,
                 max_connections: args.max_connections,
             },
+            keep_destroyed: args.keep_destroyed,
+            operation_timeout: args.operation_timeout,
         }
     }
 }
@@ -241,6 +251,13 @@ fn requested_format(args: impl Iterator<Item = String>, from_env: Option<String>
 
 fn duration(text: &str) -> std::result::Result<Duration, String> {
     crate::base::clock::parse_duration(text)
+}
+
+fn positive_duration(text: &str) -> std::result::Result<Duration, String> {
+    match duration(text)? {
+        d if d.is_zero() => Err(format!("`{text}` must be more than zero")),
+        d => Ok(d),
+    }
 }
 
 /// Runs the command line and returns the process's exit code.

@@ -29,7 +29,7 @@ pub fn human(d: std::time::Duration) -> String {
     }
 }
 
-/// Parses `90s`, `5m`, `1h`, `250ms`, or a bare number of seconds.
+/// Parses `90s`, `5m`, `1h`, `7d`, `250ms`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
     let split = text
@@ -44,7 +44,12 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
+        "d" => n * 86_400.0,
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit (use ms, s, m, h or d)"
+            ))
+        }
     };
     Ok(std::time::Duration::from_secs_f64(secs))
 }

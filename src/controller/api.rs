@@ -20,6 +20,7 @@ use utoipa::{OpenApi, ToSchema};
 use crate::base::error::Problems;
 use crate::controller::cluster::{self, Cluster, Document, Intent, Phase};
 use crate::controller::reconcile::Reconciler;
+use crate::controller::records::{self, Record};
 use crate::controller::tokens::Tokens;
 
 /// The largest request body accepted.
@@ -40,10 +41,12 @@ impl App {
         &self.reconciler.config.root
     }
 
-    fn document(&self, cluster: &Cluster, intent: &Intent) -> Document {
-        cluster.document(
+    /// The cluster's document read from its files now, with what runs on it.
+    fn document(&self, cluster: &Cluster) -> Document {
+        records::document(
+            cluster,
             &self.reconciler.config.workflow,
-            intent,
+            &Record::read(cluster),
             self.reconciler.running(&cluster.id),
         )
     }
@@ -277,14 +280,17 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     cluster::check_id(id).map_err(ApiError::bad)
 }
 
-fn existing(app: &App, id: &str) -> Result<(Cluster, Intent), ApiError> {
+/// A cluster on record, whatever state its records are in.
+fn existing(app: &App, id: &str) -> Result<(Cluster, Record), ApiError> {
     check_id(id)?;
     let cluster = Cluster::new(app.root(), id);
-    match cluster.intent() {
-        Ok(Some(intent)) => Ok((cluster, intent)),
-        Ok(None) => Err(ApiError::NotFound(format!("no cluster `{id}`"))),
-        Err(e) => Err(ApiError::internal("cannot read the cluster's intent", e)),
+    if !cluster.on_record() {
+        // Removed behind the controller's back, perhaps: the list forgets it too.
+        app.reconciler.refresh(id);
+        return Err(ApiError::NotFound(format!("no cluster `{id}`")));
     }
+    let record = Record::read(&cluster);
+    Ok((cluster, record))
 }
 
 /// The params of a PUT body, with the cluster id filled in, checked against the workflow.
@@ -336,11 +342,11 @@ async fn put_cluster(
     let cluster = Cluster::new(app.root(), &id);
     let recorded = tokio::task::block_in_place(|| record_present(&app, &cluster, params));
     drop(writes);
-    let (status, intent) = recorded?;
+    let status = recorded?;
     if status == StatusCode::ACCEPTED {
         app.reconciler.enqueue(&id);
     }
-    let document = tokio::task::block_in_place(|| app.document(&cluster, &intent));
+    let document = tokio::task::block_in_place(|| app.document(&cluster));
     Ok((status, Json(document)))
 }
 
@@ -350,31 +356,31 @@ fn record_present(
     app: &App,
     cluster: &Cluster,
     params: Map<String, Value>,
-) -> Result<(StatusCode, Intent), ApiError> {
-    let current = cluster
-        .intent()
-        .map_err(|e| ApiError::internal("cannot read the cluster's intent", e))?;
+) -> Result<StatusCode, ApiError> {
+    let record = Record::read(cluster);
     let now = crate::base::clock::now_rfc3339();
-    let intent = match current {
-        None => Intent {
-            generation: 1,
+    let intent = match record.intent.clone() {
+        // New, or its intent lost: a fresh uid, above every generation seen of it.
+        Ok(None) | Err(_) => Intent {
+            generation: app.reconciler.generation_floor(&cluster.id, &record) + 1,
             present: true,
             params,
             created_at: now.clone(),
             updated_at: now,
+            uid: records::new_uid(),
         },
-        Some(current) => {
+        Ok(Some(current)) => {
             let phase = Phase::of(
                 &current,
-                cluster.outcome().ok().flatten().as_ref(),
+                record.outcome(),
                 app.reconciler.running(&cluster.id),
             );
             let same = current.present && current.params == params;
             if same && phase == Phase::Ready {
-                return Ok((StatusCode::OK, current));
+                return Ok(StatusCode::OK);
             }
             if same && phase != Phase::Failed {
-                return Ok((StatusCode::ACCEPTED, current));
+                return Ok(StatusCode::ACCEPTED);
             }
             Intent {
                 generation: current.generation + 1,
@@ -388,9 +394,10 @@ fn record_present(
     cluster
         .write_intent(&intent)
         .map_err(|e| ApiError::internal("cannot record the intent", e))?;
+    app.reconciler.refresh(&cluster.id);
     tracing::info_span!("cluster", id = %cluster.id)
         .in_scope(|| tracing::info!(generation = intent.generation, "intent: present"));
-    Ok((StatusCode::ACCEPTED, intent))
+    Ok(StatusCode::ACCEPTED)
 }
 
 /// Destroys the cluster; a running apply is stopped gracefully first.
@@ -411,35 +418,48 @@ async fn delete_cluster(
     let writes = app.writes.lock().await;
     let recorded = tokio::task::block_in_place(|| record_absent(&app, &id));
     drop(writes);
-    let (cluster, intent) = recorded?;
+    let cluster = recorded?;
     app.reconciler.enqueue(&id);
-    let document = tokio::task::block_in_place(|| app.document(&cluster, &intent));
+    let document = tokio::task::block_in_place(|| app.document(&cluster));
     Ok((StatusCode::ACCEPTED, Json(document)))
 }
 
 /// Records that the cluster `id` is to be destroyed; a failed destroy is tried again.
-fn record_absent(app: &App, id: &str) -> Result<(Cluster, Intent), ApiError> {
-    let (cluster, current) = existing(app, id)?;
-    let failed = Phase::of(
-        &current,
-        cluster.outcome().ok().flatten().as_ref(),
-        app.reconciler.running(id),
-    ) == Phase::Failed;
-    if !current.present && !failed {
-        return Ok((cluster, current));
-    }
-    let intent = Intent {
-        generation: current.generation + 1,
-        present: false,
-        updated_at: crate::base::clock::now_rfc3339(),
-        ..current
+fn record_absent(app: &App, id: &str) -> Result<Cluster, ApiError> {
+    let (cluster, record) = existing(app, id)?;
+    let now = crate::base::clock::now_rfc3339();
+    let intent = match record.intent() {
+        Some(current) => {
+            let failed =
+                Phase::of(current, record.outcome(), app.reconciler.running(id)) == Phase::Failed;
+            if !current.present && !failed {
+                return Ok(cluster);
+            }
+            Intent {
+                generation: current.generation + 1,
+                present: false,
+                updated_at: now,
+                ..current.clone()
+            }
+        }
+        // Its intent lost: destroyed with the params of its last operation, which the
+        // engine's journal says what it applied with.
+        None => Intent {
+            generation: app.reconciler.generation_floor(id, &record) + 1,
+            present: false,
+            params: records::last_params(&cluster),
+            created_at: now.clone(),
+            updated_at: now,
+            uid: records::new_uid(),
+        },
     };
     cluster
         .write_intent(&intent)
         .map_err(|e| ApiError::internal("cannot record the intent", e))?;
+    app.reconciler.refresh(id);
     tracing::info_span!("cluster", id = %id)
         .in_scope(|| tracing::info!(generation = intent.generation, "intent: absent"));
-    Ok((cluster, intent))
+    Ok(cluster)
 }
 
 /// The cluster's phase, steps, outputs, last error and times.
@@ -458,8 +478,8 @@ async fn get_cluster(
     Path(id): Path<String>,
 ) -> Result<Json<Document>, ApiError> {
     tokio::task::block_in_place(|| {
-        let (cluster, intent) = existing(&app, &id)?;
-        Ok(Json(app.document(&cluster, &intent)))
+        let (cluster, _) = existing(&app, &id)?;
+        Ok(Json(app.document(&cluster)))
     })
 }
 
@@ -467,7 +487,7 @@ async fn get_cluster(
 #[utoipa::path(
     get,
     path = "/v1/clusters",
-    params(("phase" = Option<String>, Query, description = "pending, applying, ready, failed, destroying or destroyed")),
+    params(("phase" = Option<String>, Query, description = "pending, applying, ready, failed, destroying, destroyed or damaged")),
     responses((status = 200, body = ClusterList), (status = 400, body = ErrorBody)),
     security(("bearer" = []))
 )]
@@ -495,21 +515,17 @@ async fn list_clusters(
             other => return Err(ApiError::bad(format!("unknown query parameter `{other}`"))),
         }
     }
+    // From the index: only the clusters with an operation running are read from their files.
     let clusters = tokio::task::block_in_place(|| {
-        let ids = cluster::list(app.root())
-            .map_err(|e| ApiError::internal("cannot list the clusters", e))?;
-        let mut clusters = Vec::new();
-        for id in ids {
-            let cluster = Cluster::new(app.root(), &id);
-            if let Ok(Some(intent)) = cluster.intent() {
-                let document = app.document(&cluster, &intent);
-                if phase.is_none_or(|p| p == document.phase) {
-                    clusters.push(document);
-                }
-            }
-        }
-        Ok::<_, ApiError>(clusters)
-    })?;
+        let running = app.reconciler.running_all();
+        let reconciler = &app.reconciler;
+        reconciler
+            .index
+            .list(app.root(), &reconciler.config.workflow, phase, &running)
+            .iter()
+            .map(|d| Document::clone(d))
+            .collect()
+    });
     Ok(Json(ClusterList { clusters }))
 }
 
@@ -525,25 +541,29 @@ async fn get_log(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Json<OperationLog>, ApiError> {
-    let (cluster, intent) = existing(&app, &id)?;
-    let text = match std::fs::read(cluster.log_path()) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(ApiError::internal("cannot read the operation's log", e)),
-    };
-    // Written masked; masked again with today's secrets in case the params changed since.
-    let redactor = cluster
-        .loaded(&app.reconciler.config.workflow, &intent.params)
-        .redactor;
-    let lines: Vec<String> = text
-        .lines()
-        .map(|l| redactor.mask(l).into_owned())
-        .collect();
-    let skip = lines.len().saturating_sub(MAX_LOG_LINES);
-    Ok(Json(OperationLog {
-        id,
-        lines: lines.into_iter().skip(skip).collect(),
-    }))
+    // Files are blocking work, and a log can be large: only its end is read, off the async
+    // workers' backs.
+    let lines = tokio::task::spawn_blocking(move || {
+        let (cluster, record) = existing(&app, &id)?;
+        let lines = records::tail(&cluster.log_path(), MAX_LOG_LINES)
+            .map_err(|e| ApiError::internal("cannot read the operation's log", e))?;
+        // Written masked; masked again with today's secrets in case the params changed since.
+        let params = match record.intent() {
+            Some(intent) => intent.params.clone(),
+            None => records::last_params(&cluster),
+        };
+        let redactor = cluster
+            .loaded(&app.reconciler.config.workflow, &params)
+            .redactor;
+        let lines: Vec<String> = lines
+            .iter()
+            .map(|l| redactor.mask(l).into_owned())
+            .collect();
+        Ok::<_, ApiError>(OperationLog { id, lines })
+    })
+    .await
+    .map_err(|e| ApiError::internal("reading the operation's log stopped", e))??;
+    Ok(Json(lines))
 }
 
 /// The process answers.

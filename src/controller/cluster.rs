@@ -45,6 +45,10 @@ pub struct Intent {
     pub params: Map<String, Value>,
     pub created_at: String,
     pub updated_at: String,
+    /// Drawn when the cluster is created (or its damaged intent replaced), so an outcome
+    /// names the intent it belongs to, not only a generation (see [`Outcome::settles`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
 }
 
 /// What an operation kind does to a cluster.
@@ -91,13 +95,22 @@ pub struct Outcome {
     pub error: Option<String>,
     pub started_at: String,
     pub finished_at: String,
+    /// The `uid` of the intent the operation was started for.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub intent_uid: String,
 }
 
 impl Outcome {
     /// Whether this outcome settles `intent`: the same generation, the operation it needs,
     /// and an end (a failure is an end too, until the next request).
+    // A generation alone cannot tell two intents apart: a cluster's directory removed while an
+    // operation runs lets the next PUT start again from nothing, and the old operation's end
+    // would then settle the new intent. The uid, drawn afresh for every intent that is not a
+    // change of the one before, can: an outcome of another intent settles nothing.
     pub fn settles(&self, intent: &Intent) -> bool {
-        self.generation == intent.generation && self.kind == Kind::for_intent(intent)
+        self.generation == intent.generation
+            && self.kind == Kind::for_intent(intent)
+            && self.intent_uid == intent.uid
     }
 }
 
@@ -110,16 +123,20 @@ pub enum Phase {
     Failed,
     Destroying,
     Destroyed,
+    /// A record of the cluster cannot be read: `damage` says which and why. A PUT or DELETE
+    /// replaces it.
+    Damaged,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Pending,
         Phase::Applying,
         Phase::Ready,
         Phase::Failed,
         Phase::Destroying,
         Phase::Destroyed,
+        Phase::Damaged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -130,6 +147,7 @@ impl Phase {
             Phase::Failed => "failed",
             Phase::Destroying => "destroying",
             Phase::Destroyed => "destroyed",
+            Phase::Damaged => "damaged",
         }
     }
 
@@ -211,6 +229,15 @@ impl Cluster {
 
     pub fn journal(&self) -> Journal {
         Journal::at(&self.engine_root())
+    }
+
+    /// Whether the cluster is on record: any of its records, or the engine's journal, is
+    /// there. One whose intent is lost is on record still, and shown as damaged.
+    pub fn on_record(&self) -> bool {
+        [self.intent_path(), self.outcome_path(), self.params_path()]
+            .iter()
+            .any(|p| p.symlink_metadata().is_ok())
+            || self.journal().dir().exists()
     }
 
     pub fn intent(&self) -> std::io::Result<Option<Intent>> {
@@ -325,6 +352,16 @@ pub struct Document {
     pub last_operation: Option<Outcome>,
     pub created_at: String,
     pub updated_at: String,
+    /// The record that cannot be read, if any.
+    pub damage: Option<Damage>,
+}
+
+/// A record of a cluster that cannot be read.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Damage {
+    /// The file, relative to the cluster's directory: `intent.json` or `outcome.json`.
+    pub file: String,
+    pub error: String,
 }
 
 impl Cluster {
@@ -388,6 +425,7 @@ impl Cluster {
             last_operation: outcome,
             created_at: intent.created_at.clone(),
             updated_at: intent.updated_at.clone(),
+            damage: None,
         };
         mask_document(&loaded.redactor, &mut document);
         document
@@ -425,7 +463,7 @@ pub fn clusters_dir(root: &Path) -> PathBuf {
     root.join("clusters")
 }
 
-/// Every cluster id with a directory under the root, sorted.
+/// Every cluster id on record under the root (see [`Cluster::on_record`]), sorted.
 pub fn list(root: &Path) -> std::io::Result<Vec<String>> {
     let mut ids = Vec::new();
     let entries = match std::fs::read_dir(clusters_dir(root)) {
@@ -436,7 +474,7 @@ pub fn list(root: &Path) -> std::io::Result<Vec<String>> {
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if check_id(&name).is_ok() && entry.path().join("intent.json").is_file() {
+        if check_id(&name).is_ok() && Cluster::new(root, &name).on_record() {
             ids.push(name);
         }
     }
@@ -469,6 +507,7 @@ mod tests {
             params: Map::new(),
             created_at: String::new(),
             updated_at: String::new(),
+            uid: String::new(),
         }
     }
 
@@ -480,6 +519,7 @@ mod tests {
             error: None,
             started_at: String::new(),
             finished_at: String::new(),
+            intent_uid: String::new(),
         }
     }
 
@@ -531,5 +571,9 @@ mod tests {
             Phase::of(&intent(3, true), Some(&failed), None),
             Phase::Failed
         );
+        // The same generation of another intent (the cluster created again meanwhile).
+        let mut other = intent(3, true);
+        other.uid = "b2".to_string();
+        assert_eq!(Phase::of(&other, Some(&failed), None), Phase::Pending);
     }
 }

@@ -40,6 +40,7 @@ pub struct Metrics {
     /// A flood of refusals is counted, not logged line by line: when each reason was last
     /// logged, and how many came since.
     refusals_logged: Mutex<HashMap<&'static str, (Instant, u64)>>,
+    pub damaged: Gauge,
 }
 
 /// How often a reason's refusals are summed up in the log, at most.
@@ -93,8 +94,15 @@ impl Metrics {
             "Client connections open now",
             connections.clone(),
         );
+        let damaged = Gauge::default();
+        registry.register(
+            "clusters_damaged",
+            "Clusters with a record that cannot be read (GET /v1/clusters?phase=damaged, and `damage` in each document)",
+            damaged.clone(),
+        );
         Metrics {
             registry,
+            damaged,
             operations,
             running,
             queued,

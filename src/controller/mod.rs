@@ -4,6 +4,8 @@ pub mod executor;
 pub mod http;
 pub mod layout;
 pub mod metrics;
+pub mod purge;
 pub mod reconcile;
+pub mod records;
 pub mod serve;
 pub mod tokens;

@@ -42,6 +42,10 @@ pub struct Options {
     pub tokens_grace: Duration,
     /// Timeouts and the connection limit.
     pub http: Limits,
+    /// How long a destroyed cluster's files are kept.
+    pub keep_destroyed: Duration,
+    /// How long an operation may run before it is stopped and its cluster failed.
+    pub operation_timeout: Duration,
 }
 
 /// Runs the controller until a signal stops it; returns the exit code.
@@ -90,7 +94,7 @@ fn serve(options: &Options) -> Result<i32> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("cannot start the async runtime", e))?;
-    runtime.block_on(run(app, options.listen, options.grace, options.http))
+    runtime.block_on(run(app, options))
 }
 
 /// `options` with every path absolute: each engine runs in its cluster's directory, and is
@@ -162,6 +166,7 @@ fn prepare(options: &Options) -> Result<Arc<App>> {
         workflow_path,
         workflow,
         concurrency: options.concurrency.into(),
+        operation_timeout: options.operation_timeout,
     };
     if tokens.is_none() {
         warn!("serving without tokens (--insecure-no-auth): anyone who reaches the port may create and destroy clusters");
@@ -173,7 +178,9 @@ fn prepare(options: &Options) -> Result<Arc<App>> {
     }))
 }
 
-async fn run(app: Arc<App>, listen: SocketAddr, grace: Duration, limits: Limits) -> Result<i32> {
+async fn run(app: Arc<App>, options: &Options) -> Result<i32> {
+    let (listen, grace, limits): (SocketAddr, Duration, Limits) =
+        (options.listen, options.grace, options.http);
     // Installed first: a SIGTERM from here on is a graceful stop, never the default death.
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|e| Error::io("cannot handle SIGTERM", e))?;
@@ -189,6 +196,7 @@ async fn run(app: Arc<App>, listen: SocketAddr, grace: Duration, limits: Limits)
         .local_addr()
         .map_err(|e| Error::io("cannot read the listening address", e))?;
     let reconciler = app.reconciler.clone();
+    crate::controller::purge::remove_leftovers(&reconciler.config.root);
     let resumed = reconciler
         .enqueue_all()
         .map_err(|e| Error::io("cannot read the clusters under the root", e))?;
@@ -199,6 +207,10 @@ async fn run(app: Arc<App>, listen: SocketAddr, grace: Duration, limits: Limits)
     let (allowed, files) = http::allowed_connections(&limits, reconciler.config.concurrency);
     info!("at most {allowed} connection(s) at once (open-file limit {files})");
     let worker = tokio::spawn(reconciler.clone().work());
+    let housekeeping = tokio::spawn(crate::controller::purge::housekeeping(
+        app.clone(),
+        options.keep_destroyed,
+    ));
 
     let stopped = Arc::new(std::sync::Mutex::new(None::<Signal>));
     let on_signal = {
@@ -222,6 +234,7 @@ async fn run(app: Arc<App>, listen: SocketAddr, grace: Duration, limits: Limits)
     let deadline = stopping + grace + Duration::from_secs(1);
     let left = reconciler.drained(deadline).await;
     worker.abort();
+    housekeeping.abort();
     if left > 0 {
         warn!("{left} operation(s) still running after the grace period; exiting anyway");
     } else {

@@ -7,4 +7,5 @@ mod support;
 mod http;
 mod inputs;
 mod paths;
+mod records;
 mod serve;

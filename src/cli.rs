@@ -188,6 +188,11 @@ pub struct ServeArgs {
     #[arg(long, env = "BOOTSTRAPPER_OPERATION_TIMEOUT", value_name = "DUR",
           value_parser = positive_duration, default_value = "2h")]
     pub operation_timeout: Duration,
+    /// Check each ready cluster for drift (a `diff` of its own params) when its last check
+    /// is older than this (e.g. `6h`); off by default. Drift is reported, never corrected
+    #[arg(long, env = "BOOTSTRAPPER_DRIFT_INTERVAL", value_name = "DUR",
+          value_parser = positive_duration)]
+    pub drift_interval: Option<Duration>,
 }
 
 impl Cli {
@@ -211,6 +216,7 @@ impl Cli {
             },
             keep_destroyed: args.keep_destroyed,
             operation_timeout: args.operation_timeout,
+            drift_interval: args.drift_interval,
         }
     }
 }

@@ -11,7 +11,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -19,6 +19,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::base::error::Problems;
 use crate::controller::cluster::{self, Cluster, Document, Intent, Phase};
+use crate::controller::plan::{Drift, DriftedResource, Plan, PlanStatus};
 use crate::controller::reconcile::Reconciler;
 use crate::controller::records::{self, Record};
 use crate::controller::tokens::Tokens;
@@ -162,6 +163,20 @@ pub struct PutCluster {
     /// The tenant workflow's params; `cluster_id` is set to the id when missing.
     #[schema(value_type = Object)]
     pub params: Map<String, Value>,
+    /// Apply exactly this reviewed plan (`POST /v1/clusters/{id}/plan`): only if it is the
+    /// cluster's latest, succeeded, was made with these very params, and neither the intent
+    /// nor the cluster's state moved on since (else 409).
+    #[serde(default)]
+    pub plan_id: Option<String>,
+}
+
+/// `POST /v1/clusters/{id}/plan`: what an apply would change; with `params`, of those params
+/// rather than the stored ones (a preview: the intent is unchanged).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostPlan {
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -195,6 +210,8 @@ pub struct Health {
         get_cluster,
         list_clusters,
         get_log,
+        post_plan,
+        get_plan,
         healthz,
         readyz,
         metrics
@@ -202,6 +219,11 @@ pub struct Health {
     modifiers(&BearerTokens),
     components(schemas(
         PutCluster,
+        PostPlan,
+        Plan,
+        PlanStatus,
+        Drift,
+        DriftedResource,
         Document,
         ClusterList,
         OperationLog,
@@ -236,6 +258,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/clusters", get(list_clusters))
         .route("/v1/clusters/{id}/log", get(get_log))
+        .route("/v1/clusters/{id}/plan", post(post_plan).get(get_plan))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), authorize));
     Router::new()
         .merge(v1)
@@ -293,11 +316,35 @@ fn existing(app: &App, id: &str) -> Result<(Cluster, Record), ApiError> {
     Ok((cluster, record))
 }
 
-/// The params of a PUT body, with the cluster id filled in, checked against the workflow.
-fn accept_params(app: &App, id: &str, body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+/// The params and plan id of a PUT body, the cluster id filled in, checked against the
+/// workflow.
+fn accept_put(
+    app: &App,
+    id: &str,
+    body: &[u8],
+) -> Result<(Map<String, Value>, Option<String>), ApiError> {
     let put: PutCluster = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad(format!("the body is not a valid request: {e}")))?;
-    let mut params = put.params;
+    if let Some(plan_id) = &put.plan_id {
+        let valid = plan_id.len() == 16
+            && plan_id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !valid {
+            return Err(ApiError::bad(format!(
+                "plan_id {plan_id:?} is not a plan id (16 hex digits, the `id` of GET /v1/clusters/{id}/plan)"
+            )));
+        }
+    }
+    Ok((accept_params(app, id, put.params)?, put.plan_id))
+}
+
+/// `params` with the cluster id filled in, checked against the workflow.
+fn accept_params(
+    app: &App,
+    id: &str,
+    mut params: Map<String, Value>,
+) -> Result<Map<String, Value>, ApiError> {
     match params.get("cluster_id") {
         None => {
             params.insert("cluster_id".to_string(), Value::String(id.to_string()));
@@ -325,6 +372,7 @@ fn accept_params(app: &App, id: &str, body: &[u8]) -> Result<Map<String, Value>,
         (status = 202, description = "Accepted; the cluster is applied in the background", body = Document),
         (status = 400, description = "A bad id, body or params", body = ErrorBody),
         (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 409, description = "The plan_id cannot be applied: what moved on since it was made", body = ErrorBody),
         (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody)
     ),
     security(("bearer" = []))
@@ -337,10 +385,10 @@ async fn put_cluster(
     check_id(&id)?;
     let body = body.map_err(|r| ApiError::Rejected(r.status(), r.body_text()))?;
     // Files and templates are blocking work: off the async workers' backs.
-    let params = tokio::task::block_in_place(|| accept_params(&app, &id, &body))?;
+    let (params, plan_id) = tokio::task::block_in_place(|| accept_put(&app, &id, &body))?;
     let writes = app.writes.lock().await;
     let cluster = Cluster::new(app.root(), &id);
-    let recorded = tokio::task::block_in_place(|| record_present(&app, &cluster, params));
+    let recorded = tokio::task::block_in_place(|| record_present(&app, &cluster, params, plan_id));
     drop(writes);
     let status = recorded?;
     if status == StatusCode::ACCEPTED {
@@ -356,10 +404,20 @@ fn record_present(
     app: &App,
     cluster: &Cluster,
     params: Map<String, Value>,
+    plan_id: Option<String>,
 ) -> Result<StatusCode, ApiError> {
     let record = Record::read(cluster);
     let now = crate::base::clock::now_rfc3339();
     let intent = match record.intent.clone() {
+        Ok(None) | Err(_) if plan_id.is_some() => {
+            return Err(ApiError::Rejected(
+                StatusCode::CONFLICT,
+                format!(
+                    "cluster `{}` has no plan to apply: it is new, or its intent cannot be read; PUT without plan_id",
+                    cluster.id
+                ),
+            ))
+        }
         // New, or its intent lost: a fresh uid, above every generation seen of it.
         Ok(None) | Err(_) => Intent {
             generation: app.reconciler.generation_floor(&cluster.id, &record) + 1,
@@ -368,6 +426,7 @@ fn record_present(
             created_at: now.clone(),
             updated_at: now,
             uid: records::new_uid(),
+            plan_id: None,
         },
         Ok(Some(current)) => {
             let phase = Phase::of(
@@ -375,18 +434,36 @@ fn record_present(
                 record.outcome(),
                 app.reconciler.running(&cluster.id),
             );
-            let same = current.present && current.params == params;
+            let same = current.present
+                && current.params == params
+                && (plan_id.is_none() || current.plan_id == plan_id);
             if same && phase == Phase::Ready {
                 return Ok(StatusCode::OK);
             }
             if same && phase != Phase::Failed {
                 return Ok(StatusCode::ACCEPTED);
             }
+            if let Some(plan_id) = &plan_id {
+                let plan = Plan::read(cluster)
+                    .map_err(|e| ApiError::Rejected(StatusCode::CONFLICT, e))?
+                    .ok_or_else(|| {
+                        ApiError::Rejected(
+                            StatusCode::CONFLICT,
+                            format!("cluster `{}` has no plan; POST /v1/clusters/{}/plan makes one", cluster.id, cluster.id),
+                        )
+                    })?;
+                let refusal =
+                    plan.refusal(plan_id, &params, Some(&current), record.outcome());
+                if let Some(why) = refusal {
+                    return Err(ApiError::Rejected(StatusCode::CONFLICT, why));
+                }
+            }
             Intent {
                 generation: current.generation + 1,
                 present: true,
                 params,
                 updated_at: now,
+                plan_id,
                 ..current
             }
         }
@@ -439,6 +516,7 @@ fn record_absent(app: &App, id: &str) -> Result<Cluster, ApiError> {
                 generation: current.generation + 1,
                 present: false,
                 updated_at: now,
+                plan_id: None,
                 ..current.clone()
             }
         }
@@ -451,6 +529,7 @@ fn record_absent(app: &App, id: &str) -> Result<Cluster, ApiError> {
             created_at: now.clone(),
             updated_at: now,
             uid: records::new_uid(),
+            plan_id: None,
         },
     };
     cluster
@@ -487,7 +566,10 @@ async fn get_cluster(
 #[utoipa::path(
     get,
     path = "/v1/clusters",
-    params(("phase" = Option<String>, Query, description = "pending, applying, ready, failed, destroying, destroyed or damaged")),
+    params(
+        ("phase" = Option<String>, Query, description = "pending, applying, ready, failed, destroying, destroyed or damaged"),
+        ("drifted" = Option<bool>, Query, description = "true: only the clusters whose last drift check found drift; false: only the others")
+    ),
     responses((status = 200, body = ClusterList), (status = 400, body = ErrorBody)),
     security(("bearer" = []))
 )]
@@ -497,6 +579,7 @@ async fn list_clusters(
 ) -> Result<Json<ClusterList>, ApiError> {
     let Query(query) = query.map_err(|r| ApiError::bad(r.body_text()))?;
     let mut phase = None;
+    let mut drifted = None;
     for (key, value) in &query {
         match key.as_str() {
             "phase" => {
@@ -512,6 +595,17 @@ async fn list_clusters(
                         })?,
                 )
             }
+            "drifted" => {
+                drifted = Some(match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ApiError::bad(format!(
+                            "drifted is {value:?}; it is true or false"
+                        )))
+                    }
+                })
+            }
             other => return Err(ApiError::bad(format!("unknown query parameter `{other}`"))),
         }
     }
@@ -523,6 +617,9 @@ async fn list_clusters(
             .index
             .list(app.root(), &reconciler.config.workflow, phase, &running)
             .iter()
+            .filter(|d| {
+                drifted.is_none_or(|want| d.drift.as_ref().is_some_and(|d| d.drifted) == want)
+            })
             .map(|d| Document::clone(d))
             .collect()
     });
@@ -564,6 +661,106 @@ async fn get_log(
     .await
     .map_err(|e| ApiError::internal("reading the operation's log stopped", e))??;
     Ok(Json(lines))
+}
+
+/// Plans what an apply would change (the engine's `diff`), as an operation of the cluster;
+/// `GET` the plan for its result.
+#[utoipa::path(
+    post,
+    path = "/v1/clusters/{id}/plan",
+    params(("id" = String, Path)),
+    request_body(content = Option<PostPlan>, description = "Empty, or `{\"params\": {…}}` to preview other params"),
+    responses(
+        (status = 202, description = "Accepted; the plan runs when the cluster has no other operation", body = Plan),
+        (status = 400, description = "A bad id, body or params", body = ErrorBody),
+        (status = 404, description = "No such cluster", body = ErrorBody),
+        (status = 409, description = "The cluster is deleted, or its intent cannot be read", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+async fn post_plan(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    check_id(&id)?;
+    let body = body.map_err(|r| ApiError::Rejected(r.status(), r.body_text()))?;
+    let post: PostPlan = if body.iter().all(u8::is_ascii_whitespace) {
+        PostPlan::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad(format!("the body is not a valid request: {e}")))?
+    };
+    let params = match post.params {
+        Some(params) => Some(tokio::task::block_in_place(|| {
+            accept_params(&app, &id, params)
+        })?),
+        None => None,
+    };
+    let writes = app.writes.lock().await;
+    let plan = tokio::task::block_in_place(|| record_plan(&app, &id, params));
+    drop(writes);
+    let plan = plan?;
+    app.reconciler.enqueue(&id);
+    Ok((StatusCode::ACCEPTED, Json(plan.answer())))
+}
+
+/// Records that a plan of `params` (None: the intent's) is asked for on cluster `id`.
+fn record_plan(app: &App, id: &str, params: Option<Map<String, Value>>) -> Result<Plan, ApiError> {
+    let (cluster, record) = existing(app, id)?;
+    let Some(intent) = record.intent() else {
+        return Err(ApiError::Rejected(
+            StatusCode::CONFLICT,
+            format!("cluster `{id}`'s intent cannot be read; a PUT or DELETE replaces it first"),
+        ));
+    };
+    if !intent.present {
+        return Err(ApiError::Rejected(
+            StatusCode::CONFLICT,
+            format!("cluster `{id}` is deleted; there is nothing to plan (PUT it first)"),
+        ));
+    }
+    let stored = params.as_ref().is_none_or(|p| *p == intent.params);
+    let params = params.unwrap_or_else(|| intent.params.clone());
+    let workflow = &app.reconciler.config.workflow;
+    let plan = Plan::requested(&cluster, &params, stored, false, workflow);
+    if !stored {
+        crate::base::json::write(&cluster.plan_params_path(), &params, 0o600)
+            .map_err(|e| ApiError::internal("cannot record the plan's params", e))?;
+    }
+    plan.write(&cluster)
+        .map_err(|e| ApiError::internal("cannot record the plan", e))?;
+    tracing::info_span!("cluster", id = %id)
+        .in_scope(|| tracing::info!(stored_params = stored, "plan asked for"));
+    Ok(plan)
+}
+
+/// The cluster's latest plan: per step the resources an apply would create, update, replace
+/// or delete, when it was made, with which params (masked) and code.
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{id}/plan",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = Plan),
+        (status = 404, description = "No such cluster, or no plan", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+async fn get_plan(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    tokio::task::block_in_place(|| {
+        let (cluster, _) = existing(&app, &id)?;
+        match Plan::read(&cluster) {
+            Ok(Some(plan)) => Ok(Json(plan.answer())),
+            Ok(None) => Err(ApiError::NotFound(format!(
+                "cluster `{id}` has no plan; POST /v1/clusters/{id}/plan makes one"
+            ))),
+            Err(e) => Err(ApiError::internal("cannot read the plan", e)),
+        }
+    })
 }
 
 /// The process answers.

@@ -26,11 +26,15 @@ const FILE_MODE: u32 = 0o600;
 pub const ENGINE_DIR: &str = "engine";
 /// The files the controller keeps in a cluster's directory (and their temp files beside);
 /// the paths below name each.
-pub const CONTROLLER_FILES: [&str; 4] = [
+pub const CONTROLLER_FILES: [&str; 8] = [
     "intent.json",
     "outcome.json",
     "params.json",
     "operation.log",
+    "plan.json",
+    "plan-params.json",
+    "plan.log",
+    "drift.json",
 ];
 /// A cluster id is a DNS-1123 label, kept short enough to be part of other resources' names.
 pub const MAX_ID_LEN: usize = 40;
@@ -49,6 +53,9 @@ pub struct Intent {
     /// names the intent it belongs to, not only a generation (see [`Outcome::settles`]).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub uid: String,
+    /// The plan (`POST /v1/clusters/{id}/plan`) to apply exactly, with `run --reviewed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
 }
 
 /// What an operation kind does to a cluster.
@@ -57,6 +64,8 @@ pub struct Intent {
 pub enum Kind {
     Apply,
     Destroy,
+    /// A `diff`: what an apply would change; it changes nothing.
+    Plan,
 }
 
 impl Kind {
@@ -64,6 +73,7 @@ impl Kind {
         match self {
             Kind::Apply => "apply",
             Kind::Destroy => "destroy",
+            Kind::Plan => "plan",
         }
     }
 
@@ -156,7 +166,8 @@ impl Phase {
         match running {
             Some(Kind::Apply) => return Phase::Applying,
             Some(Kind::Destroy) => return Phase::Destroying,
-            None => {}
+            // A plan changes nothing: the cluster stands where its last apply or destroy left it.
+            Some(Kind::Plan) | None => {}
         }
         match outcome.filter(|o| o.settles(intent)) {
             Some(o) if o.result == Ended::Failed => Phase::Failed,
@@ -214,6 +225,25 @@ impl Cluster {
 
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("operation.log")
+    }
+
+    /// The last plan's result (see [`crate::controller::plan`]).
+    pub fn plan_path(&self) -> PathBuf {
+        self.dir.join("plan.json")
+    }
+
+    /// The params a plan runs with: the intent's, or those a preview asked for.
+    pub fn plan_params_path(&self) -> PathBuf {
+        self.dir.join("plan-params.json")
+    }
+
+    /// A plan's output: apart from the apply's and destroy's, which it must not replace.
+    pub fn plan_log_path(&self) -> PathBuf {
+        self.dir.join("plan.log")
+    }
+
+    pub fn drift_path(&self) -> PathBuf {
+        self.dir.join("drift.json")
     }
 
     /// The root of the cluster's engine: `engine/`, or, for a cluster an older version left
@@ -354,6 +384,8 @@ pub struct Document {
     pub updated_at: String,
     /// The record that cannot be read, if any.
     pub damage: Option<Damage>,
+    /// What the last drift check found (`serve --drift-interval`).
+    pub drift: Option<crate::controller::plan::Drift>,
 }
 
 /// A record of a cluster that cannot be read.
@@ -426,6 +458,7 @@ impl Cluster {
             created_at: intent.created_at.clone(),
             updated_at: intent.updated_at.clone(),
             damage: None,
+            drift: crate::controller::plan::Drift::read(self),
         };
         mask_document(&loaded.redactor, &mut document);
         document
@@ -508,6 +541,7 @@ mod tests {
             created_at: String::new(),
             updated_at: String::new(),
             uid: String::new(),
+            plan_id: None,
         }
     }
 

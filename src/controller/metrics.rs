@@ -25,6 +25,11 @@ pub struct Kind {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Checked {
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Refused {
     pub reason: String,
 }
@@ -41,6 +46,8 @@ pub struct Metrics {
     /// logged, and how many came since.
     refusals_logged: Mutex<HashMap<&'static str, (Instant, u64)>>,
     pub damaged: Gauge,
+    pub drifted: Gauge,
+    pub drift_checks: Family<Checked, Counter>,
 }
 
 /// How often a reason's refusals are summed up in the log, at most.
@@ -58,7 +65,7 @@ impl Metrics {
         let operations = Family::<Operation, Counter>::default();
         registry.register(
             "operations",
-            "Finished operations, by kind (apply, destroy) and result (succeeded, failed, interrupted, postponed)",
+            "Finished operations, by kind (apply, destroy, plan) and result (succeeded, failed, interrupted, postponed)",
             operations.clone(),
         );
         let running = Gauge::default();
@@ -100,9 +107,23 @@ impl Metrics {
             "Clusters with a record that cannot be read (GET /v1/clusters?phase=damaged, and `damage` in each document)",
             damaged.clone(),
         );
+        let drifted = Gauge::default();
+        registry.register(
+            "clusters_drifted",
+            "Clusters whose last drift check found that an apply would change something (GET /v1/clusters?drifted=true)",
+            drifted.clone(),
+        );
+        let drift_checks = Family::<Checked, Counter>::default();
+        registry.register(
+            "drift_checks",
+            "Drift checks (plans of a ready cluster's own params), by result (clean, drifted, failed)",
+            drift_checks.clone(),
+        );
         Metrics {
             registry,
             damaged,
+            drifted,
+            drift_checks,
             operations,
             running,
             queued,
@@ -125,6 +146,14 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .observe(seconds);
+    }
+
+    pub fn drift_checked(&self, result: &str) {
+        self.drift_checks
+            .get_or_create(&Checked {
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a refusal; the first of each `reason` is logged, later ones summed up at most

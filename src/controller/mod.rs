@@ -4,6 +4,7 @@ pub mod executor;
 pub mod http;
 pub mod layout;
 pub mod metrics;
+pub mod plan;
 pub mod purge;
 pub mod reconcile;
 pub mod records;

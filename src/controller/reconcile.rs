@@ -13,8 +13,9 @@ use nix::sys::signal::Signal;
 use tracing::{info, warn};
 
 use crate::controller::cluster::{self, Cluster, Document, Ended, Intent, Kind, Outcome};
-use crate::controller::executor::{Ending, Executor, Operation};
+use crate::controller::executor::{Ending, Executor, OnEnd, Operation};
 use crate::controller::metrics::Metrics;
+use crate::controller::plan::{Drift, Plan, PlanStatus};
 use crate::controller::records::{self, Index, Record};
 use crate::workflow::file::Workflow;
 
@@ -43,6 +44,10 @@ pub struct Reconciler {
     wake: tokio::sync::Notify,
 }
 
+/// An operation about to start: the cluster, its intent, the kind, the plan (for a plan)
+/// and the last outcome.
+type Starting = (Cluster, Intent, Kind, Option<Plan>, Option<Outcome>);
+
 #[derive(Default)]
 struct Inner {
     queue: VecDeque<String>,
@@ -54,12 +59,17 @@ struct Inner {
     started: HashMap<String, Started>,
     /// Set once the controller is stopping: nothing new starts.
     stopping: Option<Signal>,
+    /// Ready clusters whose drift check is due, and those whose check runs now.
+    drift_due: VecDeque<String>,
+    drift_running: HashSet<String>,
 }
 
 struct Started {
     generation: u64,
     at: Instant,
     timed_out: bool,
+    /// A plan stopped because the cluster's intent changed while it ran.
+    preempted: bool,
 }
 
 /// How an operation ended, for the reconciler.
@@ -70,6 +80,8 @@ enum End {
     /// Another engine held the cluster's root, or the outcome could not be recorded: looked
     /// at again after a pause rather than at once.
     Later,
+    /// A plan ended and its result is recorded (true: it succeeded).
+    Planned(bool),
 }
 
 impl Reconciler {
@@ -98,6 +110,7 @@ impl Reconciler {
                         generation: operation.generation,
                         at: Instant::now(),
                         timed_out: false,
+                        preempted: false,
                     },
                 );
                 inner.running.insert(operation.cluster, operation.kind);
@@ -116,14 +129,23 @@ impl Reconciler {
     /// Looks at `id` again soon. An apply running while the cluster's intent became absent
     /// is asked to stop (the hand-over `destroy` uses), so the destroy can follow it.
     pub fn enqueue(&self, id: &str) {
-        let absent = Cluster::new(&self.config.root, id)
-            .intent()
-            .ok()
-            .flatten()
-            .is_some_and(|i| !i.present);
+        let intent = Cluster::new(&self.config.root, id).intent().ok().flatten();
+        let absent = intent.as_ref().is_some_and(|i| !i.present);
         let mut inner = self.inner.lock().expect("reconciler lock");
         if absent && inner.running.get(id) == Some(&Kind::Apply) {
             self.executor.stop(id, Signal::SIGUSR1);
+        }
+        // What the tenant asked for wins over a plan: a plan of an intent that is no longer
+        // the cluster's is stopped.
+        if inner.running.get(id) == Some(&Kind::Plan) {
+            let started = inner.started.get_mut(id);
+            if let (Some(intent), Some(started)) = (&intent, started) {
+                if intent.generation != started.generation && !started.preempted {
+                    started.preempted = true;
+                    info!(cluster = %id, "the intent changed: stopping the running plan");
+                    self.executor.stop(id, Signal::SIGTERM);
+                }
+            }
         }
         if inner.queued.insert(id.to_string()) {
             inner.queue.push_back(id.to_string());
@@ -138,6 +160,7 @@ impl Reconciler {
         let cluster = Cluster::new(&self.config.root, id);
         let document = self.index.refresh(&cluster, &self.config.workflow);
         self.metrics.damaged.set(self.index.damaged() as i64);
+        self.metrics.drifted.set(self.index.drifted() as i64);
         document
     }
 
@@ -253,21 +276,31 @@ impl Reconciler {
             if let Err(damage) = &record.outcome {
                 warn!(cluster = %id, "{}: {}; taken as not settled: the operation runs and records a good one", damage.file, damage.error);
             }
-            if record.outcome().is_some_and(|o| o.settles(&intent)) {
-                continue;
-            }
-            let kind = Kind::for_intent(&intent);
+            let outcome = record.outcome().cloned();
+            // What the tenant asked for first; then a plan asked for, if any.
+            let (kind, plan) = if outcome.as_ref().is_some_and(|o| o.settles(&intent)) {
+                match self.plan_asked(&cluster, &intent) {
+                    Some(plan) => (Kind::Plan, Some(plan)),
+                    None => continue,
+                }
+            } else {
+                (Kind::for_intent(&intent), None)
+            };
             inner.started.insert(
                 id.clone(),
                 Started {
                     generation: intent.generation,
                     at: Instant::now(),
                     timed_out: false,
+                    preempted: false,
                 },
             );
             inner.running.insert(id.clone(), kind);
             self.metrics.running.set(inner.running.len() as i64);
-            starting.push((cluster, intent, kind));
+            starting.push((cluster, intent, kind, plan, outcome));
+        }
+        if inner.queue.is_empty() && busy.is_empty() {
+            self.start_drift_checks(&mut inner, &mut starting);
         }
         for id in busy {
             if inner.queued.insert(id.clone()) {
@@ -277,8 +310,118 @@ impl Reconciler {
         self.metrics.queued.set(inner.queue.len() as i64);
         // Started without the lock: an operation that ends at once reports to `finish`.
         drop(inner);
-        for (cluster, intent, kind) in starting {
-            self.start(cluster, intent, kind);
+        for (cluster, intent, kind, plan, outcome) in starting {
+            self.start(cluster, intent, kind, plan, outcome);
+        }
+    }
+
+    /// The plan asked for on a cluster whose intent is settled, if one waits (or was cut
+    /// short by a restart).
+    fn plan_asked(&self, cluster: &Cluster, intent: &Intent) -> Option<Plan> {
+        let plan = Plan::read(cluster).ok().flatten()?;
+        if !matches!(plan.status, PlanStatus::Pending | PlanStatus::Running) {
+            return None;
+        }
+        if !intent.present {
+            let failed = plan.failed("the cluster was deleted before the plan ran".to_string());
+            if let Err(e) = failed.write(cluster) {
+                warn!(cluster = %cluster.id, "cannot record the plan: {e}");
+            }
+            return None;
+        }
+        Some(plan)
+    }
+
+    /// Starts the drift checks that are due, never ahead of a cluster waiting for an
+    /// operation: at most one at a time while other operations run, as many as there is room
+    /// for when none do.
+    fn start_drift_checks(&self, inner: &mut Inner, starting: &mut Vec<Starting>) {
+        let limit = if inner.running.len() > inner.drift_running.len() {
+            1
+        } else {
+            self.config.concurrency
+        };
+        while inner.running.len() < self.config.concurrency && inner.drift_running.len() < limit {
+            let Some(id) = inner.drift_due.pop_front() else {
+                break;
+            };
+            if inner.running.contains_key(&id) || inner.queued.contains(&id) {
+                continue;
+            }
+            let cluster = Cluster::new(&self.config.root, &id);
+            let record = Record::read(&cluster);
+            let (Some(intent), Some(outcome)) = (record.intent(), record.outcome()) else {
+                continue;
+            };
+            let ready =
+                intent.present && outcome.settles(intent) && outcome.result == Ended::Succeeded;
+            if !ready {
+                continue;
+            }
+            let plan = Plan::requested(&cluster, &intent.params, true, true, &self.config.workflow);
+            inner.started.insert(
+                id.clone(),
+                Started {
+                    generation: intent.generation,
+                    at: Instant::now(),
+                    timed_out: false,
+                    preempted: false,
+                },
+            );
+            inner.running.insert(id.clone(), Kind::Plan);
+            inner.drift_running.insert(id.clone());
+            self.metrics.running.set(inner.running.len() as i64);
+            starting.push((
+                cluster,
+                intent.clone(),
+                Kind::Plan,
+                Some(plan),
+                Some(outcome.clone()),
+            ));
+        }
+    }
+
+    /// Finds the ready clusters whose last drift check (or apply) is older than `interval`,
+    /// and has them checked when there is room.
+    pub fn find_drift(&self, interval: Duration) {
+        let now = std::time::SystemTime::now();
+        let ready = self.index.ids(crate::controller::cluster::Phase::Ready);
+        let mut due = Vec::new();
+        for id in ready {
+            let cluster = Cluster::new(&self.config.root, &id);
+            let modified = |path: PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            let last = [
+                modified(cluster.drift_path()),
+                modified(cluster.outcome_path()),
+            ]
+            .into_iter()
+            .flatten()
+            .max();
+            let old = last.is_none_or(|t| now.duration_since(t).unwrap_or_default() >= interval);
+            if old {
+                due.push(id);
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        let mut inner = self.inner.lock().expect("reconciler lock");
+        for id in due {
+            if !inner.drift_due.contains(&id) && !inner.drift_running.contains(&id) {
+                inner.drift_due.push_back(id);
+            }
+        }
+        drop(inner);
+        self.wake.notify_one();
+    }
+
+    /// Looks for drift every so often, until the controller stops.
+    pub async fn watch_drift(self: Arc<Self>, interval: Duration) {
+        let every = (interval / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+        loop {
+            tokio::time::sleep(every).await;
+            let this = self.clone();
+            let _ = tokio::task::spawn_blocking(move || this.find_drift(interval)).await;
         }
     }
 
@@ -287,6 +430,7 @@ impl Reconciler {
             let mut inner = self.inner.lock().expect("reconciler lock");
             inner.running.remove(id);
             inner.started.remove(id);
+            inner.drift_running.remove(id);
             self.metrics.running.set(inner.running.len() as i64);
             inner.stopping.is_some()
         };
@@ -302,22 +446,38 @@ impl Reconciler {
                     this.enqueue(&id);
                 });
             }
-            End::Done(_) | End::Interrupted => self.enqueue(id),
+            End::Done(_) | End::Interrupted | End::Planned(_) => self.enqueue(id),
         }
     }
 
     /// Starts the one operation that brings `cluster` to `intent`; its outcome is recorded
     /// when it ends.
-    fn start(self: &Arc<Self>, cluster: Cluster, intent: Intent, kind: Kind) {
+    fn start(
+        self: &Arc<Self>,
+        cluster: Cluster,
+        intent: Intent,
+        kind: Kind,
+        plan: Option<Plan>,
+        outcome: Option<Outcome>,
+    ) {
         let span = tracing::info_span!("cluster", id = %cluster.id, generation = intent.generation);
         let _entered = span.enter();
         info!("{} started", kind.as_str());
         let started = Instant::now();
         let started_at = crate::base::clock::now_rfc3339();
         let home = records::identity(&cluster.dir);
+        let plan = plan.map(|plan| self.plan_started(&cluster, &intent, outcome.as_ref(), plan));
         let early = if kind == Kind::Destroy && !cluster.journal().dir().exists() {
             // Nothing ever ran here, so there is nothing to destroy.
             Some(Ending::Succeeded)
+        } else if let Some(Err(e)) = &plan {
+            Some(Ending::Failed {
+                exit_code: None,
+                failure: None,
+                error: e.clone(),
+            })
+        } else if kind == Kind::Plan {
+            None
         } else if let Err(e) = cluster.write_params(&intent.params) {
             Some(Ending::Failed {
                 exit_code: None,
@@ -327,14 +487,21 @@ impl Reconciler {
         } else {
             None
         };
+        let plan = plan.and_then(Result::ok);
+        // A plan of the intent's own params on a ready cluster says whether it drifted.
+        let ready = intent.present
+            && outcome
+                .as_ref()
+                .is_some_and(|o| o.settles(&intent) && o.result == Ended::Succeeded);
         let operation = Operation {
             cluster: cluster.id.clone(),
             generation: intent.generation,
             kind,
+            reviewed: intent.plan_id.clone().filter(|_| kind == Kind::Apply),
         };
         let this = self.clone();
         let span = span.clone();
-        let on_end = Box::new(move |ending: Ending| {
+        let on_end: OnEnd = Box::new(move |ending: Ending| {
             let _entered = span.enter();
             let ending = match this.timed_out(&cluster.id) {
                 // Stopped for running too long: it is not tried again on its own.
@@ -355,6 +522,13 @@ impl Reconciler {
                 warn!("the cluster's directory was removed while the {} ran: its end is not recorded, and what it left behind is removed", kind.as_str());
                 records::clear_debris(&cluster);
                 End::Interrupted
+            } else if let Some(plan) = plan {
+                let preempted = this.preempted(&cluster.id);
+                this.record_plan(&cluster, plan, ending, preempted, ready)
+            } else if kind == Kind::Plan {
+                // Its record could not be written: tried again after a pause.
+                warn!("the plan cannot start: {ending:?}");
+                End::Later
             } else {
                 this.record(&cluster, &intent, kind, &started_at, ending)
             };
@@ -368,6 +542,8 @@ impl Reconciler {
                 },
                 End::Interrupted => "interrupted",
                 End::Later => "postponed",
+                End::Planned(true) => "succeeded",
+                End::Planned(false) => "failed",
             };
             let seconds = started.elapsed().as_secs_f64();
             this.metrics.finished(kind.as_str(), result, seconds);
@@ -388,6 +564,99 @@ impl Reconciler {
             .get(id)
             .filter(|s| s.timed_out)
             .map(|_| self.config.operation_timeout)
+    }
+
+    /// Whether the running plan of `id` was stopped for a new intent.
+    fn preempted(&self, id: &str) -> bool {
+        let inner = self.inner.lock().expect("reconciler lock");
+        inner.started.get(id).is_some_and(|s| s.preempted)
+    }
+
+    /// Records that `plan` starts now against `intent` and `outcome`, its params written
+    /// where the engine reads them; the reason when it cannot start.
+    fn plan_started(
+        &self,
+        cluster: &Cluster,
+        intent: &Intent,
+        outcome: Option<&Outcome>,
+        plan: Plan,
+    ) -> Result<Plan, String> {
+        // A plan of the stored params plans those stored now, whatever they were when asked.
+        let plan = if plan.stored_params {
+            let fresh = Plan::requested(
+                cluster,
+                &intent.params,
+                true,
+                plan.drift_check,
+                &self.config.workflow,
+            );
+            crate::base::json::write(&cluster.plan_params_path(), &intent.params, 0o600).map_err(
+                |e| format!("cannot write {}: {e}", cluster.plan_params_path().display()),
+            )?;
+            fresh.asked_at(plan.requested_at)
+        } else {
+            plan
+        };
+        let plan = plan.started(intent, outcome);
+        plan.write(cluster)
+            .map_err(|e| format!("cannot write {}: {e}", cluster.plan_path().display()))?;
+        Ok(plan)
+    }
+
+    /// Records how a plan ended: the plan's result, and what it says of drift when it was
+    /// made with the intent's params on a ready cluster.
+    fn record_plan(
+        &self,
+        cluster: &Cluster,
+        plan: Plan,
+        ending: Ending,
+        preempted: bool,
+        ready: bool,
+    ) -> End {
+        let drift = plan.stored_params && ready;
+        let plan = match ending {
+            Ending::Succeeded => match crate::controller::executor::last_diff(cluster) {
+                Some(document) => plan.succeeded(document),
+                None => plan.failed("the engine's diff record cannot be read".to_string()),
+            },
+            Ending::Failed { error, .. } => plan.failed(error),
+            Ending::Interrupted if preempted => plan.failed(
+                "stopped: the cluster's intent changed (a PUT or DELETE) while it ran; POST the plan again"
+                    .to_string(),
+            ),
+            Ending::Interrupted => return End::Interrupted,
+            Ending::Later => return End::Later,
+        };
+        // A newer plan asked for meanwhile is kept, and runs next.
+        let current = Plan::read(cluster).ok().flatten();
+        if current
+            .is_some_and(|c| c.requested_at != plan.requested_at && c.status == PlanStatus::Pending)
+        {
+            return End::Planned(plan.status == PlanStatus::Succeeded);
+        }
+        if let Err(e) = plan.write(cluster) {
+            warn!("cannot record the plan, it runs again: {e}");
+            return End::Later;
+        }
+        let succeeded = plan.status == PlanStatus::Succeeded;
+        if drift && !preempted {
+            let (drift, result) = if succeeded {
+                let drift = Drift::of(&plan);
+                let result = if drift.drifted { "drifted" } else { "clean" };
+                (drift, result)
+            } else {
+                let error = plan.error.clone().unwrap_or_default();
+                (Drift::failed(cluster, error), "failed")
+            };
+            if let Err(e) = drift.write(cluster) {
+                warn!("cannot record what the drift check found: {e}");
+            }
+            if drift.drifted {
+                warn!("drifted: an apply would change {} resource(s); GET /v1/clusters/{}/plan shows them", drift.resources.len(), cluster.id);
+            }
+            self.metrics.drift_checked(result);
+        }
+        End::Planned(succeeded)
     }
 
     /// Records how an operation ended as the cluster's outcome.
@@ -421,6 +690,12 @@ impl Reconciler {
         if let Err(e) = cluster.write_outcome(&outcome) {
             warn!("cannot record the outcome, the operation runs again: {e}");
             return End::Later;
+        }
+        if kind == Kind::Apply && outcome.result == Ended::Succeeded {
+            // What the last check found is the past now; the next check looks again.
+            if let Err(e) = crate::base::durable::remove(&cluster.drift_path()) {
+                warn!("cannot remove {}: {e}", cluster.drift_path().display());
+            }
         }
         End::Done(outcome)
     }

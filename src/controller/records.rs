@@ -160,6 +160,7 @@ pub fn document(
         created_at: String::new(),
         updated_at: String::new(),
         uid: String::new(),
+        plan_id: None,
     };
     let mut document = cluster.document(workflow, &stand_in, running);
     document.phase = Phase::Damaged;
@@ -243,6 +244,25 @@ impl Index {
     pub fn seen(&self, id: &str) -> u64 {
         let seen = self.seen.read().expect("index lock");
         seen.get(id).copied().unwrap_or(0)
+    }
+
+    /// The ids of the clusters in `phase`, as last recorded.
+    pub fn ids(&self, phase: Phase) -> Vec<String> {
+        let entries = self.entries.read().expect("index lock");
+        entries
+            .iter()
+            .filter(|(_, e)| e.document.phase == phase)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// How many clusters the last drift check found drifted.
+    pub fn drifted(&self) -> usize {
+        let entries = self.entries.read().expect("index lock");
+        entries
+            .values()
+            .filter(|e| e.document.drift.as_ref().is_some_and(|d| d.drifted))
+            .count()
     }
 
     /// How many clusters have a record that cannot be read.

@@ -46,6 +46,8 @@ pub struct Options {
     pub keep_destroyed: Duration,
     /// How long an operation may run before it is stopped and its cluster failed.
     pub operation_timeout: Duration,
+    /// How old a ready cluster's last drift check may get; None: no drift checks.
+    pub drift_interval: Option<Duration>,
 }
 
 /// Runs the controller until a signal stops it; returns the exit code.
@@ -211,6 +213,13 @@ async fn run(app: Arc<App>, options: &Options) -> Result<i32> {
         app.clone(),
         options.keep_destroyed,
     ));
+    let drift = options.drift_interval.map(|interval| {
+        info!(
+            "checking every ready cluster for drift when its last check is {} old",
+            crate::controller::reconcile::spoken(interval)
+        );
+        tokio::spawn(reconciler.clone().watch_drift(interval))
+    });
 
     let stopped = Arc::new(std::sync::Mutex::new(None::<Signal>));
     let on_signal = {
@@ -235,6 +244,9 @@ async fn run(app: Arc<App>, options: &Options) -> Result<i32> {
     let left = reconciler.drained(deadline).await;
     worker.abort();
     housekeeping.abort();
+    if let Some(drift) = drift {
+        drift.abort();
+    }
     if left > 0 {
         warn!("{left} operation(s) still running after the grace period; exiting anyway");
     } else {

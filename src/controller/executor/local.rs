@@ -62,7 +62,7 @@ impl Executor for Local {
         let running = self.running.clone();
         tokio::task::spawn_blocking(move || {
             let cluster = Cluster::new(&config.root, &operation.cluster);
-            let ending = execute(&config, &cluster, operation.kind, &stop);
+            let ending = execute(&config, &cluster, &operation, &stop);
             running
                 .lock()
                 .expect("executor lock")
@@ -121,7 +121,13 @@ impl Executor for Local {
 
 /// Runs the engine command of one operation in the cluster's root, its output into the
 /// cluster's log.
-fn execute(config: &LocalConfig, cluster: &Cluster, kind: Kind, stop: &AtomicI32) -> Ending {
+fn execute(
+    config: &LocalConfig,
+    cluster: &Cluster,
+    operation: &Operation,
+    stop: &AtomicI32,
+) -> Ending {
+    let kind = operation.kind;
     let failed = |error: String| Ending::Failed {
         exit_code: None,
         failure: None,
@@ -130,10 +136,18 @@ fn execute(config: &LocalConfig, cluster: &Cluster, kind: Kind, stop: &AtomicI32
     // The intent's params, for the secrets to mask in the log: those written to the
     // params file just before, unless a newer intent came since (then the operation is
     // stopped and runs again anyway).
-    let params = match cluster.intent() {
-        Ok(Some(intent)) => intent.params,
-        Ok(None) => Default::default(),
-        Err(e) => return failed(format!("cannot read the cluster's intent: {e}")),
+    let params = if kind == Kind::Plan {
+        // A preview's params are not the intent's: its own file, for the engine and the mask.
+        match crate::base::json::read(&cluster.plan_params_path()) {
+            Ok(params) => params.unwrap_or_default(),
+            Err(_) => return failed("cannot read the plan's params".to_string()),
+        }
+    } else {
+        match cluster.intent() {
+            Ok(Some(intent)) => intent.params,
+            Ok(None) => Default::default(),
+            Err(e) => return failed(format!("cannot read the cluster's intent: {e}")),
+        }
     };
     let loaded = cluster.loaded(&config.workflow, &params);
     let supervisor = Supervisor {
@@ -141,21 +155,20 @@ fn execute(config: &LocalConfig, cluster: &Cluster, kind: Kind, stop: &AtomicI32
         shutdown: Default::default(),
         grace: config.grace,
     };
+    let log_path = match kind {
+        Kind::Plan => cluster.plan_log_path(),
+        Kind::Apply | Kind::Destroy => cluster.log_path(),
+    };
     let mut log = match std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .mode(0o600)
-        .open(cluster.log_path())
+        .open(&log_path)
     {
         Ok(file) => std::io::LineWriter::new(file),
         Err(e) if starved(&e) => return Ending::Later,
-        Err(e) => {
-            return failed(format!(
-                "cannot write {}: {e}",
-                cluster.log_path().display()
-            ))
-        }
+        Err(e) => return failed(format!("cannot write {}: {e}", log_path.display())),
     };
     let engine_root = cluster.engine_root();
     if let Err(e) = std::fs::DirBuilder::new()
@@ -165,8 +178,14 @@ fn execute(config: &LocalConfig, cluster: &Cluster, kind: Kind, stop: &AtomicI32
     {
         return failed(format!("cannot create {}: {e}", engine_root.display()));
     }
-    let args = engine_args(kind);
-    let command = command(config, cluster, &engine_root, &args);
+    let args = engine_args(kind, operation.reviewed.as_deref());
+    let params_path = match kind {
+        Kind::Plan => cluster.plan_params_path(),
+        Kind::Apply | Kind::Destroy => cluster.params_path(),
+    };
+    // A diff exits 2 for "changes" and for a bad input alike: only a new record says which.
+    let diff_before = (kind == Kind::Plan).then(|| diff_id(cluster));
+    let command = command(config, cluster, &engine_root, &params_path, &args);
     let stop_signal = || match stop.load(Ordering::SeqCst) {
         0 => None,
         n => Signal::try_from(n).ok(),
@@ -189,7 +208,18 @@ fn execute(config: &LocalConfig, cluster: &Cluster, kind: Kind, stop: &AtomicI32
         Err(e) if starved(&e) => return Ending::Later,
         Err(e) => return failed(format!("cannot start {}: {e}", command.program.display())),
     };
+    if let Some(before) = diff_before {
+        let planned = matches!(finished.status.code(), Some(exit::OK | exit::CHANGES))
+            && diff_id(cluster).is_some_and(|now| Some(&now) != before.as_ref());
+        if planned {
+            return Ending::Succeeded;
+        }
+    }
     match finished.status.code() {
+        Some(exit::OK) if kind == Kind::Plan => failed(format!(
+            "`{}` ended without recording its diff",
+            args.join(" ")
+        )),
         Some(exit::OK) => Ending::Succeeded,
         Some(exit::LOCKED) => Ending::Later,
         Some(code) if code > 128 => Ending::Interrupted,
@@ -212,12 +242,25 @@ fn starved(e: &std::io::Error) -> bool {
 }
 
 /// The engine's own command for an operation: one invocation, whatever the root holds.
-fn engine_args(kind: Kind) -> Vec<String> {
-    match kind {
+fn engine_args(kind: Kind, reviewed: Option<&str>) -> Vec<String> {
+    match (kind, reviewed) {
+        (Kind::Apply, Some(id)) => vec!["run".to_string(), format!("--reviewed={id}")],
         // A cluster created again after a destroy is bootstrapped afresh.
-        Kind::Apply => vec!["run".to_string(), "--recreate".to_string()],
-        Kind::Destroy => vec!["destroy".to_string()],
+        (Kind::Apply, None) => vec!["run".to_string(), "--recreate".to_string()],
+        (Kind::Destroy, _) => vec!["destroy".to_string()],
+        (Kind::Plan, _) => vec!["diff".to_string(), "--json".to_string()],
     }
+}
+
+/// The id of the last diff the cluster's engine recorded, if any.
+pub fn diff_id(cluster: &Cluster) -> Option<String> {
+    last_diff(cluster).map(|d| d.id)
+}
+
+/// The last diff the cluster's engine recorded, if any can be read.
+pub fn last_diff(cluster: &Cluster) -> Option<crate::engine::diff::Document> {
+    let record = cluster.journal().diff_record();
+    crate::base::json::read(&record).ok().flatten()
 }
 
 /// The kind of failure the failed step's last attempt recorded in the cluster's journal.
@@ -238,6 +281,7 @@ fn command(
     config: &LocalConfig,
     cluster: &Cluster,
     engine_root: &Path,
+    params: &Path,
     args: &[String],
 ) -> Command {
     // The engine stops its terraform within its own grace; ours kills what is left after.
@@ -249,7 +293,7 @@ fn command(
         "--workflow".to_string(),
         config.workflow_path.display().to_string(),
         "--params".to_string(),
-        cluster.params_path().display().to_string(),
+        params.display().to_string(),
         "--root".to_string(),
         engine_root.display().to_string(),
         "--terraform".to_string(),

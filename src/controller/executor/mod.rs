@@ -6,7 +6,7 @@
 mod local;
 mod report;
 
-pub use local::{Local, LocalConfig};
+pub use local::{last_diff, Local, LocalConfig};
 
 use nix::sys::signal::Signal;
 
@@ -19,6 +19,9 @@ pub struct Operation {
     pub cluster: String,
     pub generation: u64,
     pub kind: Kind,
+    /// For an apply: the reviewed plan (the engine's diff id) to apply exactly, with
+    /// `run --reviewed=ID` rather than `run --recreate`.
+    pub reviewed: Option<String>,
 }
 
 /// How an operation ended.
@@ -44,7 +47,9 @@ pub type OnEnd = Box<dyn FnOnce(Ending) + Send>;
 /// Runs operations. Every method returns at once; an operation's end comes through its
 /// [`OnEnd`].
 pub trait Executor: Send + Sync {
-    /// Starts `operation`; its log goes to the cluster's `operation.log`.
+    /// Starts `operation`; its log goes to the cluster's `operation.log` (a plan's to its
+    /// `plan.log`). A plan runs with the cluster's `plan-params.json`, and succeeds when the
+    /// engine wrote a new `.bootstrapper/diff.json`, changes or not.
     fn start(&self, operation: Operation, on_end: OnEnd);
     /// Passes `signal` to the running operation of `cluster`, if any: SIGUSR1 asks an apply
     /// to let go for a destroy, SIGTERM stops it.

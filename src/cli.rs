@@ -102,7 +102,7 @@ pub enum Verb {
         /// last diff), refusing (exit 2) when a step's inputs changed since; steps it did not
         /// plan are left out
         #[arg(long, value_name = "DIFF_ID", num_args = 0..=1, default_missing_value = "",
-              conflicts_with_all = ["hold", "recreate"])]
+              conflicts_with = "recreate")]
         reviewed: Option<String>,
     },
     /// What terraform would change if `run` applied now, per step and resource; saves the
@@ -337,6 +337,16 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
             recreate,
             reviewed,
         } => {
+            // Checked here, not by clap: `BOOTSTRAPPER_HOLD=false` in the environment (as the
+            // controller sets for its operations) is no request to hold.
+            if *hold && reviewed.is_some() {
+                return Err(Error::Input(crate::base::error::Problems::one(
+                    crate::base::error::Problem::new(
+                        "`run --reviewed` cannot be used with --hold: it applies the reviewed plans and ends",
+                    )
+                    .hint("leave out --hold (and BOOTSTRAPPER_HOLD)"),
+                )));
+            }
             let reviewed = reviewed
                 .as_deref()
                 .map(|id| Some(id).filter(|id| !id.is_empty()));

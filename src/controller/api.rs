@@ -69,6 +69,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     Rejected(StatusCode, String),
+    /// The request cannot be done in the cluster's state now: what moved on, what to do.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -81,6 +84,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Rejected(status, _) => *status,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -410,9 +414,7 @@ fn record_present(
     let now = crate::base::clock::now_rfc3339();
     let intent = match record.intent.clone() {
         Ok(None) | Err(_) if plan_id.is_some() => {
-            return Err(ApiError::Rejected(
-                StatusCode::CONFLICT,
-                format!(
+            return Err(ApiError::Conflict(format!(
                     "cluster `{}` has no plan to apply: it is new, or its intent cannot be read; PUT without plan_id",
                     cluster.id
                 ),
@@ -445,17 +447,15 @@ fn record_present(
             }
             if let Some(plan_id) = &plan_id {
                 let plan = Plan::read(cluster)
-                    .map_err(|e| ApiError::Rejected(StatusCode::CONFLICT, e))?
+                    .map_err(ApiError::Conflict)?
                     .ok_or_else(|| {
-                        ApiError::Rejected(
-                            StatusCode::CONFLICT,
-                            format!("cluster `{}` has no plan; POST /v1/clusters/{}/plan makes one", cluster.id, cluster.id),
+                        ApiError::Conflict(format!("cluster `{}` has no plan; POST /v1/clusters/{}/plan makes one", cluster.id, cluster.id),
                         )
                     })?;
                 let refusal =
                     plan.refusal(plan_id, &params, Some(&current), record.outcome());
                 if let Some(why) = refusal {
-                    return Err(ApiError::Rejected(StatusCode::CONFLICT, why));
+                    return Err(ApiError::Conflict(why));
                 }
             }
             Intent {
@@ -709,16 +709,14 @@ async fn post_plan(
 fn record_plan(app: &App, id: &str, params: Option<Map<String, Value>>) -> Result<Plan, ApiError> {
     let (cluster, record) = existing(app, id)?;
     let Some(intent) = record.intent() else {
-        return Err(ApiError::Rejected(
-            StatusCode::CONFLICT,
-            format!("cluster `{id}`'s intent cannot be read; a PUT or DELETE replaces it first"),
-        ));
+        return Err(ApiError::Conflict(format!(
+            "cluster `{id}`'s intent cannot be read; a PUT or DELETE replaces it first"
+        )));
     };
     if !intent.present {
-        return Err(ApiError::Rejected(
-            StatusCode::CONFLICT,
-            format!("cluster `{id}` is deleted; there is nothing to plan (PUT it first)"),
-        ));
+        return Err(ApiError::Conflict(format!(
+            "cluster `{id}` is deleted; there is nothing to plan (PUT it first)"
+        )));
     }
     let stored = params.as_ref().is_none_or(|p| *p == intent.params);
     let params = params.unwrap_or_else(|| intent.params.clone());

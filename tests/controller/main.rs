@@ -7,5 +7,6 @@ mod support;
 mod http;
 mod inputs;
 mod paths;
+mod plan;
 mod records;
 mod serve;

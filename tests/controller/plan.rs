@@ -1,0 +1,415 @@
+//! Plans and drift in the controller: `POST /v1/clusters/{id}/plan` runs the engine's `diff`
+//! as an operation of the cluster, a PUT with its `plan_id` applies exactly that plan (or is
+//! refused with 409 when the cluster moved on), and `serve --drift-interval` finds what
+//! changed behind the engine's back.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::support::controller::*;
+use crate::support::*;
+use serde_json::{json, Value};
+
+const CONVERGE: Duration = Duration::from_secs(120);
+
+fn one(id: &str) -> [String; 1] {
+    [id.to_string()]
+}
+
+/// The tenant fixture, copied, with a namesvr resource that reads
+/// `$TF_VAR_drift_dir/<cluster>` with `file()`: what it reads can change behind the
+/// engine's back, and only terraform's own plan sees it.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    workflow: String,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("tenant");
+    copy_dir(&tenant_fixture_dir(), &copy);
+    let main = copy.join("namesvr/main.tf");
+    let mut text = fs::read_to_string(&main).unwrap();
+    text.push_str(
+        r#"
+variable "drift_dir" {
+  type    = string
+  default = ""
+}
+
+resource "terraform_data" "seen" {
+  count = var.drift_dir == "" ? 0 : 1
+  input = fileexists("${var.drift_dir}/${var.cluster_id}") ? file("${var.drift_dir}/${var.cluster_id}") : ""
+}
+"#,
+    );
+    fs::write(&main, text).unwrap();
+    let original = tenant_fixture_dir().display().to_string();
+    let workflow = tenant_workflow().replace(&original, &copy.display().to_string());
+    assert_ne!(workflow, tenant_workflow());
+    Fixture {
+        _dir: dir,
+        workflow,
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn cluster_dir(bed: &Bed, id: &str) -> PathBuf {
+    bed.b.root().join("clusters").join(id)
+}
+
+fn post_plan(c: &Controller, id: &str, body: Option<Value>) -> Reply {
+    let body = body.map(|b| serde_json::to_vec(&b).unwrap());
+    c.request(
+        "POST",
+        &format!("/v1/clusters/{id}/plan"),
+        body,
+        Some(&format!("Bearer {TOKEN}")),
+    )
+}
+
+fn put_with(c: &Controller, id: &str, body: &Value) -> Reply {
+    c.request(
+        "PUT",
+        &format!("/v1/clusters/{id}"),
+        Some(serde_json::to_vec(body).unwrap()),
+        Some(&format!("Bearer {TOKEN}")),
+    )
+}
+
+/// Waits until the cluster's latest plan has ended, and returns it.
+#[track_caller]
+fn plan_ended(c: &Controller, id: &str) -> Value {
+    let mut plan = Value::Null;
+    wait_for(
+        || {
+            let reply = c.get(&format!("/v1/clusters/{id}/plan"));
+            plan = reply.body;
+            matches!(plan["status"].as_str(), Some("succeeded" | "failed"))
+        },
+        CONVERGE,
+    );
+    plan
+}
+
+/// Every (step, address, action) the plan would change.
+fn changes(plan: &Value) -> Vec<(String, String, String)> {
+    let mut all = Vec::new();
+    for step in plan["steps"].as_array().unwrap() {
+        for r in step["changes"]["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            all.push((
+                step["step"].as_str().unwrap().to_string(),
+                r["address"].as_str().unwrap().to_string(),
+                r["action"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    all
+}
+
+fn creates(bed: &Bed, id: &str) -> Vec<String> {
+    bed.ledger()
+        .into_iter()
+        .filter(|e| e.cluster == id && e.event == "create")
+        .map(|e| e.resource)
+        .collect()
+}
+
+#[test]
+fn a_plan_previews_without_applying_and_a_put_with_its_id_applies_exactly_it() {
+    let f = fixture();
+    let bed = Bed::with_workflow(&f.workflow);
+    let c = bed.start(&[], &[]);
+    assert_eq!(c.put("c1", &json!({ "namesvr_count": 1 })).status, 202);
+    c.wait_phase(&one("c1"), "ready", CONVERGE);
+    let none = c.get("/v1/clusters/c1/plan");
+    assert_eq!(none.status, 404, "{none:?}");
+    assert!(none.text.contains("has no plan"), "{none:?}");
+
+    // With the stored params: nothing would change.
+    let reply = post_plan(&c, "c1", None);
+    assert_eq!(reply.status, 202, "{reply:?}");
+    assert_eq!(reply.body["status"], "pending", "{reply:?}");
+    let plan = plan_ended(&c, "c1");
+    assert_eq!(plan["status"], "succeeded", "{plan:#}");
+    assert_eq!(plan["changes"], false, "{plan:#}");
+    assert_eq!(plan["stored_params"], true, "{plan:#}");
+    assert!(plan.get("params_digest").is_none(), "{plan:#}");
+    let steps: Vec<&str> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["no_changes", "no_changes"], "{plan:#}");
+
+    // With other params: the changes are listed, and nothing is applied or kept.
+    let ledger_before = bed.ledger().len();
+    let before = c.cluster("c1");
+    let reply = post_plan(&c, "c1", Some(json!({ "params": { "namesvr_count": 2 } })));
+    assert_eq!(reply.status, 202, "{reply:?}");
+    let plan = plan_ended(&c, "c1");
+    assert_eq!(plan["status"], "succeeded", "{plan:#}");
+    assert_eq!(plan["changes"], true, "{plan:#}");
+    assert_eq!(plan["stored_params"], false, "{plan:#}");
+    assert_eq!(plan["params"]["namesvr_count"], 2, "{plan:#}");
+    assert_eq!(
+        changes(&plan),
+        [(
+            "namesvr".to_string(),
+            "terraform_data.namesvr[1]".to_string(),
+            "create".to_string()
+        )],
+        "{plan:#}"
+    );
+    let after = c.cluster("c1");
+    assert_eq!(after["params"], before["params"]);
+    assert_eq!(after["generation"], before["generation"]);
+    assert_eq!(after["phase"], "ready");
+    assert_eq!(
+        bed.ledger().len(),
+        ledger_before,
+        "a plan applied something"
+    );
+    let id = plan["id"].as_str().unwrap().to_string();
+
+    // Other params than the plan's: refused, and nothing recorded.
+    let reply = put_with(
+        &c,
+        "c1",
+        &json!({ "params": { "namesvr_count": 3 }, "plan_id": id }),
+    );
+    assert_eq!(reply.status, 409, "{reply:?}");
+    assert!(reply.text.contains("params differ"), "{reply:?}");
+    assert_eq!(c.cluster("c1")["generation"], before["generation"]);
+
+    // The plan's params and id: exactly that plan is applied.
+    let reply = put_with(
+        &c,
+        "c1",
+        &json!({ "params": { "namesvr_count": 2 }, "plan_id": id }),
+    );
+    assert_eq!(reply.status, 202, "{reply:?}");
+    c.wait_phase(&one("c1"), "ready", CONVERGE);
+    assert_eq!(
+        creates(&bed, "c1"),
+        ["namesvr[0]", "broker", "namesvr[1]"],
+        "{:?}",
+        bed.ledger()
+    );
+    let log = c.get("/v1/clusters/c1/log").body;
+    let first = log["lines"][0].as_str().unwrap();
+    assert!(first.contains(&format!("run --reviewed={id}")), "{log:#}");
+    // The same request again: nothing more to do.
+    let reply = put_with(
+        &c,
+        "c1",
+        &json!({ "params": { "namesvr_count": 2 }, "plan_id": id }),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+
+    // A plan whose cluster moved on since: refused.
+    assert_eq!(post_plan(&c, "c1", None).status, 202);
+    let plan = plan_ended(&c, "c1");
+    assert_eq!(plan["changes"], false, "{plan:#}");
+    let stale = plan["id"].as_str().unwrap().to_string();
+    assert_eq!(c.put("c1", &json!({ "namesvr_count": 1 })).status, 202);
+    c.wait_phase(&one("c1"), "ready", CONVERGE);
+    let reply = put_with(
+        &c,
+        "c1",
+        &json!({ "params": { "namesvr_count": 2 }, "plan_id": stale }),
+    );
+    assert_eq!(reply.status, 409, "{reply:?}");
+    assert!(reply.text.contains("moved on"), "{reply:?}");
+    assert_eq!(c.cluster("c1")["params"]["namesvr_count"], 1);
+    assert!(
+        c.metric("bootstrapper_operations_total{kind=\"plan\",result=\"succeeded\"}") >= 3.0,
+        "{}",
+        c.request("GET", "/metrics", None, None).text
+    );
+}
+
+#[test]
+fn drift_is_found_by_the_periodic_check_listed_and_never_corrected_on_its_own() {
+    let f = fixture();
+    let bed = Bed::with_workflow(&f.workflow);
+    let drift_dir = bed.b.dir().join("drift");
+    fs::create_dir(&drift_dir).unwrap();
+    fs::write(drift_dir.join("c1"), "one").unwrap();
+    fs::write(drift_dir.join("c2"), "one").unwrap();
+    let env = [("TF_VAR_drift_dir", drift_dir.to_str().unwrap())];
+    let mut c = bed.start(&["--drift-interval", "2s"], &env);
+    let ids = ["c1".to_string(), "c2".to_string()];
+    for id in &ids {
+        assert_eq!(c.put(id, &json!({ "namesvr_count": 1 })).status, 202);
+    }
+    c.wait_phase(&ids, "ready", CONVERGE);
+    // Each is checked once its apply is 2 seconds old, and nothing drifted yet.
+    wait_for(
+        || c.metric("bootstrapper_drift_checks_total{result=\"clean\"}") >= 2.0,
+        CONVERGE,
+    );
+    assert_eq!(c.cluster("c1")["drift"]["drifted"], false);
+    let listed = c.get("/v1/clusters?drifted=true");
+    assert_eq!(listed.body["clusters"], json!([]), "{listed:?}");
+
+    // What c1's namesvr reads changes behind the engine's back.
+    let ledger_before = bed.ledger().len();
+    fs::write(drift_dir.join("c1"), "two").unwrap();
+    wait_for(|| c.cluster("c1")["drift"]["drifted"] == true, CONVERGE);
+    let drift = c.cluster("c1")["drift"].clone();
+    assert_eq!(
+        drift["resources"],
+        json!([{ "step": "namesvr", "address": "terraform_data.seen[0]", "action": "update", "outside": false }]),
+        "{drift:#}"
+    );
+    let listed = c.get("/v1/clusters?drifted=true").body;
+    let drifted: Vec<&str> = listed["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(drifted, ["c1"], "{listed:#}");
+    let clean = c.get("/v1/clusters?drifted=false").body;
+    assert_eq!(clean["clusters"][0]["id"], "c2", "{clean:#}");
+    assert_eq!(c.metric("bootstrapper_clusters_drifted"), 1.0);
+    assert!(c.metric("bootstrapper_drift_checks_total{result=\"drifted\"}") >= 1.0);
+    // Reported, not corrected: checked again, still drifted, nothing applied.
+    let checked = drift["checked_at"].clone();
+    wait_for(
+        || c.cluster("c1")["drift"]["checked_at"] != checked,
+        CONVERGE,
+    );
+    assert_eq!(c.cluster("c1")["drift"]["drifted"], true);
+    assert_eq!(c.cluster("c1")["phase"], "ready");
+    assert_eq!(bed.ledger().len(), ledger_before);
+    assert_eq!(
+        c.metric("bootstrapper_operations_total{kind=\"apply\",result=\"succeeded\"}"),
+        2.0
+    );
+
+    // Without checks running, the plan that found it is applied as reviewed.
+    c.running().signal(libc::SIGTERM);
+    let outcome = c.running.take().unwrap().wait(Duration::from_secs(60));
+    assert_eq!(outcome.code, Some(143), "{outcome}");
+    let c = bed.start(&[], &env);
+    // A check the stop cut short runs again first.
+    let plan = plan_ended(&c, "c1");
+    assert_eq!(plan["drift_check"], true, "{plan:#}");
+    let reply = put_with(
+        &c,
+        "c1",
+        &json!({ "params": { "namesvr_count": 1 }, "plan_id": plan["id"] }),
+    );
+    assert_eq!(reply.status, 202, "{reply:?}");
+    c.wait_phase(&one("c1"), "ready", CONVERGE);
+    assert_eq!(c.cluster("c1")["drift"], Value::Null);
+    assert_eq!(c.metric("bootstrapper_clusters_drifted"), 0.0);
+    assert_eq!(post_plan(&c, "c1", None).status, 202);
+    assert_eq!(plan_ended(&c, "c1")["changes"], false);
+}
+
+#[test]
+fn bad_plan_requests_and_options_are_refused_and_write_nothing() {
+    let f = fixture();
+    let bed = Bed::with_workflow(&f.workflow);
+    for (bad, says) in [
+        ("0s", "must be more than zero"),
+        ("soon", "invalid value 'soon'"),
+    ] {
+        let out = bed.b.run(&[
+            "serve",
+            "--insecure-no-auth",
+            "--listen",
+            "127.0.0.1:0",
+            "--drift-interval",
+            bad,
+        ]);
+        out.assert_code(2);
+        assert!(out.stderr.contains("--drift-interval"), "{out}");
+        assert!(out.stderr.contains(says), "{out}");
+    }
+    let c = bed.start(&[], &[]);
+    for (method, path) in [
+        ("POST", "/v1/clusters/nope/plan"),
+        ("GET", "/v1/clusters/nope/plan"),
+    ] {
+        let reply = c.request(method, path, None, Some(&format!("Bearer {TOKEN}")));
+        assert_eq!(reply.status, 404, "{reply:?}");
+        assert!(reply.text.contains("no cluster `nope`"), "{reply:?}");
+    }
+    let reply = put_with(
+        &c,
+        "new",
+        &json!({ "params": { "namesvr_count": 1 }, "plan_id": "0123456789abcdef" }),
+    );
+    assert_eq!(reply.status, 409, "{reply:?}");
+    assert_eq!(c.get("/v1/clusters/new").status, 404, "a refused PUT wrote");
+
+    assert_eq!(c.put("c1", &json!({ "namesvr_count": 1 })).status, 202);
+    let reply = c.get("/v1/clusters/c1/plan");
+    assert_eq!(reply.status, 404, "{reply:?}");
+    for (body, says) in [
+        (json!({ "parms": {} }), "unknown field"),
+        (
+            json!({ "params": { "namesvr_count": "many" } }),
+            "do not fit",
+        ),
+        (
+            json!({ "params": { "namesvr_count": 1, "cluster_id": "c2" } }),
+            "cluster_id",
+        ),
+    ] {
+        let reply = post_plan(&c, "c1", Some(body));
+        assert_eq!(reply.status, 400, "{reply:?}");
+        assert!(reply.text.contains(says), "{reply:?}");
+    }
+    for plan_id in ["", "XYZ", "0123456789abcdeF", "../../etc"] {
+        let reply = put_with(
+            &c,
+            "c1",
+            &json!({ "params": { "namesvr_count": 1 }, "plan_id": plan_id }),
+        );
+        assert_eq!(reply.status, 400, "{plan_id}: {reply:?}");
+        assert!(reply.text.contains("not a plan id"), "{reply:?}");
+    }
+    let reply = put_with(
+        &c,
+        "c1",
+        &json!({ "params": { "namesvr_count": 2 }, "plan_id": "0123456789abcdef" }),
+    );
+    assert_eq!(reply.status, 409, "{reply:?}");
+    assert!(reply.text.contains("has no plan"), "{reply:?}");
+    let reply = c.get("/v1/clusters?drifted=maybe");
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert!(!cluster_dir(&bed, "c1").join("plan.json").exists());
+
+    assert_eq!(c.delete("c1").status, 202);
+    let reply = post_plan(&c, "c1", None);
+    assert_eq!(reply.status, 409, "{reply:?}");
+    assert!(reply.text.contains("deleted"), "{reply:?}");
+    let openapi = c.request("GET", "/openapi.json", None, None).body;
+    assert!(
+        openapi["paths"]["/v1/clusters/{id}/plan"]["post"].is_object(),
+        "{openapi:#}"
+    );
+}

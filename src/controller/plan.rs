@@ -369,6 +369,97 @@ fn canonical(value: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::cluster::{Ended, Kind};
+
+    fn params(json: &str) -> Map<String, Value> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn plan(made_with: &Map<String, Value>) -> Plan {
+        Plan {
+            status: PlanStatus::Succeeded,
+            id: Some("0123456789abcdef".to_string()),
+            requested_at: String::new(),
+            made_at: Some("then".to_string()),
+            stored_params: true,
+            params: Map::new(),
+            code: None,
+            drift_check: false,
+            changes: Some(true),
+            steps: vec![PlanStep {
+                step: "a".to_string(),
+                status: Status::Changes,
+                waits_for: Vec::new(),
+                reason: None,
+                changes: None,
+            }],
+            error: None,
+            generation: 3,
+            outcome_finished_at: Some("t1".to_string()),
+            params_digest: params_digest("salt", made_with),
+            salt: "salt".to_string(),
+        }
+    }
+
+    #[test]
+    fn a_plan_is_applied_only_as_it_was_made() {
+        let p = params(r#"{"n": 1}"#);
+        let intent = Intent {
+            generation: 3,
+            present: true,
+            params: p.clone(),
+            created_at: String::new(),
+            updated_at: String::new(),
+            uid: "u".to_string(),
+            plan_id: None,
+        };
+        let outcome = Outcome {
+            generation: 3,
+            kind: Kind::Apply,
+            result: Ended::Succeeded,
+            error: None,
+            started_at: String::new(),
+            finished_at: "t1".to_string(),
+            intent_uid: "u".to_string(),
+        };
+        let id = "0123456789abcdef";
+        let good = plan(&p);
+        assert_eq!(good.refusal(id, &p, Some(&intent), Some(&outcome)), None);
+        let refused = |plan: &Plan,
+                       id: &str,
+                       params: &Map<String, Value>,
+                       intent: &Intent,
+                       outcome: &Outcome| {
+            plan.refusal(id, params, Some(intent), Some(outcome))
+                .unwrap_or_default()
+        };
+        assert!(refused(&good, "fedcba9876543210", &p, &intent, &outcome)
+            .contains("not the cluster's latest"));
+        assert!(
+            refused(&good, id, &params(r#"{"n": 2}"#), &intent, &outcome).contains("params differ")
+        );
+        let moved = Intent {
+            generation: 4,
+            ..intent.clone()
+        };
+        assert!(refused(&good, id, &p, &moved, &outcome).contains("generation 3 then, 4 now"));
+        let later = Outcome {
+            finished_at: "t2".to_string(),
+            ..outcome.clone()
+        };
+        assert!(refused(&good, id, &p, &intent, &later).contains("an operation ended"));
+        let failed = Plan {
+            status: PlanStatus::Failed,
+            ..good.clone()
+        };
+        assert!(refused(&failed, id, &p, &intent, &outcome).contains("did not succeed"));
+        let mut partial = good.clone();
+        partial.steps[0].status = Status::NotKnown;
+        assert!(refused(&partial, id, &p, &intent, &outcome).contains("did not plan step(s) a"));
+        // What the API answers holds neither the digest nor its salt.
+        let answer = good.answer();
+        assert!(answer.get("params_digest").is_none() && answer.get("salt").is_none());
+    }
 
     #[test]
     fn the_params_digest_ignores_key_order_and_tells_values_apart() {

@@ -355,7 +355,12 @@ impl Reconciler {
             };
             let ready =
                 intent.present && outcome.settles(intent) && outcome.result == Ended::Succeeded;
-            if !ready {
+            // A plan a tenant asked for runs first, and says as much of drift.
+            let asked = Plan::read(&cluster)
+                .ok()
+                .flatten()
+                .is_some_and(|p| p.status == PlanStatus::Pending);
+            if !ready || asked {
                 continue;
             }
             let plan = Plan::requested(&cluster, &intent.params, true, true, &self.config.workflow);
@@ -629,14 +634,14 @@ impl Reconciler {
         };
         // A newer plan asked for meanwhile is kept, and runs next.
         let current = Plan::read(cluster).ok().flatten();
-        if current
-            .is_some_and(|c| c.requested_at != plan.requested_at && c.status == PlanStatus::Pending)
-        {
-            return End::Planned(plan.status == PlanStatus::Succeeded);
-        }
-        if let Err(e) = plan.write(cluster) {
-            warn!("cannot record the plan, it runs again: {e}");
-            return End::Later;
+        let newer = current.is_some_and(|c| {
+            c.requested_at != plan.requested_at && c.status == PlanStatus::Pending
+        });
+        if !newer {
+            if let Err(e) = plan.write(cluster) {
+                warn!("cannot record the plan, it runs again: {e}");
+                return End::Later;
+            }
         }
         let succeeded = plan.status == PlanStatus::Succeeded;
         if drift && !preempted {

@@ -413,3 +413,32 @@ fn bad_plan_requests_and_options_are_refused_and_write_nothing() {
         "{openapi:#}"
     );
 }
+
+#[test]
+fn a_plan_asked_for_during_an_apply_waits_for_it_and_for_the_next_apply_asked_for() {
+    let f = fixture();
+    let bed = Bed::with_workflow(&f.workflow);
+    let c = bed.start(&[], &[]);
+    let slow = json!({ "namesvr_count": 1, "sleep_seconds": 2 });
+    assert_eq!(c.put("c1", &slow).status, 202);
+    wait_for(|| c.phase("c1") == "applying", CONVERGE);
+    let reply = post_plan(&c, "c1", None);
+    assert_eq!(reply.status, 202, "{reply:?}");
+    assert_eq!(reply.body["status"], "pending", "{reply:?}");
+    // New params meanwhile: their apply runs before the plan too.
+    let tagged = json!({ "namesvr_count": 1, "sleep_seconds": 2, "tag": "-b" });
+    assert_eq!(c.put("c1", &tagged).status, 202);
+    let plan = plan_ended(&c, "c1");
+    assert_eq!(plan["status"], "succeeded", "{plan:#}");
+    // Planned against what the second apply left: nothing to change, every step planned.
+    assert_eq!(plan["generation"], 2, "{plan:#}");
+    assert_eq!(plan["changes"], false, "{plan:#}");
+    assert_eq!(plan["params"]["tag"], "-b", "{plan:#}");
+    let document = c.cluster("c1");
+    assert_eq!(document["phase"], "ready", "{document:#}");
+    assert_eq!(document["last_operation"]["generation"], 2, "{document:#}");
+    assert_eq!(
+        plan["outcome_finished_at"], document["last_operation"]["finished_at"],
+        "{plan:#}"
+    );
+}

@@ -18,8 +18,8 @@ use serde_json::{Map, Value};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::base::error::Problems;
-use crate::controller::cluster::{self, Cluster, Document, Intent, Phase};
-use crate::controller::plan::{Drift, DriftedResource, Plan, PlanStatus};
+use crate::controller::cluster::{self, Cluster, Document, Drift, DriftedResource, Intent, Phase};
+use crate::controller::plan::{Plan, PlanStatus};
 use crate::controller::reconcile::Reconciler;
 use crate::controller::records::{self, Record};
 use crate::controller::tokens::Tokens;

@@ -385,7 +385,43 @@ pub struct Document {
     /// The record that cannot be read, if any.
     pub damage: Option<Damage>,
     /// What the last drift check found (`serve --drift-interval`).
-    pub drift: Option<crate::controller::plan::Drift>,
+    pub drift: Option<Drift>,
+}
+
+/// A resource that would change, as a drift record names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DriftedResource {
+    pub step: String,
+    pub address: String,
+    /// create, update, replace or delete (to bring it back to the code), or, with
+    /// `outside: true`, what changed outside terraform.
+    pub action: String,
+    #[serde(default)]
+    pub outside: bool,
+}
+
+/// What the last drift check of a cluster found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Drift {
+    pub checked_at: String,
+    /// Whether an apply would change anything now.
+    pub drifted: bool,
+    pub resources: Vec<DriftedResource>,
+    /// The plan that found it: a PUT of the same params with this `plan_id` corrects it.
+    pub plan_id: Option<String>,
+    /// Why the last check failed, if it did (`drifted` and `resources` are then the check's
+    /// before).
+    pub error: Option<String>,
+}
+
+impl Drift {
+    pub fn read(cluster: &Cluster) -> Option<Drift> {
+        json::read(&cluster.drift_path()).ok().flatten()
+    }
+
+    pub fn write(&self, cluster: &Cluster) -> std::io::Result<()> {
+        write_json(&cluster.drift_path(), self)
+    }
 }
 
 /// A record of a cluster that cannot be read.
@@ -458,7 +494,7 @@ impl Cluster {
             created_at: intent.created_at.clone(),
             updated_at: intent.updated_at.clone(),
             damage: None,
-            drift: crate::controller::plan::Drift::read(self),
+            drift: Drift::read(self),
         };
         mask_document(&loaded.redactor, &mut document);
         document

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use crate::base::json;
-use crate::controller::cluster::{Cluster, Intent, Outcome};
+use crate::controller::cluster::{Cluster, Drift, DriftedResource, Intent, Outcome};
 use crate::engine::diff::{self, Status};
 use crate::terraform::plan::Changes;
 
@@ -247,81 +247,45 @@ impl Plan {
     }
 }
 
-/// A resource that would change, as a drift record names it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct DriftedResource {
-    pub step: String,
-    pub address: String,
-    /// create, update, replace or delete (to bring it back to the code), or, with
-    /// `outside: true`, what changed outside terraform.
-    pub action: String,
-    #[serde(default)]
-    pub outside: bool,
-}
-
-/// What the last drift check of a cluster found.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Drift {
-    pub checked_at: String,
-    /// Whether an apply would change anything now.
-    pub drifted: bool,
-    pub resources: Vec<DriftedResource>,
-    /// The plan that found it: a PUT of the same params with this `plan_id` corrects it.
-    pub plan_id: Option<String>,
-    /// Why the last check failed, if it did (`drifted` and `resources` are then the check's
-    /// before).
-    pub error: Option<String>,
-}
-
-impl Drift {
-    pub fn read(cluster: &Cluster) -> Option<Drift> {
-        json::read(&cluster.drift_path()).ok().flatten()
-    }
-
-    /// From a succeeded plan made with the intent's params.
-    pub fn of(plan: &Plan) -> Drift {
-        let mut resources = Vec::new();
-        for step in &plan.steps {
-            let Some(changes) = &step.changes else {
-                continue;
-            };
-            for (list, outside) in [(&changes.resources, false), (&changes.drift, true)] {
-                for r in list {
-                    resources.push(DriftedResource {
-                        step: step.step.clone(),
-                        address: r.address.clone(),
-                        action: r.action.as_str().to_string(),
-                        outside,
-                    });
-                }
+/// What a succeeded plan made with the intent's params says of drift.
+pub fn drift_of(plan: &Plan) -> Drift {
+    let mut resources = Vec::new();
+    for step in &plan.steps {
+        let Some(changes) = &step.changes else {
+            continue;
+        };
+        for (list, outside) in [(&changes.resources, false), (&changes.drift, true)] {
+            for r in list {
+                resources.push(DriftedResource {
+                    step: step.step.clone(),
+                    address: r.address.clone(),
+                    action: r.action.as_str().to_string(),
+                    outside,
+                });
             }
         }
-        Drift {
-            checked_at: plan
-                .made_at
-                .clone()
-                .unwrap_or_else(crate::base::clock::now_rfc3339),
-            drifted: plan.changes.unwrap_or(false),
-            resources,
-            plan_id: plan.id.clone(),
-            error: None,
-        }
     }
-
-    /// A failed check: what was known before stays.
-    pub fn failed(cluster: &Cluster, error: String) -> Drift {
-        let before = Drift::read(cluster);
-        Drift {
-            checked_at: crate::base::clock::now_rfc3339(),
-            drifted: before.as_ref().is_some_and(|d| d.drifted),
-            resources: before.map(|d| d.resources).unwrap_or_default(),
-            plan_id: None,
-            error: Some(error),
-        }
+    Drift {
+        checked_at: plan
+            .made_at
+            .clone()
+            .unwrap_or_else(crate::base::clock::now_rfc3339),
+        drifted: plan.changes.unwrap_or(false),
+        resources,
+        plan_id: plan.id.clone(),
+        error: None,
     }
+}
 
-    pub fn write(&self, cluster: &Cluster) -> std::io::Result<()> {
-        json::write(&cluster.drift_path(), self, FILE_MODE)
+/// A failed check: what was known before stays.
+pub fn drift_failed(cluster: &Cluster, error: String) -> Drift {
+    let before = Drift::read(cluster);
+    Drift {
+        checked_at: crate::base::clock::now_rfc3339(),
+        drifted: before.as_ref().is_some_and(|d| d.drifted),
+        resources: before.map(|d| d.resources).unwrap_or_default(),
+        plan_id: None,
+        error: Some(error),
     }
 }
 

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::controller::cluster::{self, Cluster, Document, Ended, Intent, Kind, Outcome};
 use crate::controller::executor::{Ending, Executor, OnEnd, Operation};
 use crate::controller::metrics::Metrics;
-use crate::controller::plan::{Drift, Plan, PlanStatus};
+use crate::controller::plan::{self, Plan, PlanStatus};
 use crate::controller::records::{self, Index, Record};
 use crate::workflow::file::Workflow;
 
@@ -646,12 +646,12 @@ impl Reconciler {
         let succeeded = plan.status == PlanStatus::Succeeded;
         if drift && !preempted {
             let (drift, result) = if succeeded {
-                let drift = Drift::of(&plan);
+                let drift = plan::drift_of(&plan);
                 let result = if drift.drifted { "drifted" } else { "clean" };
                 (drift, result)
             } else {
                 let error = plan.error.clone().unwrap_or_default();
-                (Drift::failed(cluster, error), "failed")
+                (plan::drift_failed(cluster, error), "failed")
             };
             if let Err(e) = drift.write(cluster) {
                 warn!("cannot record what the drift check found: {e}");

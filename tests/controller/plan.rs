@@ -442,3 +442,48 @@ fn a_plan_asked_for_during_an_apply_waits_for_it_and_for_the_next_apply_asked_fo
         "{plan:#}"
     );
 }
+
+#[test]
+fn a_put_stops_a_running_plan_and_applies() {
+    let f = fixture();
+    let bed = Bed::with_workflow(&f.workflow);
+    // A terraform whose `plan` hangs while the file `slow` exists.
+    let slow = bed.b.dir().join("slow");
+    let wrapper = bed.b.dir().join("terraform-wrapper");
+    fs::write(
+        &wrapper,
+        "#!/bin/sh\nif [ \"$1\" = plan ] && [ -e \"$SLOW\" ]; then touch \"$SLOW.started\"; exec sleep 60; fi\nexec terraform \"$@\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(
+        &wrapper,
+        <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    let env = [("SLOW", slow.to_str().unwrap())];
+    let c = bed.start(&["--terraform", wrapper.to_str().unwrap()], &env);
+    assert_eq!(c.put("c1", &json!({ "namesvr_count": 1 })).status, 202);
+    c.wait_phase(&one("c1"), "ready", CONVERGE);
+
+    fs::write(&slow, "").unwrap();
+    assert_eq!(post_plan(&c, "c1", None).status, 202);
+    wait_for(|| slow.with_extension("started").exists(), CONVERGE);
+    assert_eq!(c.get("/v1/clusters/c1/plan").body["status"], "running");
+    fs::remove_file(&slow).unwrap();
+    let asked = std::time::Instant::now();
+    let tagged = json!({ "namesvr_count": 1, "tag": "-b" });
+    assert_eq!(c.put("c1", &tagged).status, 202);
+    let plan = plan_ended(&c, "c1");
+    assert!(
+        asked.elapsed() < Duration::from_secs(30),
+        "the plan was not stopped"
+    );
+    assert_eq!(plan["status"], "failed", "{plan:#}");
+    assert!(
+        plan["error"].as_str().unwrap().contains("intent changed"),
+        "{plan:#}"
+    );
+    c.wait_phase(&one("c1"), "ready", CONVERGE);
+    assert_eq!(c.cluster("c1")["last_operation"]["generation"], 2);
+    assert!(creates(&bed, "c1").contains(&"broker-b".to_string()));
+}

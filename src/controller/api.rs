@@ -66,7 +66,7 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed here")]
     MethodNotAllowed,
-    #[error("{0}")]
+    #[error("{1}")]
     Rejected(StatusCode, String),
     #[error("{0}")]
     Internal(String),
@@ -99,6 +99,22 @@ impl ApiError {
             ),
             problems: problems.0.iter().map(ProblemBody::from).collect(),
         }
+    }
+
+    /// An intent that could not be written: a full volume is the operator's to fix (507), not
+    /// a fault of the controller.
+    fn unrecorded(e: std::io::Error) -> Self {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ) {
+            tracing::error!("cannot record an intent: {e}");
+            return ApiError::Rejected(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("cannot record the intent: {e}; free space on the volume under --root"),
+            );
+        }
+        ApiError::internal("cannot record the intent", e)
     }
 
     fn internal(context: &str, e: impl std::fmt::Display) -> Self {
@@ -325,7 +341,10 @@ fn accept_params(app: &App, id: &str, body: &[u8]) -> Result<Map<String, Value>,
         (status = 202, description = "Accepted; the cluster is applied in the background", body = Document),
         (status = 400, description = "A bad id, body or params", body = ErrorBody),
         (status = 401, description = "No valid bearer token", body = ErrorBody),
-        (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody)
+        (status = 408, description = "The body did not arrive within --body-timeout", body = ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody),
+        (status = 503, description = "Every connection the controller allows is taken", body = ErrorBody),
+        (status = 507, description = "No space left under --root to record the intent", body = ErrorBody)
     ),
     security(("bearer" = []))
 )]
@@ -393,7 +412,7 @@ fn record_present(
     };
     cluster
         .write_intent(&intent)
-        .map_err(|e| ApiError::internal("cannot record the intent", e))?;
+        .map_err(ApiError::unrecorded)?;
     app.reconciler.refresh(&cluster.id);
     tracing::info_span!("cluster", id = %cluster.id)
         .in_scope(|| tracing::info!(generation = intent.generation, "intent: present"));
@@ -455,7 +474,7 @@ fn record_absent(app: &App, id: &str) -> Result<Cluster, ApiError> {
     };
     cluster
         .write_intent(&intent)
-        .map_err(|e| ApiError::internal("cannot record the intent", e))?;
+        .map_err(ApiError::unrecorded)?;
     app.reconciler.refresh(id);
     tracing::info_span!("cluster", id = %id)
         .in_scope(|| tracing::info!(generation = intent.generation, "intent: absent"));

@@ -67,7 +67,7 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed here")]
     MethodNotAllowed,
-    #[error("{0}")]
+    #[error("{1}")]
     Rejected(StatusCode, String),
     /// The request cannot be done in the cluster's state now: what moved on, what to do.
     #[error("{0}")]
@@ -104,6 +104,22 @@ impl ApiError {
             ),
             problems: problems.0.iter().map(ProblemBody::from).collect(),
         }
+    }
+
+    /// An intent that could not be written: a full volume is the operator's to fix (507), not
+    /// a fault of the controller.
+    fn unrecorded(e: std::io::Error) -> Self {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ) {
+            tracing::error!("cannot record an intent: {e}");
+            return ApiError::Rejected(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("cannot record the intent: {e}; free space on the volume under --root"),
+            );
+        }
+        ApiError::internal("cannot record the intent", e)
     }
 
     fn internal(context: &str, e: impl std::fmt::Display) -> Self {
@@ -376,8 +392,11 @@ fn accept_params(
         (status = 202, description = "Accepted; the cluster is applied in the background", body = Document),
         (status = 400, description = "A bad id, body or params", body = ErrorBody),
         (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within --body-timeout", body = ErrorBody),
         (status = 409, description = "The plan_id cannot be applied: what moved on since it was made", body = ErrorBody),
-        (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody)
+        (status = 413, description = "The body is larger than 1 MiB", body = ErrorBody),
+        (status = 503, description = "Every connection the controller allows is taken", body = ErrorBody),
+        (status = 507, description = "No space left under --root to record the intent", body = ErrorBody)
     ),
     security(("bearer" = []))
 )]
@@ -470,7 +489,7 @@ fn record_present(
     };
     cluster
         .write_intent(&intent)
-        .map_err(|e| ApiError::internal("cannot record the intent", e))?;
+        .map_err(ApiError::unrecorded)?;
     app.reconciler.refresh(&cluster.id);
     tracing::info_span!("cluster", id = %cluster.id)
         .in_scope(|| tracing::info!(generation = intent.generation, "intent: present"));
@@ -534,7 +553,7 @@ fn record_absent(app: &App, id: &str) -> Result<Cluster, ApiError> {
     };
     cluster
         .write_intent(&intent)
-        .map_err(|e| ApiError::internal("cannot record the intent", e))?;
+        .map_err(ApiError::unrecorded)?;
     app.reconciler.refresh(id);
     tracing::info_span!("cluster", id = %id)
         .in_scope(|| tracing::info!(generation = intent.generation, "intent: absent"));

@@ -560,6 +560,12 @@ fn a_413_says_connection_close_and_closes_it() {
     assert_eq!(answer.status, 413, "{answer:?}");
     assert!(answer.head.contains("connection: close"), "{answer:?}");
     answer.assert_json_error();
+    // The reason, not the status line again.
+    let error = answer.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!error.starts_with("413"), "{error}");
     assert!(closed_within(&mut s, SLACK), "the connection stayed open");
     sender.join().expect("sender");
 }

@@ -306,7 +306,13 @@ fn a_full_volume_is_not_ready_and_a_put_it_refuses_leaves_nothing() {
         while file.write_all(&[0u8; 4096]).is_ok() {}
     }
     let reply = c.put("full", &json!({ "namesvr_count": 1 }));
-    assert!(reply.status >= 500, "{reply:?}");
+    assert_eq!(reply.status, 507, "{reply:?}");
+    assert!(
+        reply.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("free space")),
+        "{reply:?}"
+    );
     assert!(
         !cluster_dir(&bed, "full").exists(),
         "a refused PUT left its directory"

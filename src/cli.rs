@@ -133,6 +133,11 @@ pub enum Verb {
         /// How long to wait for a running command to let go of the lock
         #[arg(long, env = "BOOTSTRAPPER_WAIT", value_parser = duration, default_value = "10m")]
         wait: Duration,
+        /// Destroy every step of the workflow, whatever the journal says, reading earlier
+        /// steps' outputs from their backends: for a fresh root (a Job's emptyDir). A step
+        /// whose state is empty destroys nothing
+        #[arg(long)]
+        every_step: bool,
     },
     /// Forget a step so that the next run applies it again (`source`: the code on the PVC)
     Reset {
@@ -331,7 +336,7 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
             &engine,
             step.as_deref().expect("clap requires STEP without --all"),
         ),
-        Verb::Destroy { wait } => engine.destroy(*wait).map(|_| exit::OK),
+        Verb::Destroy { wait, every_step } => engine.destroy(*wait, *every_step).map(|_| exit::OK),
         Verb::Run {
             hold,
             recreate,

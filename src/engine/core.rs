@@ -432,6 +432,25 @@ impl Engine {
         Ok(state)
     }
 
+    /// A step's outputs as its backend holds them now: `init`, then `output -json` (an empty
+    /// state has none). For `destroy --every-step`, which starts with no journal to read them from.
+    pub(super) fn remote_outputs(
+        &self,
+        code: &Path,
+        step: &RenderedStep,
+    ) -> Result<terraform::Outputs> {
+        let cwd = code.join(&step.dir);
+        let mut state = self.step_files(step, &cwd)?;
+        for command in self.terraform.prepare_commands(step, &cwd) {
+            let _turn = self.init_turn(step);
+            self.racing(step, || {
+                self.execute(step, &command, Output::Log, &mut state)
+            })?;
+        }
+        let command = self.terraform.output_command(step, &cwd);
+        self.output_command(step, &command, &mut state)
+    }
+
     /// Waits for the turn of `step`'s `init`, saying so when another step has it.
     pub(super) fn init_turn(&self, step: &RenderedStep) -> std::sync::MutexGuard<'_, ()> {
         match self.init_turn.try_lock() {

@@ -37,7 +37,9 @@ pub struct DestroySummary {
 
 impl Engine {
     /// Destroys the workflow, waiting up to `wait` for a running command to let go of the lock.
-    pub fn destroy(&mut self, wait: Duration) -> Result<DestroySummary> {
+    /// With `every_step`, every step is destroyed whatever the journal says (see
+    /// [`Engine::every_step_outputs`]).
+    pub fn destroy(&mut self, wait: Duration, every_step: bool) -> Result<DestroySummary> {
         let root = self.root.display().to_string();
         let _command = tracing::info_span!("command", command = "destroy", root).entered();
         let logger = self.logger().clone();
@@ -80,7 +82,12 @@ impl Engine {
 
         // Outputs of every step that has a marker: a later step's backend address may come
         // from an earlier one, which is still there since destroy goes backwards.
-        let outputs = &prepared.recorded.outputs;
+        let (outputs, unreachable) = if every_step {
+            self.every_step_outputs(&prepared)?
+        } else {
+            (prepared.recorded.outputs.clone(), Vec::new())
+        };
+        let outputs = &outputs;
         let graph = self.loaded.graph().map_err(Error::Input)?;
         let this = &*self;
         let outcomes = schedule::schedule(
@@ -88,7 +95,13 @@ impl Engine {
             Direction::Reverse,
             this.loaded.workflow.settings.parallelism,
             &|| this.supervisor.shutdown.requested().is_some(),
-            &|index| this.destroy_step(&prepared, index, outputs),
+            &|index| {
+                if every_step {
+                    this.destroy_every_step(&prepared, index, outputs, &unreachable)
+                } else {
+                    this.destroy_step(&prepared, index, outputs)
+                }
+            },
         );
         let mut summary = DestroySummary::default();
         let mut errors = Vec::new();
@@ -125,6 +138,58 @@ impl Engine {
         Ok(summary)
     }
 
+    /// Each step's outputs as its backend holds them, in order, for the steps after it to
+    /// be rendered as they were applied; and the steps that could not be rendered, since a
+    /// step they read holds no such output: those never applied, and are left alone.
+    fn every_step_outputs(&self, prepared: &Prepared) -> Result<(Outputs, Vec<usize>)> {
+        let mut outputs = Outputs::new();
+        let mut unreachable = Vec::new();
+        for (index, step) in self.loaded.workflow.steps.iter().enumerate() {
+            self.supervisor.shutdown.check()?;
+            let rendered = self
+                .loaded
+                .renderer()
+                .render_step(index, &outputs, true)
+                .map_err(Error::Input)?;
+            if !rendered.unknown_outputs.is_empty() {
+                self.logger().info(
+                    Some(&step.name),
+                    &format!(
+                        "{} not in any backend: it never applied, nothing to destroy",
+                        decide::unknown_outputs(&rendered).join(", ")
+                    ),
+                );
+                unreachable.push(index);
+                continue;
+            }
+            let _step = tracing::info_span!("step", step = %step.name).entered();
+            let (values, _sensitive) = self.remote_outputs(&prepared.code.dir, &rendered)?;
+            // An empty state has no outputs: the steps that read one are unreachable, not
+            // wrongly rendered.
+            if !values.is_empty() {
+                outputs.insert(step.name.clone(), values);
+            }
+        }
+        Ok((outputs, unreachable))
+    }
+
+    /// Destroys step `index` whatever the journal says, unless it is `unreachable`.
+    fn destroy_every_step(
+        &self,
+        prepared: &Prepared,
+        index: usize,
+        outputs: &Outputs,
+        unreachable: &[usize],
+    ) -> Result<Gone> {
+        if unreachable.contains(&index) {
+            return Ok(Gone::NeverStarted);
+        }
+        let step = &self.loaded.workflow.steps[index];
+        let _step = tracing::info_span!("step", step = %step.name).entered();
+        self.supervisor.shutdown.check()?;
+        self.destroy_rendered(prepared, index, outputs)
+    }
+
     /// Destroys step `index` unless it is destroyed already or never started applying.
     fn destroy_step(&self, prepared: &Prepared, index: usize, outputs: &Outputs) -> Result<Gone> {
         let journal = &prepared.journal;
@@ -151,6 +216,18 @@ impl Engine {
                 return Ok(Gone::NeverStarted);
             }
         }
+        self.destroy_rendered(prepared, index, outputs)
+    }
+
+    /// Renders step `index` with `outputs` and destroys it, then writes its marker.
+    fn destroy_rendered(
+        &self,
+        prepared: &Prepared,
+        index: usize,
+        outputs: &Outputs,
+    ) -> Result<Gone> {
+        let journal = &prepared.journal;
+        let step = &self.loaded.workflow.steps[index];
         let rendered = prepared
             .rendered(&self.loaded, index, outputs)
             .map_err(|p| Error::StepFailed {

@@ -11,6 +11,7 @@ mod decisions;
 mod diff;
 mod hardening;
 mod harness;
+mod job_options;
 mod layers;
 mod lifecycle;
 mod overlay;

@@ -83,6 +83,10 @@ pub struct Cli {
     /// How many steps may run at once (overrides the workflow's settings.parallelism)
     #[arg(long, env = "BOOTSTRAPPER_PARALLELISM", value_parser = clap::value_parser!(u16).range(1..), global = true)]
     pub parallelism: Option<u16>,
+    /// Where the command writes its result when it ends (exit code, error, each step's
+    /// state, non-sensitive outputs; at most 4 KiB): a container's termination-message path
+    #[arg(long, env = "BOOTSTRAPPER_RESULT_FILE", global = true)]
+    pub result_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Verb,
 }
@@ -287,7 +291,10 @@ pub fn run(cli: Cli) -> i32 {
     };
     let mut loaded = match load::load(&cli.workflow, &cli.params, &cli.secret_params) {
         Ok(loaded) => loaded,
-        Err(e) => return report(&e, None, cli.log_format),
+        Err(e) => {
+            write_result(&cli, None, Err(&e));
+            return report(&e, None, cli.log_format);
+        }
     };
     if let Some(n) = cli.parallelism {
         loaded.workflow.settings.parallelism = n.into();
@@ -295,9 +302,24 @@ pub fn run(cli: Cli) -> i32 {
     crate::base::log::mask_with(&loaded.redactor);
     let logger = Logger::new(cli.log_format, loaded.redactor.clone());
     let result = dispatch(&cli, loaded.clone(), logger.clone(), shutdown);
+    write_result(&cli, Some(&loaded), result.as_ref().map(|c| *c));
     match result {
         Ok(code) => code,
         Err(e) => report(&e, Some(&loaded), cli.log_format),
+    }
+}
+
+/// Writes `--result-file`, if asked for; failing to is said, and changes no exit code.
+fn write_result(cli: &Cli, loaded: Option<&Loaded>, ended: std::result::Result<i32, &Error>) {
+    let Some(path) = &cli.result_file else {
+        return;
+    };
+    let result = crate::engine::result::collect(loaded, &cli.root, ended);
+    if let Err(e) = result.write(path) {
+        Logger::new(cli.log_format, Default::default()).warn(
+            None,
+            &format!("cannot write the result to {}: {e}", path.display()),
+        );
     }
 }
 

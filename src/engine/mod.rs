@@ -3,6 +3,7 @@ pub mod decide;
 pub mod destroy;
 pub mod diff;
 pub mod hold;
+pub mod result;
 pub mod reviewed;
 pub mod run;
 pub mod schedule;

@@ -32,6 +32,16 @@ variable "big" {{
   type    = number
   default = 0
 }}
+variable "fail" {{
+  type    = bool
+  default = false
+}}
+resource "terraform_data" "fail" {{
+  count = var.fail ? 1 : 0
+  provisioner "local-exec" {{
+    command = "echo 'asked to fail' >&2; exit 1"
+  }}
+}}
 resource "terraform_data" "r" {{
   input = {{ ledger = var.ledger, line = "{step} ${{{name}}}" }}
   provisioner "local-exec" {{
@@ -52,7 +62,7 @@ output "password" {{
   sensitive = true
 }}
 output "big" {{
-  value = join("", [for i in range(var.big) : "x"])
+  value = join("", [for i in range(var.big) : "xxxxxxxxxx"])
 }}
 "#
     )
@@ -81,7 +91,7 @@ impl Fixture {
         .expect("write template");
         fs::write(
             templates.join("top.tfvars.tera"),
-            "ledger = \"{{ params.ledger }}\"\nname = \"{{ steps.base.outputs.name }}\"\n",
+            "ledger = \"{{ params.ledger }}\"\nname = \"{{ steps.base.outputs.name }}\"\nfail = {{ params.fail }}\n",
         )
         .expect("write template");
         let path = |p: &std::path::Path| serde_json::to_string(&p.to_str().unwrap()).unwrap();
@@ -102,8 +112,28 @@ impl Fixture {
             "ledger": b.ledger_path(),
             "pg_conn_str": conn_str,
             "big": 0,
+            "fail": false,
         }));
         Fixture { b, conn_str }
+    }
+
+    fn set_params(&self, extra: serde_json::Value) {
+        let mut params: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(self.b.params_path()).unwrap()).unwrap();
+        for (key, value) in extra.as_object().unwrap() {
+            params[key] = value.clone();
+        }
+        self.b.write_params(&params);
+    }
+
+    /// The result `--result-file` wrote, parsed, and its size.
+    fn result(&self) -> (serde_json::Value, usize) {
+        let text = fs::read_to_string(self.b.dir().join("result.json")).expect("result written");
+        assert!(!text.contains("hunter2"), "a sensitive output in {text}");
+        (
+            serde_json::from_str(&text).expect("result is JSON"),
+            text.len(),
+        )
     }
 
     /// The root as a new pod finds it: empty.
@@ -160,5 +190,58 @@ fn destroy_every_step_of_a_workflow_never_applied_destroys_nothing() {
             .stderr
             .contains("steps.base.outputs.name not in any backend"),
         "{destroy}"
+    );
+}
+
+#[test]
+fn the_result_file_holds_states_and_non_sensitive_outputs_within_4_kib() {
+    let f = Fixture::new();
+    f.set_params(json!({"big": 500}));
+    let result_file = f.b.dir().join("result.json");
+    let result_file = result_file.to_str().unwrap();
+    let run = f.b.run(&["--result-file", result_file, "run"]);
+    run.assert_success();
+    let (result, size) = f.result();
+    assert!(size <= 4096, "{size} bytes");
+    assert_eq!(result["exit_code"], 0, "{result}");
+    assert_eq!(result["error"], serde_json::Value::Null);
+    let states: Vec<_> = result["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, [("base", "done"), ("top", "done")]);
+    assert_eq!(result["outputs"]["base"]["name"], "from-base");
+    assert_eq!(result["outputs"]["top"]["name"], "from-base");
+    assert!(result["outputs"]["base"].get("password").is_none());
+    assert!(result["outputs"]["base"].get("big").is_none(), "{result}");
+    assert_eq!(result["outputs_left_out"], json!(["base.big"]));
+    assert!(result["note"].as_str().unwrap().contains("4 KiB"));
+
+    // A failure: its exit code, what failed, and how.
+    f.set_params(json!({"big": 0, "fail": true}));
+    let run = f.b.run(&["--result-file", result_file, "run"]);
+    run.assert_code(1);
+    let (result, _) = f.result();
+    assert_eq!(result["exit_code"], 1, "{result}");
+    assert!(
+        result["error"].as_str().unwrap().contains("top"),
+        "{result}"
+    );
+    assert_eq!(result["failure"], "resource", "{result}");
+    // Applied before with other inputs: `changed`, with its last attempt's failure.
+    assert_eq!(result["steps"][1]["state"], "changed", "{result}");
+    assert_eq!(result["steps"][1]["failure"], "resource", "{result}");
+
+    // A command that cannot even load its inputs still says why.
+    fs::write(f.b.params_path(), "not json").unwrap();
+    let run = f.b.run(&["--result-file", result_file, "run"]);
+    run.assert_code(2);
+    let (result, _) = f.result();
+    assert_eq!(result["exit_code"], 2, "{result}");
+    assert!(
+        result["error"].as_str().unwrap().contains("params"),
+        "{result}"
     );
 }

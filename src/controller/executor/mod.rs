@@ -3,6 +3,7 @@
 //! command over one cluster's root, so a second way of running it (a Kubernetes Job, say) is
 //! a new file here, not an edit of the reconciler.
 
+pub mod kubernetes;
 mod local;
 mod report;
 

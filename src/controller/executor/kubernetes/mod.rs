@@ -6,4 +6,6 @@
 #[allow(dead_code)]
 pub mod job;
 #[allow(dead_code)]
+pub mod status;
+#[allow(dead_code)]
 pub mod strict;

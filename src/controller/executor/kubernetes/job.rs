@@ -437,7 +437,7 @@ mod tests {
 
     /// The shipped template: `job.yaml` of the ConfigMap in deploy/k8s.
     pub fn template() -> String {
-        let text = include_str!("../../../../deploy/k8s/job-template.yaml");
+        let text = include_str!("../../../../deploy/k8s/kubernetes-executor/job-template.yaml");
         let config_map: serde_json::Value = serde_saphyr::from_str(text).unwrap();
         config_map["data"]["job.yaml"].as_str().unwrap().to_string()
     }

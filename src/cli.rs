@@ -154,7 +154,7 @@ pub enum Verb {
     },
     /// The controller: an HTTP API that creates, destroys and describes clusters, each an
     /// instance of the tenant workflow (--workflow) under --root/clusters/<id>
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -202,6 +202,46 @@ pub struct ServeArgs {
     #[arg(long, env = "BOOTSTRAPPER_DRIFT_INTERVAL", value_name = "DUR",
           value_parser = positive_duration)]
     pub drift_interval: Option<Duration>,
+    /// Where operations run: `local`, child processes of this controller; `kubernetes`, a
+    /// Job each (with --namespace and --job-template; KUBECONFIG outside a cluster)
+    #[arg(
+        long,
+        env = "BOOTSTRAPPER_EXECUTOR",
+        value_enum,
+        default_value = "local"
+    )]
+    pub executor: ExecutorKind,
+    /// The namespace of the operations' Jobs and Secrets (kubernetes executor)
+    #[arg(
+        long,
+        env = "BOOTSTRAPPER_NAMESPACE",
+        required_if_eq("executor", "kubernetes")
+    )]
+    pub namespace: Option<String>,
+    /// The batch/v1 Job manifest (YAML) each operation's Job is made from (kubernetes executor)
+    #[arg(
+        long,
+        env = "BOOTSTRAPPER_JOB_TEMPLATE",
+        required_if_eq("executor", "kubernetes")
+    )]
+    pub job_template: Option<PathBuf>,
+    /// Jobs carry this Kueue queue's label and are created suspended, for Kueue to admit
+    #[arg(long, env = "BOOTSTRAPPER_KUEUE_QUEUE")]
+    pub kueue_queue: Option<String>,
+    /// How long a finished Job stays (its ttlSecondsAfterFinished)
+    #[arg(long, env = "BOOTSTRAPPER_JOB_TTL", value_name = "DUR",
+          value_parser = positive_duration, default_value = "1h")]
+    pub job_ttl: Duration,
+    /// How often a running Job and its pod are looked at
+    #[arg(long, env = "BOOTSTRAPPER_JOB_POLL", value_name = "DUR",
+          value_parser = positive_duration, default_value = "2s")]
+    pub job_poll: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorKind {
+    Local,
+    Kubernetes,
 }
 
 impl Cli {
@@ -226,6 +266,15 @@ impl Cli {
             keep_destroyed: args.keep_destroyed,
             operation_timeout: args.operation_timeout,
             drift_interval: args.drift_interval,
+            kubernetes: (args.executor == ExecutorKind::Kubernetes).then(|| {
+                crate::controller::executor::kubernetes::Options {
+                    namespace: args.namespace.clone().expect("clap requires it"),
+                    job_template: args.job_template.clone().expect("clap requires it"),
+                    kueue_queue: args.kueue_queue.clone(),
+                    job_ttl: args.job_ttl,
+                    poll: args.job_poll,
+                }
+            }),
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct Options {
     pub operation_timeout: Duration,
     /// How old a ready cluster's last drift check may get; None: no drift checks.
     pub drift_interval: Option<Duration>,
+    /// Operations as Kubernetes Jobs rather than child processes.
+    pub kubernetes: Option<crate::controller::executor::kubernetes::Options>,
 }
 
 /// Runs the controller until a signal stops it; returns the exit code.
@@ -151,15 +153,23 @@ fn prepare(options: &Options) -> Result<Arc<App>> {
     };
     let workflow_path = std::path::absolute(&options.workflow)
         .map_err(|e| Error::io("cannot resolve the workflow's path", e))?;
-    let executor = Local::new(LocalConfig {
-        root: options.root.clone(),
-        workflow_path: workflow_path.clone(),
-        workflow: workflow.clone(),
-        exe,
-        terraform: options.terraform.clone(),
-        grace: options.grace,
-        log_format: options.log_format,
-    });
+    let executor: Arc<dyn Executor> = match &options.kubernetes {
+        None => Arc::new(Local::new(LocalConfig {
+            root: options.root.clone(),
+            workflow_path: workflow_path.clone(),
+            workflow: workflow.clone(),
+            exe,
+            terraform: options.terraform.clone(),
+            grace: options.grace,
+            log_format: options.log_format,
+        })),
+        Some(kube) => Arc::new(crate::controller::executor::kubernetes::executor_for(
+            kube,
+            &workflow,
+            &workflow_path,
+            options,
+        )?),
+    };
     for problem in executor.problems() {
         warn!("{problem}: /readyz says so until it is");
     }
@@ -174,7 +184,7 @@ fn prepare(options: &Options) -> Result<Arc<App>> {
         warn!("serving without tokens (--insecure-no-auth): anyone who reaches the port may create and destroy clusters");
     }
     Ok(Arc::new(App {
-        reconciler: Reconciler::new(config, Arc::new(Metrics::new()), Arc::new(executor)),
+        reconciler: Reconciler::new(config, Arc::new(Metrics::new()), executor),
         tokens,
         writes: tokio::sync::Mutex::new(()),
     }))
@@ -232,7 +242,9 @@ async fn run(app: Arc<App>, options: &Options) -> Result<i32> {
             };
             info!("{signal}: no longer accepting requests; stopping the running operations");
             // Each operation gets SIGTERM, whatever stopped us: an engine takes it as the
-            // graceful stop, and gives its terraform one SIGINT.
+            // graceful stop, and gives its terraform one SIGINT. Operations that outlive
+            // the controller (Jobs) are left running instead.
+            reconciler.executor.detach();
             reconciler.stop(Signal::SIGTERM);
             *stopped.lock().expect("signal lock") = Some(signal);
         }

@@ -4,8 +4,10 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod fake_kube;
 mod http;
 mod inputs;
+mod jobs;
 mod paths;
 mod plan;
 mod records;

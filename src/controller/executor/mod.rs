@@ -59,4 +59,8 @@ pub trait Executor: Send + Sync {
     fn running(&self) -> Vec<Operation>;
     /// Why operations cannot run now; empty when they can (`/readyz`).
     fn problems(&self) -> Vec<String>;
+    /// The controller is exiting: an executor whose operations run outside it leaves them
+    /// running, ends each as interrupted at once, and takes later stops as no request to
+    /// stop them. A restarted controller finds them again.
+    fn detach(&self) {}
 }

@@ -24,7 +24,6 @@ pub enum Progress {
 /// The part of the engine's result (see `crate::engine::result`) an ending needs.
 #[derive(Debug, Default, Deserialize)]
 pub struct EngineResult {
-    pub exit_code: i32,
     pub error: Option<String>,
     pub failure: Option<FailureKind>,
 }

@@ -1,0 +1,593 @@
+//! A stand-in for the Kubernetes API server, for the `kubernetes` executor: no kube-apiserver
+//! can be installed here. It speaks the subset the executor uses — Jobs, pods, pods/log and
+//! Secrets: create, get, list by label, replace, delete (always with foreground propagation)
+//! — over plain HTTP on loopback, and a fake kubelet runs each Job's pod as a local process of
+//! the real binary: the container's args with its mount paths moved into a directory of the
+//! pod's own (the params Secret written where it is mounted, an empty root), the container's
+//! env over the environment given here (envFrom's stand-in), SIGTERM then SIGKILL after the
+//! pod's grace on deletion, and the exit code and termination message into the pod's and the
+//! Job's status by the Job's rules (backoffLimit 0, podFailurePolicy FailJob on exit 2).
+//! Not simulated: watches, disruptions, scheduling, activeDeadlineSeconds, TTL.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::BIN;
+
+const PARAMS_DIR: &str = "/etc/bootstrapper/params";
+const ROOT: &str = "/project";
+const RESULT_FILE: &str = "/dev/termination-log";
+
+struct Process {
+    child: Child,
+    cluster: String,
+    dir: PathBuf,
+    terminated_at: Option<Instant>,
+    grace: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    jobs: BTreeMap<String, Value>,
+    pods: BTreeMap<String, Value>,
+    secrets: BTreeMap<String, Value>,
+    processes: HashMap<String, Process>,
+    /// Every Job created, by name, in order.
+    created: Vec<String>,
+    /// The most pods with a live process at once, by cluster.
+    most_at_once: BTreeMap<String, usize>,
+    requests: usize,
+}
+
+pub struct FakeKube {
+    pub port: u16,
+    dir: PathBuf,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeKube {
+    /// Starts the server and its kubelet; pods' processes get `env` (and the container's).
+    pub fn start(dir: &Path, env: Vec<(String, String)>) -> FakeKube {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(State::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let pods_dir = dir.join("pods");
+        fs::create_dir_all(&pods_dir).unwrap();
+        {
+            let state = state.clone();
+            let pods_dir = pods_dir.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    let state = state.clone();
+                    let pods_dir = pods_dir.clone();
+                    std::thread::spawn(move || serve_connection(stream, &state, &pods_dir));
+                }
+            });
+        }
+        {
+            let state = state.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    kubelet(&state, &pods_dir, &env);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        }
+        FakeKube {
+            port,
+            dir: dir.to_path_buf(),
+            state,
+            stop,
+        }
+    }
+
+    /// A kubeconfig naming this server, with `namespace` as the default.
+    pub fn kubeconfig(&self, namespace: &str) -> PathBuf {
+        let path = self.dir.join("kubeconfig");
+        fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {namespace}\ncurrent-context: fake\n",
+                self.port
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    pub fn jobs_created(&self) -> Vec<String> {
+        self.state.lock().unwrap().created.clone()
+    }
+
+    pub fn job(&self, name: &str) -> Option<Value> {
+        self.state.lock().unwrap().jobs.get(name).cloned()
+    }
+
+    pub fn secret(&self, name: &str) -> Option<Value> {
+        self.state.lock().unwrap().secrets.get(name).cloned()
+    }
+
+    pub fn most_pods_at_once(&self, cluster: &str) -> usize {
+        let state = self.state.lock().unwrap();
+        state.most_at_once.get(cluster).copied().unwrap_or(0)
+    }
+
+    pub fn live_pods(&self) -> usize {
+        self.state.lock().unwrap().processes.len()
+    }
+
+    pub fn requests(&self) -> usize {
+        self.state.lock().unwrap().requests
+    }
+}
+
+impl Drop for FakeKube {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut state = self.state.lock().unwrap();
+        for (_, mut p) in state.processes.drain() {
+            unsafe { libc::kill(-(p.child.id() as i32), libc::SIGKILL) };
+            let _ = p.child.wait();
+        }
+    }
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
+    (
+        code,
+        json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+               "reason": reason, "message": message, "code": code}),
+    )
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn matches(object: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|pair| {
+        let (k, v) = pair.split_once('=').unwrap();
+        object["metadata"]["labels"][k].as_str() == Some(v)
+    })
+}
+
+fn serve_connection(stream: TcpStream, state: &Mutex<State>, pods_dir: &Path) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut stream = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, target) = (
+            parts.next().unwrap_or("").to_string(),
+            parts.next().unwrap_or("").to_string(),
+        );
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = header.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let query: HashMap<String, String> = query
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.to_string(), decode(v)))
+            .collect();
+        let (code, content_type, text) = match handle(state, pods_dir, &method, path, &query, &body)
+        {
+            Answer::Json(code, value) => (code, "application/json", value.to_string()),
+            Answer::Text(text) => (200, "text/plain", text),
+        };
+        let reply = format!(
+            "HTTP/1.1 {code} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        if stream.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+enum Answer {
+    Json(u16, Value),
+    Text(String),
+}
+
+fn handle(
+    state: &Mutex<State>,
+    pods_dir: &Path,
+    method: &str,
+    path: &str,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Answer {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let mut state = state.lock().unwrap();
+    state.requests += 1;
+    // /api/v1/namespaces/NS/KIND[/NAME[/log]] or /apis/batch/v1/namespaces/NS/jobs[/NAME]
+    let rest = match segments.as_slice() {
+        ["api", "v1", "namespaces", _ns, rest @ ..] => rest,
+        ["apis", "batch", "v1", "namespaces", _ns, rest @ ..] => rest,
+        _ => {
+            let (c, v) = status(404, "NotFound", "no such path");
+            return Answer::Json(c, v);
+        }
+    };
+    let (kind, api_version, list_kind) = match rest[0] {
+        "jobs" => ("Job", "batch/v1", "JobList"),
+        "pods" => ("Pod", "v1", "PodList"),
+        "secrets" => ("Secret", "v1", "SecretList"),
+        _ => {
+            let (c, v) = status(404, "NotFound", "no such resource");
+            return Answer::Json(c, v);
+        }
+    };
+    if rest.len() == 3 && rest[0] == "pods" && rest[2] == "log" {
+        let log = pods_dir.join(rest[1]).join("log");
+        return Answer::Text(fs::read_to_string(log).unwrap_or_default());
+    }
+    state.rv += 1;
+    let rv = state.rv;
+    let State {
+        jobs,
+        pods,
+        secrets,
+        created,
+        ..
+    } = &mut *state;
+    let store = match rest[0] {
+        "jobs" => jobs,
+        "pods" => pods,
+        _ => secrets,
+    };
+    let answer = |(c, v): (u16, Value)| Answer::Json(c, v);
+    match (method, rest.get(1)) {
+        ("GET", None) => {
+            let selector = query.get("labelSelector").cloned().unwrap_or_default();
+            let items: Vec<Value> = store
+                .values()
+                .filter(|o| matches(o, &selector))
+                .cloned()
+                .collect();
+            Answer::Json(
+                200,
+                json!({"apiVersion": api_version, "kind": list_kind,
+                       "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
+            )
+        }
+        ("GET", Some(name)) => match store.get(*name) {
+            Some(o) => Answer::Json(200, o.clone()),
+            None => answer(status(404, "NotFound", &format!("{name} not found"))),
+        },
+        ("POST", None) => {
+            let mut object: Value = serde_json::from_slice(body).unwrap();
+            let name = object["metadata"]["name"].as_str().unwrap().to_string();
+            if store.contains_key(&name) {
+                return answer(status(
+                    409,
+                    "AlreadyExists",
+                    &format!("{name} already exists"),
+                ));
+            }
+            object["apiVersion"] = json!(api_version);
+            object["kind"] = json!(kind);
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            object["metadata"]["uid"] = json!(format!("uid-{rv}"));
+            object["metadata"]["creationTimestamp"] = json!(now());
+            if kind == "Job" {
+                object["status"] = json!({});
+                created.push(name.clone());
+            }
+            store.insert(name, object.clone());
+            Answer::Json(201, object)
+        }
+        ("PUT", Some(name)) => {
+            let mut object: Value = serde_json::from_slice(body).unwrap();
+            let Some(existing) = store.get(*name) else {
+                return answer(status(404, "NotFound", &format!("{name} not found")));
+            };
+            if object["metadata"]["resourceVersion"] != existing["metadata"]["resourceVersion"] {
+                return answer(status(409, "Conflict", "the object has been modified"));
+            }
+            object["apiVersion"] = json!(api_version);
+            object["kind"] = json!(kind);
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            store.insert(name.to_string(), object.clone());
+            Answer::Json(200, object)
+        }
+        ("DELETE", Some(name)) => match store.get_mut(*name) {
+            Some(object) => {
+                // Foreground: the object stays, marked, until its pods are gone.
+                object["metadata"]["deletionTimestamp"] = json!(now());
+                object["metadata"]["finalizers"] = json!(["foregroundDeletion"]);
+                let object = object.clone();
+                if kind == "Secret" {
+                    store.remove(*name);
+                }
+                Answer::Json(200, object)
+            }
+            None => answer(status(404, "NotFound", &format!("{name} not found"))),
+        },
+        _ => answer(status(405, "MethodNotAllowed", method)),
+    }
+}
+
+/// One turn of the kubelet and the Job controller.
+fn kubelet(state: &Mutex<State>, pods_dir: &Path, env: &[(String, String)]) {
+    let mut state = state.lock().unwrap();
+    let state = &mut *state;
+    // Start a pod for each Job that has none, unless suspended or being deleted.
+    let names: Vec<String> = state.jobs.keys().cloned().collect();
+    for name in &names {
+        let job = state.jobs[name].clone();
+        let has_pod = state
+            .pods
+            .values()
+            .any(|p| matches(p, &format!("job-name={name}")));
+        let concluded = job["status"]["conditions"].is_array();
+        if has_pod
+            || concluded
+            || job["spec"]["suspend"] == json!(true)
+            || !job["metadata"]["deletionTimestamp"].is_null()
+        {
+            continue;
+        }
+        start_pod(state, pods_dir, env, name, &job);
+    }
+    // Processes that ended: their status, and their Job's.
+    let ended: Vec<String> = state
+        .processes
+        .iter_mut()
+        .filter_map(|(pod, p)| p.child.try_wait().ok().flatten().map(|_| pod.clone()))
+        .collect();
+    for pod_name in ended {
+        let mut p = state.processes.remove(&pod_name).unwrap();
+        let code = p.child.wait().unwrap().code().unwrap_or(137);
+        let mut message = fs::read_to_string(p.dir.join("termination-log")).unwrap_or_default();
+        message.truncate(4096);
+        let Some(pod) = state.pods.get_mut(&pod_name) else {
+            continue;
+        };
+        pod["status"] = json!({
+            "phase": if code == 0 { "Succeeded" } else { "Failed" },
+            "containerStatuses": [{"name": "engine", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"terminated": {"exitCode": code, "message": message,
+                "reason": if code == 0 { "Completed" } else { "Error" }}}}],
+        });
+        let job_name = pod["metadata"]["labels"]["job-name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if let Some(job) = state.jobs.get_mut(&job_name) {
+            if job["metadata"]["deletionTimestamp"].is_null() {
+                job["status"] = if code == 0 {
+                    json!({"succeeded": 1, "conditions": [
+                        {"type": "SuccessCriteriaMet", "status": "True"},
+                        {"type": "Complete", "status": "True"}]})
+                } else {
+                    let reason = if code == 2 {
+                        "PodFailurePolicy"
+                    } else {
+                        "BackoffLimitExceeded"
+                    };
+                    json!({"failed": 1, "conditions": [
+                        {"type": "FailureTarget", "status": "True", "reason": reason},
+                        {"type": "Failed", "status": "True", "reason": reason, "message": "m"}]})
+                };
+            }
+        }
+    }
+    // Jobs being deleted: SIGTERM their pods' processes, SIGKILL after the grace, then
+    // remove the pods, then the Job.
+    for name in &names {
+        let Some(job) = state.jobs.get(name) else {
+            continue;
+        };
+        if job["metadata"]["deletionTimestamp"].is_null() {
+            continue;
+        }
+        let pods: Vec<String> = state
+            .pods
+            .iter()
+            .filter(|(_, p)| matches(p, &format!("job-name={name}")))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for pod in &pods {
+            match state.processes.get_mut(pod) {
+                Some(p) => match p.terminated_at {
+                    None => {
+                        unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
+                        p.terminated_at = Some(Instant::now());
+                    }
+                    Some(at) if at.elapsed() > p.grace => {
+                        unsafe { libc::kill(-(p.child.id() as i32), libc::SIGKILL) };
+                    }
+                    Some(_) => {}
+                },
+                None => {
+                    state.pods.remove(pod);
+                }
+            }
+        }
+        if pods.is_empty() {
+            state.jobs.remove(name);
+        }
+    }
+    let mut live: BTreeMap<String, usize> = BTreeMap::new();
+    for p in state.processes.values() {
+        *live.entry(p.cluster.clone()).or_default() += 1;
+    }
+    for (cluster, n) in live {
+        let most = state.most_at_once.entry(cluster).or_default();
+        *most = (*most).max(n);
+    }
+}
+
+fn start_pod(
+    state: &mut State,
+    pods_dir: &Path,
+    env: &[(String, String)],
+    job_name: &str,
+    job: &Value,
+) {
+    let template = &job["spec"]["template"];
+    let pod_name = format!("{job_name}-{}", state.rv);
+    state.rv += 1;
+    let dir = pods_dir.join(&pod_name);
+    fs::create_dir_all(dir.join("root")).unwrap();
+    fs::create_dir_all(dir.join("params")).unwrap();
+    let spec = &template["spec"];
+    // The params Secret, written where the pod mounts it.
+    for volume in spec["volumes"].as_array().unwrap() {
+        let Some(secret) = volume["secret"].as_object() else {
+            continue;
+        };
+        let data = &state.secrets[secret["secretName"].as_str().unwrap()]["data"];
+        for item in secret["items"].as_array().unwrap() {
+            let encoded = data[item["key"].as_str().unwrap()].as_str().unwrap();
+            let bytes = base64_decode(encoded);
+            fs::write(
+                dir.join("params").join(item["path"].as_str().unwrap()),
+                bytes,
+            )
+            .unwrap();
+        }
+    }
+    let container = &spec["containers"][0];
+    let moved = |arg: &str| {
+        arg.replace(PARAMS_DIR, dir.join("params").to_str().unwrap())
+            .replace(RESULT_FILE, dir.join("termination-log").to_str().unwrap())
+            .replace(ROOT, dir.join("root").to_str().unwrap())
+    };
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| moved(a.as_str().unwrap()))
+        .collect();
+    let log = fs::File::create(dir.join("log")).unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .args(&args)
+        .current_dir(dir.join("root"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TF_IN_AUTOMATION", "1")
+        .env("CHECKPOINT_DISABLE", "1")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0);
+    if let Ok(home) = std::env::var("HOME") {
+        command.env("HOME", home);
+    }
+    for e in container["env"].as_array().into_iter().flatten() {
+        if let Some(v) = e["value"].as_str() {
+            command.env(e["name"].as_str().unwrap(), v);
+        }
+    }
+    let child = command.spawn().expect("start the pod's process");
+    let labels = template["metadata"]["labels"].clone();
+    let mut labels = labels.as_object().cloned().unwrap_or_default();
+    labels.insert("job-name".into(), json!(job_name));
+    let cluster = labels["bootstrapper/cluster"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    state.pods.insert(
+        pod_name.clone(),
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": pod_name, "labels": labels, "creationTimestamp": now(),
+                            "resourceVersion": state.rv.to_string()},
+               "spec": {"containers": [{"name": "engine"}]},
+               "status": {"phase": "Running", "containerStatuses": [{"name": "engine", "image": "i",
+                  "imageID": "", "ready": true, "restartCount": 0,
+                  "state": {"running": {"startedAt": now()}}}]}}),
+    );
+    let grace = Duration::from_secs(spec["terminationGracePeriodSeconds"].as_u64().unwrap_or(30));
+    state.processes.insert(
+        pod_name,
+        Process {
+            child,
+            cluster,
+            dir,
+            terminated_at: None,
+            grace,
+        },
+    );
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let mut buffer = 0u32;
+    let mut bits = 0;
+    for b in text.bytes().filter(|b| *b != b'=') {
+        let value = ALPHABET.iter().position(|a| *a == b).expect("base64") as u32;
+        buffer = (buffer << 6) | value;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+            buffer &= (1 << bits) - 1;
+        }
+    }
+    out
+}

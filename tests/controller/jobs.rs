@@ -1,0 +1,203 @@
+//! `serve --executor kubernetes` against the fake API server of `fake_kube` (no real
+//! kube-apiserver runs here): each operation a Job whose pod is a local process of the real
+//! binary, over real terraform and PostgreSQL. What is checked is the executor's side —
+//! the objects it sends, the order of its deletes and creates, what it records — and only
+//! as far as the fake follows Kubernetes' rules.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::fake_kube::FakeKube;
+use crate::support::controller::*;
+use crate::support::*;
+
+const CONVERGE: Duration = Duration::from_secs(120);
+const NAMESPACE: &str = "tenants";
+
+fn template(bed: &Bed) -> String {
+    let path = bed.b.dir().join("job-template.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: batch/v1\nkind: Job\nspec:\n  template:\n    spec:\n      containers:\n        - name: engine\n          image: registry.example.com/bootstrapper:test\n",
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// The fake API server, its pods' processes getting what the tenant modules read.
+fn fake(bed: &Bed, sleep_seconds: u32) -> FakeKube {
+    FakeKube::start(
+        bed.b.dir(),
+        vec![
+            ("TF_VAR_pg_conn_str".into(), bed.pg.clone()),
+            (
+                "TF_VAR_ledger".into(),
+                bed.b.ledger_path().display().to_string(),
+            ),
+            ("TF_VAR_sleep_seconds".into(), sleep_seconds.to_string()),
+        ],
+    )
+}
+
+fn start(bed: &Bed, kube: &FakeKube) -> Controller {
+    let template = template(bed);
+    let kubeconfig = kube.kubeconfig(NAMESPACE);
+    bed.start(
+        &[
+            "--executor",
+            "kubernetes",
+            "--namespace",
+            NAMESPACE,
+            "--job-template",
+            &template,
+            "--job-poll",
+            "200ms",
+            "--grace",
+            "20s",
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    )
+}
+
+fn events(bed: &Bed, cluster: &str, event: &str) -> Vec<String> {
+    bed.ledger()
+        .into_iter()
+        .filter(|e| e.cluster == cluster && e.event == event)
+        .map(|e| e.resource)
+        .collect()
+}
+
+#[test]
+fn a_workflow_with_a_local_state_is_refused_naming_the_step() {
+    let b = Bootstrapper::new();
+    b.write_workflow(&four_step_workflow(&fixtures_dir()));
+    let template = b.dir().join("job-template.yaml");
+    std::fs::write(&template, "apiVersion: batch/v1\nkind: Job\nspec:\n  template:\n    spec:\n      containers:\n        - name: engine\n          image: i\n").unwrap();
+    let template = template.to_str().unwrap();
+    let outcome = b.run(&[
+        "serve",
+        "--insecure-no-auth",
+        "--listen",
+        "127.0.0.1:0",
+        "--executor",
+        "kubernetes",
+        "--namespace",
+        NAMESPACE,
+        "--job-template",
+        template,
+    ]);
+    outcome.assert_code(2);
+    assert!(
+        outcome
+            .stderr
+            .contains("step `control-network` keeps its state in a local file"),
+        "{outcome}"
+    );
+    assert!(!outcome.stderr.contains("`network`"), "{outcome}");
+}
+
+#[test]
+fn clusters_are_created_destroyed_and_created_again_by_jobs() {
+    let bed = Bed::new();
+    let kube = fake(&bed, 0);
+    let c = start(&bed, &kube);
+    let id = ["j1".to_string()];
+    assert_eq!(c.put("j1", &json!({ "namesvr_count": 2 })).status, 202);
+    c.wait_phase(&id, "ready", CONVERGE);
+    assert_eq!(
+        bed.state_resources("j1").len(),
+        3,
+        "{:?}",
+        bed.state_resources("j1")
+    );
+    assert_eq!(kube.jobs_created(), ["bs-j1-apply-1-1"]);
+    let job = kube.job("bs-j1-apply-1-1").expect("the Job stays");
+    assert_eq!(job["metadata"]["labels"]["bootstrapper/cluster"], "j1");
+    let args = job["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains("\"run\",\"--recreate\""), "{args}");
+    // The params are in the Secret, and nowhere in the Job.
+    let secret = kube.secret("bs-j1-params").expect("the params Secret");
+    assert!(secret["data"]["params.json"].is_string());
+    assert!(!job.to_string().contains("namesvr_count"));
+    // The pod's log is kept as the cluster's operation log.
+    let log = std::fs::read_to_string(bed.b.root().join("clusters/j1/operation.log")).unwrap();
+    assert!(log.contains("# Job bs-j1-apply-1-1"), "{log}");
+    assert!(log.contains("terraform"), "{log}");
+
+    assert_eq!(c.delete("j1").status, 202);
+    c.wait_phase(&id, "destroyed", CONVERGE);
+    assert!(
+        bed.state_resources("j1").is_empty(),
+        "{}",
+        std::fs::read_to_string(bed.b.root().join("clusters/j1/operation.log")).unwrap()
+    );
+    assert_eq!(
+        kube.jobs_created(),
+        ["bs-j1-apply-1-1", "bs-j1-destroy-2-1"]
+    );
+
+    assert_eq!(c.put("j1", &json!({ "namesvr_count": 1 })).status, 202);
+    c.wait_phase(&id, "ready", CONVERGE);
+    assert_eq!(bed.state_resources("j1").len(), 2);
+    assert_eq!(kube.most_pods_at_once("j1"), 1);
+    eprintln!("API requests for 3 operations: {}", kube.requests());
+}
+
+#[test]
+fn a_delete_during_an_apply_deletes_its_job_and_destroys_once_its_pod_is_gone() {
+    let bed = Bed::new();
+    let kube = fake(&bed, 60);
+    let c = start(&bed, &kube);
+    assert_eq!(c.put("slow", &json!({ "namesvr_count": 1 })).status, 202);
+    wait_for(|| events(&bed, "slow", "start").len() == 1, CONVERGE);
+    assert_eq!(c.phase("slow"), "applying");
+
+    assert_eq!(c.delete("slow").status, 202);
+    c.wait_phase(&["slow".to_string()], "destroyed", CONVERGE);
+    assert!(bed.state_resources("slow").is_empty());
+    assert_eq!(events(&bed, "slow", "create"), ["namesvr[0]"]);
+    assert!(events(&bed, "slow", "destroy").contains(&"namesvr[0]".to_string()));
+    assert_eq!(
+        kube.jobs_created(),
+        ["bs-slow-apply-1-1", "bs-slow-destroy-2-1"]
+    );
+    // Never two pods of one cluster at once.
+    assert_eq!(kube.most_pods_at_once("slow"), 1);
+}
+
+#[test]
+fn a_killed_controller_follows_the_running_job_and_starts_no_second_one() {
+    let bed = Bed::new();
+    let kube = fake(&bed, 3);
+    let mut c = start(&bed, &kube);
+    assert_eq!(c.put("k1", &json!({ "namesvr_count": 1 })).status, 202);
+    wait_for(|| events(&bed, "k1", "start").len() == 1, CONVERGE);
+    c.running.take().unwrap().kill_session();
+    // The Job runs on without its controller.
+    assert_eq!(kube.live_pods(), 1);
+
+    let c = start(&bed, &kube);
+    c.wait_phase(&["k1".to_string()], "ready", CONVERGE);
+    assert_eq!(kube.jobs_created(), ["bs-k1-apply-1-1"]);
+    assert_eq!(events(&bed, "k1", "create").len(), 2, "{:?}", bed.ledger());
+    assert_eq!(kube.most_pods_at_once("k1"), 1);
+}
+
+#[test]
+fn sigterm_stops_the_controller_and_leaves_its_jobs_running() {
+    let bed = Bed::new();
+    let kube = fake(&bed, 60);
+    let mut c = start(&bed, &kube);
+    assert_eq!(c.put("t1", &json!({ "namesvr_count": 1 })).status, 202);
+    wait_for(|| events(&bed, "t1", "start").len() == 1, CONVERGE);
+    let running = c.running.take().unwrap();
+    let signalled = std::time::Instant::now();
+    running.signal(libc::SIGTERM);
+    let outcome = running.wait(Duration::from_secs(30));
+    outcome.assert_code(143);
+    // Promptly: not after the 20 s grace a local operation would get.
+    assert!(signalled.elapsed() < Duration::from_secs(10), "{outcome}");
+    assert_eq!(kube.live_pods(), 1, "the Job's pod runs on");
+    assert!(kube.job("bs-t1-apply-1-1").is_some());
+}

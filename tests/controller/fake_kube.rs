@@ -48,6 +48,8 @@ struct State {
     /// The most pods with a live process at once, by cluster.
     most_at_once: BTreeMap<String, usize>,
     requests: usize,
+    /// Job creates still to refuse with 403, as a ResourceQuota would.
+    refuse_creates: usize,
 }
 
 pub struct FakeKube {
@@ -129,6 +131,29 @@ impl FakeKube {
 
     pub fn live_pods(&self) -> usize {
         self.state.lock().unwrap().processes.len()
+    }
+
+    /// The next `n` Job creates are refused as over quota (403).
+    pub fn refuse_job_creates(&self, n: usize) {
+        self.state.lock().unwrap().refuse_creates = n;
+    }
+
+    /// A Job made by someone else, which no pod runs (it is suspended).
+    pub fn put_foreign_job(&self, name: &str) {
+        self.state.lock().unwrap().jobs.insert(
+            name.to_string(),
+            json!({"apiVersion": "batch/v1", "kind": "Job",
+                   "metadata": {"name": name, "labels": {"app": "other"}, "resourceVersion": "1"},
+                   "spec": {"suspend": true, "template": {"spec": {"containers": []}}},
+                   "status": {}}),
+        );
+    }
+
+    /// Deletes a Job as `kubectl delete job` would (its pods get SIGTERM first).
+    pub fn delete_job(&self, name: &str) {
+        let mut state = self.state.lock().unwrap();
+        let job = state.jobs.get_mut(name).expect("the Job exists");
+        job["metadata"]["deletionTimestamp"] = json!(now());
     }
 
     pub fn requests(&self) -> usize {
@@ -289,8 +314,18 @@ fn handle(
         pods,
         secrets,
         created,
+        refuse_creates,
         ..
     } = &mut *state;
+    if method == "POST" && kind == "Job" && *refuse_creates > 0 {
+        *refuse_creates -= 1;
+        let (c, v) = status(
+            403,
+            "Forbidden",
+            "jobs is forbidden: exceeded quota: tenant-jobs, requested: count/jobs.batch=1",
+        );
+        return Answer::Json(c, v);
+    }
     let store = match rest[0] {
         "jobs" => jobs,
         "pods" => pods,

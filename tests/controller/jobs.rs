@@ -201,3 +201,52 @@ fn sigterm_stops_the_controller_and_leaves_its_jobs_running() {
     assert_eq!(kube.live_pods(), 1, "the Job's pod runs on");
     assert!(kube.job("bs-t1-apply-1-1").is_some());
 }
+
+#[test]
+fn a_create_refused_by_a_quota_is_tried_again_later() {
+    let bed = Bed::new();
+    let kube = fake(&bed, 0);
+    kube.refuse_job_creates(2);
+    let c = start(&bed, &kube);
+    assert_eq!(c.put("q1", &json!({ "namesvr_count": 1 })).status, 202);
+    c.wait_phase(&["q1".to_string()], "ready", CONVERGE);
+    assert_eq!(kube.jobs_created(), ["bs-q1-apply-1-1"]);
+    let stderr = c.stderr();
+    assert_eq!(stderr.matches("waiting for quota").count(), 2, "{stderr}");
+}
+
+#[test]
+fn a_job_of_the_same_name_that_is_not_ours_is_not_adopted() {
+    let bed = Bed::new();
+    let kube = fake(&bed, 0);
+    kube.put_foreign_job("bs-x1-apply-1-1");
+    let c = start(&bed, &kube);
+    assert_eq!(c.put("x1", &json!({ "namesvr_count": 1 })).status, 202);
+    wait_for(|| c.phase("x1") == "failed", CONVERGE);
+    let document = c.cluster("x1");
+    let error = document["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("a Job named bs-x1-apply-1-1 exists that is not this operation's"),
+        "{document}"
+    );
+    assert!(bed.state_resources("x1").is_empty());
+    assert_eq!(kube.live_pods(), 0);
+}
+
+#[test]
+fn a_job_deleted_by_someone_else_is_run_again() {
+    let bed = Bed::new();
+    let kube = fake(&bed, 60);
+    let c = start(&bed, &kube);
+    assert_eq!(c.put("d1", &json!({ "namesvr_count": 1 })).status, 202);
+    wait_for(|| events(&bed, "d1", "start").len() == 1, CONVERGE);
+    kube.delete_job("bs-d1-apply-1-1");
+    wait_for(|| kube.jobs_created().len() == 2, CONVERGE);
+    assert_eq!(kube.jobs_created(), ["bs-d1-apply-1-1", "bs-d1-apply-1-1"]);
+    assert!(
+        c.stderr().contains("was deleted by someone else"),
+        "{}",
+        c.stderr()
+    );
+    assert_eq!(kube.most_pods_at_once("d1"), 1);
+}

@@ -167,7 +167,13 @@ fn prepare(options: &Options) -> Result<Arc<App>> {
             kube,
             &workflow,
             &workflow_path,
-            options,
+            &crate::controller::executor::kubernetes::Common {
+                root: options.root.clone(),
+                terraform: options.terraform.clone(),
+                grace: options.grace,
+                operation_timeout: options.operation_timeout,
+                log_format: options.log_format,
+            },
         )?),
     };
     for problem in executor.problems() {

@@ -47,13 +47,24 @@ pub struct Options {
     pub poll: std::time::Duration,
 }
 
+/// What `serve` passes on to every operation, whatever runs it.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// Where `clusters/<id>/` live.
+    pub root: std::path::PathBuf,
+    pub terraform: std::path::PathBuf,
+    pub grace: std::time::Duration,
+    pub operation_timeout: std::time::Duration,
+    pub log_format: crate::base::log::Format,
+}
+
 /// The executor `serve` runs with, once the workflow is known to keep no state in a Job's
 /// emptyDir and the Job template reads: either refusal is an input error (exit 2).
 pub fn executor_for(
     options: &Options,
     workflow: &Workflow,
     workflow_path: &std::path::Path,
-    serve: &crate::controller::serve::Options,
+    serve: &Common,
 ) -> crate::base::error::Result<Kube> {
     use crate::base::error::{Problem, Problems};
     let mut problems = Problems::default();

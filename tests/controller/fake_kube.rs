@@ -50,6 +50,8 @@ struct State {
     requests: usize,
     /// Job creates still to refuse with 403, as a ResourceQuota would.
     refuse_creates: usize,
+    /// Start two pods for each Job, as the Job controller may ("at least once").
+    two_pods: bool,
 }
 
 pub struct FakeKube {
@@ -136,6 +138,11 @@ impl FakeKube {
     /// The next `n` Job creates are refused as over quota (403).
     pub fn refuse_job_creates(&self, n: usize) {
         self.state.lock().unwrap().refuse_creates = n;
+    }
+
+    /// From now on each Job gets two pods at once.
+    pub fn start_two_pods_per_job(&self) {
+        self.state.lock().unwrap().two_pods = true;
     }
 
     /// A Job made by someone else, which no pod runs (it is suspended).
@@ -424,6 +431,9 @@ fn kubelet(state: &Mutex<State>, pods_dir: &Path, env: &[(String, String)]) {
             continue;
         }
         start_pod(state, pods_dir, env, name, &job);
+        if state.two_pods {
+            start_pod(state, pods_dir, env, name, &job);
+        }
     }
     // Processes that ended: their status, and their Job's.
     let ended: Vec<String> = state

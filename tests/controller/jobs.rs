@@ -250,3 +250,26 @@ fn a_job_deleted_by_someone_else_is_run_again() {
     );
     assert_eq!(kube.most_pods_at_once("d1"), 1);
 }
+
+/// The Job controller may start a Job's program twice: the remote state's lock, which every
+/// terraform command takes, is the fence.
+#[test]
+fn two_pods_of_one_operation_never_create_anything_twice() {
+    let bed = Bed::new();
+    let kube = fake(&bed, 1);
+    kube.start_two_pods_per_job();
+    let c = start(&bed, &kube);
+    assert_eq!(c.put("w1", &json!({ "namesvr_count": 2 })).status, 202);
+    c.wait_phase(&["w1".to_string()], "ready", CONVERGE);
+    wait_for(|| kube.live_pods() == 0, CONVERGE);
+    assert_eq!(kube.most_pods_at_once("w1"), 2, "both pods ran");
+    let mut created = events(&bed, "w1", "create");
+    created.sort();
+    assert_eq!(
+        created,
+        ["broker", "namesvr[0]", "namesvr[1]"],
+        "{:?}",
+        bed.ledger()
+    );
+    assert_eq!(bed.state_resources("w1").len(), 3);
+}

@@ -236,6 +236,11 @@ pub struct ServeArgs {
     #[arg(long, env = "BOOTSTRAPPER_JOB_POLL", value_name = "DUR",
           value_parser = positive_duration, default_value = "2s")]
     pub job_poll: Duration,
+    /// How long an operation's pod may stay Pending before its Job is deleted and the
+    /// cluster fails, saying why
+    #[arg(long, env = "BOOTSTRAPPER_JOB_PENDING_TIMEOUT", value_name = "DUR",
+          value_parser = positive_duration, default_value = "10m")]
+    pub job_pending_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -273,6 +278,7 @@ impl Cli {
                     kueue_queue: args.kueue_queue.clone(),
                     job_ttl: args.job_ttl,
                     poll: args.job_poll,
+                    pending_timeout: args.job_pending_timeout,
                 }
             }),
         }

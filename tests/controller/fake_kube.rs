@@ -52,6 +52,8 @@ struct State {
     refuse_creates: usize,
     /// Start two pods for each Job, as the Job controller may ("at least once").
     two_pods: bool,
+    /// Leave each new pod Pending, unschedulable.
+    unschedulable: bool,
 }
 
 pub struct FakeKube {
@@ -138,6 +140,11 @@ impl FakeKube {
     /// The next `n` Job creates are refused as over quota (403).
     pub fn refuse_job_creates(&self, n: usize) {
         self.state.lock().unwrap().refuse_creates = n;
+    }
+
+    /// From now on pods stay Pending: no node fits them.
+    pub fn make_pods_unschedulable(&self) {
+        self.state.lock().unwrap().unschedulable = true;
     }
 
     /// From now on each Job gets two pods at once.
@@ -534,6 +541,23 @@ fn start_pod(
     let template = &job["spec"]["template"];
     let pod_name = format!("{job_name}-{}", state.rv);
     state.rv += 1;
+    if state.unschedulable {
+        let mut labels = template["metadata"]["labels"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        labels.insert("job-name".into(), json!(job_name));
+        state.pods.insert(
+            pod_name.clone(),
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": pod_name, "labels": labels, "creationTimestamp": now()},
+                   "spec": {"containers": [{"name": "engine"}]},
+                   "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled",
+                      "status": "False", "reason": "Unschedulable",
+                      "message": "0/3 nodes are available: 3 Insufficient memory."}]}}),
+        );
+        return;
+    }
     let dir = pods_dir.join(&pod_name);
     fs::create_dir_all(dir.join("root")).unwrap();
     fs::create_dir_all(dir.join("params")).unwrap();

@@ -41,23 +41,26 @@ fn fake(bed: &Bed, sleep_seconds: u32) -> FakeKube {
 }
 
 fn start(bed: &Bed, kube: &FakeKube) -> Controller {
+    start_with(bed, kube, &[])
+}
+
+fn start_with(bed: &Bed, kube: &FakeKube, more: &[&str]) -> Controller {
     let template = template(bed);
     let kubeconfig = kube.kubeconfig(NAMESPACE);
-    bed.start(
-        &[
-            "--executor",
-            "kubernetes",
-            "--namespace",
-            NAMESPACE,
-            "--job-template",
-            &template,
-            "--job-poll",
-            "200ms",
-            "--grace",
-            "20s",
-        ],
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-    )
+    let mut args = vec![
+        "--executor",
+        "kubernetes",
+        "--namespace",
+        NAMESPACE,
+        "--job-template",
+        &template,
+        "--job-poll",
+        "200ms",
+        "--grace",
+        "20s",
+    ];
+    args.extend_from_slice(more);
+    bed.start(&args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())])
 }
 
 fn events(bed: &Bed, cluster: &str, event: &str) -> Vec<String> {
@@ -272,4 +275,22 @@ fn two_pods_of_one_operation_never_create_anything_twice() {
         bed.ledger()
     );
     assert_eq!(bed.state_resources("w1").len(), 3);
+}
+
+#[test]
+fn a_pod_pending_past_its_timeout_fails_the_cluster_saying_why() {
+    let bed = Bed::new();
+    let kube = fake(&bed, 0);
+    kube.make_pods_unschedulable();
+    let c = start_with(&bed, &kube, &["--job-pending-timeout", "2s"]);
+    assert_eq!(c.put("p1", &json!({ "namesvr_count": 1 })).status, 202);
+    if !poll(|| c.phase("p1") == "failed", Duration::from_secs(30)) {
+        panic!("{}", c.stderr());
+    }
+    let document = c.cluster("p1");
+    let error = document["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("stayed pending"), "{document}");
+    assert!(error.contains("Insufficient memory"), "{document}");
+    // Its Job is deleted, not left to start later beside the next operation.
+    wait_for(|| kube.job("bs-p1-apply-1-1").is_none(), CONVERGE);
 }

@@ -33,6 +33,9 @@ pub struct KubeConfig {
     pub root: PathBuf,
     /// How often a Job and its pod are looked at.
     pub poll: Duration,
+    /// How long a pod may stay Pending (unscheduled, its image not pulled) before its Job
+    /// is deleted and the operation fails, saying why.
+    pub pending_timeout: Duration,
 }
 
 type Running = Arc<Mutex<HashMap<String, (Operation, Arc<AtomicBool>)>>>;
@@ -159,6 +162,7 @@ impl Shared {
         let jobs = self.jobs(&client);
         let mut said = String::new();
         let mut last_log = Instant::now();
+        let mut pending_since: Option<Instant> = None;
         loop {
             if self.detached.load(Ordering::SeqCst) {
                 return Ok(Ending::Interrupted);
@@ -183,12 +187,31 @@ impl Shared {
                     self.reported.lock().expect("reported lock").insert(name);
                     return Ok(ending);
                 }
-                Progress::Waiting(why) if why != said => {
-                    info!(cluster = %operation.cluster, "Job {name}: {why}");
-                    said = why;
+                Progress::Waiting(why) => {
+                    if why.starts_with("pod pending") {
+                        let since = *pending_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= self.config.pending_timeout {
+                            warn!(cluster = %operation.cluster, "Job {name}: {why}, for longer than the pending timeout: deleting it");
+                            self.remove(&client, &name).await?;
+                            return Ok(Ending::Failed {
+                                exit_code: None,
+                                failure: None,
+                                error: format!(
+                                    "the Job's pod stayed pending for {}s ({why}): check the Job template's resources, node selector and image",
+                                    self.config.pending_timeout.as_secs()
+                                ),
+                            });
+                        }
+                    } else {
+                        pending_since = None;
+                    }
+                    if why != said {
+                        info!(cluster = %operation.cluster, "Job {name}: {why}");
+                        said = why;
+                    }
                 }
-                Progress::Waiting(_) => {}
                 Progress::Running => {
+                    pending_since = None;
                     // The log is read while the pod exists: a pod gone takes it along.
                     if last_log.elapsed() >= Duration::from_secs(5) {
                         let pod_name = pod.as_ref().and_then(|p| p.metadata.name.clone());

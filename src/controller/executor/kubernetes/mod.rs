@@ -45,6 +45,7 @@ pub struct Options {
     pub kueue_queue: Option<String>,
     pub job_ttl: std::time::Duration,
     pub poll: std::time::Duration,
+    pub pending_timeout: std::time::Duration,
 }
 
 /// What `serve` passes on to every operation, whatever runs it.
@@ -94,5 +95,6 @@ pub fn executor_for(
         },
         root: serve.root.clone(),
         poll: options.poll,
+        pending_timeout: options.pending_timeout,
     }))
 }

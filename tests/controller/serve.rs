@@ -165,7 +165,12 @@ fn a_cluster_is_created_changed_destroyed_and_created_again() {
 #[test]
 fn a_delete_during_a_create_stops_the_apply_and_destroys() {
     let bed = Bed::new();
-    let c = bed.start(&["--grace", "20s"], &[("TF_VAR_sleep_seconds", "60")]);
+    let sigints = bed.b.dir().join("sigints");
+    let terraform = sigint::counting_terraform(bed.b.dir(), &sigints);
+    let c = bed.start(
+        &["--grace", "20s", "--terraform", terraform.to_str().unwrap()],
+        &[("TF_VAR_sleep_seconds", "60")],
+    );
     let reply = c.put("slow", &json!({ "namesvr_count": 1 }));
     assert_eq!(reply.status, 202, "{reply:?}");
     // The broker's provisioner is asleep: the apply is in the middle of its last step.
@@ -190,6 +195,7 @@ fn a_delete_during_a_create_stops_the_apply_and_destroys() {
         1,
         "{stderr}"
     );
+    sigint::assert_each_got_one(&sigints, 1, &stderr);
     assert_one_operation_per_cluster(&bed.ledger());
 }
 
@@ -694,7 +700,12 @@ fn serve_checks_its_inputs_at_start_reports_readiness_and_rereads_tokens() {
 #[test]
 fn sigterm_stops_every_operation_with_one_sigint_and_they_resume_after_a_restart() {
     let bed = Bed::new();
-    let mut c = bed.start(&["--grace", "20s"], &[("TF_VAR_sleep_seconds", "60")]);
+    let sigints = bed.b.dir().join("sigints");
+    let terraform = sigint::counting_terraform(bed.b.dir(), &sigints);
+    let mut c = bed.start(
+        &["--grace", "20s", "--terraform", terraform.to_str().unwrap()],
+        &[("TF_VAR_sleep_seconds", "60")],
+    );
     let all = ids("t-", 3);
     for id in &all {
         assert_eq!(c.put(id, &json!({ "namesvr_count": 1 })).status, 202);
@@ -731,6 +742,7 @@ fn sigterm_stops_every_operation_with_one_sigint_and_they_resume_after_a_restart
         "{stderr}"
     );
     assert_eq!(stderr.matches("grace period over").count(), 0, "{stderr}");
+    sigint::assert_each_got_one(&sigints, 3, stderr);
     for id in &all {
         assert!(events(&bed, id, "create") == ["namesvr[0]"], "{id}");
     }

@@ -790,13 +790,86 @@ fn new_params_during_an_apply_apply_after_it_and_secrets_stay_masked() {
     );
     assert_eq!(assert_one_operation_per_cluster(&bed.ledger()), 2);
 
-    let document = c.get("/v1/clusters/p1").text;
-    let log = c.get("/v1/clusters/p1/log").text;
-    let list = c.get("/v1/clusters").text;
+    // Each answer scanned must be a full one, not an error that holds nothing.
+    let text = |path: &str| {
+        let reply = c.get(path);
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+        reply.text
+    };
+    let document = text("/v1/clusters/p1");
+    let log = text("/v1/clusters/p1/log");
+    let list = text("/v1/clusters");
     for text in [&document, &log, &list, &c.stderr()] {
         assert!(!text.contains(secret), "the secret leaked: {text}");
     }
     assert!(document.contains("********"), "{document}");
+    // The broker's provisioner printed the password it got through its vars: the log has
+    // the line, masked.
+    assert!(log.contains("admin password: ********"), "{log}");
+
+    // The controller's files of the cluster, wherever under clusters/p1/ they live, and
+    // every other file there that holds the secret, are their owner's alone.
+    let files = files_under(&bed.b.root().join("clusters/p1"));
+    for name in [
+        "intent.json",
+        "params.json",
+        "outcome.json",
+        "operation.log",
+    ] {
+        let found: Vec<_> = files
+            .iter()
+            .filter(|f| f.file_name().is_some_and(|n| n == name))
+            .collect();
+        assert!(!found.is_empty(), "no {name} under clusters/p1: {files:?}");
+        for file in found {
+            assert_eq!(
+                mode(file) & 0o077,
+                0,
+                "{} is {:o}",
+                file.display(),
+                mode(file)
+            );
+        }
+    }
+    let holding: Vec<_> = files
+        .iter()
+        .filter(|f| String::from_utf8_lossy(&std::fs::read(f).unwrap()).contains(secret))
+        .collect();
+    // params.json and the broker's rendered vars, at least.
+    assert!(holding.len() >= 2, "{holding:?}");
+    for file in holding {
+        assert_eq!(
+            mode(file) & 0o077,
+            0,
+            "{} is {:o}",
+            file.display(),
+            mode(file)
+        );
+    }
+}
+
+/// Every regular file under `dir`, at any depth.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
 #[test]

@@ -584,6 +584,7 @@ fn a_token_in_an_unreachable_https_url_appears_nowhere() {
     let status = b.run(&["status", "--json"]);
     status.assert_success();
     let plain_status = b.run(&["status"]);
+    plain_status.assert_success();
     let mut seen = vec![
         ("run stdout", outcome.stdout.clone()),
         ("run stderr", outcome.stderr.clone()),

@@ -46,15 +46,21 @@ impl Bed {
 
     /// A bed whose tenant workflow is `toml` (the fixture's, changed by the test).
     pub fn with_workflow(toml: &str) -> Self {
+        let bed = Self::bare(toml);
+        bed.prepare_backend();
+        bed
+    }
+
+    /// A bed whose database is empty: the first operations set the backend up themselves,
+    /// side by side, and meet each other's races there.
+    pub fn bare(toml: &str) -> Self {
         let b = Bootstrapper::new();
         b.write_workflow(toml);
         fs::write(b.dir().join("tokens"), format!("# test\n{TOKEN}\n")).expect("tokens");
-        let bed = Bed {
+        Bed {
             b,
             pg: super::fresh_database(),
-        };
-        bed.prepare_backend();
-        bed
+        }
     }
 
     /// Terraform's pg backend creates its schema on the first `init`, and first inits running

@@ -1,11 +1,13 @@
-//! The pg backend's own races, met for real: its workspace-creation lock is one per database
-//! and terraform does not wait for it, so an engine whose apply finds it held runs the apply
-//! again shortly after, without counting a failed attempt.
+//! Meeting another at the same moment: the pg backend's workspace-creation lock is one per
+//! database and terraform does not wait for it, so an engine whose apply finds it held runs
+//! the apply again shortly after, without counting a failed attempt; and a `destroy` that
+//! finds a `reset` holding the root's lock waits for it, never interrupting it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+use std::time::Instant;
 
 use crate::support::*;
 use serde_json::json;
@@ -108,4 +110,79 @@ fn an_apply_that_finds_the_workspace_creation_lock_held_runs_again_without_an_at
         pg_state_resources(&conn_str, "a", "w1"),
         ["terraform_data.x"]
     );
+}
+
+/// A one-step workflow of local state on a fresh root, applied.
+fn applied_root() -> Bootstrapper {
+    let b = Bootstrapper::new();
+    let module = b.dir().join("tree/a");
+    std::fs::create_dir_all(&module).unwrap();
+    std::fs::write(
+        module.join("main.tf"),
+        "resource \"terraform_data\" \"x\" {}\n",
+    )
+    .unwrap();
+    b.write_workflow(
+        "[source]\ndir = \"code\"\nimage_dir = \"tree\"\n\n[[step]]\nname = \"a\"\ndir = \"a\"\n",
+    );
+    b.write_params(&json!({}));
+    b.run(&["run"]).assert_success();
+    b
+}
+
+#[test]
+fn destroy_waits_for_a_reset_holding_the_lock_and_never_interrupts_it() {
+    let b = applied_root();
+    // A `reset --all` in the middle of its work: it holds the root's lock (a real flock on
+    // the lock file) and names itself there as the engine does. Its pid is the process that
+    // a destroy would signal.
+    let lock = b.root().join(".bootstrapper/lock");
+    let mut reset = Command::new("flock");
+    reset.arg("-x").arg(&lock).args([
+        "sh",
+        "-c",
+        r#"printf '{"pid":%d,"host":"%s","command":"reset --all","since":"2026-01-01T00:00:00Z"}' $$ "$(cat /proc/sys/kernel/hostname)" > "$0"; exec sleep 120"#,
+    ]);
+    reset.arg(&lock);
+    let mut reset = spawn_session(reset, b.dir());
+    wait_for(
+        || std::fs::read_to_string(&lock).is_ok_and(|t| t.contains("reset --all")),
+        PATIENCE,
+    );
+
+    // Waited for up to --wait, then exit 3 naming it; the reset goes on.
+    let impatient = b.run(&["destroy", "--wait", "1s"]);
+    impatient.assert_code(3);
+    assert!(impatient.stderr.contains("reset --all"), "{impatient}");
+    assert!(!impatient.stderr.contains("asked pid"), "{impatient}");
+    assert!(
+        reset.try_wait().is_none(),
+        "the reset was stopped\n{impatient}"
+    );
+
+    // A patient destroy waits, and goes on once the reset let go.
+    let mut patient = b.spawn(&["destroy"]);
+    wait_for(
+        || patient.stderr().contains("waiting for the lock, held by"),
+        PATIENCE,
+    );
+    let waited_from = Instant::now();
+    // It keeps waiting, and the reset keeps running: polled for a second, a positive
+    // check that neither changed (a signalled reset would be gone in a poll or two).
+    while waited_from.elapsed() < Duration::from_secs(1) {
+        assert!(
+            reset.try_wait().is_none(),
+            "the reset was stopped\n{}",
+            patient.stderr()
+        );
+        assert!(patient.try_wait().is_none(), "{}", patient.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sid = reset.pid();
+    reset.kill_session();
+    assert!(session_members(sid).is_empty());
+    let destroyed = patient.wait(PATIENCE);
+    destroyed.assert_success();
+    assert!(!destroyed.stderr.contains("asked pid"), "{destroyed}");
+    assert_eq!(status_json(&b)["steps"][0]["state"], "destroyed");
 }

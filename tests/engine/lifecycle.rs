@@ -471,6 +471,8 @@ fn destroy_stops_a_run_in_the_middle_of_the_second_step(hold: bool) {
             .contains(&format!("asked pid {} (`bootstrapper run", run.pid())),
         "{destroy}"
     );
+    // Asked once, however long the run took to let go.
+    assert_eq!(occurrences(&destroy.stderr, "asked pid"), 1, "{destroy}");
 
     // The run stopped its terraform with one SIGINT and let go of the lock.
     let stderr = if hold {

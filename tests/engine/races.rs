@@ -130,25 +130,57 @@ fn applied_root() -> Bootstrapper {
     b
 }
 
+/// A process holding the root's lock (a real flock on the lock file) that names itself there
+/// as the engine does: its own pid, `host` (this host's name by default), `command`. Its pid
+/// is the process that a destroy would signal.
+fn holder(b: &Bootstrapper, command: &str, host: Option<&str>) -> Running {
+    let lock = b.root().join(".bootstrapper/lock");
+    let host = match host {
+        Some(host) => host.to_string(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+            .to_string(),
+    };
+    let mut cmd = Command::new("flock");
+    cmd.arg("-x").arg(&lock).args([
+        "sh",
+        "-c",
+        r#"printf '{"pid":%d,"host":"%s","command":"%s","since":"2026-01-01T00:00:00Z"}' $$ "$1" "$2" > "$0"; exec sleep 120"#,
+    ]);
+    cmd.arg(&lock).arg(&host).arg(command);
+    let running = spawn_session(cmd, b.dir());
+    let named = format!("\"command\":\"{command}\"");
+    wait_for(
+        || std::fs::read_to_string(&lock).is_ok_and(|t| t.contains(&named)),
+        PATIENCE,
+    );
+    running
+}
+
+#[test]
+fn destroy_never_signals_a_run_that_another_host_named() {
+    let b = applied_root();
+    // A `run` on another host (the lock file on storage that two hosts share): its pid means
+    // nothing here, and may be an unrelated process of this host.
+    let mut run = holder(&b, "run --hold", Some("another-host"));
+    let impatient = b.run(&["destroy", "--wait", "1s"]);
+    impatient.assert_code(3);
+    assert!(!impatient.stderr.contains("asked pid"), "{impatient}");
+    assert!(impatient.stderr.contains("another-host"), "{impatient}");
+    assert!(
+        run.try_wait().is_none(),
+        "the process was signalled\n{impatient}"
+    );
+}
+
 #[test]
 fn destroy_waits_for_a_reset_holding_the_lock_and_never_interrupts_it() {
     let b = applied_root();
     // A `reset --all` in the middle of its work: it holds the root's lock (a real flock on
     // the lock file) and names itself there as the engine does. Its pid is the process that
     // a destroy would signal.
-    let lock = b.root().join(".bootstrapper/lock");
-    let mut reset = Command::new("flock");
-    reset.arg("-x").arg(&lock).args([
-        "sh",
-        "-c",
-        r#"printf '{"pid":%d,"host":"%s","command":"reset --all","since":"2026-01-01T00:00:00Z"}' $$ "$(cat /proc/sys/kernel/hostname)" > "$0"; exec sleep 120"#,
-    ]);
-    reset.arg(&lock);
-    let mut reset = spawn_session(reset, b.dir());
-    wait_for(
-        || std::fs::read_to_string(&lock).is_ok_and(|t| t.contains("reset --all")),
-        PATIENCE,
-    );
+    let mut reset = holder(&b, "reset --all", None);
 
     // Waited for up to --wait, then exit 3 naming it; the reset goes on.
     let impatient = b.run(&["destroy", "--wait", "1s"]);

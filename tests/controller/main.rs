@@ -8,5 +8,6 @@ mod http;
 mod inputs;
 mod paths;
 mod plan;
+mod promises;
 mod records;
 mod serve;

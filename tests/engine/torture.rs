@@ -4,7 +4,7 @@
 //! backend.
 //!
 //! ```sh
-//! cargo test --test torture                          # TORTURE_ROUNDS rounds, 20 by default (CI)
+//! cargo test --test engine torture::                  # TORTURE_ROUNDS rounds, 12 by default (CI)
 //! TORTURE_ROUNDS=500 cargo test --release --test torture -- --nocapture   # the long run
 //! TORTURE_FIRST_ROUND=37 TORTURE_ROUNDS=1 cargo test --test torture -- --nocapture  # replay one
 //! ```
@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 /// The workspace of every pg-backed step (`params.cluster_id`).
 const WORKSPACE: &str = "c1";
 
-const DEFAULT_ROUNDS: u32 = 20;
+const DEFAULT_ROUNDS: u32 = 12;
 /// Kills per phase: a random number from 1 up to this, after which the phase runs to its end.
 const MAX_KILLS_PER_PHASE: u64 = 4;
 /// A kill comes at a random moment this long after the process started, at most. A phase

@@ -5,8 +5,8 @@
 //!
 //! ```sh
 //! cargo test --test engine torture::                  # TORTURE_ROUNDS rounds, 12 by default (CI)
-//! TORTURE_ROUNDS=500 cargo test --release --test torture -- --nocapture   # the long run
-//! TORTURE_FIRST_ROUND=37 TORTURE_ROUNDS=1 cargo test --test torture -- --nocapture  # replay one
+//! TORTURE_ROUNDS=500 cargo test --release --test engine torture:: -- --nocapture   # the long run
+//! TORTURE_FIRST_ROUND=37 TORTURE_ROUNDS=1 cargo test --test engine torture:: -- --nocapture  # replay one
 //! ```
 //!
 //! Rounds run `TORTURE_JOBS` at a time (2 by default), each on its own root and database:

@@ -19,6 +19,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::base::error::Problems;
 use crate::controller::cluster::{self, Cluster, Document, Drift, DriftedResource, Intent, Phase};
+use crate::controller::code::{self, CodeChoice};
 use crate::controller::plan::{Plan, PlanStatus};
 use crate::controller::reconcile::Reconciler;
 use crate::controller::records::{self, Record};
@@ -188,6 +189,14 @@ pub struct PutCluster {
     /// nor the cluster's state moved on since (else 409).
     #[serde(default)]
     pub plan_id: Option<String>,
+    /// Move the cluster to the code this controller ships before applying (its document's
+    /// `code.outdated` says whether that changes anything); the same as `"code": "current"`.
+    #[serde(default)]
+    pub upgrade: bool,
+    /// `previous`: put back the code the cluster's last upgrade replaced, and apply it (a
+    /// rollback); `current`: as `"upgrade": true`. Without it the cluster keeps its code.
+    #[serde(default)]
+    pub code: Option<CodeChoice>,
 }
 
 /// `POST /v1/clusters/{id}/plan`: what an apply would change; with `params`, of those params
@@ -239,6 +248,8 @@ pub struct Health {
     modifiers(&BearerTokens),
     components(schemas(
         PutCluster,
+        CodeChoice,
+        crate::controller::code::CodeDocument,
         PostPlan,
         Plan,
         PlanStatus,
@@ -338,11 +349,7 @@ fn existing(app: &App, id: &str) -> Result<(Cluster, Record), ApiError> {
 
 /// The params and plan id of a PUT body, the cluster id filled in, checked against the
 /// workflow.
-fn accept_put(
-    app: &App,
-    id: &str,
-    body: &[u8],
-) -> Result<(Map<String, Value>, Option<String>), ApiError> {
+fn accept_put(app: &App, id: &str, body: &[u8]) -> Result<Accepted, ApiError> {
     let put: PutCluster = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad(format!("the body is not a valid request: {e}")))?;
     if let Some(plan_id) = &put.plan_id {
@@ -356,7 +363,32 @@ fn accept_put(
             )));
         }
     }
-    Ok((accept_params(app, id, put.params)?, put.plan_id))
+    let code = match (put.upgrade, put.code) {
+        (true, Some(CodeChoice::Previous)) => {
+            return Err(ApiError::bad(
+                "\"upgrade\": true and \"code\": \"previous\" ask for opposite moves; give one",
+            ))
+        }
+        (true, _) => Some(CodeChoice::Current),
+        (false, code) => code,
+    };
+    if code.is_some() && put.plan_id.is_some() {
+        return Err(ApiError::bad(
+            "a plan_id applies the reviewed plan of the code in place; leave out upgrade or code, or plan again after the upgrade",
+        ));
+    }
+    Ok(Accepted {
+        params: accept_params(app, id, put.params)?,
+        plan_id: put.plan_id,
+        code,
+    })
+}
+
+/// A PUT's body, checked.
+struct Accepted {
+    params: Map<String, Value>,
+    plan_id: Option<String>,
+    code: Option<CodeChoice>,
 }
 
 /// `params` with the cluster id filled in, checked against the workflow.
@@ -408,10 +440,10 @@ async fn put_cluster(
     check_id(&id)?;
     let body = body.map_err(|r| ApiError::Rejected(r.status(), r.body_text()))?;
     // Files and templates are blocking work: off the async workers' backs.
-    let (params, plan_id) = tokio::task::block_in_place(|| accept_put(&app, &id, &body))?;
+    let accepted = tokio::task::block_in_place(|| accept_put(&app, &id, &body))?;
     let writes = app.writes.lock().await;
     let cluster = Cluster::new(app.root(), &id);
-    let recorded = tokio::task::block_in_place(|| record_present(&app, &cluster, params, plan_id));
+    let recorded = tokio::task::block_in_place(|| record_present(&app, &cluster, accepted));
     drop(writes);
     let status = recorded?;
     if status == StatusCode::ACCEPTED {
@@ -426,9 +458,13 @@ async fn put_cluster(
 fn record_present(
     app: &App,
     cluster: &Cluster,
-    params: Map<String, Value>,
-    plan_id: Option<String>,
+    accepted: Accepted,
 ) -> Result<StatusCode, ApiError> {
+    let Accepted {
+        params,
+        plan_id,
+        code,
+    } = accepted;
     let record = Record::read(cluster);
     let now = crate::base::clock::now_rfc3339();
     let intent = match record.intent.clone() {
@@ -439,7 +475,14 @@ fn record_present(
                 ),
             ))
         }
-        // New, or its intent lost: a fresh uid, above every generation seen of it.
+        Ok(None) | Err(_) if code == Some(CodeChoice::Previous) => {
+            return Err(ApiError::Conflict(format!(
+                "cluster `{}` has no previous code: it is new, or its intent cannot be read; PUT without code",
+                cluster.id
+            )))
+        }
+        // New, or its intent lost: a fresh uid, above every generation seen of it; its code
+        // is the current anyway.
         Ok(None) | Err(_) => Intent {
             generation: app.reconciler.generation_floor(&cluster.id, &record) + 1,
             present: true,
@@ -448,6 +491,7 @@ fn record_present(
             updated_at: now,
             uid: records::new_uid(),
             plan_id: None,
+            code: None,
         },
         Ok(Some(current)) => {
             let phase = Phase::of(
@@ -455,9 +499,27 @@ fn record_present(
                 record.outcome(),
                 app.reconciler.running(&cluster.id),
             );
+            // A code move asked again while it is under way is the same request; one done is
+            // asked again only as an upgrade the cluster still needs.
+            let moving = current.code == code && matches!(phase, Phase::Pending | Phase::Applying);
+            let code_done = match code {
+                None => true,
+                Some(CodeChoice::Current) => moving || !code::document(cluster).outdated,
+                Some(CodeChoice::Previous) => moving,
+            };
+            if code == Some(CodeChoice::Previous)
+                && !moving
+                && crate::root::source::previous_record(&cluster.journal()).is_none()
+            {
+                return Err(ApiError::Conflict(format!(
+                    "cluster `{}` keeps no previous code: no upgrade replaced its code, or it was rolled back already",
+                    cluster.id
+                )));
+            }
             let same = current.present
                 && current.params == params
-                && (plan_id.is_none() || current.plan_id == plan_id);
+                && (plan_id.is_none() || current.plan_id == plan_id)
+                && code_done;
             if same && phase == Phase::Ready {
                 return Ok(StatusCode::OK);
             }
@@ -483,6 +545,7 @@ fn record_present(
                 params,
                 updated_at: now,
                 plan_id,
+                code,
                 ..current
             }
         }
@@ -536,6 +599,7 @@ fn record_absent(app: &App, id: &str) -> Result<Cluster, ApiError> {
                 present: false,
                 updated_at: now,
                 plan_id: None,
+                code: None,
                 ..current.clone()
             }
         }
@@ -549,6 +613,7 @@ fn record_absent(app: &App, id: &str) -> Result<Cluster, ApiError> {
             updated_at: now,
             uid: records::new_uid(),
             plan_id: None,
+            code: None,
         },
     };
     cluster
@@ -587,7 +652,8 @@ async fn get_cluster(
     path = "/v1/clusters",
     params(
         ("phase" = Option<String>, Query, description = "pending, applying, ready, failed, destroying, destroyed or damaged"),
-        ("drifted" = Option<bool>, Query, description = "true: only the clusters whose last drift check found drift; false: only the others")
+        ("drifted" = Option<bool>, Query, description = "true: only the clusters whose last drift check found drift; false: only the others"),
+        ("outdated" = Option<bool>, Query, description = "true: only the clusters whose code is not the current (`code.outdated`); false: only the others")
     ),
     responses((status = 200, body = ClusterList), (status = 400, body = ErrorBody)),
     security(("bearer" = []))
@@ -599,6 +665,7 @@ async fn list_clusters(
     let Query(query) = query.map_err(|r| ApiError::bad(r.body_text()))?;
     let mut phase = None;
     let mut drifted = None;
+    let mut outdated = None;
     for (key, value) in &query {
         match key.as_str() {
             "phase" => {
@@ -625,6 +692,17 @@ async fn list_clusters(
                     }
                 })
             }
+            "outdated" => {
+                outdated = Some(match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ApiError::bad(format!(
+                            "outdated is {value:?}; it is true or false"
+                        )))
+                    }
+                })
+            }
             other => return Err(ApiError::bad(format!("unknown query parameter `{other}`"))),
         }
     }
@@ -639,6 +717,7 @@ async fn list_clusters(
             .filter(|d| {
                 drifted.is_none_or(|want| d.drift.as_ref().is_some_and(|d| d.drifted) == want)
             })
+            .filter(|d| outdated.is_none_or(|want| d.code.outdated == want))
             .map(|d| Document::clone(d))
             .collect()
     });

@@ -30,6 +30,11 @@ pub struct Checked {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Code {
+    pub code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Refused {
     pub reason: String,
 }
@@ -48,6 +53,7 @@ pub struct Metrics {
     pub damaged: Gauge,
     pub drifted: Gauge,
     pub drift_checks: Family<Checked, Counter>,
+    pub codes: Family<Code, Gauge>,
 }
 
 /// How often a reason's refusals are summed up in the log, at most.
@@ -119,7 +125,14 @@ impl Metrics {
             "Drift checks (plans of a ready cluster's own params), by result (clean, drifted, failed)",
             drift_checks.clone(),
         );
+        let codes = Family::<Code, Gauge>::default();
+        registry.register(
+            "clusters_by_code",
+            "Clusters by the identity of the code they run (`unknown`: none yet)",
+            codes.clone(),
+        );
         Metrics {
+            codes,
             registry,
             damaged,
             drifted,
@@ -187,6 +200,16 @@ impl Metrics {
                     *since = 0;
                 }
             }
+        }
+    }
+
+    /// The clusters per code identity, replacing the counts before.
+    pub fn set_codes(&self, codes: &std::collections::BTreeMap<String, usize>) {
+        self.codes.clear();
+        for (code, count) in codes {
+            self.codes
+                .get_or_create(&Code { code: code.clone() })
+                .set(*count as i64);
         }
     }
 

@@ -1,5 +1,6 @@
 pub mod api;
 pub mod cluster;
+pub mod code;
 pub mod executor;
 pub mod http;
 pub mod layout;

@@ -163,6 +163,10 @@ fn prepare(options: &Options) -> Result<Arc<App>> {
     for problem in executor.problems() {
         warn!("{problem}: /readyz says so until it is");
     }
+    match crate::controller::code::compute_current(&workflow) {
+        Some(code) => info!("the tenant code this controller ships is {code}"),
+        None => warn!("the tenant code's identity is unknown: no cluster can be upgraded"),
+    }
     let config = Config {
         root: options.root.clone(),
         workflow_path,

@@ -9,4 +9,5 @@ mod inputs;
 mod paths;
 mod plan;
 mod records;
+mod rollout;
 mod serve;

@@ -23,6 +23,7 @@ use crate::controller::code::{self, CodeChoice};
 use crate::controller::plan::{Plan, PlanStatus};
 use crate::controller::reconcile::Reconciler;
 use crate::controller::records::{self, Record};
+use crate::controller::rollout;
 use crate::controller::tokens::Tokens;
 
 /// The largest request body accepted.
@@ -241,6 +242,12 @@ pub struct Health {
         get_log,
         post_plan,
         get_plan,
+        rollout::post_rollout,
+        rollout::get_rollout,
+        rollout::delete_rollout,
+        rollout::pause_rollout,
+        rollout::resume_rollout,
+        rollout::approve_rollout,
         healthz,
         readyz,
         metrics
@@ -250,6 +257,10 @@ pub struct Health {
         PutCluster,
         CodeChoice,
         crate::controller::code::CodeDocument,
+        rollout::PostRollout,
+        rollout::Selector,
+        rollout::RolloutPhase,
+        rollout::RolloutDocument,
         PostPlan,
         Plan,
         PlanStatus,
@@ -290,6 +301,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/clusters", get(list_clusters))
         .route("/v1/clusters/{id}/log", get(get_log))
         .route("/v1/clusters/{id}/plan", post(post_plan).get(get_plan))
+        .route("/v1/rollouts", post(rollout::post_rollout))
+        .route(
+            "/v1/rollouts/{id}",
+            get(rollout::get_rollout).delete(rollout::delete_rollout),
+        )
+        .route("/v1/rollouts/{id}/pause", post(rollout::pause_rollout))
+        .route("/v1/rollouts/{id}/resume", post(rollout::resume_rollout))
+        .route("/v1/rollouts/{id}/approve", post(rollout::approve_rollout))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), authorize));
     Router::new()
         .merge(v1)

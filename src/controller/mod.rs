@@ -9,5 +9,6 @@ pub mod plan;
 pub mod purge;
 pub mod reconcile;
 pub mod records;
+pub mod rollout;
 pub mod serve;
 pub mod tokens;

@@ -217,6 +217,7 @@ async fn run(app: Arc<App>, options: &Options) -> Result<i32> {
         app.clone(),
         options.keep_destroyed,
     ));
+    let rollouts = tokio::spawn(crate::controller::rollout::drive(app.clone()));
     let drift = options.drift_interval.map(|interval| {
         info!(
             "checking every ready cluster for drift when its last check is {} old",
@@ -248,6 +249,7 @@ async fn run(app: Arc<App>, options: &Options) -> Result<i32> {
     let left = reconciler.drained(deadline).await;
     worker.abort();
     housekeeping.abort();
+    rollouts.abort();
     if let Some(drift) = drift {
         drift.abort();
     }

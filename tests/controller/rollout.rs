@@ -35,8 +35,12 @@ impl Tenant {
     }
 
     /// Version 2 of the broker module: a new output, and a check that fails a cluster whose
-    /// `tag` is `bad` (version 1 takes any tag).
-    fn ship_v2(&self) {
+    /// `tag` is `bad` (version 1 takes any tag). The workspaces exist by now, so the retries
+    /// their creation needed are turned off: a failure is one at once.
+    fn ship_v2(&self, bed: &Bed) {
+        assert!(self.workflow.contains("retries = 5"));
+        bed.b
+            .write_workflow(&self.workflow.replace("retries = 5", "retries = 0"));
         let main = self.tree().join("broker/main.tf");
         let mut text = fs::read_to_string(&main).unwrap();
         text.push_str(
@@ -44,8 +48,8 @@ impl Tenant {
 resource "terraform_data" "v2_check" {
   input = var.tag
   provisioner "local-exec" {
-    command     = "test \"$TAG\" != bad"
-    environment = { TAG = var.tag }
+    command     = "EVENT=start; ${local.line}; sleep 0.3; test \"$TAG\" != bad || exit 1; EVENT=create; ${local.line}"
+    environment = { TAG = var.tag, LEDGER = var.ledger, CLUSTER = var.cluster_id, NAME = "v2check" }
   }
 }
 
@@ -144,7 +148,7 @@ fn a_cluster_is_upgraded_and_rolled_back_keeping_its_state() {
 
     // Version 2 shipped: a new controller over the same root.
     c.running.take().unwrap().kill_session();
-    tenant.ship_v2();
+    tenant.ship_v2(&bed);
     let c = bed.start(&["--concurrency", "4"], &[]);
     let before = code(&c, "good");
     assert_eq!(before["applied"], v1["applied"]);
@@ -257,4 +261,152 @@ fn a_cluster_is_upgraded_and_rolled_back_keeping_its_state() {
         400
     );
     assert_created_once(&bed);
+}
+
+fn rollout(c: &Controller, id: &str) -> Value {
+    let reply = c.get(&format!("/v1/rollouts/{id}"));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.body
+}
+
+fn in_state(doc: &Value, state: &str) -> Vec<String> {
+    doc["clusters"][state]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// Waits until the rollout is in `phase`, checking at every look that it keeps its limits:
+/// at most `max_parallel` upgrades at once, and no other cluster while a canary is under way.
+#[track_caller]
+fn wait_rollout(c: &Controller, id: &str, phase: &str, max_parallel: usize) -> Value {
+    let mut last = Value::Null;
+    wait_for(
+        || {
+            last = rollout(c, id);
+            let upgrading = in_state(&last, "upgrading");
+            assert!(upgrading.len() <= max_parallel, "{last}");
+            last["phase"] == phase
+        },
+        CONVERGE,
+    );
+    last
+}
+
+fn ids_of(list: &Value) -> Vec<String> {
+    list["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+// 30 clusters on v1, v2 shipped, failing for two of them: the canaries pass, the rollout halts
+// at the second failure with the rest untouched; the two are rolled back, fixed, and a resume
+// finishes; the controller killed mid-rollout resumes it; every resource is created once.
+#[test]
+fn a_rollout_upgrades_the_fleet_canaries_first_and_halts_on_failures() {
+    let tenant = Tenant::new();
+    let bed = Bed::with_workflow(&tenant.workflow);
+    let args = ["--concurrency", "8"];
+    let mut c = bed.start(&args, &[]);
+    let all: Vec<String> = (0..30).map(|i| format!("c{i:02}")).collect();
+    let bad = ["c03", "c04"];
+    let params = |id: &str| {
+        if bad.contains(&id) {
+            json!({"namesvr_count": 1, "tag": "bad"})
+        } else {
+            json!({"namesvr_count": 1})
+        }
+    };
+    for id in &all {
+        assert_eq!(c.put(id, &params(id)).status, 202);
+    }
+    c.wait_phase(&all, "ready", CONVERGE);
+    let v1 = code(&c, "c00")["applied"].clone();
+
+    c.running.take().unwrap().kill_session();
+    tenant.ship_v2(&bed);
+    let mut c = bed.start(&args, &[]);
+    assert_eq!(ids_of(&c.get("/v1/clusters?outdated=true").body), all);
+    let body = json!({"canary": 2, "max_parallel": 4, "max_failures": 1});
+    let created = send(&c, "POST", "/v1/rollouts", Some(body.clone()));
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.body["id"].as_str().unwrap().to_string();
+    assert_eq!(created.body["counts"]["waiting"], 30, "{created:?}");
+    let second = send(&c, "POST", "/v1/rollouts", Some(body));
+    assert_eq!(second.status, 409, "{second:?}");
+
+    let halted = wait_rollout(&c, &id, "halted", 4);
+    assert_eq!(in_state(&halted, "failed"), bad, "{halted}");
+    let upgraded = in_state(&halted, "upgraded");
+    assert!(upgraded.contains(&"c00".to_string()) && upgraded.contains(&"c01".to_string()));
+    let waiting = in_state(&halted, "waiting");
+    assert!(!waiting.is_empty(), "{halted}");
+    for w in &waiting {
+        let doc = c.cluster(w);
+        assert_eq!(doc["phase"], "ready", "{doc}");
+        assert_eq!(doc["code"]["applied"], v1, "{doc}");
+    }
+    // The canaries finished before any other upgrade started.
+    let ledger = bed.ledger();
+    let checks: Vec<&Entry> = ledger.iter().filter(|e| e.resource == "v2check").collect();
+    let canaries_done = checks
+        .iter()
+        .filter(|e| e.event == "create" && ["c00", "c01"].contains(&e.cluster.as_str()))
+        .map(|e| e.ns)
+        .max()
+        .unwrap();
+    let others_started = checks
+        .iter()
+        .filter(|e| e.event == "start" && !["c00", "c01"].contains(&e.cluster.as_str()))
+        .map(|e| e.ns)
+        .min()
+        .unwrap();
+    assert!(canaries_done < others_started);
+
+    // The two rolled back, then fixed; the resume tries them again.
+    for b in bad {
+        let reply = put(&c, b, json!({"params": params(b), "code": "previous"}));
+        assert_eq!(reply.status, 202, "{reply:?}");
+    }
+    c.wait_phase(&ids(&bad), "ready", CONVERGE);
+    for b in bad {
+        assert_eq!(code(&c, b)["applied"], v1);
+        assert_eq!(c.put(b, &json!({"namesvr_count": 1})).status, 202);
+    }
+    c.wait_phase(&ids(&bad), "ready", CONVERGE);
+    let resumed = send(&c, "POST", &format!("/v1/rollouts/{id}/resume"), None);
+    assert_eq!(resumed.status, 200, "{resumed:?}");
+
+    // Killed in the middle: the restarted controller finishes the rollout.
+    wait_for(
+        || rollout(&c, &id)["counts"]["upgraded"].as_u64().unwrap_or(0) >= 14,
+        CONVERGE,
+    );
+    c.running.take().unwrap().kill_session();
+    let c = bed.start(&args, &[]);
+    let done = wait_rollout(&c, &id, "done", 4);
+    assert_eq!(in_state(&done, "upgraded").len(), 30, "{done}");
+    assert!(ids_of(&c.get("/v1/clusters?outdated=true").body).is_empty());
+    c.wait_phase(&all, "ready", CONVERGE);
+    for id in &all {
+        assert_eq!(c.cluster(id)["outputs"]["broker"]["version"], "v2");
+    }
+    let ledger = bed.ledger();
+    for ((cluster, resource), n) in counts(&ledger, "create") {
+        assert_eq!(n, 1, "{cluster} {resource} created {n} times");
+    }
+    let checks: Vec<Entry> = ledger
+        .into_iter()
+        .filter(|e| e.resource == "v2check")
+        .collect();
+    assert_eq!(counts(&checks, "create").len(), 30);
+    assert!(max_parallel(&checks) <= 4, "{}", max_parallel(&checks));
+    assert_eq!(c.metric("bootstrapper_rollout_phase{state=\"done\"}"), 1.0);
+    assert_eq!(
+        c.metric("bootstrapper_rollout_clusters{state=\"upgraded\"}"),
+        30.0
+    );
 }

@@ -410,3 +410,112 @@ fn a_rollout_upgrades_the_fleet_canaries_first_and_halts_on_failures() {
         30.0
     );
 }
+
+// Bad requests are refused with nothing written; a rollout can be cancelled, paused and
+// resumed; a second is refused while one is active; a tenant's DELETE wins over it.
+#[test]
+fn rollouts_are_paused_resumed_cancelled_and_bad_requests_refused() {
+    let tenant = Tenant::new();
+    let bed = Bed::with_workflow(&tenant.workflow);
+    let args = ["--concurrency", "4"];
+    let mut c = bed.start(&args, &[]);
+    let all = ids(&["c0", "c1", "c2", "c3"]);
+    for id in &all {
+        assert_eq!(c.put(id, &json!({"namesvr_count": 1})).status, 202);
+    }
+    c.wait_phase(&all, "ready", CONVERGE);
+    c.running.take().unwrap().kill_session();
+    tenant.ship_v2(&bed);
+    let c = bed.start(&args, &[]);
+
+    let post = |body: &str| {
+        c.request(
+            "POST",
+            "/v1/rollouts",
+            Some(body.as_bytes().to_vec()),
+            Some(&format!("Bearer {TOKEN}")),
+        )
+    };
+    for bad in [
+        r#"{"max_parallel": 1, "selector": {"region": "eu"}}"#,
+        r#"{"max_parallel": 1, "speed": 2}"#,
+        r#"{"max_parallel": 1, "canary": -1}"#,
+        r#"{"max_parallel": 0}"#,
+        r#"{"max_parallel": -3}"#,
+        r#"{"canary": 1}"#,
+        r#"{"max_parallel": 100000}"#,
+        r#"{"max_parallel": 1, "max_failures": -1}"#,
+        r#"{"max_parallel": 1, "selector": {"ids": []}}"#,
+        r#"{"max_parallel": 1, "selector": {"ids": ["Not_An_Id"]}}"#,
+        r#"{"max_parallel": "2"}"#,
+        r#"not json"#,
+    ] {
+        let reply = post(bad);
+        assert_eq!(reply.status, 400, "{bad}: {reply:?}");
+    }
+    let rollouts = bed.b.root().join("rollouts");
+    assert!(!rollouts.exists() || fs::read_dir(&rollouts).unwrap().next().is_none());
+    for (method, path) in [
+        ("GET", "/v1/rollouts/0123456789abcdef"),
+        ("POST", "/v1/rollouts/0123456789abcdef/pause"),
+        ("DELETE", "/v1/rollouts/../x"),
+    ] {
+        let reply = send(&c, method, path, None);
+        assert_eq!(reply.status, 404, "{method} {path}: {reply:?}");
+    }
+
+    // Cancelled: nothing new starts, and another rollout may start.
+    let one = json!({"max_parallel": 1});
+    let first = send(&c, "POST", "/v1/rollouts", Some(one.clone()));
+    assert_eq!(first.status, 201, "{first:?}");
+    let first = first.body["id"].as_str().unwrap().to_string();
+    let approve = send(&c, "POST", &format!("/v1/rollouts/{first}/approve"), None);
+    assert_eq!(
+        approve.status, 409,
+        "a running rollout awaits no approval: {approve:?}"
+    );
+    let resume = send(&c, "POST", &format!("/v1/rollouts/{first}/resume"), None);
+    assert_eq!(resume.status, 409, "{resume:?}");
+    let cancelled = send(&c, "DELETE", &format!("/v1/rollouts/{first}"), None);
+    assert_eq!(cancelled.status, 200, "{cancelled:?}");
+    assert_eq!(cancelled.body["phase"], "cancelled");
+    let again = send(&c, "DELETE", &format!("/v1/rollouts/{first}"), None);
+    assert_eq!(again.status, 409, "{again:?}");
+
+    // Paused right away: what runs finishes, nothing new starts, and a tenant's DELETE of
+    // a waiting cluster wins.
+    let second = send(&c, "POST", "/v1/rollouts", Some(one.clone()));
+    assert_eq!(second.status, 201, "{second:?}");
+    let second = second.body["id"].as_str().unwrap().to_string();
+    assert_eq!(send(&c, "POST", "/v1/rollouts", Some(one)).status, 409);
+    let paused = send(&c, "POST", &format!("/v1/rollouts/{second}/pause"), None);
+    assert_eq!(paused.status, 200, "{paused:?}");
+    let mut doc = Value::Null;
+    wait_for(
+        || {
+            doc = rollout(&c, &second);
+            in_state(&doc, "upgrading").is_empty()
+        },
+        CONVERGE,
+    );
+    let waiting = in_state(&doc, "waiting");
+    assert!(waiting.len() >= 2, "{doc}");
+    let deleted = waiting[0].clone();
+    assert_eq!(c.delete(&deleted).status, 202);
+    c.wait_phase(&ids(&[&deleted]), "destroyed", CONVERGE);
+    let still = rollout(&c, &second);
+    assert_eq!(still["phase"], "paused");
+    assert_eq!(
+        in_state(&still, "waiting"),
+        waiting,
+        "something started while paused"
+    );
+    let resumed = send(&c, "POST", &format!("/v1/rollouts/{second}/resume"), None);
+    assert_eq!(resumed.status, 200, "{resumed:?}");
+    let done = wait_rollout(&c, &second, "done", 1);
+    assert_eq!(in_state(&done, "skipped"), vec![deleted.clone()], "{done}");
+    for id in all.iter().filter(|id| **id != deleted) {
+        assert_eq!(code(&c, id)["outdated"], false, "{id}");
+    }
+    assert_eq!(c.phase(&deleted), "destroyed");
+}

@@ -518,4 +518,25 @@ fn rollouts_are_paused_resumed_cancelled_and_bad_requests_refused() {
         assert_eq!(code(&c, id)["outdated"], false, "{id}");
     }
     assert_eq!(c.phase(&deleted), "destroyed");
+
+    let openapi = c.request("GET", "/openapi.json", None, None).body;
+    for (path, method) in [
+        ("/v1/rollouts", "post"),
+        ("/v1/rollouts/{id}", "get"),
+        ("/v1/rollouts/{id}", "delete"),
+        ("/v1/rollouts/{id}/pause", "post"),
+        ("/v1/rollouts/{id}/resume", "post"),
+        ("/v1/rollouts/{id}/approve", "post"),
+    ] {
+        assert!(
+            openapi["paths"][path][method].is_object(),
+            "{method} {path}"
+        );
+    }
+    let put = &openapi["components"]["schemas"]["PutCluster"]["properties"];
+    assert!(
+        put["upgrade"].is_object() && put["code"].is_object(),
+        "{put}"
+    );
+    assert!(openapi["components"]["schemas"]["Document"]["properties"]["code"].is_object());
 }

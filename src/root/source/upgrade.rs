@@ -182,3 +182,82 @@ pub fn change(
 pub fn applied(journal: &Journal) -> Option<Record> {
     read_record(journal)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::root::source::ensure;
+
+    fn logger() -> Logger {
+        Logger::new(crate::base::log::Format::Text, Default::default())
+    }
+
+    #[test]
+    fn an_upgrade_and_its_rollback_carry_the_state_and_can_be_asked_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = tmp.path().join("image");
+        fs::create_dir_all(image.join("app")).unwrap();
+        fs::write(image.join("app/main.tf"), "v1").unwrap();
+        let root = tmp.path().join("root");
+        let journal = Journal::at(&root);
+        journal.create().unwrap();
+        let source = RenderedSource {
+            dir: PathBuf::from("code"),
+            image_dir: Some(image.clone()),
+            git_url: None,
+            git_ref: None,
+            overlays: Vec::new(),
+        };
+        let (log, state) = (logger(), |dir: &Path| {
+            fs::read_to_string(dir.join("app/terraform.tfstate")).unwrap()
+        });
+        let v1 = ensure(&root, &source, &journal, &log).unwrap();
+        assert_eq!(v1.record.identity, identity(&source).unwrap());
+        fs::write(v1.dir.join("app/terraform.tfstate"), "s1").unwrap();
+        let err = change(&root, &source, &journal, Change::Previous, &log).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+
+        // The same code: nothing moves.
+        change(&root, &source, &journal, Change::Current, &log).unwrap();
+        assert!(previous_record(&journal).is_none());
+
+        fs::write(image.join("app/main.tf"), "v2").unwrap();
+        change(&root, &source, &journal, Change::Current, &log).unwrap();
+        let v2 = ensure(&root, &source, &journal, &log).unwrap();
+        assert_eq!(
+            fs::read_to_string(v2.dir.join("app/main.tf")).unwrap(),
+            "v2"
+        );
+        assert_eq!(v2.record.identity, identity(&source).unwrap());
+        assert_eq!(state(&v2.dir), "s1");
+        assert_eq!(
+            previous_record(&journal).unwrap().identity,
+            v1.record.identity
+        );
+        // Asked again (a run cut short after the move): nothing more moves.
+        change(&root, &source, &journal, Change::Current, &log).unwrap();
+        assert_eq!(
+            previous_record(&journal).unwrap().identity,
+            v1.record.identity
+        );
+
+        fs::write(v2.dir.join("app/terraform.tfstate"), "s2").unwrap();
+        change(&root, &source, &journal, Change::Previous, &log).unwrap();
+        let back = ensure(&root, &source, &journal, &log).unwrap();
+        assert_eq!(
+            fs::read_to_string(back.dir.join("app/main.tf")).unwrap(),
+            "v1"
+        );
+        assert_eq!(back.record.identity, v1.record.identity);
+        assert_eq!(
+            state(&back.dir),
+            "s2",
+            "the newer state goes with the rollback"
+        );
+        assert!(previous_record(&journal).is_none());
+        change(&root, &source, &journal, Change::Previous, &log).unwrap();
+        assert_eq!(applied(&journal).unwrap().identity, v1.record.identity);
+    }
+}

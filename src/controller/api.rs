@@ -23,7 +23,7 @@ use crate::controller::code::{self, CodeChoice};
 use crate::controller::plan::{Plan, PlanStatus};
 use crate::controller::reconcile::Reconciler;
 use crate::controller::records::{self, Record};
-use crate::controller::rollout;
+use crate::controller::rollout::{self, RolloutDocument, RolloutError};
 use crate::controller::tokens::Tokens;
 
 /// The largest request body accepted.
@@ -242,12 +242,12 @@ pub struct Health {
         get_log,
         post_plan,
         get_plan,
-        rollout::post_rollout,
-        rollout::get_rollout,
-        rollout::delete_rollout,
-        rollout::pause_rollout,
-        rollout::resume_rollout,
-        rollout::approve_rollout,
+        post_rollout,
+        get_rollout,
+        delete_rollout,
+        pause_rollout,
+        resume_rollout,
+        approve_rollout,
         healthz,
         readyz,
         metrics
@@ -301,14 +301,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/clusters", get(list_clusters))
         .route("/v1/clusters/{id}/log", get(get_log))
         .route("/v1/clusters/{id}/plan", post(post_plan).get(get_plan))
-        .route("/v1/rollouts", post(rollout::post_rollout))
-        .route(
-            "/v1/rollouts/{id}",
-            get(rollout::get_rollout).delete(rollout::delete_rollout),
-        )
-        .route("/v1/rollouts/{id}/pause", post(rollout::pause_rollout))
-        .route("/v1/rollouts/{id}/resume", post(rollout::resume_rollout))
-        .route("/v1/rollouts/{id}/approve", post(rollout::approve_rollout))
+        .route("/v1/rollouts", post(post_rollout))
+        .route("/v1/rollouts/{id}", get(get_rollout).delete(delete_rollout))
+        .route("/v1/rollouts/{id}/pause", post(pause_rollout))
+        .route("/v1/rollouts/{id}/resume", post(resume_rollout))
+        .route("/v1/rollouts/{id}/approve", post(approve_rollout))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), authorize));
     Router::new()
         .merge(v1)
@@ -523,7 +520,9 @@ fn record_present(
             let moving = current.code == code && matches!(phase, Phase::Pending | Phase::Applying);
             let code_done = match code {
                 None => true,
-                Some(CodeChoice::Current) => moving || !code::document(cluster).outdated,
+                Some(CodeChoice::Current) => {
+                    moving || !code::document(&cluster.journal()).outdated
+                }
                 Some(CodeChoice::Previous) => moving,
             };
             if code == Some(CodeChoice::Previous)
@@ -576,6 +575,143 @@ fn record_present(
     tracing::info_span!("cluster", id = %cluster.id)
         .in_scope(|| tracing::info!(generation = intent.generation, "intent: present"));
     Ok(StatusCode::ACCEPTED)
+}
+
+impl From<RolloutError> for ApiError {
+    fn from(e: RolloutError) -> Self {
+        match e {
+            RolloutError::Bad(m) => ApiError::bad(m),
+            RolloutError::NotFound(m) => ApiError::NotFound(m),
+            RolloutError::Conflict(m) => ApiError::Conflict(m),
+            RolloutError::NotImplemented(m) => ApiError::Rejected(StatusCode::NOT_IMPLEMENTED, m),
+            RolloutError::Internal(m) => ApiError::internal("rollout", m),
+        }
+    }
+}
+
+/// Starts a rollout over the outdated clusters the selector takes.
+#[utoipa::path(
+    post,
+    path = "/v1/rollouts",
+    request_body = rollout::PostRollout,
+    responses(
+        (status = 201, description = "Created; it runs in the background", body = RolloutDocument),
+        (status = 400, description = "A bad body", body = ErrorBody),
+        (status = 409, description = "Another rollout is not done or cancelled yet, or no code to roll out", body = ErrorBody),
+        (status = 501, description = "plan_first, not supported yet", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+async fn post_rollout(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<RolloutDocument>), ApiError> {
+    let body = body.map_err(|r| ApiError::Rejected(r.status(), r.body_text()))?;
+    let post: rollout::PostRollout = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("the body is not a valid rollout: {e}")))?;
+    let _writes = app.writes.lock().await;
+    let created = tokio::task::block_in_place(|| rollout::create(&app.reconciler, post))?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// A rollout's phase, counts per state and the clusters in each.
+#[utoipa::path(
+    get,
+    path = "/v1/rollouts/{id}",
+    params(("id" = String, Path)),
+    responses((status = 200, body = RolloutDocument), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn get_rollout(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutDocument>, ApiError> {
+    Ok(Json(tokio::task::block_in_place(|| {
+        rollout::get(app.root(), &id)
+    })?))
+}
+
+async fn change_rollout(
+    app: Arc<App>,
+    id: String,
+    action: rollout::Action,
+) -> Result<Json<RolloutDocument>, ApiError> {
+    let _writes = app.writes.lock().await;
+    Ok(Json(tokio::task::block_in_place(|| {
+        rollout::change(&app.reconciler, &id, action)
+    })?))
+}
+
+/// Cancels a rollout: nothing new starts; running upgrades finish.
+#[utoipa::path(
+    delete,
+    path = "/v1/rollouts/{id}",
+    params(("id" = String, Path)),
+    responses((status = 200, body = RolloutDocument), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn delete_rollout(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutDocument>, ApiError> {
+    change_rollout(app, id, rollout::Action::Cancel).await
+}
+
+/// Pauses a running rollout: nothing new starts; running upgrades finish.
+#[utoipa::path(
+    post,
+    path = "/v1/rollouts/{id}/pause",
+    params(("id" = String, Path)),
+    responses((status = 200, body = RolloutDocument), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn pause_rollout(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutDocument>, ApiError> {
+    change_rollout(app, id, rollout::Action::Pause).await
+}
+
+/// Resumes a paused or halted rollout; a halted one tries its failed clusters again.
+#[utoipa::path(
+    post,
+    path = "/v1/rollouts/{id}/resume",
+    params(("id" = String, Path)),
+    responses((status = 200, body = RolloutDocument), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn resume_rollout(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutDocument>, ApiError> {
+    change_rollout(app, id, rollout::Action::Resume).await
+}
+
+/// Approves a rollout that awaits approval after planning.
+#[utoipa::path(
+    post,
+    path = "/v1/rollouts/{id}/approve",
+    params(("id" = String, Path)),
+    responses((status = 200, body = RolloutDocument), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn approve_rollout(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutDocument>, ApiError> {
+    change_rollout(app, id, rollout::Action::Approve).await
+}
+
+/// Moves the active rollout on every so often, under the intent writes' lock, until the
+/// controller stops.
+pub async fn drive_rollouts(app: Arc<App>) {
+    loop {
+        {
+            let _writes = app.writes.lock().await;
+            tokio::task::block_in_place(|| rollout::step_all(&app.reconciler));
+        }
+        tokio::time::sleep(rollout::EVERY).await;
+    }
 }
 
 /// Destroys the cluster; a running apply is stopped gracefully first.

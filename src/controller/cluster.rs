@@ -500,7 +500,7 @@ impl Cluster {
             updated_at: intent.updated_at.clone(),
             damage: None,
             drift: Drift::read(self),
-            code: crate::controller::code::document(self),
+            code: crate::controller::code::document(&self.journal()),
         };
         mask_document(&loaded.redactor, &mut document);
         document

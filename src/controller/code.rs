@@ -5,10 +5,10 @@
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Map;
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use crate::controller::cluster::Cluster;
+use crate::root::journal::Journal;
 use crate::workflow::file::Workflow;
 
 static CURRENT: OnceLock<Option<String>> = OnceLock::new();
@@ -36,8 +36,10 @@ impl CodeChoice {
 pub fn compute_current(workflow: &Workflow) -> Option<String> {
     CURRENT
         .get_or_init(|| {
-            let loaded = crate::controller::cluster::loaded(workflow, &Map::new());
-            let source = match loaded.renderer().render_source() {
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            let params = Value::Object(Map::new());
+            let renderer = crate::workflow::render::Renderer::new(workflow, &params, &env);
+            let source = match renderer.render_source() {
                 Ok(source) => source,
                 Err(e) => {
                     tracing::warn!("the tenant code's identity is unknown, so no cluster shows as outdated: its source does not render without params ({e})");
@@ -74,15 +76,15 @@ pub struct CodeDocument {
     pub previous: Option<String>,
 }
 
-pub fn document(cluster: &Cluster) -> CodeDocument {
-    let journal = cluster.journal();
-    let applied = crate::root::source::applied(&journal).and_then(|r| r.identity);
+/// Which code the cluster whose engine journal is `journal` runs.
+pub fn document(journal: &Journal) -> CodeDocument {
+    let applied = crate::root::source::applied(journal).and_then(|r| r.identity);
     let current = current();
     let outdated = matches!((&applied, &current), (Some(a), Some(c)) if a != c);
     CodeDocument {
         applied,
         current,
         outdated,
-        previous: crate::root::source::previous_record(&journal).and_then(|r| r.identity),
+        previous: crate::root::source::previous_record(journal).and_then(|r| r.identity),
     }
 }

@@ -12,26 +12,20 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::StatusCode;
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tracing::{info, warn};
 use utoipa::ToSchema;
 
-use crate::controller::api::{ApiError, App};
 use crate::controller::cluster::{self, Cluster, Intent, Phase};
 use crate::controller::code::{self, CodeChoice};
+use crate::controller::reconcile::Reconciler;
 use crate::controller::records::{self, Record};
 
 /// How often the running rollout looks at its clusters.
-const EVERY: Duration = Duration::from_millis(200);
+pub const EVERY: Duration = Duration::from_millis(200);
 /// The most upgrades a rollout may run at once, and canaries it may name.
 const MAX_PARALLEL: u32 = 1000;
 
@@ -248,315 +242,224 @@ fn all(root: &Path) -> Vec<Rollout> {
     rollouts
 }
 
-fn read(root: &Path, id: &str) -> Result<Rollout, ApiError> {
+/// Why a rollout request is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("{0}")]
+    Bad(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The rollout's phase (or another rollout) does not allow it now.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotImplemented(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn read(root: &Path, id: &str) -> Result<Rollout, RolloutError> {
     let valid = !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit());
-    let not_found = || ApiError::NotFound(format!("no rollout `{id}`"));
+    let not_found = || RolloutError::NotFound(format!("no rollout `{id}`"));
     if !valid {
         return Err(not_found());
     }
     match crate::base::json::read::<Rollout>(&path(root, id)) {
         Ok(Some(rollout)) => Ok(rollout),
         Ok(None) => Err(not_found()),
-        Err(e) => Err(ApiError::Internal(format!(
+        Err(e) => Err(RolloutError::Internal(format!(
             "cannot read the rollout `{id}`: {e:?}"
         ))),
     }
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::BadRequest {
-        message: message.into(),
-        problems: Vec::new(),
-    }
+/// The document of the rollout `id`.
+pub fn get(root: &Path, id: &str) -> Result<RolloutDocument, RolloutError> {
+    read(root, id).map(|r| r.document())
 }
 
-/// Starts a rollout over the outdated clusters the selector takes.
-#[utoipa::path(
-    post,
-    path = "/v1/rollouts",
-    request_body = PostRollout,
-    responses(
-        (status = 201, description = "Created; it runs in the background", body = RolloutDocument),
-        (status = 400, description = "A bad body", body = crate::controller::api::ErrorBody),
-        (status = 409, description = "Another rollout is not done or cancelled yet, or no code to roll out", body = crate::controller::api::ErrorBody)
-    ),
-    security(("bearer" = []))
-)]
-pub async fn post_rollout(
-    State(app): State<Arc<App>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<RolloutDocument>), ApiError> {
-    let body = body.map_err(|r| ApiError::Rejected(r.status(), r.body_text()))?;
-    let post: PostRollout = serde_json::from_slice(&body)
-        .map_err(|e| bad(format!("the body is not a valid rollout: {e}")))?;
+/// Records a new rollout over the outdated clusters the selector takes; must be called with
+/// the intent writes' lock held.
+pub fn create(reconciler: &Reconciler, post: PostRollout) -> Result<RolloutDocument, RolloutError> {
+    let bad = |m: String| Err(RolloutError::Bad(m));
     if post.max_parallel == 0 || post.max_parallel > MAX_PARALLEL {
-        return Err(bad(format!(
+        return bad(format!(
             "max_parallel is {}; it is 1 to {MAX_PARALLEL}",
             post.max_parallel
-        )));
+        ));
     }
     if post.canary > MAX_PARALLEL {
-        return Err(bad(format!(
+        return bad(format!(
             "canary is {}; it is at most {MAX_PARALLEL}",
             post.canary
-        )));
+        ));
     }
     if let Some(ids) = &post.selector.ids {
         if ids.is_empty() {
-            return Err(bad(
-                "selector.ids is empty; leave it out to take every cluster",
-            ));
+            return bad("selector.ids is empty; leave it out to take every cluster".to_string());
         }
         if let Some(e) = ids.iter().find_map(|id| cluster::check_id(id).err()) {
-            return Err(bad(format!("selector.ids: {e}")));
+            return bad(format!("selector.ids: {e}"));
         }
     }
     if post.plan_first {
-        return Err(ApiError::Rejected(
-            StatusCode::NOT_IMPLEMENTED,
+        return Err(RolloutError::NotImplemented(
             "plan_first is not supported yet; create the rollout without it".to_string(),
         ));
     }
     let Some(target) = code::current() else {
-        return Err(ApiError::Conflict(
+        return Err(RolloutError::Conflict(
             "the tenant code's identity is unknown (see the controller's start-up log): there is nothing to roll out".to_string(),
         ));
     };
-    let _writes = app.writes.lock().await;
-    tokio::task::block_in_place(|| {
-        let root = &app.reconciler.config.root;
-        if let Some(active) = all(root).into_iter().find(|r| r.phase.active()) {
-            return Err(ApiError::Conflict(format!(
-                "rollout `{}` is {}: at most one rollout runs at a time; wait for it, or DELETE /v1/rollouts/{} to cancel it",
-                active.id,
-                active.phase.as_str(),
-                active.id
-            )));
+    let root = &reconciler.config.root;
+    if let Some(active) = all(root).into_iter().find(|r| r.phase.active()) {
+        return Err(RolloutError::Conflict(format!(
+            "rollout `{}` is {}: at most one rollout runs at a time; wait for it, or DELETE /v1/rollouts/{} to cancel it",
+            active.id,
+            active.phase.as_str(),
+            active.id
+        )));
+    }
+    let mut clusters = BTreeMap::new();
+    for id in cluster::list(root).map_err(|e| RolloutError::Internal(e.to_string()))? {
+        if post
+            .selector
+            .ids
+            .as_ref()
+            .is_some_and(|ids| !ids.contains(&id))
+        {
+            continue;
         }
-        let mut clusters = BTreeMap::new();
-        for id in cluster::list(root).map_err(|e| ApiError::Internal(e.to_string()))? {
-            if post
-                .selector
-                .ids
-                .as_ref()
-                .is_some_and(|ids| !ids.contains(&id))
-            {
-                continue;
-            }
-            let cluster = Cluster::new(root, &id);
-            let Some(intent) = Record::read(&cluster).intent().cloned() else {
-                continue;
-            };
-            let matches = post
-                .selector
-                .params
-                .iter()
-                .all(|(k, v)| intent.params.get(k) == Some(v));
-            if !intent.present || !matches || !code::document(&cluster).outdated {
-                continue;
-            }
-            let canary = (clusters.len() as u32) < post.canary;
-            clusters.insert(
-                id,
-                Part {
-                    state: PartState::Waiting,
-                    canary,
-                    generation: 0,
-                    uid: String::new(),
-                    note: None,
-                },
-            );
-        }
-        let now = crate::base::clock::now_rfc3339();
-        let mut rollout = Rollout {
-            id: records::new_uid(),
-            phase: RolloutPhase::Running,
-            selector: post.selector,
-            canary: post.canary,
-            max_parallel: post.max_parallel,
-            max_failures: post.max_failures,
-            plan_first: post.plan_first,
-            target: Some(target),
-            created_at: now.clone(),
-            updated_at: now,
-            clusters,
+        let cluster = Cluster::new(root, &id);
+        let Some(intent) = Record::read(&cluster).intent().cloned() else {
+            continue;
         };
-        rollout
-            .write(root)
-            .map_err(|e| ApiError::Internal(format!("cannot record the rollout: {e}")))?;
-        info!(rollout = %rollout.id, "rollout created over {} outdated cluster(s)", rollout.clusters.len());
-        Ok((StatusCode::CREATED, Json(rollout.document())))
-    })
+        let matches = post
+            .selector
+            .params
+            .iter()
+            .all(|(k, v)| intent.params.get(k) == Some(v));
+        if !intent.present || !matches || !code::document(&cluster.journal()).outdated {
+            continue;
+        }
+        let canary = (clusters.len() as u32) < post.canary;
+        clusters.insert(
+            id,
+            Part {
+                state: PartState::Waiting,
+                canary,
+                generation: 0,
+                uid: String::new(),
+                note: None,
+            },
+        );
+    }
+    let now = crate::base::clock::now_rfc3339();
+    let mut rollout = Rollout {
+        id: records::new_uid(),
+        phase: RolloutPhase::Running,
+        selector: post.selector,
+        canary: post.canary,
+        max_parallel: post.max_parallel,
+        max_failures: post.max_failures,
+        plan_first: post.plan_first,
+        target: Some(target),
+        created_at: now.clone(),
+        updated_at: now,
+        clusters,
+    };
+    rollout
+        .write(root)
+        .map_err(|e| RolloutError::Internal(format!("cannot record the rollout: {e}")))?;
+    info!(rollout = %rollout.id, "rollout created over {} outdated cluster(s)", rollout.clusters.len());
+    Ok(rollout.document())
 }
 
-/// A rollout's phase, counts per state and the clusters in each.
-#[utoipa::path(
-    get,
-    path = "/v1/rollouts/{id}",
-    params(("id" = String, Path)),
-    responses((status = 200, body = RolloutDocument), (status = 404, body = crate::controller::api::ErrorBody)),
-    security(("bearer" = []))
-)]
-pub async fn get_rollout(
-    State(app): State<Arc<App>>,
-    UrlPath(id): UrlPath<String>,
-) -> Result<Json<RolloutDocument>, ApiError> {
-    tokio::task::block_in_place(|| {
-        read(&app.reconciler.config.root, &id).map(|r| Json(r.document()))
-    })
-}
-
-/// Cancels a rollout: nothing new starts; running upgrades finish.
-#[utoipa::path(
-    delete,
-    path = "/v1/rollouts/{id}",
-    params(("id" = String, Path)),
-    responses((status = 200, body = RolloutDocument), (status = 404, body = crate::controller::api::ErrorBody), (status = 409, body = crate::controller::api::ErrorBody)),
-    security(("bearer" = []))
-)]
-pub async fn delete_rollout(
-    state: State<Arc<App>>,
-    id: UrlPath<String>,
-) -> Result<Json<RolloutDocument>, ApiError> {
-    change(state, id, Action::Cancel).await
-}
-
-/// Pauses a running rollout: nothing new starts; running upgrades finish.
-#[utoipa::path(
-    post,
-    path = "/v1/rollouts/{id}/pause",
-    params(("id" = String, Path)),
-    responses((status = 200, body = RolloutDocument), (status = 404, body = crate::controller::api::ErrorBody), (status = 409, body = crate::controller::api::ErrorBody)),
-    security(("bearer" = []))
-)]
-pub async fn pause_rollout(
-    state: State<Arc<App>>,
-    id: UrlPath<String>,
-) -> Result<Json<RolloutDocument>, ApiError> {
-    change(state, id, Action::Pause).await
-}
-
-/// Resumes a paused or halted rollout; a halted one tries its failed clusters again.
-#[utoipa::path(
-    post,
-    path = "/v1/rollouts/{id}/resume",
-    params(("id" = String, Path)),
-    responses((status = 200, body = RolloutDocument), (status = 404, body = crate::controller::api::ErrorBody), (status = 409, body = crate::controller::api::ErrorBody)),
-    security(("bearer" = []))
-)]
-pub async fn resume_rollout(
-    state: State<Arc<App>>,
-    id: UrlPath<String>,
-) -> Result<Json<RolloutDocument>, ApiError> {
-    change(state, id, Action::Resume).await
-}
-
-/// Approves a rollout that awaits approval after planning.
-#[utoipa::path(
-    post,
-    path = "/v1/rollouts/{id}/approve",
-    params(("id" = String, Path)),
-    responses((status = 200, body = RolloutDocument), (status = 404, body = crate::controller::api::ErrorBody), (status = 409, body = crate::controller::api::ErrorBody)),
-    security(("bearer" = []))
-)]
-pub async fn approve_rollout(
-    state: State<Arc<App>>,
-    id: UrlPath<String>,
-) -> Result<Json<RolloutDocument>, ApiError> {
-    change(state, id, Action::Approve).await
-}
-
+/// A move asked of a rollout.
 #[derive(Debug, Clone, Copy)]
-enum Action {
+pub enum Action {
     Pause,
     Resume,
     Approve,
     Cancel,
 }
 
-async fn change(
-    State(app): State<Arc<App>>,
-    UrlPath(id): UrlPath<String>,
+/// Pauses, resumes, approves or cancels the rollout `id`; must be called with the intent
+/// writes' lock held.
+pub fn change(
+    reconciler: &Reconciler,
+    id: &str,
     action: Action,
-) -> Result<Json<RolloutDocument>, ApiError> {
-    let _writes = app.writes.lock().await;
-    tokio::task::block_in_place(|| {
-        let root = &app.reconciler.config.root;
-        let mut rollout = read(root, &id)?;
-        let phase = rollout.phase;
-        let refuse = |what: &str| {
-            Err(ApiError::Conflict(format!(
-                "rollout `{id}` is {}: it cannot be {what}",
-                phase.as_str()
-            )))
-        };
-        match (action, phase) {
-            (Action::Pause, RolloutPhase::Running) => rollout.phase = RolloutPhase::Paused,
-            (Action::Pause, _) => return refuse("paused"),
-            (Action::Resume, RolloutPhase::Paused) => rollout.phase = RolloutPhase::Running,
-            (Action::Resume, RolloutPhase::Halted) => {
-                // The failed clusters are tried again: their tenants fixed or rolled them back.
-                for part in rollout.clusters.values_mut() {
-                    if part.state == PartState::Failed {
-                        part.state = PartState::Waiting;
-                        part.note = None;
-                    }
+) -> Result<RolloutDocument, RolloutError> {
+    let root = &reconciler.config.root;
+    let mut rollout = read(root, id)?;
+    let phase = rollout.phase;
+    let refuse = |what: &str| {
+        Err(RolloutError::Conflict(format!(
+            "rollout `{id}` is {}: it cannot be {what}",
+            phase.as_str()
+        )))
+    };
+    match (action, phase) {
+        (Action::Pause, RolloutPhase::Running) => rollout.phase = RolloutPhase::Paused,
+        (Action::Pause, _) => return refuse("paused"),
+        (Action::Resume, RolloutPhase::Paused) => rollout.phase = RolloutPhase::Running,
+        (Action::Resume, RolloutPhase::Halted) => {
+            // The failed clusters are tried again: their tenants fixed or rolled them back.
+            for part in rollout.clusters.values_mut() {
+                if part.state == PartState::Failed {
+                    part.state = PartState::Waiting;
+                    part.note = None;
                 }
-                rollout.phase = RolloutPhase::Running;
             }
-            (Action::Resume, _) => return refuse("resumed"),
-            (Action::Approve, RolloutPhase::AwaitingApproval) => {
-                rollout.phase = RolloutPhase::Running
-            }
-            (Action::Approve, _) => {
-                return refuse("approved (only a rollout awaiting approval is)")
-            }
-            (Action::Cancel, p) if p.active() => rollout.phase = RolloutPhase::Cancelled,
-            (Action::Cancel, _) => return refuse("cancelled"),
+            rollout.phase = RolloutPhase::Running;
         }
-        rollout
-            .write(root)
-            .map_err(|e| ApiError::Internal(format!("cannot record the rollout: {e}")))?;
-        info!(rollout = %id, "rollout {}", rollout.phase.as_str());
-        app.reconciler.metrics.set_rollout(
-            rollout.phase.as_str(),
-            rollout.count(PartState::Upgraded),
-            rollout.count(PartState::Failed),
-            remaining(&rollout),
-        );
-        Ok(Json(rollout.document()))
-    })
+        (Action::Resume, _) => return refuse("resumed"),
+        (Action::Approve, RolloutPhase::AwaitingApproval) => rollout.phase = RolloutPhase::Running,
+        (Action::Approve, _) => return refuse("approved (only a rollout awaiting approval is)"),
+        (Action::Cancel, p) if p.active() => rollout.phase = RolloutPhase::Cancelled,
+        (Action::Cancel, _) => return refuse("cancelled"),
+    }
+    rollout
+        .write(root)
+        .map_err(|e| RolloutError::Internal(format!("cannot record the rollout: {e}")))?;
+    info!(rollout = %id, "rollout {}", rollout.phase.as_str());
+    set_metrics(reconciler, &rollout);
+    Ok(rollout.document())
+}
+
+fn set_metrics(reconciler: &Reconciler, rollout: &Rollout) {
+    reconciler.metrics.set_rollout(
+        rollout.phase.as_str(),
+        rollout.count(PartState::Upgraded),
+        rollout.count(PartState::Failed),
+        remaining(rollout),
+    );
 }
 
 fn remaining(rollout: &Rollout) -> usize {
     rollout.count(PartState::Waiting) + rollout.count(PartState::Upgrading)
 }
 
-/// Moves the active rollout on, every so often, until the controller stops; at start-up
-/// first, so a rollout a killed controller left resumes.
-pub async fn drive(app: Arc<App>) {
-    loop {
-        {
-            let _writes = app.writes.lock().await;
-            tokio::task::block_in_place(|| {
-                let root = app.reconciler.config.root.clone();
-                for mut rollout in all(&root).into_iter().filter(|r| r.phase.active()) {
-                    step(&app, &root, &mut rollout);
-                }
-            });
-        }
-        tokio::time::sleep(EVERY).await;
+/// Moves every active rollout on (there is at most one); must be called with the intent
+/// writes' lock held. Called every [`EVERY`] from start-up on, so a rollout a killed
+/// controller left resumes.
+pub fn step_all(reconciler: &Reconciler) {
+    let root = reconciler.config.root.clone();
+    for mut rollout in all(&root).into_iter().filter(|r| r.phase.active()) {
+        step(reconciler, &root, &mut rollout);
     }
 }
 
 /// Follows the upgrades under way, then starts what the rollout's settings allow.
-fn step(app: &App, root: &Path, rollout: &mut Rollout) {
+fn step(reconciler: &Reconciler, root: &Path, rollout: &mut Rollout) {
     let before = rollout.clone();
     let ids: Vec<String> = rollout.clusters.keys().cloned().collect();
     for id in &ids {
         let part = rollout.clusters.get_mut(id).expect("listed");
         if part.state == PartState::Upgrading {
-            follow(app, root, id, part);
+            follow(reconciler, root, id, part);
         }
     }
     if rollout.phase == RolloutPhase::Running {
@@ -569,7 +472,7 @@ fn step(app: &App, root: &Path, rollout: &mut Rollout) {
             warn!(rollout = %rollout.id, "{failed} upgrade(s) failed, more than max_failures {} allows (or a canary did): halted; roll back or fix them, then POST /v1/rollouts/{}/resume", rollout.max_failures, rollout.id);
             rollout.phase = RolloutPhase::Halted;
         } else {
-            start_next(app, root, rollout);
+            start_next(reconciler, root, rollout);
             if remaining(rollout) == 0 {
                 info!(rollout = %rollout.id, "rollout done");
                 rollout.phase = RolloutPhase::Done;
@@ -581,16 +484,11 @@ fn step(app: &App, root: &Path, rollout: &mut Rollout) {
             warn!(rollout = %rollout.id, "cannot record the rollout, looked at again soon: {e}");
         }
     }
-    app.reconciler.metrics.set_rollout(
-        rollout.phase.as_str(),
-        rollout.count(PartState::Upgraded),
-        rollout.count(PartState::Failed),
-        remaining(rollout),
-    );
+    set_metrics(reconciler, rollout);
 }
 
 /// How the upgrade of `id` stands: still under way, ended, or taken over by its tenant.
-fn follow(app: &App, root: &Path, id: &str, part: &mut Part) {
+fn follow(reconciler: &Reconciler, root: &Path, id: &str, part: &mut Part) {
     let cluster = Cluster::new(root, id);
     let record = Record::read(&cluster);
     let Some(intent) = record.intent() else {
@@ -606,12 +504,12 @@ fn follow(app: &App, root: &Path, id: &str, part: &mut Part) {
     if intent.generation < part.generation {
         // Killed between recording the part and writing the intent: written now.
         let upgrade = upgrade_intent(intent);
-        if let Err(e) = write_upgrade(app, &cluster, &upgrade) {
+        if let Err(e) = write_upgrade(reconciler, &cluster, &upgrade) {
             warn!(cluster = %id, "cannot write the upgrade's intent, tried again soon: {e}");
         }
         return;
     }
-    let running = app.reconciler.running(id);
+    let running = reconciler.running(id);
     match Phase::of(intent, record.outcome(), running) {
         Phase::Ready => {
             part.state = PartState::Upgraded;
@@ -628,7 +526,7 @@ fn follow(app: &App, root: &Path, id: &str, part: &mut Part) {
 }
 
 /// Starts upgrades while the settings allow: canaries alone first.
-fn start_next(app: &App, root: &Path, rollout: &mut Rollout) {
+fn start_next(reconciler: &Reconciler, root: &Path, rollout: &mut Rollout) {
     let canaries_left = rollout
         .clusters
         .values()
@@ -658,11 +556,11 @@ fn start_next(app: &App, root: &Path, rollout: &mut Rollout) {
             skip(rollout, PartState::Skipped, "deleted by its tenant");
             continue;
         }
-        if !code::document(&cluster).outdated {
+        if !code::document(&cluster.journal()).outdated {
             skip(rollout, PartState::Upgraded, "already on the current code");
             continue;
         }
-        match Phase::of(&intent, record.outcome(), app.reconciler.running(&id)) {
+        match Phase::of(&intent, record.outcome(), reconciler.running(&id)) {
             Phase::Ready => {}
             // The tenant's own operation first; looked at again next time.
             Phase::Pending | Phase::Applying => continue,
@@ -686,7 +584,7 @@ fn start_next(app: &App, root: &Path, rollout: &mut Rollout) {
             part.state = PartState::Waiting;
             return;
         }
-        if let Err(e) = write_upgrade(app, &cluster, &upgrade) {
+        if let Err(e) = write_upgrade(reconciler, &cluster, &upgrade) {
             warn!(cluster = %id, "cannot write the upgrade's intent, tried again soon: {e}");
         }
         running += 1;
@@ -704,10 +602,14 @@ fn upgrade_intent(intent: &Intent) -> Intent {
     }
 }
 
-fn write_upgrade(app: &App, cluster: &Cluster, intent: &Intent) -> std::io::Result<()> {
+fn write_upgrade(
+    reconciler: &Reconciler,
+    cluster: &Cluster,
+    intent: &Intent,
+) -> std::io::Result<()> {
     cluster.write_intent(intent)?;
-    app.reconciler.refresh(&cluster.id);
-    app.reconciler.enqueue(&cluster.id);
+    reconciler.refresh(&cluster.id);
+    reconciler.enqueue(&cluster.id);
     info!(cluster = %cluster.id, generation = intent.generation, "intent: upgrade to the current code");
     Ok(())
 }

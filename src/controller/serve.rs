@@ -217,7 +217,7 @@ async fn run(app: Arc<App>, options: &Options) -> Result<i32> {
         app.clone(),
         options.keep_destroyed,
     ));
-    let rollouts = tokio::spawn(crate::controller::rollout::drive(app.clone()));
+    let rollouts = tokio::spawn(api::drive_rollouts(app.clone()));
     let drift = options.drift_interval.map(|interval| {
         info!(
             "checking every ready cluster for drift when its last check is {} old",

@@ -173,14 +173,14 @@ pub struct ServeArgs {
     #[arg(long, env = "BOOTSTRAPPER_TOKENS_GRACE", value_parser = duration, default_value = "30s")]
     pub tokens_grace: Duration,
     /// How long a client may take to send a request's line and headers
-    #[arg(long, env = "BOOTSTRAPPER_HEADER_TIMEOUT", value_parser = duration, default_value = "10s")]
+    #[arg(long, env = "BOOTSTRAPPER_HEADER_TIMEOUT", value_parser = positive_duration, default_value = "10s")]
     pub header_timeout: Duration,
     /// How long a client may take to send a request's body, from its headers (else 408)
-    #[arg(long, env = "BOOTSTRAPPER_BODY_TIMEOUT", value_parser = duration, default_value = "30s")]
+    #[arg(long, env = "BOOTSTRAPPER_BODY_TIMEOUT", value_parser = positive_duration, default_value = "30s")]
     pub body_timeout: Duration,
     /// How long an open connection may wait for its next request, or for its client to read
     /// more of an answer
-    #[arg(long, env = "BOOTSTRAPPER_IDLE_TIMEOUT", value_parser = duration, default_value = "60s")]
+    #[arg(long, env = "BOOTSTRAPPER_IDLE_TIMEOUT", value_parser = positive_duration, default_value = "60s")]
     pub idle_timeout: Duration,
     /// How many client connections may be open at once (default: as many as the open-file
     /// limit leaves room for beside the operations, at most 1024)

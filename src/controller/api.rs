@@ -976,7 +976,7 @@ fn record_plan(app: &App, id: &str, params: Option<Map<String, Value>>) -> Resul
     let workflow = &app.reconciler.config.workflow;
     let plan = Plan::requested(&cluster, &params, stored, false, workflow);
     if !stored {
-        crate::base::json::write(&cluster.plan_params_path(), &params, 0o600)
+        crate::base::json::write(&cluster.plan_request_path(), &params, 0o600)
             .map_err(|e| ApiError::internal("cannot record the plan's params", e))?;
     }
     plan.write(&cluster)

@@ -26,13 +26,14 @@ const FILE_MODE: u32 = 0o600;
 pub const ENGINE_DIR: &str = "engine";
 /// The files the controller keeps in a cluster's directory (and their temp files beside);
 /// the paths below name each.
-pub const CONTROLLER_FILES: [&str; 8] = [
+pub const CONTROLLER_FILES: [&str; 9] = [
     "intent.json",
     "outcome.json",
     "params.json",
     "operation.log",
     "plan.json",
     "plan-params.json",
+    "plan-request.json",
     "plan.log",
     "drift.json",
 ];
@@ -236,6 +237,12 @@ impl Cluster {
     }
 
     /// The params a plan runs with: the intent's, or those a preview asked for.
+    /// The params of a preview, as asked for; copied to [`Self::plan_params_path`] when the
+    /// plan starts.
+    pub fn plan_request_path(&self) -> PathBuf {
+        self.dir.join("plan-request.json")
+    }
+
     pub fn plan_params_path(&self) -> PathBuf {
         self.dir.join("plan-params.json")
     }

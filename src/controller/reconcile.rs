@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use serde_json::{Map, Value};
 use tracing::{info, warn};
 
 use crate::controller::cluster::{self, Cluster, Document, Ended, Intent, Kind, Outcome};
@@ -396,9 +397,12 @@ impl Reconciler {
         for id in ready {
             let cluster = Cluster::new(&self.config.root, &id);
             let modified = |path: PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            // A plan made since (a tenant's preview under review above all) counts as a check:
+            // a drift check would replace it, and the PUT with its id would be refused.
             let last = [
                 modified(cluster.drift_path()),
                 modified(cluster.outcome_path()),
+                modified(cluster.plan_path()),
             ]
             .into_iter()
             .flatten()
@@ -485,10 +489,15 @@ impl Reconciler {
         } else if kind == Kind::Plan {
             None
         } else if let Err(e) = cluster.write_params(&intent.params) {
-            Some(Ending::Failed {
-                exit_code: None,
-                failure: None,
-                error: format!("cannot write {}: {e}", cluster.params_path().display()),
+            // Out of open files or memory for a moment: the operation waits, it did not fail.
+            Some(if crate::controller::executor::starved(&e) {
+                Ending::Later
+            } else {
+                Ending::Failed {
+                    exit_code: None,
+                    failure: None,
+                    error: format!("cannot write {}: {e}", cluster.params_path().display()),
+                }
             })
         } else {
             None
@@ -602,6 +611,17 @@ impl Reconciler {
             )?;
             fresh.asked_at(plan.requested_at)
         } else {
+            // Copied only now that nothing else of this cluster runs: a preview asked for
+            // while another plan runs must not change the params that plan reads.
+            let params: Map<String, Value> = crate::base::json::read(&cluster.plan_request_path())
+                .ok()
+                .flatten()
+                .ok_or_else(|| {
+                    "the preview's params cannot be read; POST the plan again".to_string()
+                })?;
+            crate::base::json::write(&cluster.plan_params_path(), &params, 0o600).map_err(|e| {
+                format!("cannot write {}: {e}", cluster.plan_params_path().display())
+            })?;
             plan
         };
         let plan = plan.started(intent, outcome);
@@ -646,7 +666,8 @@ impl Reconciler {
             }
         }
         let succeeded = plan.status == PlanStatus::Succeeded;
-        if drift && !preempted {
+        // A drift check whose plan a newer request replaced says nothing about the plan kept.
+        if drift && !preempted && !newer {
             let (drift, result) = if succeeded {
                 let drift = plan::drift_of(&plan);
                 let result = if drift.drifted { "drifted" } else { "clean" };

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -464,6 +465,14 @@ impl Engine {
             })?;
         }
         let temp = durable::temp_sibling(file);
+        // Terraform writes into an existing file without changing its mode: the plan, which
+        // holds every value, is owner-only from its first byte, not once it is whole.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|e| Error::io(format!("cannot create {}", temp.display()), e))?;
         let command = self.terraform.plan_command(rendered, &cwd, &temp);
         let planned = self.racing(rendered, || {
             let mut stream = Stream::new(&rendered.name, self.logger().redactor().clone());

@@ -8,6 +8,7 @@ mod http;
 mod inputs;
 mod paths;
 mod plan;
+mod promises;
 mod records;
 mod rollout;
 mod serve;

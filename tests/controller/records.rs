@@ -281,6 +281,10 @@ fn bad_values_of_the_new_options_are_refused() {
         ("--keep-destroyed", "0s", "more than zero"),
         ("--operation-timeout", "2 weeks", "unknown unit"),
         ("--operation-timeout", "0", "more than zero"),
+        // A zero timeout would cut every connection, or answer every PUT 408.
+        ("--header-timeout", "0s", "more than zero"),
+        ("--body-timeout", "0s", "more than zero"),
+        ("--idle-timeout", "0", "more than zero"),
     ] {
         let outcome = bed.b.run(&[
             "serve",

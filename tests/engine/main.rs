@@ -17,6 +17,7 @@ mod overlay;
 mod parallel;
 mod plan;
 mod pod;
+mod races;
 mod run;
 mod secrets;
 mod source;

@@ -46,15 +46,21 @@ impl Bed {
 
     /// A bed whose tenant workflow is `toml` (the fixture's, changed by the test).
     pub fn with_workflow(toml: &str) -> Self {
+        let bed = Self::bare(toml);
+        bed.prepare_backend();
+        bed
+    }
+
+    /// A bed whose database is empty: the first operations set the backend up themselves,
+    /// side by side, and meet each other's races there.
+    pub fn bare(toml: &str) -> Self {
         let b = Bootstrapper::new();
         b.write_workflow(toml);
         fs::write(b.dir().join("tokens"), format!("# test\n{TOKEN}\n")).expect("tokens");
-        let bed = Bed {
+        Bed {
             b,
             pg: super::fresh_database(),
-        };
-        bed.prepare_backend();
-        bed
+        }
     }
 
     /// Terraform's pg backend creates its schema on the first `init`, and first inits running
@@ -86,17 +92,15 @@ impl Bed {
         self.b.dir().join("tokens")
     }
 
-    /// Starts `serve` with `args` after the command, the backend and ledger in its
-    /// environment, and `env` on top; returns once it listens.
+    /// Starts `serve` with `args` after the command (and the tokens file, unless `args` ask
+    /// for `--insecure-no-auth`), the backend and ledger in its environment, and `env` on
+    /// top; returns once it listens.
     pub fn start(&self, args: &[&str], env: &[(&str, &str)]) -> Controller {
         let tokens = self.tokens_path();
-        let mut all = vec![
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--tokens",
-            tokens.to_str().expect("UTF-8"),
-        ];
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        if !args.contains(&"--insecure-no-auth") {
+            all.extend(["--tokens", tokens.to_str().expect("UTF-8")]);
+        }
         all.extend_from_slice(args);
         let mut cmd = self.b.command(&all);
         cmd.env("TF_VAR_pg_conn_str", &self.pg)

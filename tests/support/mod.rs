@@ -8,6 +8,7 @@
 pub mod controller;
 pub mod diamond;
 pub mod pod;
+pub mod sigint;
 
 use std::ffi::OsString;
 use std::fmt;

@@ -140,12 +140,14 @@ fn execute(
         // A preview's params are not the intent's: its own file, for the engine and the mask.
         match crate::base::json::read(&cluster.plan_params_path()) {
             Ok(params) => params.unwrap_or_default(),
+            Err(crate::base::json::ReadError::Io(e)) if starved(&e) => return Ending::Later,
             Err(_) => return failed("cannot read the plan's params".to_string()),
         }
     } else {
         match cluster.intent() {
             Ok(Some(intent)) => intent.params,
             Ok(None) => Default::default(),
+            Err(e) if starved(&e) => return Ending::Later,
             Err(e) => return failed(format!("cannot read the cluster's intent: {e}")),
         }
     };
@@ -237,7 +239,7 @@ fn execute(
 
 /// Whether `e` says the system lacked a resource for a moment, rather than that the
 /// operation cannot run.
-fn starved(e: &std::io::Error) -> bool {
+pub fn starved(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)

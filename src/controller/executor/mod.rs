@@ -6,7 +6,7 @@
 mod local;
 mod report;
 
-pub use local::{last_diff, Local, LocalConfig};
+pub use local::{last_diff, starved, Local, LocalConfig};
 
 use nix::sys::signal::Signal;
 

@@ -104,6 +104,12 @@ pub enum Verb {
         #[arg(long, value_name = "DIFF_ID", num_args = 0..=1, default_missing_value = "",
               conflicts_with = "recreate")]
         reviewed: Option<String>,
+        /// First move the root to other code, keeping terraform's local state: `current`,
+        /// the image's code when it differs from the code in place (the replaced code is kept);
+        /// `previous`, back to the code the last upgrade replaced
+        #[arg(long, value_name = "WHICH", value_parser = ["current", "previous"],
+              conflicts_with = "reviewed")]
+        code: Option<String>,
     },
     /// What terraform would change if `run` applied now, per step and resource; saves the
     /// plans for `run --reviewed`. Exit 0: nothing would change; 2: something would
@@ -336,6 +342,7 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
             hold,
             recreate,
             reviewed,
+            code,
         } => {
             // Checked here, not by clap: `BOOTSTRAPPER_HOLD=false` in the environment (as the
             // controller sets for its operations) is no request to hold.
@@ -350,6 +357,13 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
             let reviewed = reviewed
                 .as_deref()
                 .map(|id| Some(id).filter(|id| !id.is_empty()));
+            if let Some(code) = code {
+                let change = match code.as_str() {
+                    "previous" => crate::root::source::Change::Previous,
+                    _ => crate::root::source::Change::Current,
+                };
+                crate::commands::code::change(&engine, change)?;
+            }
             crate::engine::run::command(&mut engine, *hold, *recreate, reviewed)
         }
         Verb::Diff { steps, json } => crate::engine::diff::command(&mut engine, steps, *json),

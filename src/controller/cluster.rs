@@ -57,6 +57,9 @@ pub struct Intent {
     /// The plan (`POST /v1/clusters/{id}/plan`) to apply exactly, with `run --reviewed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_id: Option<String>,
+    /// Other code to move the cluster to before it applies: an upgrade or a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<crate::controller::code::CodeChoice>,
 }
 
 /// What an operation kind does to a cluster.
@@ -393,6 +396,8 @@ pub struct Document {
     pub damage: Option<Damage>,
     /// What the last drift check found (`serve --drift-interval`).
     pub drift: Option<Drift>,
+    /// Which code the cluster runs, and whether it is the current.
+    pub code: crate::controller::code::CodeDocument,
 }
 
 /// A resource that would change, as a drift record names it.
@@ -502,6 +507,7 @@ impl Cluster {
             updated_at: intent.updated_at.clone(),
             damage: None,
             drift: Drift::read(self),
+            code: crate::controller::code::document(&self.journal()),
         };
         mask_document(&loaded.redactor, &mut document);
         document
@@ -585,6 +591,7 @@ mod tests {
             updated_at: String::new(),
             uid: String::new(),
             plan_id: None,
+            code: None,
         }
     }
 

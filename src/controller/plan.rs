@@ -376,6 +376,7 @@ mod tests {
             updated_at: String::new(),
             uid: "u".to_string(),
             plan_id: None,
+            code: None,
         };
         let outcome = Outcome {
             generation: 3,

@@ -162,6 +162,7 @@ impl Reconciler {
         let document = self.index.refresh(&cluster, &self.config.workflow);
         self.metrics.damaged.set(self.index.damaged() as i64);
         self.metrics.drifted.set(self.index.drifted() as i64);
+        self.metrics.set_codes(&self.index.codes());
         document
     }
 
@@ -512,6 +513,7 @@ impl Reconciler {
             generation: intent.generation,
             kind,
             reviewed: intent.plan_id.clone().filter(|_| kind == Kind::Apply),
+            code: intent.code.filter(|_| kind == Kind::Apply),
         };
         let this = self.clone();
         let span = span.clone();

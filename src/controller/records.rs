@@ -183,6 +183,7 @@ pub fn document(
         updated_at: String::new(),
         uid: String::new(),
         plan_id: None,
+        code: None,
     };
     let mut document = cluster.document(workflow, &stand_in, running);
     document.phase = Phase::Damaged;
@@ -285,6 +286,19 @@ impl Index {
             .values()
             .filter(|e| e.document.drift.as_ref().is_some_and(|d| d.drifted))
             .count()
+    }
+
+    /// How many clusters run each code identity (`unknown`: none recorded).
+    pub fn codes(&self) -> BTreeMap<String, usize> {
+        let entries = self.entries.read().expect("index lock");
+        let mut codes = BTreeMap::new();
+        for entry in entries.values() {
+            let code = entry.document.code.applied.clone();
+            *codes
+                .entry(code.unwrap_or_else(|| "unknown".into()))
+                .or_default() += 1;
+        }
+        codes
     }
 
     /// How many clusters have a record that cannot be read.

@@ -10,4 +10,5 @@ mod paths;
 mod plan;
 mod promises;
 mod records;
+mod rollout;
 mod serve;

@@ -180,7 +180,10 @@ fn execute(
     {
         return failed(format!("cannot create {}: {e}", engine_root.display()));
     }
-    let args = engine_args(kind, operation.reviewed.as_deref());
+    let mut args = engine_args(kind, operation.reviewed.as_deref());
+    if let (Kind::Apply, Some(code)) = (kind, operation.code) {
+        args.push(format!("--code={}", code.as_str()));
+    }
     let params_path = match kind {
         Kind::Plan => cluster.plan_params_path(),
         Kind::Apply | Kind::Destroy => cluster.params_path(),

@@ -22,6 +22,8 @@ pub struct Operation {
     /// For an apply: the reviewed plan (the engine's diff id) to apply exactly, with
     /// `run --reviewed=ID` rather than `run --recreate`.
     pub reviewed: Option<String>,
+    /// For an apply: other code to move the cluster to first (`run --code`).
+    pub code: Option<crate::controller::code::CodeChoice>,
 }
 
 /// How an operation ended.

@@ -118,6 +118,11 @@ pub enum Verb {
         steps: Vec<String>,
         #[arg(long)]
         json: bool,
+        /// `current`: plan against the image's code, as `run --code current` would apply it,
+        /// in a temporary copy that keeps the code in place untouched; its plans are not kept
+        /// for `run --reviewed`
+        #[arg(long, value_name = "WHICH", value_parser = ["current"])]
+        code: Option<String>,
     },
     /// One line per step: state, attempts, duration, last error
     Status {
@@ -366,7 +371,9 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
             }
             crate::engine::run::command(&mut engine, *hold, *recreate, reviewed)
         }
-        Verb::Diff { steps, json } => crate::engine::diff::command(&mut engine, steps, *json),
+        Verb::Diff { steps, json, code } => {
+            crate::engine::diff::command(&mut engine, steps, *json, code.is_some())
+        }
     }
 }
 

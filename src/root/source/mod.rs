@@ -8,6 +8,7 @@ mod credentials;
 mod git;
 mod kept_state;
 mod links;
+mod preview;
 mod sync;
 mod upgrade;
 
@@ -18,6 +19,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use links::{check_links, confinement_problems};
+pub use preview::preview;
 pub use upgrade::{applied, change, identity, previous_record, Change};
 
 use crate::base::durable;

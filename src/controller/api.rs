@@ -261,6 +261,8 @@ pub struct Health {
         rollout::Selector,
         rollout::RolloutPhase,
         rollout::RolloutDocument,
+        crate::controller::rollout_plan::Summary,
+        crate::controller::rollout_plan::ChangeGroup,
         PostPlan,
         Plan,
         PlanStatus,
@@ -583,7 +585,6 @@ impl From<RolloutError> for ApiError {
             RolloutError::Bad(m) => ApiError::bad(m),
             RolloutError::NotFound(m) => ApiError::NotFound(m),
             RolloutError::Conflict(m) => ApiError::Conflict(m),
-            RolloutError::NotImplemented(m) => ApiError::Rejected(StatusCode::NOT_IMPLEMENTED, m),
             RolloutError::Internal(m) => ApiError::internal("rollout", m),
         }
     }
@@ -597,8 +598,7 @@ impl From<RolloutError> for ApiError {
     responses(
         (status = 201, description = "Created; it runs in the background", body = RolloutDocument),
         (status = 400, description = "A bad body", body = ErrorBody),
-        (status = 409, description = "Another rollout is not done or cancelled yet, or no code to roll out", body = ErrorBody),
-        (status = 501, description = "plan_first, not supported yet", body = ErrorBody)
+        (status = 409, description = "Another rollout is not done or cancelled yet, or no code to roll out", body = ErrorBody)
     ),
     security(("bearer" = []))
 )]
@@ -687,7 +687,8 @@ async fn resume_rollout(
     change_rollout(app, id, rollout::Action::Resume).await
 }
 
-/// Approves a rollout that awaits approval after planning.
+/// Approves a `plan_first` rollout that awaits approval: its upgrades start. 409 unless it
+/// is `awaiting_approval` with every plan ended.
 #[utoipa::path(
     post,
     path = "/v1/rollouts/{id}/approve",

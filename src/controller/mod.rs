@@ -10,5 +10,6 @@ pub mod purge;
 pub mod reconcile;
 pub mod records;
 pub mod rollout;
+pub mod rollout_plan;
 pub mod serve;
 pub mod tokens;

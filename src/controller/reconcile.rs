@@ -513,7 +513,13 @@ impl Reconciler {
             generation: intent.generation,
             kind,
             reviewed: intent.plan_id.clone().filter(|_| kind == Kind::Apply),
-            code: intent.code.filter(|_| kind == Kind::Apply),
+            code: match &plan {
+                Some(plan) if plan.code_current => {
+                    Some(crate::controller::code::CodeChoice::Current)
+                }
+                Some(_) => None,
+                None => intent.code.filter(|_| kind == Kind::Apply),
+            },
         };
         let this = self.clone();
         let span = span.clone();
@@ -609,7 +615,9 @@ impl Reconciler {
             crate::base::json::write(&cluster.plan_params_path(), &intent.params, 0o600).map_err(
                 |e| format!("cannot write {}: {e}", cluster.plan_params_path().display()),
             )?;
-            fresh.asked_at(plan.requested_at)
+            fresh
+                .against_current_code(plan.code_current)
+                .asked_at(plan.requested_at)
         } else {
             // Copied only now that nothing else of this cluster runs: a preview asked for
             // while another plan runs must not change the params that plan reads.
@@ -640,7 +648,7 @@ impl Reconciler {
         preempted: bool,
         ready: bool,
     ) -> End {
-        let drift = plan.stored_params && ready;
+        let drift = plan.stored_params && ready && !plan.code_current;
         let plan = match ending {
             Ending::Succeeded => match crate::controller::executor::last_diff(cluster) {
                 Some(document) => plan.succeeded(document),

@@ -23,6 +23,7 @@ use crate::controller::cluster::{self, Cluster, Intent, Phase};
 use crate::controller::code::{self, CodeChoice};
 use crate::controller::reconcile::Reconciler;
 use crate::controller::records::{self, Record};
+use crate::controller::rollout_plan::{self, Review, Summary};
 
 /// How often the running rollout looks at its clusters.
 pub const EVERY: Duration = Duration::from_millis(200);
@@ -120,6 +121,9 @@ pub struct Part {
     pub uid: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// With `plan_first`: the plan of the image's code asked for, and what it found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<Review>,
 }
 
 /// A rollout as it is kept.
@@ -159,6 +163,9 @@ pub struct RolloutDocument {
     pub clusters: BTreeMap<String, Vec<String>>,
     /// Why a cluster failed or was skipped, by cluster.
     pub notes: BTreeMap<String, String>,
+    /// With `plan_first`: what the plans against the image's code found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
 }
 
 impl Rollout {
@@ -188,6 +195,9 @@ impl Rollout {
             counts,
             clusters,
             notes,
+            summary: self.plan_first.then(|| {
+                rollout_plan::summary(self.clusters.iter().map(|(id, p)| (id, p.review.as_ref())))
+            }),
         }
     }
 
@@ -253,8 +263,6 @@ pub enum RolloutError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
-    NotImplemented(String),
-    #[error("{0}")]
     Internal(String),
 }
 
@@ -302,11 +310,6 @@ pub fn create(reconciler: &Reconciler, post: PostRollout) -> Result<RolloutDocum
             return bad(format!("selector.ids: {e}"));
         }
     }
-    if post.plan_first {
-        return Err(RolloutError::NotImplemented(
-            "plan_first is not supported yet; create the rollout without it".to_string(),
-        ));
-    }
     let Some(target) = code::current() else {
         return Err(RolloutError::Conflict(
             "the tenant code's identity is unknown (see the controller's start-up log): there is nothing to roll out".to_string(),
@@ -352,13 +355,19 @@ pub fn create(reconciler: &Reconciler, post: PostRollout) -> Result<RolloutDocum
                 generation: 0,
                 uid: String::new(),
                 note: None,
+                review: None,
             },
         );
     }
     let now = crate::base::clock::now_rfc3339();
     let mut rollout = Rollout {
         id: records::new_uid(),
-        phase: RolloutPhase::Running,
+        // Its plans are asked for by the first step.
+        phase: if post.plan_first {
+            RolloutPhase::AwaitingApproval
+        } else {
+            RolloutPhase::Running
+        },
         selector: post.selector,
         canary: post.canary,
         max_parallel: post.max_parallel,
@@ -416,7 +425,20 @@ pub fn change(
             rollout.phase = RolloutPhase::Running;
         }
         (Action::Resume, _) => return refuse("resumed"),
-        (Action::Approve, RolloutPhase::AwaitingApproval) => rollout.phase = RolloutPhase::Running,
+        (Action::Approve, RolloutPhase::AwaitingApproval) => {
+            let planning = rollout
+                .clusters
+                .values()
+                .filter(|p| p.state == PartState::Waiting)
+                .filter(|p| !p.review.as_ref().is_some_and(Review::done))
+                .count();
+            if planning > 0 {
+                return Err(RolloutError::Conflict(format!(
+                    "rollout `{id}` still plans {planning} cluster(s): approve it once its summary shows none planning"
+                )));
+            }
+            rollout.phase = RolloutPhase::Running
+        }
         (Action::Approve, _) => return refuse("approved (only a rollout awaiting approval is)"),
         (Action::Cancel, p) if p.active() => rollout.phase = RolloutPhase::Cancelled,
         (Action::Cancel, _) => return refuse("cancelled"),
@@ -460,6 +482,14 @@ fn step(reconciler: &Reconciler, root: &Path, rollout: &mut Rollout) {
         let part = rollout.clusters.get_mut(id).expect("listed");
         if part.state == PartState::Upgrading {
             follow(reconciler, root, id, part);
+        }
+    }
+    if rollout.phase == RolloutPhase::AwaitingApproval {
+        for id in &ids {
+            let part = rollout.clusters.get_mut(id).expect("listed");
+            if part.state == PartState::Waiting {
+                rollout_plan::follow(reconciler, root, id, &mut part.review);
+            }
         }
     }
     if rollout.phase == RolloutPhase::Running {
@@ -566,6 +596,20 @@ fn start_next(reconciler: &Reconciler, root: &Path, rollout: &mut Rollout) {
             Phase::Pending | Phase::Applying => continue,
             _ => {
                 skip(rollout, PartState::Skipped, "not ready when its turn came");
+                continue;
+            }
+        }
+        // Planned against an older intent: planned again, then upgraded.
+        if rollout.plan_first {
+            let part = rollout.clusters.get_mut(&id).expect("listed");
+            if part
+                .review
+                .as_ref()
+                .is_some_and(|r| r.done() && r.generation != intent.generation)
+            {
+                part.review = None;
+            }
+            if !rollout_plan::follow(reconciler, root, &id, &mut part.review) {
                 continue;
             }
         }

@@ -540,3 +540,81 @@ fn rollouts_are_paused_resumed_cancelled_and_bad_requests_refused() {
     );
     assert!(openapi["components"]["schemas"]["Document"]["properties"]["code"].is_object());
 }
+
+// plan_first: every cluster planned against v2 with nothing applied, the fleet summary
+// grouping the identical change sets; approval starts the upgrades, and only then.
+#[test]
+fn a_plan_first_rollout_waits_for_approval_with_a_fleet_summary() {
+    let tenant = Tenant::new();
+    let bed = Bed::with_workflow(&tenant.workflow);
+    let args = ["--concurrency", "4"];
+    let mut c = bed.start(&args, &[]);
+    let all = ids(&["p0", "p1", "p2"]);
+    for id in &all {
+        assert_eq!(c.put(id, &json!({"namesvr_count": 1})).status, 202);
+    }
+    c.wait_phase(&all, "ready", CONVERGE);
+    let v1 = code(&c, "p0")["applied"].clone();
+    c.running.take().unwrap().kill_session();
+    tenant.ship_v2(&bed);
+    let c = bed.start(&args, &[]);
+
+    let body = json!({"max_parallel": 2, "plan_first": true});
+    let created = send(&c, "POST", "/v1/rollouts", Some(body));
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.body["phase"], "awaiting_approval", "{created:?}");
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let mut doc = Value::Null;
+    wait_for(
+        || {
+            doc = rollout(&c, &id);
+            doc["summary"]["planning"] == 0
+        },
+        CONVERGE,
+    );
+    assert_eq!(doc["phase"], "awaiting_approval", "{doc}");
+    let summary = &doc["summary"];
+    assert_eq!(summary["planned"], 3, "{doc}");
+    assert_eq!(
+        summary["clusters_that_would"],
+        json!({"create": 3}),
+        "{doc}"
+    );
+    let groups = summary["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "{doc}");
+    assert_eq!(groups[0]["count"], 3, "{doc}");
+    assert_eq!(groups[0]["actions"], json!({"create": 1}), "{doc}");
+    let changes = groups[0]["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{doc}");
+    assert!(
+        changes[0]
+            .as_str()
+            .unwrap()
+            .ends_with(": create terraform_data.v2_check"),
+        "{doc}"
+    );
+    // Nothing applied, nothing moved: every cluster still on v1, no v2 resource made.
+    assert!(bed.ledger().iter().all(|e| e.resource != "v2check"));
+    for id in &all {
+        assert_eq!(code(&c, id)["applied"], v1);
+        assert_eq!(c.phase(id), "ready");
+    }
+    // A tenant's PUT with the plan's id cannot apply it: it was made against other code.
+    let plan = c.get("/v1/clusters/p0/plan").body;
+    assert_eq!(plan["code_current"], true, "{plan}");
+
+    let approved = send(&c, "POST", &format!("/v1/rollouts/{id}/approve"), None);
+    assert_eq!(approved.status, 200, "{approved:?}");
+    assert_eq!(approved.body["phase"], "running", "{approved:?}");
+    let again = send(&c, "POST", &format!("/v1/rollouts/{id}/approve"), None);
+    assert_eq!(again.status, 409, "{again:?}");
+    let done = wait_rollout(&c, &id, "done", 2);
+    assert_eq!(in_state(&done, "upgraded"), all, "{done}");
+    c.wait_phase(&all, "ready", CONVERGE);
+    for id in &all {
+        assert_eq!(c.cluster(id)["outputs"]["broker"]["version"], "v2");
+    }
+    assert_created_once(&bed);
+    let late = send(&c, "POST", &format!("/v1/rollouts/{id}/approve"), None);
+    assert_eq!(late.status, 409, "{late:?}");
+}

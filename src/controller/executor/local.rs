@@ -181,7 +181,8 @@ fn execute(
         return failed(format!("cannot create {}: {e}", engine_root.display()));
     }
     let mut args = engine_args(kind, operation.reviewed.as_deref());
-    if let (Kind::Apply, Some(code)) = (kind, operation.code) {
+    // A plan's is `current` only: a rollout's review of the image's code.
+    if let (Kind::Apply | Kind::Plan, Some(code)) = (kind, operation.code) {
         args.push(format!("--code={}", code.as_str()));
     }
     let params_path = match kind {

@@ -602,6 +602,15 @@ fn a_plan_first_rollout_waits_for_approval_with_a_fleet_summary() {
     // A tenant's PUT with the plan's id cannot apply it: it was made against other code.
     let plan = c.get("/v1/clusters/p0/plan").body;
     assert_eq!(plan["code_current"], true, "{plan}");
+    // p2's params move on after its plan: it is planned again before its upgrade.
+    let before = c.get("/v1/clusters/p2/plan").body;
+    assert_eq!(
+        put(&c, "p2", json!({"params": {"namesvr_count": 2}})).status,
+        202
+    );
+    c.wait_phase(&ids(&["p2"]), "ready", CONVERGE);
+    let generation = c.cluster("p2")["generation"].clone();
+    assert_ne!(before["generation"], generation, "{before}");
 
     let approved = send(&c, "POST", &format!("/v1/rollouts/{id}/approve"), None);
     assert_eq!(approved.status, 200, "{approved:?}");
@@ -615,6 +624,19 @@ fn a_plan_first_rollout_waits_for_approval_with_a_fleet_summary() {
         assert_eq!(c.cluster(id)["outputs"]["broker"]["version"], "v2");
     }
     assert_created_once(&bed);
+    let replanned = c.get("/v1/clusters/p2/plan").body;
+    assert_eq!(replanned["code_current"], true, "{replanned}");
+    assert_eq!(replanned["generation"], generation, "{replanned}");
+    assert_ne!(replanned["requested_at"], before["requested_at"]);
     let late = send(&c, "POST", &format!("/v1/rollouts/{id}/approve"), None);
     assert_eq!(late.status, 409, "{late:?}");
+
+    let openapi = c.request("GET", "/openapi.json", None, None).body;
+    let schemas = &openapi["components"]["schemas"];
+    assert!(
+        schemas["RolloutDocument"]["properties"]["summary"].is_object(),
+        "{schemas:#}"
+    );
+    assert!(schemas["ChangeGroup"].is_object(), "{schemas:#}");
+    assert!(openapi["paths"]["/v1/rollouts"]["post"]["responses"]["501"].is_null());
 }

@@ -169,7 +169,14 @@ pub fn follow(reconciler: &Reconciler, root: &Path, id: &str, review: &mut Optio
     let cluster = Cluster::new(root, id);
     let record = Record::read(&cluster);
     let Some(intent) = record.intent().cloned() else {
-        return false;
+        // Purged, or damaged: nothing to plan, and its turn skips it.
+        *review = Some(Review {
+            requested_at: crate::base::clock::now_rfc3339(),
+            generation: 0,
+            changes: None,
+            error: Some("its intent cannot be read, or it was purged".to_string()),
+        });
+        return true;
     };
     let plan = Plan::read(&cluster).ok().flatten();
     if let (Some(wanted), Some(plan)) = (review.as_mut(), plan.as_ref()) {
@@ -229,4 +236,46 @@ fn change_lines(plan: &Plan) -> Vec<String> {
     }
     lines.sort();
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn review(changes: &[&str], error: Option<&str>) -> Option<Review> {
+        Some(Review {
+            requested_at: String::new(),
+            generation: 1,
+            changes: error
+                .is_none()
+                .then(|| changes.iter().map(|c| c.to_string()).collect()),
+            error: error.map(str::to_owned),
+        })
+    }
+
+    #[test]
+    fn identical_change_sets_are_grouped_and_clusters_counted_per_action() {
+        let parts: Vec<(String, Option<Review>)> = vec![
+            ("a".into(), review(&["s: create x", "s: update y"], None)),
+            ("b".into(), review(&["s: create x", "s: update y"], None)),
+            ("c".into(), review(&["s: delete z"], None)),
+            ("d".into(), review(&[], Some("boom"))),
+            ("e".into(), None),
+        ];
+        let s = summary(parts.iter().map(|(id, r)| (id, r.as_ref())));
+        assert_eq!((s.planned, s.planning), (4, 1));
+        let would: Vec<(&str, usize)> = s
+            .clusters_that_would
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(would, [("create", 2), ("delete", 1), ("update", 2)]);
+        assert_eq!(s.groups[0].clusters, ["a", "b"]);
+        assert_eq!(s.groups[0].actions.get("create"), Some(&1));
+        assert_eq!(s.groups.len(), 3);
+        assert!(s
+            .groups
+            .iter()
+            .any(|g| g.error.as_deref() == Some("boom") && g.clusters == ["d"]));
+    }
 }

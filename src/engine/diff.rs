@@ -243,7 +243,7 @@ impl Engine {
             .renderer()
             .render_source()
             .map_err(Error::Input)?;
-        // Held until the end of the diff, then removed with its tree.
+        // Declared after `prepared`, so dropped (its tree removed) before the lock is released.
         let _preview = if current {
             let preview = crate::root::source::preview(
                 &self.root,
@@ -259,7 +259,6 @@ impl Engine {
         } else {
             None
         };
-        let prepared = prepared;
         let journal = &prepared.journal;
         if let Some(tombstone) = journal.tombstone()? {
             self.logger()

@@ -238,13 +238,13 @@ impl Engine {
         let _command = tracing::info_span!("command", command = "diff", root).entered();
         self.check_selected(selected)?;
         let mut prepared = self.prepare(|dir| Lock::acquire(dir, "diff"), false)?;
-        let source = self
-            .loaded
-            .renderer()
-            .render_source()
-            .map_err(Error::Input)?;
         // Declared after `prepared`, so dropped (its tree removed) before the lock is released.
         let _preview = if current {
+            let source = self
+                .loaded
+                .renderer()
+                .render_source()
+                .map_err(Error::Input)?;
             let preview = crate::root::source::preview(
                 &self.root,
                 &source,

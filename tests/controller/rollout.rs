@@ -386,6 +386,17 @@ fn a_rollout_upgrades_the_fleet_canaries_first_and_halts_on_failures() {
         CONVERGE,
     );
     c.running.take().unwrap().kill_session();
+    // A provisioner that wrote its ledger line before terraform saved the state it belongs to
+    // runs again after the kill, as a killed pod's would: only what a state held is settled.
+    let killed_at = bed.ledger().iter().map(|e| e.ns).max().expect("ledger");
+    let settled: std::collections::BTreeSet<(String, String)> = all
+        .iter()
+        .flat_map(|id| {
+            bed.state_resources(id)
+                .into_iter()
+                .map(move |r| (id.clone(), r))
+        })
+        .collect();
     let c = bed.start(&args, &[]);
     let done = wait_rollout(&c, &id, "done", 4);
     assert_eq!(in_state(&done, "upgraded").len(), 30, "{done}");
@@ -395,8 +406,28 @@ fn a_rollout_upgrades_the_fleet_canaries_first_and_halts_on_failures() {
         assert_eq!(c.cluster(id)["outputs"]["broker"]["version"], "v2");
     }
     let ledger = bed.ledger();
-    for ((cluster, resource), n) in counts(&ledger, "create") {
-        assert_eq!(n, 1, "{cluster} {resource} created {n} times");
+    let (before, after): (Vec<Entry>, Vec<Entry>) =
+        ledger.iter().cloned().partition(|e| e.ns <= killed_at);
+    for ((cluster, resource), n) in counts(&before, "create") {
+        assert_eq!(
+            n, 1,
+            "{cluster} {resource} created {n} times before the kill"
+        );
+    }
+    for ((cluster, resource), n) in counts(&after, "create") {
+        assert_eq!(
+            n, 1,
+            "{cluster} {resource} created {n} times after the kill"
+        );
+        let address = match resource.as_str() {
+            "broker" => "broker:terraform_data.broker".to_string(),
+            "v2check" => "broker:terraform_data.v2_check".to_string(),
+            r => format!("namesvr:terraform_data.{r}"),
+        };
+        assert!(
+            !settled.contains(&(cluster.clone(), address.clone())),
+            "{cluster} {address} was in its state at the kill and was created again"
+        );
     }
     let checks: Vec<Entry> = ledger
         .into_iter()

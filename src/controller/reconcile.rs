@@ -73,6 +73,17 @@ struct Started {
     preempted: bool,
 }
 
+impl Started {
+    fn now(generation: u64) -> Self {
+        Started {
+            generation,
+            at: Instant::now(),
+            timed_out: false,
+            preempted: false,
+        }
+    }
+}
+
 /// How an operation ended, for the reconciler.
 enum End {
     Done(Outcome),
@@ -107,12 +118,7 @@ impl Reconciler {
             for operation in adopted {
                 inner.started.insert(
                     operation.cluster.clone(),
-                    Started {
-                        generation: operation.generation,
-                        at: Instant::now(),
-                        timed_out: false,
-                        preempted: false,
-                    },
+                    Started::now(operation.generation),
                 );
                 inner.running.insert(operation.cluster, operation.kind);
             }
@@ -288,15 +294,9 @@ impl Reconciler {
             } else {
                 (Kind::for_intent(&intent), None)
             };
-            inner.started.insert(
-                id.clone(),
-                Started {
-                    generation: intent.generation,
-                    at: Instant::now(),
-                    timed_out: false,
-                    preempted: false,
-                },
-            );
+            inner
+                .started
+                .insert(id.clone(), Started::now(intent.generation));
             inner.running.insert(id.clone(), kind);
             self.metrics.running.set(inner.running.len() as i64);
             starting.push((cluster, intent, kind, plan, outcome));
@@ -366,15 +366,9 @@ impl Reconciler {
                 continue;
             }
             let plan = Plan::requested(&cluster, &intent.params, true, true, &self.config.workflow);
-            inner.started.insert(
-                id.clone(),
-                Started {
-                    generation: intent.generation,
-                    at: Instant::now(),
-                    timed_out: false,
-                    preempted: false,
-                },
-            );
+            inner
+                .started
+                .insert(id.clone(), Started::now(intent.generation));
             inner.running.insert(id.clone(), Kind::Plan);
             inner.drift_running.insert(id.clone());
             self.metrics.running.set(inner.running.len() as i64);

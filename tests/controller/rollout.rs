@@ -3,7 +3,7 @@
 //! rollouts over many clusters.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::support::controller::*;
@@ -23,7 +23,7 @@ impl Tenant {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let copy = dir.path().join("tenant");
-        copy_dir(&tenant_fixture_dir(), &copy);
+        copy_tree(&tenant_fixture_dir(), &copy);
         let original = tenant_fixture_dir().display().to_string();
         let workflow = tenant_workflow().replace(&original, &copy.display().to_string());
         assert_ne!(workflow, tenant_workflow());
@@ -59,19 +59,6 @@ output "version" {
 "#,
         );
         fs::write(&main, text).unwrap();
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
     }
 }
 
@@ -389,14 +376,7 @@ fn a_rollout_upgrades_the_fleet_canaries_first_and_halts_on_failures() {
     // A provisioner that wrote its ledger line before terraform saved the state it belongs to
     // runs again after the kill, as a killed pod's would: only what a state held is settled.
     let killed_at = bed.ledger().iter().map(|e| e.ns).max().expect("ledger");
-    let settled: std::collections::BTreeSet<(String, String)> = all
-        .iter()
-        .flat_map(|id| {
-            bed.state_resources(id)
-                .into_iter()
-                .map(move |r| (id.clone(), r))
-        })
-        .collect();
+    let settled = bed.states_of(&all);
     let c = bed.start(&args, &[]);
     let done = wait_rollout(&c, &id, "done", 4);
     assert_eq!(in_state(&done, "upgraded").len(), 30, "{done}");

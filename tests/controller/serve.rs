@@ -280,14 +280,7 @@ fn a_controller_killed_mid_load_resumes_and_nothing_runs_twice() {
         .map(|e| e.ns)
         .max()
         .expect("ledger lines");
-    let in_state: BTreeSet<(String, String)> = all
-        .iter()
-        .flat_map(|id| {
-            bed.state_resources(id)
-                .into_iter()
-                .map(move |r| (id.clone(), r))
-        })
-        .collect();
+    let in_state = bed.states_of(&all);
 
     let c = bed.start(&["--concurrency", "4"], &[]);
     c.wait_phase(late, "ready", Duration::from_secs(300));

@@ -3,7 +3,7 @@
 //! client. The fixture's provisioners write a ledger whose lines carry a time, the cluster
 //! and the operation (the engine process that ran terraform).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -144,6 +144,32 @@ impl Bed {
     /// The ledger, parsed.
     pub fn ledger(&self) -> Vec<Entry> {
         self.b.ledger().iter().map(|l| Entry::parse(l)).collect()
+    }
+
+    /// Where the controller keeps cluster `id`.
+    pub fn cluster_dir(&self, id: &str) -> PathBuf {
+        self.b.root().join("clusters").join(id)
+    }
+
+    /// The resources the ledger says cluster `id` created, in order.
+    pub fn creates(&self, id: &str) -> Vec<String> {
+        self.ledger()
+            .into_iter()
+            .filter(|e| e.cluster == id && e.event == "create")
+            .map(|e| e.resource)
+            .collect()
+    }
+
+    /// Every resource in the states of `clusters`, as (cluster, `step:address`).
+    pub fn states_of(&self, clusters: &[String]) -> BTreeSet<(String, String)> {
+        clusters
+            .iter()
+            .flat_map(|id| {
+                self.state_resources(id)
+                    .into_iter()
+                    .map(move |r| (id.clone(), r))
+            })
+            .collect()
     }
 
     /// The resources in the state of `cluster`'s workspace, for both steps.
@@ -381,4 +407,9 @@ impl Controller {
             .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
             .map_or(0.0, |v| v.trim().parse().expect("metric value"))
     }
+}
+
+/// A one-cluster list, for the calls that take several.
+pub fn one(id: &str) -> [String; 1] {
+    [id.to_string()]
 }

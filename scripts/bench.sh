@@ -14,12 +14,17 @@
 #      copied under N-1 other ids), then the median time of GET /v1/clusters, of a filtered
 #      list that matches none (?phase=failed) and of the full list with 8 clients at once
 #      (goals: 50 ms and 5 ms for 1,000); and how long `serve` takes to start over them.
+#   7. a rollout (`rollout`): N clusters on the demo tenant's code, then a new version of it
+#      (a new output), moved there by one rollout at max_parallel P, against the same N
+#      upgrades issued as plain PUTs ("upgrade": true) at --concurrency P on a twin root; the
+#      ratio of their wall times (goal: at most 1.10), and GET /v1/clusters/{id} p99 meanwhile.
 #   6. a long operation log (`log`): the controller's peak RSS (VmHWM) before and after
 #      GET /v1/clusters/{id}/log over a log of MIB MiB, and the worst /healthz latency meanwhile.
 # Usage: scripts/bench.sh [RUNS]   (RUNS of the restart, default 20).
 #        scripts/bench.sh parallel [PAIRS]   (only 4., PAIRS default 5).
 #        scripts/bench.sh list [N]   (5., not in the default run; N default 1000).
 #        scripts/bench.sh log [MIB]   (6., not in the default run; MIB default 150).
+#        scripts/bench.sh rollout [N] [P]   (7., not in the default run; N 100, P 8).
 #   BENCH_BIN=path measures that binary instead of building this tree's (e.g. another
 #   version's, for a before/after).
 #   Then the seed comparison (scripts/bench-seed.sh) and the streaming throughput
@@ -157,6 +162,68 @@ bench_log() { # MIB
   wait_serve_stop
   echo "GET /v1/clusters/{id}/log over a ${mib} MiB log (3 times): serve's peak RSS ${before} KiB before, ${after} KiB after; worst /healthz meanwhile ${worst} ms"
 }
+bench_rollout() { # N P
+  local n=$1 p=$2 dir=$work/rollout port=$(( 20000 + RANDOM % 20000 ))
+  mkdir -p "$dir"
+  cp -r demo/tenant "$dir/code"
+  sed -e "s|image_dir = \"../demo/tenant\"|image_dir = \"$dir/code\"|" \
+      -e "s|\"../templates/|\"$PWD/templates/|" workflows/tenant-demo.toml > "$dir/workflow.toml"
+  serve_over() { # ROOT
+    mkdir -p "$1"
+    "$bin" serve --listen "127.0.0.1:$port" --workflow "$dir/workflow.toml" --root "$1" \
+      --concurrency "$p" --insecure-no-auth 2>>"$1/serve.log" &
+    serve_pid=$!
+    for _ in $(seq 1200); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return; sleep 0.05; done
+    echo "serve did not start" >&2; cat "$1/serve.log" >&2; exit 1
+  }
+  count() { curl -s "http://127.0.0.1:$port/v1/clusters?$1" | grep -o '"id":' | wc -l; }
+  for side in rollout puts; do
+    serve_over "$dir/$side"
+    for i in $(seq "$n"); do
+      curl -sf -X PUT "http://127.0.0.1:$port/v1/clusters/r-$i" -d '{"params": {}}' >/dev/null
+    done
+    until [ "$(count phase=ready)" -eq "$n" ]; do sleep 0.2; done
+    wait_serve_stop
+  done
+  # Version 2: a new output in the broker module.
+  printf '\noutput "version" {\n  value = "v2"\n}\n' >> "$dir/code/broker/main.tf"
+
+  serve_over "$dir/rollout"
+  [ "$(count outdated=true)" -eq "$n" ] || { echo "not every cluster is outdated" >&2; exit 1; }
+  rm -f "$work/rollout-done"
+  (while [ ! -e "$work/rollout-done" ]; do
+     curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$port/v1/clusters/r-1"
+   done > "$work/rollout-latency") &
+  local reader=$! start end id
+  start=$EPOCHREALTIME
+  id=$(curl -sf -X POST "http://127.0.0.1:$port/v1/rollouts" -d "{\"max_parallel\": $p}" \
+    | grep -o '"id":"[0-9a-f]*"' | cut -d'"' -f4)
+  until curl -s "http://127.0.0.1:$port/v1/rollouts/$id" | grep -q '"phase":"done"'; do sleep 0.1; done
+  end=$EPOCHREALTIME
+  touch "$work/rollout-done"; wait "$reader"
+  local rollout_ms=$(( (${end/./} - ${start/./}) / 1000 ))
+  local upgraded
+  upgraded=$(curl -s "http://127.0.0.1:$port/v1/rollouts/$id" | grep -o '"upgraded":[0-9]*' | head -1)
+  wait_serve_stop
+  local requests p99
+  requests=$(wc -l < "$work/rollout-latency")
+  p99=$(sort -n "$work/rollout-latency" | awk -v n="$requests" 'NR == int(n * 0.99 + 0.5) {printf "%.1f", $1 * 1000}')
+
+  serve_over "$dir/puts"
+  start=$EPOCHREALTIME
+  for i in $(seq "$n"); do
+    curl -sf -X PUT "http://127.0.0.1:$port/v1/clusters/r-$i" -d '{"params": {}, "upgrade": true}' >/dev/null
+  done
+  until [ "$(count outdated=true)" -eq 0 ] && [ "$(count phase=ready)" -eq "$n" ]; do sleep 0.1; done
+  end=$EPOCHREALTIME
+  wait_serve_stop
+  local puts_ms=$(( (${end/./} - ${start/./}) / 1000 ))
+  echo "upgrading $n clusters: one rollout at max_parallel $p ${rollout_ms} ms ($upgraded), plain PUTs at --concurrency $p ${puts_ms} ms; ratio $(awk -v a="$rollout_ms" -v b="$puts_ms" 'BEGIN {printf "%.3f", a / b}') (goal <= 1.10); GET /v1/clusters/{id} during the rollout p99 ${p99} ms ($requests requests)"
+}
+if [ "${1:-}" = rollout ]; then
+  bench_rollout "${2:-100}" "${3:-8}"
+  exit 0
+fi
 if [ "${1:-}" = list ]; then
   bench_list "${2:-1000}"
   exit 0

@@ -108,6 +108,12 @@ pub enum Verb {
         #[arg(long, value_name = "DIFF_ID", num_args = 0..=1, default_missing_value = "",
               conflicts_with = "recreate")]
         reviewed: Option<String>,
+        /// First move the root to other code, keeping terraform's local state: `current`,
+        /// the image's code when it differs from the code in place (the replaced code is kept);
+        /// `previous`, back to the code the last upgrade replaced
+        #[arg(long, value_name = "WHICH", value_parser = ["current", "previous"],
+              conflicts_with = "reviewed")]
+        code: Option<String>,
     },
     /// What terraform would change if `run` applied now, per step and resource; saves the
     /// plans for `run --reviewed`. Exit 0: nothing would change; 2: something would
@@ -116,6 +122,11 @@ pub enum Verb {
         steps: Vec<String>,
         #[arg(long)]
         json: bool,
+        /// `current`: plan against the image's code, as `run --code current` would apply it,
+        /// in a temporary copy that keeps the code in place untouched; its plans are not kept
+        /// for `run --reviewed`
+        #[arg(long, value_name = "WHICH", value_parser = ["current"])]
+        code: Option<String>,
     },
     /// One line per step: state, attempts, duration, last error
     Status {
@@ -176,14 +187,14 @@ pub struct ServeArgs {
     #[arg(long, env = "BOOTSTRAPPER_TOKENS_GRACE", value_parser = duration, default_value = "30s")]
     pub tokens_grace: Duration,
     /// How long a client may take to send a request's line and headers
-    #[arg(long, env = "BOOTSTRAPPER_HEADER_TIMEOUT", value_parser = duration, default_value = "10s")]
+    #[arg(long, env = "BOOTSTRAPPER_HEADER_TIMEOUT", value_parser = positive_duration, default_value = "10s")]
     pub header_timeout: Duration,
     /// How long a client may take to send a request's body, from its headers (else 408)
-    #[arg(long, env = "BOOTSTRAPPER_BODY_TIMEOUT", value_parser = duration, default_value = "30s")]
+    #[arg(long, env = "BOOTSTRAPPER_BODY_TIMEOUT", value_parser = positive_duration, default_value = "30s")]
     pub body_timeout: Duration,
     /// How long an open connection may wait for its next request, or for its client to read
     /// more of an answer
-    #[arg(long, env = "BOOTSTRAPPER_IDLE_TIMEOUT", value_parser = duration, default_value = "60s")]
+    #[arg(long, env = "BOOTSTRAPPER_IDLE_TIMEOUT", value_parser = positive_duration, default_value = "60s")]
     pub idle_timeout: Duration,
     /// How many client connections may be open at once (default: as many as the open-file
     /// limit leaves room for beside the operations, at most 1024)
@@ -418,6 +429,7 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
             hold,
             recreate,
             reviewed,
+            code,
         } => {
             // Checked here, not by clap: `BOOTSTRAPPER_HOLD=false` in the environment (as the
             // controller sets for its operations) is no request to hold.
@@ -432,9 +444,18 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
             let reviewed = reviewed
                 .as_deref()
                 .map(|id| Some(id).filter(|id| !id.is_empty()));
+            if let Some(code) = code {
+                let change = match code.as_str() {
+                    "previous" => crate::root::source::Change::Previous,
+                    _ => crate::root::source::Change::Current,
+                };
+                crate::commands::code::change(&engine, change)?;
+            }
             crate::engine::run::command(&mut engine, *hold, *recreate, reviewed)
         }
-        Verb::Diff { steps, json } => crate::engine::diff::command(&mut engine, steps, *json),
+        Verb::Diff { steps, json, code } => {
+            crate::engine::diff::command(&mut engine, steps, *json, code.is_some())
+        }
     }
 }
 

@@ -1,3 +1,4 @@
+pub mod code;
 pub mod plan;
 pub mod reset;
 pub mod validate;

@@ -19,9 +19,11 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::base::error::Problems;
 use crate::controller::cluster::{self, Cluster, Document, Drift, DriftedResource, Intent, Phase};
+use crate::controller::code::{self, CodeChoice};
 use crate::controller::plan::{Plan, PlanStatus};
 use crate::controller::reconcile::Reconciler;
 use crate::controller::records::{self, Record};
+use crate::controller::rollout::{self, RolloutDocument, RolloutError};
 use crate::controller::tokens::Tokens;
 
 /// The largest request body accepted.
@@ -188,6 +190,14 @@ pub struct PutCluster {
     /// nor the cluster's state moved on since (else 409).
     #[serde(default)]
     pub plan_id: Option<String>,
+    /// Move the cluster to the code this controller ships before applying (its document's
+    /// `code.outdated` says whether that changes anything); the same as `"code": "current"`.
+    #[serde(default)]
+    pub upgrade: bool,
+    /// `previous`: put back the code the cluster's last upgrade replaced, and apply it (a
+    /// rollback); `current`: as `"upgrade": true`. Without it the cluster keeps its code.
+    #[serde(default)]
+    pub code: Option<CodeChoice>,
 }
 
 /// `POST /v1/clusters/{id}/plan`: what an apply would change; with `params`, of those params
@@ -232,6 +242,12 @@ pub struct Health {
         get_log,
         post_plan,
         get_plan,
+        post_rollout,
+        get_rollout,
+        delete_rollout,
+        pause_rollout,
+        resume_rollout,
+        approve_rollout,
         healthz,
         readyz,
         metrics
@@ -239,6 +255,14 @@ pub struct Health {
     modifiers(&BearerTokens),
     components(schemas(
         PutCluster,
+        CodeChoice,
+        crate::controller::code::CodeDocument,
+        rollout::PostRollout,
+        rollout::Selector,
+        rollout::RolloutPhase,
+        rollout::RolloutDocument,
+        crate::controller::rollout_plan::Summary,
+        crate::controller::rollout_plan::ChangeGroup,
         PostPlan,
         Plan,
         PlanStatus,
@@ -279,6 +303,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/clusters", get(list_clusters))
         .route("/v1/clusters/{id}/log", get(get_log))
         .route("/v1/clusters/{id}/plan", post(post_plan).get(get_plan))
+        .route("/v1/rollouts", post(post_rollout))
+        .route("/v1/rollouts/{id}", get(get_rollout).delete(delete_rollout))
+        .route("/v1/rollouts/{id}/pause", post(pause_rollout))
+        .route("/v1/rollouts/{id}/resume", post(resume_rollout))
+        .route("/v1/rollouts/{id}/approve", post(approve_rollout))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), authorize));
     Router::new()
         .merge(v1)
@@ -338,11 +367,7 @@ fn existing(app: &App, id: &str) -> Result<(Cluster, Record), ApiError> {
 
 /// The params and plan id of a PUT body, the cluster id filled in, checked against the
 /// workflow.
-fn accept_put(
-    app: &App,
-    id: &str,
-    body: &[u8],
-) -> Result<(Map<String, Value>, Option<String>), ApiError> {
+fn accept_put(app: &App, id: &str, body: &[u8]) -> Result<Accepted, ApiError> {
     let put: PutCluster = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad(format!("the body is not a valid request: {e}")))?;
     if let Some(plan_id) = &put.plan_id {
@@ -356,7 +381,32 @@ fn accept_put(
             )));
         }
     }
-    Ok((accept_params(app, id, put.params)?, put.plan_id))
+    let code = match (put.upgrade, put.code) {
+        (true, Some(CodeChoice::Previous)) => {
+            return Err(ApiError::bad(
+                "\"upgrade\": true and \"code\": \"previous\" ask for opposite moves; give one",
+            ))
+        }
+        (true, _) => Some(CodeChoice::Current),
+        (false, code) => code,
+    };
+    if code.is_some() && put.plan_id.is_some() {
+        return Err(ApiError::bad(
+            "a plan_id applies the reviewed plan of the code in place; leave out upgrade or code, or plan again after the upgrade",
+        ));
+    }
+    Ok(Accepted {
+        params: accept_params(app, id, put.params)?,
+        plan_id: put.plan_id,
+        code,
+    })
+}
+
+/// A PUT's body, checked.
+struct Accepted {
+    params: Map<String, Value>,
+    plan_id: Option<String>,
+    code: Option<CodeChoice>,
 }
 
 /// `params` with the cluster id filled in, checked against the workflow.
@@ -408,10 +458,10 @@ async fn put_cluster(
     check_id(&id)?;
     let body = body.map_err(|r| ApiError::Rejected(r.status(), r.body_text()))?;
     // Files and templates are blocking work: off the async workers' backs.
-    let (params, plan_id) = tokio::task::block_in_place(|| accept_put(&app, &id, &body))?;
+    let accepted = tokio::task::block_in_place(|| accept_put(&app, &id, &body))?;
     let writes = app.writes.lock().await;
     let cluster = Cluster::new(app.root(), &id);
-    let recorded = tokio::task::block_in_place(|| record_present(&app, &cluster, params, plan_id));
+    let recorded = tokio::task::block_in_place(|| record_present(&app, &cluster, accepted));
     drop(writes);
     let status = recorded?;
     if status == StatusCode::ACCEPTED {
@@ -426,9 +476,13 @@ async fn put_cluster(
 fn record_present(
     app: &App,
     cluster: &Cluster,
-    params: Map<String, Value>,
-    plan_id: Option<String>,
+    accepted: Accepted,
 ) -> Result<StatusCode, ApiError> {
+    let Accepted {
+        params,
+        plan_id,
+        code,
+    } = accepted;
     let record = Record::read(cluster);
     let now = crate::base::clock::now_rfc3339();
     let intent = match record.intent.clone() {
@@ -439,7 +493,14 @@ fn record_present(
                 ),
             ))
         }
-        // New, or its intent lost: a fresh uid, above every generation seen of it.
+        Ok(None) | Err(_) if code == Some(CodeChoice::Previous) => {
+            return Err(ApiError::Conflict(format!(
+                "cluster `{}` has no previous code: it is new, or its intent cannot be read; PUT without code",
+                cluster.id
+            )))
+        }
+        // New, or its intent lost: a fresh uid, above every generation seen of it; its code
+        // is the current anyway.
         Ok(None) | Err(_) => Intent {
             generation: app.reconciler.generation_floor(&cluster.id, &record) + 1,
             present: true,
@@ -448,6 +509,7 @@ fn record_present(
             updated_at: now,
             uid: records::new_uid(),
             plan_id: None,
+            code: None,
         },
         Ok(Some(current)) => {
             let phase = Phase::of(
@@ -455,9 +517,29 @@ fn record_present(
                 record.outcome(),
                 app.reconciler.running(&cluster.id),
             );
+            // A code move asked again while it is under way is the same request; one done is
+            // asked again only as an upgrade the cluster still needs.
+            let moving = current.code == code && matches!(phase, Phase::Pending | Phase::Applying);
+            let code_done = match code {
+                None => true,
+                Some(CodeChoice::Current) => {
+                    moving || !code::document(&cluster.journal()).outdated
+                }
+                Some(CodeChoice::Previous) => moving,
+            };
+            if code == Some(CodeChoice::Previous)
+                && !moving
+                && crate::root::source::previous_record(&cluster.journal()).is_none()
+            {
+                return Err(ApiError::Conflict(format!(
+                    "cluster `{}` keeps no previous code: no upgrade replaced its code, or it was rolled back already",
+                    cluster.id
+                )));
+            }
             let same = current.present
                 && current.params == params
-                && (plan_id.is_none() || current.plan_id == plan_id);
+                && (plan_id.is_none() || current.plan_id == plan_id)
+                && code_done;
             if same && phase == Phase::Ready {
                 return Ok(StatusCode::OK);
             }
@@ -483,6 +565,7 @@ fn record_present(
                 params,
                 updated_at: now,
                 plan_id,
+                code,
                 ..current
             }
         }
@@ -494,6 +577,142 @@ fn record_present(
     tracing::info_span!("cluster", id = %cluster.id)
         .in_scope(|| tracing::info!(generation = intent.generation, "intent: present"));
     Ok(StatusCode::ACCEPTED)
+}
+
+impl From<RolloutError> for ApiError {
+    fn from(e: RolloutError) -> Self {
+        match e {
+            RolloutError::Bad(m) => ApiError::bad(m),
+            RolloutError::NotFound(m) => ApiError::NotFound(m),
+            RolloutError::Conflict(m) => ApiError::Conflict(m),
+            RolloutError::Internal(m) => ApiError::internal("rollout", m),
+        }
+    }
+}
+
+/// Starts a rollout over the outdated clusters the selector takes.
+#[utoipa::path(
+    post,
+    path = "/v1/rollouts",
+    request_body = rollout::PostRollout,
+    responses(
+        (status = 201, description = "Created; it runs in the background", body = RolloutDocument),
+        (status = 400, description = "A bad body", body = ErrorBody),
+        (status = 409, description = "Another rollout is not done or cancelled yet, or no code to roll out", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+async fn post_rollout(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<RolloutDocument>), ApiError> {
+    let body = body.map_err(|r| ApiError::Rejected(r.status(), r.body_text()))?;
+    let post: rollout::PostRollout = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("the body is not a valid rollout: {e}")))?;
+    let _writes = app.writes.lock().await;
+    let created = tokio::task::block_in_place(|| rollout::create(&app.reconciler, post))?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// A rollout's phase, counts per state and the clusters in each.
+#[utoipa::path(
+    get,
+    path = "/v1/rollouts/{id}",
+    params(("id" = String, Path)),
+    responses((status = 200, body = RolloutDocument), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn get_rollout(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutDocument>, ApiError> {
+    Ok(Json(tokio::task::block_in_place(|| {
+        rollout::get(app.root(), &id)
+    })?))
+}
+
+async fn change_rollout(
+    app: Arc<App>,
+    id: String,
+    action: rollout::Action,
+) -> Result<Json<RolloutDocument>, ApiError> {
+    let _writes = app.writes.lock().await;
+    Ok(Json(tokio::task::block_in_place(|| {
+        rollout::change(&app.reconciler, &id, action)
+    })?))
+}
+
+/// Cancels a rollout: nothing new starts; running upgrades finish.
+#[utoipa::path(
+    delete,
+    path = "/v1/rollouts/{id}",
+    params(("id" = String, Path)),
+    responses((status = 200, body = RolloutDocument), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn delete_rollout(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutDocument>, ApiError> {
+    change_rollout(app, id, rollout::Action::Cancel).await
+}
+
+/// Pauses a running rollout: nothing new starts; running upgrades finish.
+#[utoipa::path(
+    post,
+    path = "/v1/rollouts/{id}/pause",
+    params(("id" = String, Path)),
+    responses((status = 200, body = RolloutDocument), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn pause_rollout(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutDocument>, ApiError> {
+    change_rollout(app, id, rollout::Action::Pause).await
+}
+
+/// Resumes a paused or halted rollout; a halted one tries its failed clusters again.
+#[utoipa::path(
+    post,
+    path = "/v1/rollouts/{id}/resume",
+    params(("id" = String, Path)),
+    responses((status = 200, body = RolloutDocument), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn resume_rollout(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutDocument>, ApiError> {
+    change_rollout(app, id, rollout::Action::Resume).await
+}
+
+/// Approves a `plan_first` rollout that awaits approval: its upgrades start. 409 unless it
+/// is `awaiting_approval` with every plan ended.
+#[utoipa::path(
+    post,
+    path = "/v1/rollouts/{id}/approve",
+    params(("id" = String, Path)),
+    responses((status = 200, body = RolloutDocument), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn approve_rollout(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutDocument>, ApiError> {
+    change_rollout(app, id, rollout::Action::Approve).await
+}
+
+/// Moves the active rollout on every so often, under the intent writes' lock, until the
+/// controller stops.
+pub async fn drive_rollouts(app: Arc<App>) {
+    loop {
+        {
+            let _writes = app.writes.lock().await;
+            tokio::task::block_in_place(|| rollout::step_all(&app.reconciler));
+        }
+        tokio::time::sleep(rollout::EVERY).await;
+    }
 }
 
 /// Destroys the cluster; a running apply is stopped gracefully first.
@@ -536,6 +755,7 @@ fn record_absent(app: &App, id: &str) -> Result<Cluster, ApiError> {
                 present: false,
                 updated_at: now,
                 plan_id: None,
+                code: None,
                 ..current.clone()
             }
         }
@@ -549,6 +769,7 @@ fn record_absent(app: &App, id: &str) -> Result<Cluster, ApiError> {
             updated_at: now,
             uid: records::new_uid(),
             plan_id: None,
+            code: None,
         },
     };
     cluster
@@ -587,7 +808,8 @@ async fn get_cluster(
     path = "/v1/clusters",
     params(
         ("phase" = Option<String>, Query, description = "pending, applying, ready, failed, destroying, destroyed or damaged"),
-        ("drifted" = Option<bool>, Query, description = "true: only the clusters whose last drift check found drift; false: only the others")
+        ("drifted" = Option<bool>, Query, description = "true: only the clusters whose last drift check found drift; false: only the others"),
+        ("outdated" = Option<bool>, Query, description = "true: only the clusters whose code is not the current (`code.outdated`); false: only the others")
     ),
     responses((status = 200, body = ClusterList), (status = 400, body = ErrorBody)),
     security(("bearer" = []))
@@ -599,6 +821,7 @@ async fn list_clusters(
     let Query(query) = query.map_err(|r| ApiError::bad(r.body_text()))?;
     let mut phase = None;
     let mut drifted = None;
+    let mut outdated = None;
     for (key, value) in &query {
         match key.as_str() {
             "phase" => {
@@ -625,6 +848,17 @@ async fn list_clusters(
                     }
                 })
             }
+            "outdated" => {
+                outdated = Some(match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ApiError::bad(format!(
+                            "outdated is {value:?}; it is true or false"
+                        )))
+                    }
+                })
+            }
             other => return Err(ApiError::bad(format!("unknown query parameter `{other}`"))),
         }
     }
@@ -639,6 +873,7 @@ async fn list_clusters(
             .filter(|d| {
                 drifted.is_none_or(|want| d.drift.as_ref().is_some_and(|d| d.drifted) == want)
             })
+            .filter(|d| outdated.is_none_or(|want| d.code.outdated == want))
             .map(|d| Document::clone(d))
             .collect()
     });
@@ -742,7 +977,7 @@ fn record_plan(app: &App, id: &str, params: Option<Map<String, Value>>) -> Resul
     let workflow = &app.reconciler.config.workflow;
     let plan = Plan::requested(&cluster, &params, stored, false, workflow);
     if !stored {
-        crate::base::json::write(&cluster.plan_params_path(), &params, 0o600)
+        crate::base::json::write(&cluster.plan_request_path(), &params, 0o600)
             .map_err(|e| ApiError::internal("cannot record the plan's params", e))?;
     }
     plan.write(&cluster)

@@ -26,13 +26,14 @@ const FILE_MODE: u32 = 0o600;
 pub const ENGINE_DIR: &str = "engine";
 /// The files the controller keeps in a cluster's directory (and their temp files beside);
 /// the paths below name each.
-pub const CONTROLLER_FILES: [&str; 8] = [
+pub const CONTROLLER_FILES: [&str; 9] = [
     "intent.json",
     "outcome.json",
     "params.json",
     "operation.log",
     "plan.json",
     "plan-params.json",
+    "plan-request.json",
     "plan.log",
     "drift.json",
 ];
@@ -56,6 +57,9 @@ pub struct Intent {
     /// The plan (`POST /v1/clusters/{id}/plan`) to apply exactly, with `run --reviewed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_id: Option<String>,
+    /// Other code to move the cluster to before it applies: an upgrade or a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<crate::controller::code::CodeChoice>,
 }
 
 /// What an operation kind does to a cluster.
@@ -233,6 +237,12 @@ impl Cluster {
     }
 
     /// The params a plan runs with: the intent's, or those a preview asked for.
+    /// The params of a preview, as asked for; copied to [`Self::plan_params_path`] when the
+    /// plan starts.
+    pub fn plan_request_path(&self) -> PathBuf {
+        self.dir.join("plan-request.json")
+    }
+
     pub fn plan_params_path(&self) -> PathBuf {
         self.dir.join("plan-params.json")
     }
@@ -386,6 +396,8 @@ pub struct Document {
     pub damage: Option<Damage>,
     /// What the last drift check found (`serve --drift-interval`).
     pub drift: Option<Drift>,
+    /// Which code the cluster runs, and whether it is the current.
+    pub code: crate::controller::code::CodeDocument,
 }
 
 /// A resource that would change, as a drift record names it.
@@ -495,6 +507,7 @@ impl Cluster {
             updated_at: intent.updated_at.clone(),
             damage: None,
             drift: Drift::read(self),
+            code: crate::controller::code::document(&self.journal()),
         };
         mask_document(&loaded.redactor, &mut document);
         document
@@ -578,6 +591,7 @@ mod tests {
             updated_at: String::new(),
             uid: String::new(),
             plan_id: None,
+            code: None,
         }
     }
 

@@ -30,6 +30,11 @@ pub struct Checked {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Code {
+    pub code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Refused {
     pub reason: String,
 }
@@ -48,6 +53,14 @@ pub struct Metrics {
     pub damaged: Gauge,
     pub drifted: Gauge,
     pub drift_checks: Family<Checked, Counter>,
+    pub codes: Family<Code, Gauge>,
+    pub rollout_phase: Family<RolloutLabel, Gauge>,
+    pub rollout_clusters: Family<RolloutLabel, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabel {
+    pub state: String,
 }
 
 /// How often a reason's refusals are summed up in the log, at most.
@@ -119,7 +132,28 @@ impl Metrics {
             "Drift checks (plans of a ready cluster's own params), by result (clean, drifted, failed)",
             drift_checks.clone(),
         );
+        let codes = Family::<Code, Gauge>::default();
+        registry.register(
+            "clusters_by_code",
+            "Clusters by the identity of the code they run (`unknown`: none yet)",
+            codes.clone(),
+        );
+        let rollout_phase = Family::<RolloutLabel, Gauge>::default();
+        registry.register(
+            "rollout_phase",
+            "1 for the phase of the last rollout looked at (running, paused, halted, done, cancelled, awaiting_approval), 0 for the others",
+            rollout_phase.clone(),
+        );
+        let rollout_clusters = Family::<RolloutLabel, Gauge>::default();
+        registry.register(
+            "rollout_clusters",
+            "Clusters of the last rollout looked at, by state (upgraded, failed, remaining)",
+            rollout_clusters.clone(),
+        );
         Metrics {
+            rollout_phase,
+            rollout_clusters,
+            codes,
             registry,
             damaged,
             drifted,
@@ -187,6 +221,47 @@ impl Metrics {
                     *since = 0;
                 }
             }
+        }
+    }
+
+    /// The clusters per code identity, replacing the counts before.
+    pub fn set_codes(&self, codes: &std::collections::BTreeMap<String, usize>) {
+        self.codes.clear();
+        for (code, count) in codes {
+            self.codes
+                .get_or_create(&Code { code: code.clone() })
+                .set(*count as i64);
+        }
+    }
+
+    /// The phase and counts of the rollout looked at last.
+    pub fn set_rollout(&self, phase: &str, upgraded: usize, failed: usize, remaining: usize) {
+        for known in [
+            "running",
+            "paused",
+            "halted",
+            "done",
+            "cancelled",
+            "awaiting_approval",
+        ] {
+            let label = RolloutLabel {
+                state: known.to_string(),
+            };
+            self.rollout_phase
+                .get_or_create(&label)
+                .set(i64::from(known == phase));
+        }
+        for (state, count) in [
+            ("upgraded", upgraded),
+            ("failed", failed),
+            ("remaining", remaining),
+        ] {
+            let label = RolloutLabel {
+                state: state.to_string(),
+            };
+            self.rollout_clusters
+                .get_or_create(&label)
+                .set(count as i64);
         }
     }
 

@@ -1,5 +1,6 @@
 pub mod api;
 pub mod cluster;
+pub mod code;
 pub mod executor;
 pub mod http;
 pub mod layout;
@@ -8,5 +9,7 @@ pub mod plan;
 pub mod purge;
 pub mod reconcile;
 pub mod records;
+pub mod rollout;
+pub mod rollout_plan;
 pub mod serve;
 pub mod tokens;

@@ -52,6 +52,10 @@ pub struct Plan {
     pub code: Option<String>,
     /// A check of drift (`serve --drift-interval`), not a tenant's request.
     pub drift_check: bool,
+    /// Made against the image's code (`diff --code current`) for a rollout's review, not the
+    /// cluster's own: it says nothing of drift, and no PUT applies it by id.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub code_current: bool,
     /// Whether an apply would change anything.
     pub changes: Option<bool>,
     /// Per step, in the workflow's order: `status` (changes, no_changes, not_known, failed,
@@ -102,6 +106,7 @@ impl Plan {
             params: masked(cluster, workflow, params),
             code: None,
             drift_check,
+            code_current: false,
             changes: None,
             steps: Vec::new(),
             error: None,
@@ -110,6 +115,12 @@ impl Plan {
             params_digest: params_digest(&salt, params),
             salt,
         }
+    }
+
+    /// The same plan, to be made against the image's code when `current`.
+    pub fn against_current_code(mut self, current: bool) -> Plan {
+        self.code_current = current;
+        self
     }
 
     /// The same plan, asked for at `at`.
@@ -209,6 +220,11 @@ impl Plan {
         }
         if self.status != PlanStatus::Succeeded {
             return Some(format!("plan {plan_id:?} did not succeed; {again}"));
+        }
+        if self.code_current {
+            return Some(format!(
+                "plan {plan_id:?} was made against the image's code for a rollout, not the cluster's: PUT with \"upgrade\": true to move the cluster to that code; {again}"
+            ));
         }
         if !self.made_with(params) {
             return Some(format!(
@@ -349,6 +365,7 @@ mod tests {
             params: Map::new(),
             code: None,
             drift_check: false,
+            code_current: false,
             changes: Some(true),
             steps: vec![PlanStep {
                 step: "a".to_string(),
@@ -376,6 +393,7 @@ mod tests {
             updated_at: String::new(),
             uid: "u".to_string(),
             plan_id: None,
+            code: None,
         };
         let outcome = Outcome {
             generation: 3,

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use serde_json::{Map, Value};
 use tracing::{info, warn};
 
 use crate::controller::cluster::{self, Cluster, Document, Ended, Intent, Kind, Outcome};
@@ -72,6 +73,17 @@ struct Started {
     preempted: bool,
 }
 
+impl Started {
+    fn now(generation: u64) -> Self {
+        Started {
+            generation,
+            at: Instant::now(),
+            timed_out: false,
+            preempted: false,
+        }
+    }
+}
+
 /// How an operation ended, for the reconciler.
 enum End {
     Done(Outcome),
@@ -106,12 +118,7 @@ impl Reconciler {
             for operation in adopted {
                 inner.started.insert(
                     operation.cluster.clone(),
-                    Started {
-                        generation: operation.generation,
-                        at: Instant::now(),
-                        timed_out: false,
-                        preempted: false,
-                    },
+                    Started::now(operation.generation),
                 );
                 inner.running.insert(operation.cluster, operation.kind);
             }
@@ -161,6 +168,7 @@ impl Reconciler {
         let document = self.index.refresh(&cluster, &self.config.workflow);
         self.metrics.damaged.set(self.index.damaged() as i64);
         self.metrics.drifted.set(self.index.drifted() as i64);
+        self.metrics.set_codes(&self.index.codes());
         document
     }
 
@@ -286,15 +294,9 @@ impl Reconciler {
             } else {
                 (Kind::for_intent(&intent), None)
             };
-            inner.started.insert(
-                id.clone(),
-                Started {
-                    generation: intent.generation,
-                    at: Instant::now(),
-                    timed_out: false,
-                    preempted: false,
-                },
-            );
+            inner
+                .started
+                .insert(id.clone(), Started::now(intent.generation));
             inner.running.insert(id.clone(), kind);
             self.metrics.running.set(inner.running.len() as i64);
             starting.push((cluster, intent, kind, plan, outcome));
@@ -364,15 +366,9 @@ impl Reconciler {
                 continue;
             }
             let plan = Plan::requested(&cluster, &intent.params, true, true, &self.config.workflow);
-            inner.started.insert(
-                id.clone(),
-                Started {
-                    generation: intent.generation,
-                    at: Instant::now(),
-                    timed_out: false,
-                    preempted: false,
-                },
-            );
+            inner
+                .started
+                .insert(id.clone(), Started::now(intent.generation));
             inner.running.insert(id.clone(), Kind::Plan);
             inner.drift_running.insert(id.clone());
             self.metrics.running.set(inner.running.len() as i64);
@@ -395,9 +391,12 @@ impl Reconciler {
         for id in ready {
             let cluster = Cluster::new(&self.config.root, &id);
             let modified = |path: PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            // A plan made since (a tenant's preview under review above all) counts as a check:
+            // a drift check would replace it, and the PUT with its id would be refused.
             let last = [
                 modified(cluster.drift_path()),
                 modified(cluster.outcome_path()),
+                modified(cluster.plan_path()),
             ]
             .into_iter()
             .flatten()
@@ -484,10 +483,15 @@ impl Reconciler {
         } else if kind == Kind::Plan {
             None
         } else if let Err(e) = cluster.write_params(&intent.params) {
-            Some(Ending::Failed {
-                exit_code: None,
-                failure: None,
-                error: format!("cannot write {}: {e}", cluster.params_path().display()),
+            // Out of open files or memory for a moment: the operation waits, it did not fail.
+            Some(if crate::controller::executor::starved(&e) {
+                Ending::Later
+            } else {
+                Ending::Failed {
+                    exit_code: None,
+                    failure: None,
+                    error: format!("cannot write {}: {e}", cluster.params_path().display()),
+                }
             })
         } else {
             None
@@ -503,6 +507,13 @@ impl Reconciler {
             generation: intent.generation,
             kind,
             reviewed: intent.plan_id.clone().filter(|_| kind == Kind::Apply),
+            code: match &plan {
+                Some(plan) if plan.code_current => {
+                    Some(crate::controller::code::CodeChoice::Current)
+                }
+                Some(_) => None,
+                None => intent.code.filter(|_| kind == Kind::Apply),
+            },
         };
         let this = self.clone();
         let span = span.clone();
@@ -598,8 +609,21 @@ impl Reconciler {
             crate::base::json::write(&cluster.plan_params_path(), &intent.params, 0o600).map_err(
                 |e| format!("cannot write {}: {e}", cluster.plan_params_path().display()),
             )?;
-            fresh.asked_at(plan.requested_at)
+            fresh
+                .against_current_code(plan.code_current)
+                .asked_at(plan.requested_at)
         } else {
+            // Copied only now that nothing else of this cluster runs: a preview asked for
+            // while another plan runs must not change the params that plan reads.
+            let params: Map<String, Value> = crate::base::json::read(&cluster.plan_request_path())
+                .ok()
+                .flatten()
+                .ok_or_else(|| {
+                    "the preview's params cannot be read; POST the plan again".to_string()
+                })?;
+            crate::base::json::write(&cluster.plan_params_path(), &params, 0o600).map_err(|e| {
+                format!("cannot write {}: {e}", cluster.plan_params_path().display())
+            })?;
             plan
         };
         let plan = plan.started(intent, outcome);
@@ -618,7 +642,7 @@ impl Reconciler {
         preempted: bool,
         ready: bool,
     ) -> End {
-        let drift = plan.stored_params && ready;
+        let drift = plan.stored_params && ready && !plan.code_current;
         let plan = match ending {
             Ending::Succeeded => match crate::controller::executor::last_diff(cluster) {
                 Some(document) => plan.succeeded(document),
@@ -644,7 +668,8 @@ impl Reconciler {
             }
         }
         let succeeded = plan.status == PlanStatus::Succeeded;
-        if drift && !preempted {
+        // A drift check whose plan a newer request replaced says nothing about the plan kept.
+        if drift && !preempted && !newer {
             let (drift, result) = if succeeded {
                 let drift = plan::drift_of(&plan);
                 let result = if drift.drifted { "drifted" } else { "clean" };

@@ -71,7 +71,10 @@ fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, Damage
         Ok(value) => Ok(value),
         Err(json::ReadError::Corrupt(e)) => Err(Damage {
             file,
-            error: format!("not a valid record ({e}); a PUT or DELETE replaces it"),
+            error: format!(
+                "not a valid record ({}); a PUT or DELETE replaces it",
+                unquoted(&e.to_string())
+            ),
         }),
         Err(json::ReadError::Io(e)) => Err(Damage {
             file,
@@ -139,6 +142,25 @@ pub fn clear_debris(cluster: &Cluster) {
     let _ = std::fs::remove_dir(&cluster.dir);
 }
 
+/// A parser's message without what it quotes: the value it stumbled on may be a secret, and
+/// the record it came from is too damaged to say which values are.
+fn unquoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        match (c, quoted) {
+            ('"' | '`', false) => {
+                quoted = true;
+                out.push_str("\"…\"");
+            }
+            ('"' | '`', true) => quoted = false,
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
 /// The document of a cluster on record, whatever state its records are in.
 pub fn document(
     cluster: &Cluster,
@@ -161,6 +183,7 @@ pub fn document(
         updated_at: String::new(),
         uid: String::new(),
         plan_id: None,
+        code: None,
     };
     let mut document = cluster.document(workflow, &stand_in, running);
     document.phase = Phase::Damaged;
@@ -263,6 +286,19 @@ impl Index {
             .values()
             .filter(|e| e.document.drift.as_ref().is_some_and(|d| d.drifted))
             .count()
+    }
+
+    /// How many clusters run each code identity (`unknown`: none recorded).
+    pub fn codes(&self) -> BTreeMap<String, usize> {
+        let entries = self.entries.read().expect("index lock");
+        let mut codes = BTreeMap::new();
+        for entry in entries.values() {
+            let code = entry.document.code.applied.clone();
+            *codes
+                .entry(code.unwrap_or_else(|| "unknown".into()))
+                .or_default() += 1;
+        }
+        codes
     }
 
     /// How many clusters have a record that cannot be read.
@@ -368,6 +404,14 @@ pub fn tail(path: &Path, max_lines: usize) -> std::io::Result<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_damaged_records_message_quotes_no_value() {
+        let e = serde_json::from_str::<u64>(r#""hunter2-secret""#).unwrap_err();
+        let shown = super::unquoted(&e.to_string());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("line 1 column"), "{shown}");
+    }
+
     use super::*;
 
     #[test]

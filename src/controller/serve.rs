@@ -179,6 +179,10 @@ fn prepare(options: &Options) -> Result<Arc<App>> {
     for problem in executor.problems() {
         warn!("{problem}: /readyz says so until it is");
     }
+    match crate::controller::code::compute_current(&workflow) {
+        Some(code) => info!("the tenant code this controller ships is {code}"),
+        None => warn!("the tenant code's identity is unknown: no cluster can be upgraded"),
+    }
     let config = Config {
         root: options.root.clone(),
         workflow_path,
@@ -229,6 +233,7 @@ async fn run(app: Arc<App>, options: &Options) -> Result<i32> {
         app.clone(),
         options.keep_destroyed,
     ));
+    let rollouts = tokio::spawn(api::drive_rollouts(app.clone()));
     let drift = options.drift_interval.map(|interval| {
         info!(
             "checking every ready cluster for drift when its last check is {} old",
@@ -262,6 +267,7 @@ async fn run(app: Arc<App>, options: &Options) -> Result<i32> {
     let left = reconciler.drained(deadline).await;
     worker.abort();
     housekeeping.abort();
+    rollouts.abort();
     if let Some(drift) = drift {
         drift.abort();
     }

@@ -103,6 +103,31 @@ impl Prepared {
 }
 
 impl Engine {
+    /// Hands each step's success to `done`, and returns the steps' failures as one error. A
+    /// step left out while nothing failed was held back by a stop request: that is the error.
+    pub fn settle<'a, T>(
+        &self,
+        outcomes: impl IntoIterator<Item = (&'a str, Option<Result<T>>)>,
+        mut done: impl FnMut(String, T),
+    ) -> Result<()> {
+        let mut errors = Vec::new();
+        let mut left_out = false;
+        for (step, outcome) in outcomes {
+            match outcome {
+                Some(Ok(value)) => done(step.to_string(), value),
+                Some(Err(e)) => errors.push(e),
+                None => left_out = true,
+            }
+        }
+        if let Some(e) = Error::of_steps(errors) {
+            return Err(e);
+        }
+        if left_out {
+            self.supervisor.shutdown.check()?;
+        }
+        Ok(())
+    }
+
     pub fn logger(&self) -> &Logger {
         &self.supervisor.logger
     }

@@ -104,24 +104,12 @@ impl Engine {
             },
         );
         let mut summary = DestroySummary::default();
-        let mut errors = Vec::new();
-        let mut left_out = false;
-        for (step, outcome) in self.loaded.workflow.steps.iter().zip(outcomes).rev() {
-            match outcome {
-                Some(Ok(Gone::Now)) => summary.destroyed.push(step.name.clone()),
-                Some(Ok(Gone::Before)) => summary.already.push(step.name.clone()),
-                Some(Ok(Gone::NeverStarted)) => summary.never_started.push(step.name.clone()),
-                Some(Err(e)) => errors.push(e),
-                None => left_out = true,
-            }
-        }
-        if let Some(e) = Error::of_steps(errors) {
-            return Err(e);
-        }
-        // Nothing failed, so a step left out was held back by a stop request.
-        if left_out {
-            self.supervisor.shutdown.check()?;
-        }
+        let steps = self.loaded.workflow.steps.iter().map(|s| s.name.as_str());
+        self.settle(steps.zip(outcomes).rev(), |step, gone| match gone {
+            Gone::Now => summary.destroyed.push(step),
+            Gone::Before => summary.already.push(step),
+            Gone::NeverStarted => summary.never_started.push(step),
+        })?;
         journal.write_tombstone(&Tombstone {
             finished_at: Some(clock::now()),
             ..tombstone

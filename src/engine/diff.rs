@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -46,6 +47,10 @@ pub struct Document {
     pub changes: bool,
     /// Every step asked for, in the workflow's order.
     pub steps: Vec<StepDiff>,
+    /// Planned against the image's code (`diff --code current`), not the code in place: its
+    /// plans were discarded, and `run --reviewed` refuses it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub code_current: bool,
 }
 
 /// Where a step stands.
@@ -106,8 +111,8 @@ pub struct SavedPlan {
 
 /// `bootstrapper diff [STEP…] [--json]`: 0 nothing would change, 2 something would, an
 /// error (1) when a step could not be planned.
-pub fn command(engine: &mut Engine, steps: &[String], json: bool) -> Result<i32> {
-    let Some((document, failure)) = engine.diff(steps)? else {
+pub fn command(engine: &mut Engine, steps: &[String], json: bool, current: bool) -> Result<i32> {
+    let Some((document, failure)) = engine.diff(steps, current)? else {
         return Ok(exit::STEP_FAILED);
     };
     let mut out = std::io::stdout().lock();
@@ -222,12 +227,38 @@ fn attributes(r: &plan::ResourceChange) -> String {
 impl Engine {
     /// Plans the steps named in `selected` (every step when empty). `None` when the workflow
     /// was destroyed (said in the log); otherwise the document, written to the journal too,
-    /// and the error of a step that could not be planned.
-    pub fn diff(&mut self, selected: &[String]) -> Result<Option<(Document, Option<Error>)>> {
+    /// and the error of a step that could not be planned. With `current`, planned against
+    /// the image's code in a temporary tree (see [`crate::root::source::preview`]).
+    pub fn diff(
+        &mut self,
+        selected: &[String],
+        current: bool,
+    ) -> Result<Option<(Document, Option<Error>)>> {
         let root = self.root.display().to_string();
         let _command = tracing::info_span!("command", command = "diff", root).entered();
         self.check_selected(selected)?;
-        let prepared = self.prepare(|dir| Lock::acquire(dir, "diff"), false)?;
+        let mut prepared = self.prepare(|dir| Lock::acquire(dir, "diff"), false)?;
+        // Declared after `prepared`, so dropped (its tree removed) before the lock is released.
+        let _preview = if current {
+            let source = self
+                .loaded
+                .renderer()
+                .render_source()
+                .map_err(Error::Input)?;
+            let preview = crate::root::source::preview(
+                &self.root,
+                &source,
+                &prepared.journal,
+                self.logger(),
+            )?;
+            prepared.code = crate::root::source::Code {
+                dir: preview.code.dir.clone(),
+                record: preview.code.record.clone(),
+            };
+            Some(preview)
+        } else {
+            None
+        };
         let journal = &prepared.journal;
         if let Some(tombstone) = journal.tombstone()? {
             self.logger()
@@ -288,7 +319,18 @@ impl Engine {
             return Err(error.expect("matched"));
         }
         self.supervisor.shutdown.check()?;
-        let document = document(steps, prepared.code.record.identity.clone());
+        let mut document = document(steps, prepared.code.record.identity.clone());
+        if current {
+            // Made in a tree about to go: no run may apply them.
+            for step in &mut document.steps {
+                if let Some(plan) = step.plan.take() {
+                    durable::remove(&plan.file).map_err(|e| {
+                        Error::io(format!("cannot remove {}", plan.file.display()), e)
+                    })?;
+                }
+            }
+            document.code_current = true;
+        }
         crate::base::json::write(&record, &document, 0o600)
             .map_err(|e| Error::io(format!("cannot write {}", record.display()), e))?;
         Ok(Some((document, error)))
@@ -464,6 +506,14 @@ impl Engine {
             })?;
         }
         let temp = durable::temp_sibling(file);
+        // Terraform writes into an existing file without changing its mode: the plan, which
+        // holds every value, is owner-only from its first byte, not once it is whole.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|e| Error::io(format!("cannot create {}", temp.display()), e))?;
         let command = self.terraform.plan_command(rendered, &cwd, &temp);
         let planned = self.racing(rendered, || {
             let mut stream = Stream::new(&rendered.name, self.logger().redactor().clone());
@@ -514,6 +564,7 @@ fn document(steps: Vec<StepDiff>, code: Option<String>) -> Document {
             .iter()
             .any(|s| matches!(s.status, Status::Changes | Status::NotKnown)),
         steps,
+        code_current: false,
     }
 }
 

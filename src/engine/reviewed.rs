@@ -64,6 +64,11 @@ impl Reviewed {
                 diff::FORMAT
             )));
         }
+        if document.code_current {
+            return Err(refuse(
+                "the last diff was made against the image's code (`diff --code current`), not the code in place: it cannot be applied exactly; upgrade with `run --code current`".to_string(),
+            ));
+        }
         if let Some(expected) = expected.filter(|e| *e != document.id) {
             return Err(refuse(format!(
                 "`run --reviewed={expected}`: the last diff is {}, made at {}",

@@ -167,24 +167,12 @@ impl Engine {
             &|| this.supervisor.shutdown.requested().is_some(),
             &|index| this.apply_step(&prepared, index, &outputs, reviewed_ref),
         );
-        let mut errors = Vec::new();
-        let mut left_out = false;
-        for (step, outcome) in self.loaded.workflow.steps.iter().zip(outcomes) {
-            match outcome {
-                Some(Ok(Applied::Now)) => summary.applied.push(step.name.clone()),
-                Some(Ok(Applied::Before)) => summary.unchanged.push(step.name.clone()),
-                Some(Ok(Applied::LeftOut)) => summary.left_out.push(step.name.clone()),
-                Some(Err(e)) => errors.push(e),
-                None => left_out = true,
-            }
-        }
-        if let Some(e) = Error::of_steps(errors) {
-            return Err(e);
-        }
-        // Nothing failed, so a step left out was held back by a stop request.
-        if left_out {
-            self.supervisor.shutdown.check()?;
-        }
+        let steps = self.loaded.workflow.steps.iter().map(|s| s.name.as_str());
+        self.settle(steps.zip(outcomes), |step, applied| match applied {
+            Applied::Now => summary.applied.push(step),
+            Applied::Before => summary.unchanged.push(step),
+            Applied::LeftOut => summary.left_out.push(step),
+        })?;
         if let Some(reviewed) = &reviewed {
             reviewed.finish()?;
             if !summary.left_out.is_empty() {

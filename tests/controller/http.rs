@@ -641,10 +641,27 @@ fn a_client_that_stops_reading_its_answers_is_disconnected() {
     // Requests for the largest open answer, all sent at once and none of the answers read,
     // until the socket buffers between them are full.
     let mut s = connect(&c.base);
+    // A small receive buffer, set by hand so the kernel does not grow it: otherwise loopback
+    // buffers of tens of MiB can hold every answer, and nothing ever stalls.
+    let size: libc::c_int = 16 * 1024;
+    // SAFETY: a valid socket, and an option value of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::addr_of!(size).cast(),
+            std::mem::size_of_val(&size) as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "setsockopt: {}", std::io::Error::last_os_error());
     let requests = 2000;
     let request = b"GET /openapi.json HTTP/1.1\r\nHost: test\r\n\r\n";
     s.write_all(&request.repeat(requests)).expect("write");
     let open = "bootstrapper_http_connections";
+    // Counted first (with the request that reads the metric), so that the wait below is for
+    // its end, not for the moment before it is accepted.
+    wait_for(|| metric(&c.base, open) == 2.0, SLACK);
     // The request that reads the metric is the one connection left.
     wait_for(
         || metric(&c.base, open) == 1.0,

@@ -10,5 +10,7 @@ mod inputs;
 mod jobs;
 mod paths;
 mod plan;
+mod promises;
 mod records;
+mod rollout;
 mod serve;

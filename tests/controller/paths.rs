@@ -67,10 +67,6 @@ fn listening(running: &Running) -> String {
     address.unwrap_or_else(|| panic!("serve did not start:\n{}", running.stderr()))
 }
 
-fn cluster_dir(bed: &Bed, id: &str) -> PathBuf {
-    bed.b.root().join("clusters").join(id)
-}
-
 #[test]
 fn serve_started_with_relative_paths_creates_a_cluster_that_becomes_ready() {
     let bed = Bed::new();
@@ -120,9 +116,9 @@ fn serve_started_with_relative_paths_creates_a_cluster_that_becomes_ready() {
     );
     assert!(settled && doc["phase"] == "ready", "{doc:#}");
     // The engine was handed absolute paths, whatever the controller was started with.
-    let log = fs::read_to_string(cluster_dir(&bed, "r1").join("operation.log")).unwrap();
+    let log = fs::read_to_string(bed.cluster_dir("r1").join("operation.log")).unwrap();
     let command = log.lines().next().unwrap();
-    let root = cluster_dir(&bed, "r1").join("engine");
+    let root = bed.cluster_dir("r1").join("engine");
     assert!(
         command.contains(&format!("--root {}", root.display())),
         "{command}"
@@ -189,7 +185,7 @@ fn the_engine_keeps_its_own_root_and_puts_during_operations_never_fail() {
     let c = bed.start(&[], &[]);
     assert_eq!(c.put("t1", &json!({ "namesvr_count": 1 })).status, 202);
     c.wait_phase(&["t1".to_string()], "ready", CONVERGE);
-    let dir = cluster_dir(&bed, "t1");
+    let dir = bed.cluster_dir("t1");
     // A temp file of the controller's, as one being written when an engine starts: the
     // engine removes torn temp files in its root, and must not see this one.
     let temp = dir.join(".intent.json.tmp-1-1");
@@ -314,7 +310,7 @@ fn a_full_volume_is_not_ready_and_a_put_it_refuses_leaves_nothing() {
         "{reply:?}"
     );
     assert!(
-        !cluster_dir(&bed, "full").exists(),
+        !bed.cluster_dir("full").exists(),
         "a refused PUT left its directory"
     );
     assert_eq!(c.get("/v1/clusters/full").status, 404);
@@ -341,7 +337,7 @@ fn clusters_left_by_an_older_version_are_moved_with_every_file() {
 
     // The layout of the older version: the engine's root is the cluster's directory, and the
     // controller's lock is `clusters/lock`.
-    let dir = cluster_dir(&bed, "m1");
+    let dir = bed.cluster_dir("m1");
     let engine = dir.join("engine");
     let mut moved = Vec::new();
     for entry in fs::read_dir(&engine).unwrap() {

@@ -4,7 +4,6 @@
 //! changed behind the engine's back.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::support::controller::*;
@@ -12,10 +11,6 @@ use crate::support::*;
 use serde_json::{json, Value};
 
 const CONVERGE: Duration = Duration::from_secs(120);
-
-fn one(id: &str) -> [String; 1] {
-    [id.to_string()]
-}
 
 /// The tenant fixture, copied, with a namesvr resource that reads
 /// `$TF_VAR_drift_dir/<cluster>` with `file()`: what it reads can change behind the
@@ -28,7 +23,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("tenant");
-    copy_dir(&tenant_fixture_dir(), &copy);
+    copy_tree(&tenant_fixture_dir(), &copy);
     let main = copy.join("namesvr/main.tf");
     let mut text = fs::read_to_string(&main).unwrap();
     text.push_str(
@@ -52,23 +47,6 @@ resource "terraform_data" "seen" {
         _dir: dir,
         workflow,
     }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-fn cluster_dir(bed: &Bed, id: &str) -> PathBuf {
-    bed.b.root().join("clusters").join(id)
 }
 
 fn post_plan(c: &Controller, id: &str, body: Option<Value>) -> Reply {
@@ -122,14 +100,6 @@ fn changes(plan: &Value) -> Vec<(String, String, String)> {
         }
     }
     all
-}
-
-fn creates(bed: &Bed, id: &str) -> Vec<String> {
-    bed.ledger()
-        .into_iter()
-        .filter(|e| e.cluster == id && e.event == "create")
-        .map(|e| e.resource)
-        .collect()
 }
 
 #[test]
@@ -209,7 +179,7 @@ fn a_plan_previews_without_applying_and_a_put_with_its_id_applies_exactly_it() {
     assert_eq!(reply.status, 202, "{reply:?}");
     c.wait_phase(&one("c1"), "ready", CONVERGE);
     assert_eq!(
-        creates(&bed, "c1"),
+        bed.creates("c1"),
         ["namesvr[0]", "broker", "namesvr[1]"],
         "{:?}",
         bed.ledger()
@@ -401,7 +371,7 @@ fn bad_plan_requests_and_options_are_refused_and_write_nothing() {
     assert!(reply.text.contains("has no plan"), "{reply:?}");
     let reply = c.get("/v1/clusters?drifted=maybe");
     assert_eq!(reply.status, 400, "{reply:?}");
-    assert!(!cluster_dir(&bed, "c1").join("plan.json").exists());
+    assert!(!bed.cluster_dir("c1").join("plan.json").exists());
 
     assert_eq!(c.delete("c1").status, 202);
     let reply = post_plan(&c, "c1", None);
@@ -485,5 +455,5 @@ fn a_put_stops_a_running_plan_and_applies() {
     );
     c.wait_phase(&one("c1"), "ready", CONVERGE);
     assert_eq!(c.cluster("c1")["last_operation"]["generation"], 2);
-    assert!(creates(&bed, "c1").contains(&"broker-b".to_string()));
+    assert!(bed.creates("c1").contains(&"broker-b".to_string()));
 }

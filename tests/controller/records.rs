@@ -4,7 +4,6 @@
 //! from its end.
 
 use std::fs;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::support::controller::*;
@@ -12,14 +11,6 @@ use crate::support::*;
 use serde_json::{json, Value};
 
 const CONVERGE: Duration = Duration::from_secs(120);
-
-fn one(id: &str) -> [String; 1] {
-    [id.to_string()]
-}
-
-fn cluster_dir(bed: &Bed, id: &str) -> PathBuf {
-    bed.b.root().join("clusters").join(id)
-}
 
 /// Stops the controller the way a pod is stopped, and waits for it.
 fn stop(mut c: Controller) {
@@ -38,14 +29,6 @@ fn listed(c: &Controller, query: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn creates(bed: &Bed, id: &str) -> Vec<String> {
-    bed.ledger()
-        .into_iter()
-        .filter(|e| e.cluster == id && e.event == "create")
-        .map(|e| e.resource)
-        .collect()
-}
-
 /// Puts `id` and waits until it is ready.
 fn ready(c: &Controller, id: &str, params: &Value) {
     let reply = c.put(id, params);
@@ -60,7 +43,7 @@ fn a_truncated_intent_is_shown_as_damaged_and_a_put_repairs_it() {
     ready(&c, "c1", &json!({ "namesvr_count": 1 }));
     stop(c);
 
-    let intent = cluster_dir(&bed, "c1").join("intent.json");
+    let intent = bed.cluster_dir("c1").join("intent.json");
     let text = fs::read(&intent).unwrap();
     fs::write(&intent, &text[..text.len() / 2]).unwrap();
     let c = bed.start(&[], &[]);
@@ -89,7 +72,7 @@ fn a_truncated_intent_is_shown_as_damaged_and_a_put_repairs_it() {
     assert_eq!(reply.status, 202, "{reply:?}");
     assert_eq!(reply.body["generation"], 2, "{reply:?}");
     c.wait_phase(&one("c1"), "ready", CONVERGE);
-    assert!(creates(&bed, "c1").contains(&"broker-b".to_string()));
+    assert!(bed.creates("c1").contains(&"broker-b".to_string()));
     let doc = c.cluster("c1");
     assert_eq!(doc["damage"], Value::Null, "{doc:#}");
     assert_eq!(doc["last_operation"]["generation"], 2, "{doc:#}");
@@ -105,7 +88,7 @@ fn a_garbage_intent_is_destroyed_by_a_delete() {
     stop(c);
 
     fs::write(
-        cluster_dir(&bed, "c1").join("intent.json"),
+        bed.cluster_dir("c1").join("intent.json"),
         "\u{0}\u{0}garbage",
     )
     .unwrap();
@@ -131,7 +114,7 @@ fn a_corrupt_outcome_is_reported_and_the_cluster_converges() {
     ready(&c, "c1", &json!({ "namesvr_count": 1 }));
     stop(c);
 
-    fs::write(cluster_dir(&bed, "c1").join("outcome.json"), "{\"gener").unwrap();
+    fs::write(bed.cluster_dir("c1").join("outcome.json"), "{\"gener").unwrap();
     let c = bed.start(&[], &[]);
     // Not settled: the apply runs again (and has nothing to change), and says why.
     c.wait_phase(&one("c1"), "ready", CONVERGE);
@@ -164,7 +147,7 @@ fn a_cluster_removed_during_an_apply_is_applied_again_by_the_next_put() {
         },
         CONVERGE,
     );
-    let dir = cluster_dir(&bed, "c1");
+    let dir = bed.cluster_dir("c1");
     // The running engine may write while the directory goes: removed until it is gone.
     wait_for(
         || fs::remove_dir_all(&dir).is_ok() || !dir.exists(),
@@ -181,7 +164,7 @@ fn a_cluster_removed_during_an_apply_is_applied_again_by_the_next_put() {
     assert_eq!(doc["generation"], generation, "{doc:#}");
     assert_eq!(doc["last_operation"]["generation"], generation, "{doc:#}");
     assert!(
-        creates(&bed, "c1").contains(&"broker-b".to_string()),
+        bed.creates("c1").contains(&"broker-b".to_string()),
         "the new params were applied: {doc:#}"
     );
 }
@@ -193,7 +176,7 @@ fn a_destroyed_cluster_is_purged_after_keep_destroyed() {
     let reply = c.put("c1", &json!({ "namesvr_count": 1 }));
     assert_eq!(reply.status, 202, "{reply:?}");
     assert_eq!(c.delete("c1").status, 202);
-    let dir = cluster_dir(&bed, "c1");
+    let dir = bed.cluster_dir("c1");
     wait_for(|| c.get("/v1/clusters/c1").status == 404, CONVERGE);
     assert!(!dir.exists(), "{} is removed", dir.display());
     assert!(listed(&c, "").is_empty());
@@ -249,7 +232,7 @@ fn the_log_of_a_long_operation_is_read_from_its_end() {
     for i in 0..lines {
         text.push_str(&format!("{i:>9} {}\n", "x".repeat(100)));
     }
-    fs::write(cluster_dir(&bed, "c1").join("operation.log"), &text).unwrap();
+    fs::write(bed.cluster_dir("c1").join("operation.log"), &text).unwrap();
     drop(text);
 
     let pid = c.running().pid();
@@ -281,6 +264,10 @@ fn bad_values_of_the_new_options_are_refused() {
         ("--keep-destroyed", "0s", "more than zero"),
         ("--operation-timeout", "2 weeks", "unknown unit"),
         ("--operation-timeout", "0", "more than zero"),
+        // A zero timeout would cut every connection, or answer every PUT 408.
+        ("--header-timeout", "0s", "more than zero"),
+        ("--body-timeout", "0s", "more than zero"),
+        ("--idle-timeout", "0", "more than zero"),
     ] {
         let outcome = bed.b.run(&[
             "serve",

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{spawn_session, wait_for, Outcome, Running, BIN, FAKE_VERSION};
+use crate::support::{copy_tree, spawn_session, wait_for, Outcome, Running, BIN, FAKE_VERSION};
 use serde::Deserialize;
 
 const CORPUS: &str = "tests/bad-inputs";
@@ -138,19 +138,6 @@ fn bootstrapper() -> Command {
         }
     }
     cmd
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 fn write_script(path: &Path, body: &str) {

@@ -10,23 +10,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{local_state_resources, spawn_session, Outcome, BIN};
+use crate::support::{copy_tree, local_state_resources, spawn_session, Outcome, BIN};
 
 /// Where the fixture's root was written; its outputs and digests hold this path.
 const WRITTEN_AT: &str = "/tmp/bootstrapper-old-root";
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 fn bootstrapper(fixture: &Path, log_dir: &Path, args: &[&str]) -> Outcome {
     let mut cmd = Command::new(BIN);

@@ -521,3 +521,53 @@ fn a_step_that_cannot_be_planned_fails_the_diff_with_its_reason_and_run_reviewed
         "{refused}"
     );
 }
+
+#[test]
+fn diff_code_current_plans_the_image_code_with_the_state_in_place_and_leaves_the_code_untouched() {
+    let b = one_step("tok-5f6e7d8c9b", "v1");
+    b.run(&["run"]).assert_success();
+    let journal = b.root().join(".bootstrapper");
+    let record_before = fs::read_to_string(journal.join("source")).unwrap();
+    let marker = journal_file(&b, "app", "inited");
+    let marker_before = fs::read(&marker).unwrap();
+    let state_before = fs::read(b.root().join("code/app/terraform.tfstate")).unwrap();
+    // The image's code moves on: one more resource.
+    fs::write(
+        b.dir().join("image/app/extra.tf"),
+        "resource \"terraform_data\" \"extra\" {\n  input = \"x\"\n}\n",
+    )
+    .unwrap();
+
+    let outcome = b.run(&["diff", "--json", "--code", "current"]);
+    outcome.assert_code(2);
+    let document: Value =
+        serde_json::from_str(&outcome.stdout).unwrap_or_else(|e| panic!("{e}\n{outcome}"));
+    // Only the new resource: the state in place came along, so the others are no change.
+    assert_eq!(
+        changed(&document, "app"),
+        [("terraform_data.extra".to_string(), "create".to_string())],
+        "{outcome}"
+    );
+    assert_eq!(document["code_current"], true, "{document:#}");
+    assert!(step(&document, "app").get("plan").is_none(), "{document:#}");
+    let in_place: Value = serde_json::from_str(&record_before).unwrap();
+    assert_ne!(document["code"], in_place["identity"], "{document:#}");
+
+    // The code in place, its record, its marker and its state: untouched; no tree left.
+    assert!(!b.root().join("code/app/extra.tf").exists());
+    assert_eq!(
+        fs::read_to_string(journal.join("source")).unwrap(),
+        record_before
+    );
+    assert_eq!(fs::read(&marker).unwrap(), marker_before);
+    assert_eq!(
+        fs::read(b.root().join("code/app/terraform.tfstate")).unwrap(),
+        state_before
+    );
+    assert!(!journal.join("preview-code").exists());
+    // Its plans cannot be applied; the code in place still has nothing to change.
+    let refused = b.run(&["run", "--reviewed"]);
+    refused.assert_code(2);
+    assert!(refused.stderr.contains("--code current"), "{refused}");
+    diff_json(&b, 0);
+}

@@ -568,11 +568,14 @@ resource "terraform_data" "a" {{
         template
     ));
 
-    let mut outs = vec![
-        b.run(&["validate"]),
-        b.run(&["plan"]),
-        b.run(&["plan", "--json"]),
-    ];
+    // Every scanned command must have run to its end: one that died early printed nothing
+    // to scan.
+    let mut outs = Vec::new();
+    for args in [&["validate"][..], &["plan"], &["plan", "--json"]] {
+        let out = b.run(args);
+        out.assert_success();
+        outs.push(out);
+    }
     let text = b.run(&["run"]);
     text.assert_code(1);
     let json = b.run(&["--log-format", "json", "run"]);
@@ -588,7 +591,11 @@ resource "terraform_data" "a" {{
         "the diagnostic was not printed"
     );
     outs.extend([text, json]);
-    outs.extend([b.run(&["status"]), b.run(&["status", "--json"])]);
+    for args in [&["status"][..], &["status", "--json"]] {
+        let out = b.run(args);
+        out.assert_success();
+        outs.push(out);
+    }
 
     let mut needles: Vec<String> = named.iter().map(|(_, v)| v.to_string()).collect();
     needles.push(LONG_LINE_SECRET.to_string());

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -78,6 +79,15 @@ impl Fixture {
         for step in FOUR_STEPS {
             assert_eq!(states[step], expected_state(step), "state of {step}");
         }
+    }
+
+    /// Puts terraform behind the wrapper that records each SIGINT it gets and stays a while
+    /// after the first; returns the record's path.
+    fn count_sigints(&mut self) -> PathBuf {
+        let record = self.b.dir().join("sigints");
+        let wrapper = sigint::counting_terraform(self.b.dir(), &record);
+        self.b.arg("--terraform").arg(wrapper);
+        record
     }
 
     #[track_caller]
@@ -163,7 +173,8 @@ fn sigint_during_an_apply_stops_terraform_with_one_sigint_and_the_next_run_compl
 /// `signal` to the engine while network's apply runs; it exits 128 + signal.
 fn signal_during_an_apply(signal: libc::c_int) {
     // The slow provisioner of network sleeps far longer than the test could wait for it.
-    let f = Fixture::new(json!({ "sleep_network": 60 }));
+    let mut f = Fixture::new(json!({ "sleep_network": 60 }));
+    let sigints = f.count_sigints();
     let mut run = f.b.spawn(&["run"]);
     wait_for(|| count(&f.b.ledger(), "start network/slow") == 1, PATIENCE);
 
@@ -175,6 +186,7 @@ fn signal_during_an_apply(signal: libc::c_int) {
     let outcome = run.try_wait().expect("exited");
     outcome.assert_code(128 + signal);
     assert_one_graceful_sigint(&outcome.stderr);
+    sigint::assert_each_got_one(&sigints, 1, &outcome.to_string());
     // Terraform stopped on its own once asked: it did not sit out the 25 s grace period,
     // nor the provisioner's 60 s sleep. (Its graceful stop cancels the running provisioner,
     // whose `sleep` child the engine then kills with terraform's group.)
@@ -445,7 +457,8 @@ fn destroy_beside_a_holding_entrypoint_goes_in_reverse_and_a_restart_idles() {
 // c. `destroy` while `run` is in the middle of the second step
 
 fn destroy_stops_a_run_in_the_middle_of_the_second_step(hold: bool) {
-    let f = Fixture::new(json!({ "sleep_network": 60 }));
+    let mut f = Fixture::new(json!({ "sleep_network": 60 }));
+    let sigints = f.count_sigints();
     let args: &[&str] = if hold { &["run", "--hold"] } else { &["run"] };
     let mut run = f.b.spawn(args);
     wait_for(|| count(&f.b.ledger(), "start network/slow") == 1, PATIENCE);
@@ -458,6 +471,8 @@ fn destroy_stops_a_run_in_the_middle_of_the_second_step(hold: bool) {
             .contains(&format!("asked pid {} (`bootstrapper run", run.pid())),
         "{destroy}"
     );
+    // Asked once, however long the run took to let go.
+    assert_eq!(occurrences(&destroy.stderr, "asked pid"), 1, "{destroy}");
 
     // The run stopped its terraform with one SIGINT and let go of the lock.
     let stderr = if hold {
@@ -486,6 +501,7 @@ fn destroy_stops_a_run_in_the_middle_of_the_second_step(hold: bool) {
         outcome.stderr
     };
     assert_one_graceful_sigint(&stderr);
+    sigint::assert_each_got_one(&sigints, 1, &stderr);
     assert!(!stderr.contains("[hosts]"), "{stderr}");
 
     // Destroy covered control-network and the half-applied network, network first; it

@@ -18,6 +18,7 @@ mod overlay;
 mod parallel;
 mod plan;
 mod pod;
+mod races;
 mod run;
 mod secrets;
 mod source;

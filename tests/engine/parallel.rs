@@ -3,6 +3,7 @@
 //! along the reversed graph, a failure that lets the running step finish and starts nothing
 //! new, and SIGTERM reaching every running terraform exactly once.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -315,23 +316,18 @@ fn steps_running_at_once_take_turns_for_init() {
     assert_all_applied(&d);
 }
 
-/// A terraform that writes `INT <its directory> <subcommand>` to `record` for every SIGINT it
-/// gets, and passes the signal on to the real terraform it runs.
-fn int_recording_terraform(dir: &Path, record: &Path) -> PathBuf {
-    terraform_wrapper(
-        dir,
-        &format!(
-            "#!/bin/sh\n\
-             terraform \"$@\" &\n\
-             child=$!\n\
-             trap 'echo \"INT $PWD $1\" >> \"{record}\"; kill -INT $child' INT\n\
-             while :; do\n\
-             wait $child; rc=$?\n\
-             kill -0 $child 2>/dev/null || exit $rc\n\
-             done\n",
-            record = record.display()
-        ),
-    )
+/// Each of b's and c's applies got one SIGINT, and no other terraform got any.
+#[track_caller]
+fn assert_b_and_c_stopped_once(d: &Diamond, record: &Path, context: &str) {
+    let code = d.b.root().join("code");
+    let expected: BTreeMap<(String, String), Vec<usize>> = ["b", "c"]
+        .iter()
+        .map(|step| {
+            let dir = code.join(step).display().to_string();
+            ((dir, "apply".to_string()), vec![1])
+        })
+        .collect();
+    assert_eq!(sigint::sigints(record), expected, "{context}");
 }
 
 /// `script`, written as an executable `bin/terraform` under `dir`, to be `--terraform`.
@@ -347,7 +343,7 @@ fn terraform_wrapper(dir: &Path, script: &str) -> PathBuf {
 fn sigterm_sends_one_sigint_to_each_running_terraform() {
     let mut d = Diamond::new("retries = 0");
     let record = d.path("sigints");
-    let wrapper = int_recording_terraform(d.b.dir(), &record);
+    let wrapper = sigint::counting_terraform(d.b.dir(), &record);
     d.b.arg("--terraform").arg(&wrapper);
     d.set("sleep_b", json!(60)).set("sleep_c", json!(60));
     let mut running = d.b.spawn(&["run"]);
@@ -373,16 +369,7 @@ fn sigterm_sends_one_sigint_to_each_running_terraform() {
     running.signal(libc::SIGTERM);
     let stopped = running.wait(Duration::from_secs(120));
     stopped.assert_code(143);
-    let sigints = read_lines(&record);
-    let code = d.b.root().join("code");
-    let mut expected = vec![
-        format!("INT {} apply", code.join("b").display()),
-        format!("INT {} apply", code.join("c").display()),
-    ];
-    let mut got = sigints.clone();
-    got.sort();
-    expected.sort();
-    assert_eq!(got, expected, "{stopped}");
+    assert_b_and_c_stopped_once(&d, &record, &stopped.to_string());
     assert!(d.marked("a", "inited"), "a's marker was lost");
     assert!(!d.marked("b", "inited") && !d.marked("c", "inited"));
     assert!(!d.ledger().iter().any(|e| e.step() == "d"));
@@ -410,7 +397,7 @@ fn sigterm_sends_one_sigint_to_each_running_terraform() {
 fn a_destroy_during_run_stops_every_running_terraform_once_then_destroys() {
     let mut d = Diamond::new("retries = 0");
     let record = d.path("sigints");
-    let wrapper = int_recording_terraform(d.b.dir(), &record);
+    let wrapper = sigint::counting_terraform(d.b.dir(), &record);
     d.b.arg("--terraform").arg(&wrapper);
     d.set("sleep_b", json!(60)).set("sleep_c", json!(60));
     let mut entrypoint = d.b.spawn(&["run", "--hold"]);
@@ -425,15 +412,7 @@ fn a_destroy_during_run_stops_every_running_terraform_once_then_destroys() {
     // The hand-over: destroy sends the entrypoint SIGUSR1, which stops b and c.
     let destroy = d.b.run(&["destroy"]);
     destroy.assert_success();
-    let mut got = read_lines(&record);
-    got.sort();
-    let code = d.b.root().join("code");
-    let mut expected = vec![
-        format!("INT {} apply", code.join("b").display()),
-        format!("INT {} apply", code.join("c").display()),
-    ];
-    expected.sort();
-    assert_eq!(got, expected, "{destroy}\n{}", entrypoint.stderr());
+    assert_b_and_c_stopped_once(&d, &record, &format!("{destroy}\n{}", entrypoint.stderr()));
     for step in STEPS {
         assert!(d.state(step).is_empty(), "{step} not empty after destroy");
     }

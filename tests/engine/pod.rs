@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::support::pod::{self, Pod};
-use crate::support::{local_state_resources, wait_for, Bootstrapper};
+use crate::support::{local_state_resources, sigint, wait_for, Bootstrapper};
 use serde_json::json;
 
 /// Bounds an apply of both steps, or a destroy, on a loaded machine.
@@ -184,6 +184,15 @@ impl Fixture {
             .exists()
     }
 
+    /// Puts terraform behind the wrapper that records each SIGINT it gets and stays a while
+    /// after the first; returns the record's path.
+    fn count_sigints(&mut self) -> PathBuf {
+        let record = self.b.dir().join("sigints");
+        let wrapper = sigint::counting_terraform(self.b.dir(), &record);
+        self.b.arg("--terraform").arg(wrapper);
+        record
+    }
+
     fn count(&self, line: &str) -> usize {
         self.b.ledger().iter().filter(|l| *l == line).count()
     }
@@ -217,7 +226,8 @@ fn assert_one_graceful_sigint(stderr: &str) {
 
 #[test]
 fn a_pod_stopped_during_an_execd_destroy_lets_it_save_its_state_and_the_next_destroy_resumes() {
-    let f = Fixture::new();
+    let mut f = Fixture::new();
+    let sigints = f.count_sigints();
     f.close("destroy");
     let pod = f.started_pod();
 
@@ -230,6 +240,7 @@ fn a_pod_stopped_during_an_execd_destroy_lets_it_save_its_state_and_the_next_des
     let destroyed = destroy.wait(PATIENCE);
     destroyed.assert_code(143);
     assert_one_graceful_sigint(&destroyed.stderr);
+    sigint::assert_each_got_one(&sigints, 1, &destroyed.to_string());
     let stopped = pod.wait(PATIENCE);
     stopped.assert_success();
     assert!(
@@ -277,7 +288,8 @@ fn a_pod_stopped_during_an_execd_destroy_lets_it_save_its_state_and_the_next_des
 
 #[test]
 fn a_pod_stopped_mid_apply_exits_143_with_the_state_saved_and_the_next_run_completes() {
-    let f = Fixture::new();
+    let mut f = Fixture::new();
+    let sigints = f.count_sigints();
     f.close("apply");
     let pod = Pod::start(&f.b, &["run", "--hold"]);
     wait_for(|| f.count("start two/slow") == 1, PATIENCE);
@@ -285,6 +297,7 @@ fn a_pod_stopped_mid_apply_exits_143_with_the_state_saved_and_the_next_run_compl
     let stopped = pod.wait(PATIENCE);
     stopped.assert_code(143);
     assert_one_graceful_sigint(&stopped.stderr);
+    sigint::assert_each_got_one(&sigints, 1, &stopped.to_string());
 
     assert_eq!(f.state("one"), all());
     let two = f.state("two");

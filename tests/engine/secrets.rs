@@ -35,6 +35,51 @@ fn workflow() -> String {
     )
 }
 
+/// A step whose provisioner prints every secret the demo has (the root password, the
+/// sensitive token, the `TF_VAR_*` value): `apply -json` prints no attribute values, so
+/// without it a run's output could not leak one whatever the masking did.
+const ECHO_MODULE: &str = r#"
+variable "password" {
+  type = string
+}
+
+variable "token" {
+  type = string
+}
+
+resource "terraform_data" "echo" {
+  input = var.token
+
+  provisioner "local-exec" {
+    command     = "printf 'echo:%s:%s:%s\\n' \"$P\" \"$T\" \"$TF_VAR_region\""
+    environment = { P = var.password, T = var.token }
+  }
+}
+"#;
+
+/// The demo's workflow with the printing step added after hosts, its module and template
+/// written beside the workflow.
+fn workflow_with_echo(b: &Bootstrapper) -> String {
+    let module = b.dir().join("echo-module");
+    fs::create_dir_all(&module).unwrap();
+    fs::write(module.join("main.tf"), ECHO_MODULE).unwrap();
+    fs::write(
+        b.dir().join("echo.tfvars.json.tera"),
+        "{\"password\": {{ params.root_password | json_encode() }}, \
+         \"token\": {{ steps.hosts.outputs.nomad_token | json_encode() }}}\n",
+    )
+    .unwrap();
+    let text = workflow();
+    let source = "[source]\n";
+    assert!(text.contains(source));
+    text.replacen(
+        source,
+        "[source]\noverlay = [{ from = \"echo-module\", into = \"echo\" }]\n",
+        1,
+    ) + "\n[[step]]\nname = \"echo\"\ndir = \"echo\"\nneeds = [\"hosts\"]\n\
+         vars = \"echo.tfvars.json.tera\"\n"
+}
+
 fn params(nomad_client_count: u32) -> Value {
     let text = fs::read_to_string(repo().join("workflows/demo.params.json")).unwrap();
     let mut params: Value = serde_json::from_str(&text).unwrap();
@@ -84,7 +129,7 @@ fn mode(path: &Path) -> u32 {
 #[test]
 fn the_demo_never_shows_a_secret_and_keeps_them_in_owner_only_files() {
     let mut b = Bootstrapper::new();
-    b.write_workflow(&workflow());
+    b.write_workflow(&workflow_with_echo(&b));
     b.write_params(&params(2));
     b.env("TF_VAR_region", TF_VAR_REGION);
     b.env("BOOTSTRAPPER_SECRET_ENV", "TF_VAR_region");
@@ -102,11 +147,13 @@ fn the_demo_never_shows_a_secret_and_keeps_them_in_owner_only_files() {
     run(&mut printed, &b, &["plan"]);
     run(&mut printed, &b, &["plan", "--json"]);
     let first_run = run(&mut printed, &b, &["--log-format", "json", "run"]);
-    // `apply -json` prints no attribute values; the stream's own masking is put to work in
-    // tests/stream.rs.
-    assert!(!first_run.contains(TF_VAR_REGION), "{first_run}");
     assert!(
         first_run.contains("\"event\":\"change_summary\""),
+        "{first_run}"
+    );
+    // The echo step printed every secret, and the log shows each one masked.
+    assert!(
+        first_run.contains("echo:********:********:********"),
         "{first_run}"
     );
 
@@ -240,8 +287,11 @@ dir = "a"
     let run = b.run(&["run"]);
     assert_ne!(run.code, Some(0), "{run}");
     assert!(run.stderr.contains("127.0.0.1:9"), "{run}");
+    let code = run.code;
     outs.push(("run", run));
     let run_json = b.run(&["--log-format", "json", "run"]);
+    assert_eq!(run_json.code, code, "{run_json}");
+    assert!(run_json.stderr.contains("127.0.0.1:9"), "{run_json}");
     outs.push(("run --log-format json", run_json));
     let status = b.run(&["status", "--json"]);
     status.assert_success();
@@ -363,4 +413,55 @@ fn every_value_of_a_secret_params_file_is_masked_whatever_its_name() {
     }
     // network's and hosts' vars files and states, at least: the value reached terraform.
     assert!(holding >= 4, "only {holding} files hold a secret");
+}
+
+/// A secret param that a step's vars template reads.
+const DB_PASSWORD: &str = "db-pw-raw-3e9f1c";
+
+#[test]
+fn status_masks_a_secret_that_an_older_journal_holds_raw() {
+    let b = Bootstrapper::new();
+    let tree = b.dir().join("tree/a");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(
+        tree.join("main.tf"),
+        "variable \"db_password\" {\n  type = string\n}\n\n\
+         resource \"terraform_data\" \"x\" {\n  provisioner \"local-exec\" {\n    \
+         command = \"exit 3\"\n  }\n}\n",
+    )
+    .unwrap();
+    fs::write(
+        b.dir().join("a.tfvars.tera"),
+        "db_password = \"{{ params.db_password }}\"\n",
+    )
+    .unwrap();
+    b.write_workflow(
+        "[source]\ndir = \"code\"\nimage_dir = \"tree\"\n\n[settings]\nretries = 0\n\n\
+         [[step]]\nname = \"a\"\ndir = \"a\"\nvars = \"a.tfvars.tera\"\n",
+    );
+    b.write_params(&json!({ "db_password": DB_PASSWORD }));
+    b.run(&["run"]).assert_code(1);
+
+    // As a version that did not mask the recorded error, or a hand edit, would leave it.
+    let attempt_path = b.root().join(".bootstrapper/steps/a/attempt");
+    let mut attempt: Value =
+        serde_json::from_str(&fs::read_to_string(&attempt_path).unwrap()).unwrap();
+    attempt["last_error"] = json!(format!("connection refused for password {DB_PASSWORD}"));
+    fs::write(&attempt_path, attempt.to_string()).unwrap();
+
+    for args in [&["status"][..], &["status", "--json"]] {
+        let out = b.run(args);
+        out.assert_success();
+        let command = args.join(" ");
+        assert!(
+            !out.stdout.contains(DB_PASSWORD) && !out.stderr.contains(DB_PASSWORD),
+            "`{command}` showed the password:\n{out}"
+        );
+        // The error itself is shown, with the secret masked in it.
+        assert!(
+            out.stdout
+                .contains("connection refused for password ********"),
+            "`{command}`:\n{out}"
+        );
+    }
 }

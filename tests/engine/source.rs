@@ -584,6 +584,7 @@ fn a_token_in_an_unreachable_https_url_appears_nowhere() {
     let status = b.run(&["status", "--json"]);
     status.assert_success();
     let plain_status = b.run(&["status"]);
+    plain_status.assert_success();
     let mut seen = vec![
         ("run stdout", outcome.stdout.clone()),
         ("run stderr", outcome.stderr.clone()),
@@ -607,12 +608,12 @@ fn a_token_in_an_unreachable_https_url_appears_nowhere() {
     assert!(temps_in(&b.root()).is_empty());
 }
 
-/// An http server that refuses every request with 401 and remembers whether requests
-/// carried credentials. A real git server cannot be made to refuse here without one.
-/// Dropping it stops it.
+/// An http server that refuses every request with 401 and remembers the credentials each
+/// request carried (the Authorization header's value, if any). A real git server cannot be
+/// made to refuse here without one. Dropping it stops it.
 struct Refusing {
     port: u16,
-    authorized: Arc<Mutex<Vec<bool>>>,
+    authorized: Arc<Mutex<Vec<Option<String>>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -632,13 +633,17 @@ impl Refusing {
                 }
                 let Ok(mut stream) = stream else { return };
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut with_credentials = false;
+                let mut credentials = None;
                 let mut line = String::new();
                 while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
-                    with_credentials |= line.to_ascii_lowercase().starts_with("authorization:");
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("authorization") {
+                            credentials = Some(value.trim().to_string());
+                        }
+                    }
                     line.clear();
                 }
-                seen.lock().unwrap().push(with_credentials);
+                seen.lock().unwrap().push(credentials);
                 let _ = stream.write_all(
                     b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\n\
                       Content-Length: 0\r\nConnection: close\r\n\r\n",
@@ -686,16 +691,40 @@ fn refused_credentials_are_named_by_their_source_and_never_shown() {
         "{outcome}"
     );
     assert!(!outcome.stderr.contains(TOKEN) && !outcome.stdout.contains(TOKEN));
+    // The token went as the password of the default user, and nothing else was offered.
+    let offered = |user: &str| Some(format!("Basic {}", base64(&format!("{user}:{TOKEN}"))));
+    let sent = server.authorized.lock().unwrap().clone();
     assert!(
-        server.authorized.lock().unwrap().contains(&true),
-        "the token was never offered"
+        sent.contains(&offered("x-access-token")),
+        "the token was never offered as x-access-token's password: {sent:?}"
+    );
+    assert!(
+        sent.iter()
+            .all(|c| c.is_none() || *c == offered("x-access-token")),
+        "{sent:?}"
     );
 
-    // Without credentials the error says none are set.
+    // With a user name set, the token is that user's password.
+    server.authorized.lock().unwrap().clear();
+    let mut b = Bootstrapper::new();
+    b.env("BOOTSTRAPPER_GIT_TOKEN", TOKEN);
+    b.env("BOOTSTRAPPER_GIT_USERNAME", "deploy-bot");
+    setup(&b, &format!("git_url = {}", toml_string(&server.url())));
+    b.run(&["run"]).assert_code(2);
+    let sent = server.authorized.lock().unwrap().clone();
+    assert!(sent.contains(&offered("deploy-bot")), "{sent:?}");
+
+    // Without credentials the error says none are set, and none were sent.
+    server.authorized.lock().unwrap().clear();
     let b = Bootstrapper::new();
     setup(&b, &format!("git_url = {}", toml_string(&server.url())));
     let outcome = b.run(&["run"]);
     outcome.assert_code(2);
+    let sent = server.authorized.lock().unwrap().clone();
+    assert!(
+        !sent.is_empty() && sent.iter().all(Option::is_none),
+        "{sent:?}"
+    );
     assert!(outcome.stderr.contains("none is set"), "{outcome}");
     assert!(
         outcome.stderr.contains("BOOTSTRAPPER_GIT_TOKEN"),
@@ -778,4 +807,26 @@ fn a_step_cannot_be_named_source() {
         outcome.stderr.contains("step name `source` is reserved"),
         "{outcome}"
     );
+}
+
+/// Standard base64 with padding, as HTTP Basic credentials are sent.
+fn base64(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in text.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

@@ -4,9 +4,9 @@
 //! backend.
 //!
 //! ```sh
-//! cargo test --test torture                          # TORTURE_ROUNDS rounds, 20 by default (CI)
-//! TORTURE_ROUNDS=500 cargo test --release --test torture -- --nocapture   # the long run
-//! TORTURE_FIRST_ROUND=37 TORTURE_ROUNDS=1 cargo test --test torture -- --nocapture  # replay one
+//! cargo test --test engine torture::                  # TORTURE_ROUNDS rounds, 12 by default (CI)
+//! TORTURE_ROUNDS=500 cargo test --release --test engine torture:: -- --nocapture   # the long run
+//! TORTURE_FIRST_ROUND=37 TORTURE_ROUNDS=1 cargo test --test engine torture:: -- --nocapture  # replay one
 //! ```
 //!
 //! Rounds run `TORTURE_JOBS` at a time (2 by default), each on its own root and database:
@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 /// The workspace of every pg-backed step (`params.cluster_id`).
 const WORKSPACE: &str = "c1";
 
-const DEFAULT_ROUNDS: u32 = 20;
+const DEFAULT_ROUNDS: u32 = 12;
 /// Kills per phase: a random number from 1 up to this, after which the phase runs to its end.
 const MAX_KILLS_PER_PHASE: u64 = 4;
 /// A kill comes at a random moment this long after the process started, at most. A phase
@@ -48,6 +48,10 @@ const KILL_WINDOW: Duration = Duration::from_millis(5000);
 const DIFF_KILL_WINDOW: Duration = Duration::from_millis(1200);
 /// Bounds a phase's last, unkilled attempt; it takes seconds when all is well.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Each control-network resource's input is padded with this many bytes: terraform then
+/// takes tens of milliseconds between emptying its local state file and writing it again,
+/// a window that a kill watching the file lands in.
+const PAD_BYTES: u64 = 150_000;
 
 /// xorshift64: enough randomness to spread kill moments, and no dependency.
 struct Rng(u64);
@@ -111,6 +115,8 @@ struct Totals {
     restarts: u32,
     /// Local states that a kill left torn and the engine put back.
     repairs: u32,
+    /// Kills that left control-network's local state torn, with a complete copy to put back.
+    tears: u32,
 }
 
 impl Totals {
@@ -119,6 +125,7 @@ impl Totals {
         self.kills += other.kills;
         self.restarts += other.restarts;
         self.repairs += other.repairs;
+        self.tears += other.tears;
     }
 }
 
@@ -143,6 +150,8 @@ struct Round {
     number: u32,
     seed: u64,
     rng: Rng,
+    /// Whether the first kill of `run` waits for a local state write.
+    tear: bool,
     b: Bootstrapper,
     conn_str: String,
     database: String,
@@ -171,11 +180,18 @@ impl Round {
             params[format!("sleep_{key}")] = json!(1);
             params[format!("destroy_sleep_{key}")] = json!(1);
         }
+        // Every other round's first kill lands inside a local state write, which the pad
+        // makes long enough to hit.
+        let tear = number.is_multiple_of(2);
+        if tear {
+            params["pad_control_network"] = json!(PAD_BYTES);
+        }
         b.write_params(&params);
         Round {
             number,
             seed: Rng::seed(number),
             rng: Rng::for_round(number),
+            tear,
             b,
             conn_str,
             database,
@@ -260,15 +276,48 @@ impl Round {
         }
     }
 
-    /// Runs `command` until it exits 0, SIGKILLing its session at random moments first.
-    fn phase(&mut self, command: &str, totals: &mut Totals) -> Vec<Kill> {
-        self.phase_within(command, KILL_WINDOW, totals)
+    /// Waits until terraform empties control-network's local state file to write it again,
+    /// after a complete copy of an earlier write was kept; returns whether that moment came
+    /// before the process exited.
+    fn wait_for_a_state_write(&self, running: &mut Running) -> bool {
+        let state = self.local_state();
+        let copy = state.with_file_name("terraform.tfstate.last-complete");
+        let deadline = Instant::now() + PHASE_TIMEOUT;
+        while Instant::now() < deadline {
+            if running.try_wait().is_some() {
+                return false;
+            }
+            let emptied = std::fs::metadata(&state).is_ok_and(|m| m.len() == 0);
+            if emptied && copy.is_file() {
+                return true;
+            }
+            // Far shorter than the write's window: the kill lands inside it.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!(
+            "no state write within {PHASE_TIMEOUT:?}\n{}",
+            self.context()
+        );
+    }
+
+    /// Runs `command` until it exits 0, SIGKILLing its session at random moments first. With
+    /// `tear`, the first kill comes inside a write of control-network's local state instead.
+    fn phase(&mut self, command: &str, tear: bool, totals: &mut Totals) -> Vec<Kill> {
+        self.phase_within(command, KILL_WINDOW, tear, totals)
     }
 
     /// [`Round::phase`], each kill coming within `window` of the start.
-    fn phase_within(&mut self, command: &str, window: Duration, totals: &mut Totals) -> Vec<Kill> {
+    fn phase_within(
+        &mut self,
+        command: &str,
+        window: Duration,
+        tear: bool,
+        totals: &mut Totals,
+    ) -> Vec<Kill> {
         let planned = 1 + self.rng.up_to(MAX_KILLS_PER_PHASE - 1);
         let mut kills = Vec::new();
+        // A kill left the local state torn; the next attempts must put it back.
+        let mut torn = false;
         for attempt in 0..=planned {
             if attempt > 0 {
                 totals.restarts += 1;
@@ -279,10 +328,18 @@ impl Round {
                     self.rng
                         .up_to(window.as_millis().try_into().expect("small")),
                 );
-                if poll(|| running.try_wait().is_some(), moment) {
+                let exited = if tear && attempt == 0 {
+                    !self.wait_for_a_state_write(&mut running)
+                } else {
+                    poll(|| running.try_wait().is_some(), moment)
+                };
+                if exited {
                     running.try_wait().expect("exited")
                 } else {
                     let outcome = running.kill_session();
+                    if repairs(&outcome) > 0 {
+                        torn = false;
+                    }
                     totals.repairs += repairs(&outcome);
                     // It may have exited on its own just before the kill.
                     if outcome.signal == Some(libc::SIGKILL) {
@@ -294,9 +351,22 @@ impl Round {
                             self.number,
                             ledger.last().map_or("empty", String::as_str)
                         );
+                        let mut states = self.states_at_kill();
+                        let copy = self
+                            .local_state()
+                            .with_file_name("terraform.tfstate.last-complete");
+                        if states[FOUR_STEPS[0]].is_none() && copy.is_file() {
+                            totals.tears += 1;
+                            torn = true;
+                            // An apply only adds to a state: what the last complete write
+                            // held was still there when the kill tore the next one.
+                            if command == "run" {
+                                states.insert(FOUR_STEPS[0], Some(local_state_resources(&copy)));
+                            }
+                        }
                         kills.push(Kill {
                             ledger_len: ledger.len(),
-                            states: self.states_at_kill(),
+                            states,
                             marked: self.marked(command),
                         });
                         continue;
@@ -307,6 +377,14 @@ impl Round {
                 running.wait(PHASE_TIMEOUT)
             };
             totals.repairs += repairs(&outcome);
+            if repairs(&outcome) > 0 {
+                torn = false;
+            }
+            assert!(
+                !torn,
+                "`{command}` finished, and the torn local state a kill left was never put back\n{}\n{outcome}",
+                self.context()
+            );
             self.assert_marked_skipped(&kills, &outcome);
             // Not killed by us: it ran to its end, which must be success. A failure here is
             // the engine tripping over what an earlier kill left behind.
@@ -327,7 +405,7 @@ impl Round {
         eprintln!("{}", self.context());
         let context = self.context();
 
-        let run_kills = self.phase("run", totals);
+        let run_kills = self.phase("run", self.tear, totals);
         let states = self.states();
         for step in FOUR_STEPS {
             assert_eq!(
@@ -348,7 +426,7 @@ impl Round {
         // leaves behind trips neither the diff that finishes (nothing would change) nor a
         // `run` (nothing to apply), and no diff applies anything.
         if self.number.is_multiple_of(4) {
-            self.phase_within("diff", DIFF_KILL_WINDOW, totals);
+            self.phase_within("diff", DIFF_KILL_WINDOW, false, totals);
             assert_eq!(
                 self.b.ledger(),
                 applied,
@@ -362,7 +440,7 @@ impl Round {
             );
         }
 
-        let destroy_kills = self.phase("destroy", totals);
+        let destroy_kills = self.phase("destroy", false, totals);
         let states = self.states();
         for (step, resources) in &states {
             assert!(
@@ -485,12 +563,28 @@ fn kill_torture_bootstrap_and_destroy() {
     });
     let totals = totals.into_inner().expect("totals");
     eprintln!(
-        "kill torture: {} rounds, {} kills, {} restarts, {} torn local states put back, in {:.0?}",
+        "kill torture: {} rounds, {} kills, {} restarts, {} kills inside a local state write, {} torn local states put back, in {:.0?}",
         totals.rounds,
         totals.kills,
         totals.restarts,
+        totals.tears,
         totals.repairs,
         started.elapsed()
     );
     assert_eq!(totals.rounds, rounds);
+    // Each phase plans a kill within seconds of its start, and a run takes longer than that.
+    assert!(totals.kills >= rounds, "only {} kills", totals.kills);
+    // Half the rounds aim a kill at a state write: some must have torn it, and been repaired.
+    if rounds >= 4 {
+        assert!(
+            totals.tears > 0,
+            "no kill landed inside a local state write"
+        );
+        assert!(
+            totals.repairs >= totals.tears,
+            "{} tears, {} repairs",
+            totals.tears,
+            totals.repairs
+        );
+    }
 }

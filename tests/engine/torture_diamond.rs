@@ -3,9 +3,9 @@
 //! restarted until they finish, against real terraform and a PostgreSQL backend.
 //!
 //! ```sh
-//! cargo test --test torture_diamond                           # TORTURE_ROUNDS, 20 by default
-//! TORTURE_ROUNDS=200 cargo test --release --test torture_diamond -- --nocapture
-//! TORTURE_FIRST_ROUND=7 TORTURE_ROUNDS=1 cargo test --test torture_diamond -- --nocapture
+//! cargo test --test engine torture_diamond::                        # TORTURE_ROUNDS, 20 by default
+//! TORTURE_ROUNDS=200 cargo test --release --test engine torture_diamond:: -- --nocapture
+//! TORTURE_FIRST_ROUND=7 TORTURE_ROUNDS=1 cargo test --test engine torture_diamond:: -- --nocapture
 //! ```
 //!
 //! After every round: a resource that was in a state when a kill came is never created again,

@@ -3,7 +3,7 @@
 //! client. The fixture's provisioners write a ledger whose lines carry a time, the cluster
 //! and the operation (the engine process that ran terraform).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,15 +46,21 @@ impl Bed {
 
     /// A bed whose tenant workflow is `toml` (the fixture's, changed by the test).
     pub fn with_workflow(toml: &str) -> Self {
+        let bed = Self::bare(toml);
+        bed.prepare_backend();
+        bed
+    }
+
+    /// A bed whose database is empty: the first operations set the backend up themselves,
+    /// side by side, and meet each other's races there.
+    pub fn bare(toml: &str) -> Self {
         let b = Bootstrapper::new();
         b.write_workflow(toml);
         fs::write(b.dir().join("tokens"), format!("# test\n{TOKEN}\n")).expect("tokens");
-        let bed = Bed {
+        Bed {
             b,
             pg: super::fresh_database(),
-        };
-        bed.prepare_backend();
-        bed
+        }
     }
 
     /// Terraform's pg backend creates its schema on the first `init`, and first inits running
@@ -86,17 +92,15 @@ impl Bed {
         self.b.dir().join("tokens")
     }
 
-    /// Starts `serve` with `args` after the command, the backend and ledger in its
-    /// environment, and `env` on top; returns once it listens.
+    /// Starts `serve` with `args` after the command (and the tokens file, unless `args` ask
+    /// for `--insecure-no-auth`), the backend and ledger in its environment, and `env` on
+    /// top; returns once it listens.
     pub fn start(&self, args: &[&str], env: &[(&str, &str)]) -> Controller {
         let tokens = self.tokens_path();
-        let mut all = vec![
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--tokens",
-            tokens.to_str().expect("UTF-8"),
-        ];
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        if !args.contains(&"--insecure-no-auth") {
+            all.extend(["--tokens", tokens.to_str().expect("UTF-8")]);
+        }
         all.extend_from_slice(args);
         let mut cmd = self.b.command(&all);
         cmd.env("TF_VAR_pg_conn_str", &self.pg)
@@ -140,6 +144,32 @@ impl Bed {
     /// The ledger, parsed.
     pub fn ledger(&self) -> Vec<Entry> {
         self.b.ledger().iter().map(|l| Entry::parse(l)).collect()
+    }
+
+    /// Where the controller keeps cluster `id`.
+    pub fn cluster_dir(&self, id: &str) -> PathBuf {
+        self.b.root().join("clusters").join(id)
+    }
+
+    /// The resources the ledger says cluster `id` created, in order.
+    pub fn creates(&self, id: &str) -> Vec<String> {
+        self.ledger()
+            .into_iter()
+            .filter(|e| e.cluster == id && e.event == "create")
+            .map(|e| e.resource)
+            .collect()
+    }
+
+    /// Every resource in the states of `clusters`, as (cluster, `step:address`).
+    pub fn states_of(&self, clusters: &[String]) -> BTreeSet<(String, String)> {
+        clusters
+            .iter()
+            .flat_map(|id| {
+                self.state_resources(id)
+                    .into_iter()
+                    .map(move |r| (id.clone(), r))
+            })
+            .collect()
     }
 
     /// The resources in the state of `cluster`'s workspace, for both steps.
@@ -377,4 +407,9 @@ impl Controller {
             .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
             .map_or(0.0, |v| v.trim().parse().expect("metric value"))
     }
+}
+
+/// A one-cluster list, for the calls that take several.
+pub fn one(id: &str) -> [String; 1] {
+    [id.to_string()]
 }

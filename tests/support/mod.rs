@@ -8,6 +8,7 @@
 pub mod controller;
 pub mod diamond;
 pub mod pod;
+pub mod sigint;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -892,4 +893,18 @@ pub fn status_json(b: &Bootstrapper) -> Value {
     let outcome = b.run(&["status", "--json"]);
     outcome.assert_success();
     serde_json::from_str(&outcome.stdout).unwrap_or_else(|e| panic!("{e}\n{outcome}"))
+}
+
+/// Copies the tree at `from` to `to`, files and folders alike.
+pub fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }

@@ -140,12 +140,14 @@ fn execute(
         // A preview's params are not the intent's: its own file, for the engine and the mask.
         match crate::base::json::read(&cluster.plan_params_path()) {
             Ok(params) => params.unwrap_or_default(),
+            Err(crate::base::json::ReadError::Io(e)) if starved(&e) => return Ending::Later,
             Err(_) => return failed("cannot read the plan's params".to_string()),
         }
     } else {
         match cluster.intent() {
             Ok(Some(intent)) => intent.params,
             Ok(None) => Default::default(),
+            Err(e) if starved(&e) => return Ending::Later,
             Err(e) => return failed(format!("cannot read the cluster's intent: {e}")),
         }
     };
@@ -178,7 +180,11 @@ fn execute(
     {
         return failed(format!("cannot create {}: {e}", engine_root.display()));
     }
-    let args = engine_args(kind, operation.reviewed.as_deref());
+    let mut args = engine_args(kind, operation.reviewed.as_deref());
+    // A plan's is `current` only: a rollout's review of the image's code.
+    if let (Kind::Apply | Kind::Plan, Some(code)) = (kind, operation.code) {
+        args.push(format!("--code={}", code.as_str()));
+    }
     let params_path = match kind {
         Kind::Plan => cluster.plan_params_path(),
         Kind::Apply | Kind::Destroy => cluster.params_path(),
@@ -234,7 +240,7 @@ fn execute(
 
 /// Whether `e` says the system lacked a resource for a moment, rather than that the
 /// operation cannot run.
-fn starved(e: &std::io::Error) -> bool {
+pub fn starved(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)

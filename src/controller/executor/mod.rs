@@ -7,7 +7,7 @@ pub mod kubernetes;
 mod local;
 mod report;
 
-pub use local::{last_diff, Local, LocalConfig};
+pub use local::{last_diff, starved, Local, LocalConfig};
 
 use nix::sys::signal::Signal;
 
@@ -23,6 +23,8 @@ pub struct Operation {
     /// For an apply: the reviewed plan (the engine's diff id) to apply exactly, with
     /// `run --reviewed=ID` rather than `run --recreate`.
     pub reviewed: Option<String>,
+    /// For an apply: other code to move the cluster to first (`run --code`).
+    pub code: Option<crate::controller::code::CodeChoice>,
 }
 
 /// How an operation ended.

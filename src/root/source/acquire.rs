@@ -115,7 +115,7 @@ pub(super) fn build_atomically(
 
 /// Copies each overlay into the tree being built, and makes its content part of the code's
 /// identity: a new overlay is new code, as a new commit is.
-fn add_overlays(
+pub(super) fn add_overlays(
     tree: &Path,
     overlays: &[RenderedOverlay],
     mut record: Record,

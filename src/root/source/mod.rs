@@ -8,7 +8,9 @@ mod credentials;
 mod git;
 mod kept_state;
 mod links;
+mod preview;
 mod sync;
+mod upgrade;
 
 use std::fs;
 use std::io;
@@ -17,6 +19,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use links::{check_links, confinement_problems};
+pub use preview::preview;
+pub use upgrade::{applied, change, identity, previous_record, Change};
 
 use crate::base::durable;
 use crate::base::error::{Error, Problem, Problems, Result};

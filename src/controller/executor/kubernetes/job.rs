@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::base::log::Format;
 use crate::controller::cluster::Kind;
+use crate::controller::code::CodeChoice;
 use crate::controller::executor::Operation;
 
 /// The engine's container in every Job.
@@ -43,6 +44,8 @@ pub const LABEL_KIND: &str = "bootstrapper/kind";
 pub const LABEL_ATTEMPT: &str = "bootstrapper/attempt";
 /// The reviewed plan an apply applies, when it applies one.
 pub const ANNOTATION_REVIEWED: &str = "bootstrapper/reviewed";
+/// The code an apply moves the cluster to (`run --code`), for adoption.
+pub const ANNOTATION_CODE: &str = "bootstrapper/code";
 /// Kueue's queue label; a Job that carries it is created suspended and admitted by Kueue.
 pub const KUEUE_QUEUE: &str = "kueue.x-k8s.io/queue-name";
 /// Keeps the cluster autoscaler from removing the node under a running operation.
@@ -253,6 +256,10 @@ pub fn engine_args(settings: &JobSettings, operation: &Operation) -> Vec<String>
         (Kind::Destroy, _) => args.extend(["destroy".to_string(), "--every-step".to_string()]),
         (Kind::Plan, _) => args.extend(["diff".to_string(), "--json".to_string()]),
     }
+    // As the local executor: a plan's code is `current` only (a rollout's review).
+    if let (Kind::Apply | Kind::Plan, Some(code)) = (operation.kind, operation.code) {
+        args.push(format!("--code={}", code.as_str()));
+    }
     args
 }
 
@@ -281,6 +288,12 @@ pub fn job(settings: &JobSettings, operation: &Operation, attempt: u32) -> Job {
             .annotations
             .get_or_insert_with(Default::default)
             .insert(ANNOTATION_REVIEWED.to_string(), id.clone());
+    }
+    if let Some(code) = operation.code {
+        metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ANNOTATION_CODE.to_string(), code.as_str().to_string());
     }
 
     let spec = job.spec.get_or_insert_with(JobSpec::default);
@@ -412,18 +425,26 @@ pub fn operation_of(job: &Job) -> Option<(Operation, u32)> {
         "plan" => Kind::Plan,
         _ => return None,
     };
-    let reviewed = job
-        .metadata
-        .annotations
-        .as_ref()
+    let annotations = job.metadata.annotations.as_ref();
+    let reviewed = annotations
         .and_then(|a| a.get(ANNOTATION_REVIEWED))
         .cloned();
+    let code = match annotations
+        .and_then(|a| a.get(ANNOTATION_CODE))
+        .map(String::as_str)
+    {
+        None => None,
+        Some("current") => Some(CodeChoice::Current),
+        Some("previous") => Some(CodeChoice::Previous),
+        Some(_) => return None,
+    };
     Some((
         Operation {
             cluster: labels.get(LABEL_CLUSTER)?.clone(),
             generation: labels.get(LABEL_GENERATION)?.parse().ok()?,
             kind,
             reviewed,
+            code,
         },
         labels.get(LABEL_ATTEMPT)?.parse().ok()?,
     ))
@@ -462,6 +483,7 @@ mod tests {
             generation: 7,
             kind,
             reviewed: reviewed.map(str::to_string),
+            code: None,
         }
     }
 

@@ -608,6 +608,20 @@ mod tests {
             operation_of(&job),
             Some((operation(Kind::Apply, Some("d1")), 2))
         );
+        // An upgrade or a rollback says so on the command line and in the Job, for adoption.
+        for code in [CodeChoice::Current, CodeChoice::Previous] {
+            let upgrade = Operation {
+                code: Some(code),
+                ..operation(Kind::Apply, None)
+            };
+            let args = engine_args(&settings(None), &upgrade);
+            assert_eq!(
+                args[args.len() - 3..],
+                ["run", "--recreate", &format!("--code={}", code.as_str())]
+            );
+            let upgraded = super::job(&settings(None), &upgrade, 1);
+            assert_eq!(operation_of(&upgraded), Some((upgrade, 1)));
+        }
     }
 
     #[test]

@@ -466,11 +466,12 @@ fn kubelet(state: &Mutex<State>, pods_dir: &Path, env: &[(String, String)]) {
         .map(str::to_string)
         .collect();
     for name in &names {
+        if with_pods.contains(name) {
+            continue;
+        }
         let job = state.jobs[name].clone();
-        let has_pod = with_pods.contains(name);
         let concluded = job["status"]["conditions"].is_array();
-        if has_pod
-            || concluded
+        if concluded
             || job["spec"]["suspend"] == json!(true)
             || !job["metadata"]["deletionTimestamp"].is_null()
         {

@@ -46,7 +46,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-20}
 if [ "${1:-}" = jobs ]; then
   # 200 pods' processes and their log files, and the controller's connections.
-  ulimit -n 65536 2>/dev/null || true
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   BOOTSTRAPPER_SIM_CLUSTERS=${2:-1000} BOOTSTRAPPER_SIM_SLOTS=${3:-200} \
     BOOTSTRAPPER_SIM_STEP=${4:-2} BOOTSTRAPPER_SIM_POLL=${5:-2s} \
     cargo test --release --locked --test controller \

@@ -146,25 +146,32 @@ fn a_controller_killed_with_jobs_running_adopts_them_and_loses_no_intent() {
     let args = ["--concurrency", "20", "--job-poll", "200ms"];
     let mut c = start(&bed, &kube, &args);
     let all = ids("jk-", 20);
-    for id in &all {
+    let (early, late) = all.split_at(8);
+    for id in early {
         assert_eq!(c.put(id, &json!({ "namesvr_count": 1 })).status, 202);
     }
-    // Some clusters ready and deleted (destroy Jobs), the others' applies still running.
-    let (early, late) = all.split_at(5);
     c.wait_phase(early, "ready", CONVERGE);
+    // Then destroys and applies together: 20 Jobs started at once.
     for id in early {
         assert_eq!(c.delete(id).status, 202);
     }
-    wait_for(
-        || kube.jobs_created().iter().any(|j| j.contains("-destroy-")) && kube.live_pods() >= 3,
-        CONVERGE,
-    );
+    for id in late {
+        assert_eq!(c.put(id, &json!({ "namesvr_count": 1 })).status, 202);
+    }
+    wait_for(|| kube.live_pods() >= 8, CONVERGE);
     c.running.take().unwrap().kill_session();
     let running_at_kill = kube.running_jobs();
+    eprintln!("running at the kill: {running_at_kill:?}");
     assert!(
         running_at_kill.len() >= 3,
         "several Jobs run on without their controller: {running_at_kill:?}"
     );
+    for kind in ["-apply-", "-destroy-"] {
+        assert!(
+            running_at_kill.iter().any(|j| j.contains(kind)),
+            "no {kind} Job was running at the kill"
+        );
+    }
 
     let c = start(&bed, &kube, &args);
     c.wait_phase(late, "ready", CONVERGE);

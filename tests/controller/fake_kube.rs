@@ -604,7 +604,7 @@ fn start_pod(
             state
                 .queued
                 .push_back((pod_name.clone(), job_name.to_string()));
-            "0/50 nodes are available: 50 Too many pods."
+            "0/50 nodes are available: 50 Too many pods (no free pod slot)."
         } else {
             "0/3 nodes are available: 3 Insufficient memory."
         };

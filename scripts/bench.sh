@@ -20,11 +20,21 @@
 #      ratio of their wall times (goal: at most 1.10), and GET /v1/clusters/{id} p99 meanwhile.
 #   6. a long operation log (`log`): the controller's peak RSS (VmHWM) before and after
 #      GET /v1/clusters/{id}/log over a log of MIB MiB, and the worst /healthz latency meanwhile.
+#   8. a fleet through Kubernetes Jobs (`jobs`), simulated: N clusters created, then destroyed,
+#      by `serve --executor kubernetes` against the fake API server of the controller's tests,
+#      whose kubelet runs each pod as a process of the real engine, with room for 200 pods (50
+#      nodes of 4: a pod beyond that stays Pending until one ends), over a stand-in terraform
+#      whose apply or destroy sleeps 2 s. Prints the time to converge against the ideal (each
+#      batch of 200 operations one step), the API requests per operation, the controller's CPU
+#      time and peak RSS; fails if an intent is lost or a cluster ever had two pods. It is the
+#      test jobs_load::simulation_… (run small by `cargo test`) at full size, in release.
 # Usage: scripts/bench.sh [RUNS]   (RUNS of the restart, default 20).
 #        scripts/bench.sh parallel [PAIRS]   (only 4., PAIRS default 5).
 #        scripts/bench.sh list [N]   (5., not in the default run; N default 1000).
 #        scripts/bench.sh log [MIB]   (6., not in the default run; MIB default 150).
 #        scripts/bench.sh rollout [N] [P]   (7., not in the default run; N 100, P 8).
+#        scripts/bench.sh jobs [N] [SLOTS] [STEP] [POLL]   (8., not in the default run; N 1000,
+#          SLOTS 200, STEP 2 s, POLL the controller's --job-poll, 2s).
 #   BENCH_BIN=path measures that binary instead of building this tree's (e.g. another
 #   version's, for a before/after).
 #   Then the seed comparison (scripts/bench-seed.sh) and the streaming throughput
@@ -34,6 +44,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-20}
+if [ "${1:-}" = jobs ]; then
+  # 200 pods' processes and their log files, and the controller's connections.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  BOOTSTRAPPER_SIM_CLUSTERS=${2:-1000} BOOTSTRAPPER_SIM_SLOTS=${3:-200} \
+    BOOTSTRAPPER_SIM_STEP=${4:-2} BOOTSTRAPPER_SIM_POLL=${5:-2s} \
+    cargo test --release --locked --test controller \
+    jobs_load::simulation_of_a_fleet_on_a_full_cluster_loses_no_intent -- --exact --nocapture
+  exit 0
+fi
 if [ -n "${BENCH_BIN:-}" ]; then
   bin=$(realpath "$BENCH_BIN")
 else

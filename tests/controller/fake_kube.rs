@@ -7,9 +7,11 @@
 //! env over the environment given here (envFrom's stand-in), SIGTERM then SIGKILL after the
 //! pod's grace on deletion, and the exit code and termination message into the pod's and the
 //! Job's status by the Job's rules (backoffLimit 0, podFailurePolicy FailJob on exit 2).
-//! Not simulated: watches, disruptions, scheduling, activeDeadlineSeconds, TTL.
+//! With a capacity, a pod beyond it stays Pending ("Too many pods") until a slot frees, first
+//! come first started; which node a pod lands on is not modelled.
+//! Not simulated: watches, disruptions, activeDeadlineSeconds, TTL.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -54,6 +56,12 @@ struct State {
     two_pods: bool,
     /// Leave each new pod Pending, unschedulable.
     unschedulable: bool,
+    /// How many pods may run at once (all nodes' slots); None: no limit.
+    capacity: Option<usize>,
+    /// Pods Pending for a slot, with their Job's name, oldest first.
+    queued: VecDeque<(String, String)>,
+    /// The most pods with a live process at once, all clusters together.
+    most_live: usize,
 }
 
 pub struct FakeKube {
@@ -135,6 +143,33 @@ impl FakeKube {
 
     pub fn live_pods(&self) -> usize {
         self.state.lock().unwrap().processes.len()
+    }
+
+    /// The Jobs whose pod has a live process, by name.
+    pub fn running_jobs(&self) -> Vec<String> {
+        let state = self.state.lock().unwrap();
+        let names = state.processes.keys().filter_map(|pod| {
+            state.pods.get(pod)?["metadata"]["labels"]["job-name"]
+                .as_str()
+                .map(str::to_string)
+        });
+        names.collect()
+    }
+
+    /// The most pods that any one cluster had with a live process at once.
+    pub fn most_pods_of_one_cluster(&self) -> usize {
+        let state = self.state.lock().unwrap();
+        state.most_at_once.values().copied().max().unwrap_or(0)
+    }
+
+    /// The most pods with a live process at once, all clusters together.
+    pub fn most_live_pods(&self) -> usize {
+        self.state.lock().unwrap().most_live
+    }
+
+    /// From now on at most `slots` pods run at once; the others wait Pending for a slot.
+    pub fn limit_pods(&self, slots: usize) {
+        self.state.lock().unwrap().capacity = Some(slots);
     }
 
     /// The next `n` Job creates are refused as over quota (403).
@@ -423,15 +458,20 @@ fn kubelet(state: &Mutex<State>, pods_dir: &Path, env: &[(String, String)]) {
     let state = &mut *state;
     // Start a pod for each Job that has none, unless suspended or being deleted.
     let names: Vec<String> = state.jobs.keys().cloned().collect();
+    // Once per turn, not once per Job: a load keeps thousands of both.
+    let with_pods: BTreeSet<String> = state
+        .pods
+        .values()
+        .filter_map(|p| p["metadata"]["labels"]["job-name"].as_str())
+        .map(str::to_string)
+        .collect();
     for name in &names {
+        if with_pods.contains(name) {
+            continue;
+        }
         let job = state.jobs[name].clone();
-        let has_pod = state
-            .pods
-            .values()
-            .any(|p| matches(p, &format!("job-name={name}")));
         let concluded = job["status"]["conditions"].is_array();
-        if has_pod
-            || concluded
+        if concluded
             || job["spec"]["suspend"] == json!(true)
             || !job["metadata"]["deletionTimestamp"].is_null()
         {
@@ -485,6 +525,20 @@ fn kubelet(state: &Mutex<State>, pods_dir: &Path, env: &[(String, String)]) {
             }
         }
     }
+    // Pods waiting for a slot, as slots free.
+    while state.capacity.is_some_and(|c| state.processes.len() < c) {
+        let Some((pod_name, job_name)) = state.queued.pop_front() else {
+            break;
+        };
+        let job = state.jobs.get(&job_name).cloned();
+        match job {
+            Some(job) if state.pods.contains_key(&pod_name) => {
+                launch(state, pods_dir, env, &pod_name, &job_name, &job)
+            }
+            // Its Job was deleted meanwhile, and the pod with it.
+            _ => {}
+        }
+    }
     // Jobs being deleted: SIGTERM their pods' processes, SIGKILL after the grace, then
     // remove the pods, then the Job.
     for name in &names {
@@ -525,6 +579,7 @@ fn kubelet(state: &Mutex<State>, pods_dir: &Path, env: &[(String, String)]) {
     for p in state.processes.values() {
         *live.entry(p.cluster.clone()).or_default() += 1;
     }
+    state.most_live = state.most_live.max(state.processes.len());
     for (cluster, n) in live {
         let most = state.most_at_once.entry(cluster).or_default();
         *most = (*most).max(n);
@@ -541,7 +596,18 @@ fn start_pod(
     let template = &job["spec"]["template"];
     let pod_name = format!("{job_name}-{}", state.rv);
     state.rv += 1;
-    if state.unschedulable {
+    let full = state
+        .capacity
+        .is_some_and(|c| state.processes.len() >= c || !state.queued.is_empty());
+    if state.unschedulable || full {
+        let message = if full {
+            state
+                .queued
+                .push_back((pod_name.clone(), job_name.to_string()));
+            "0/50 nodes are available: 50 Too many pods (no free pod slot)."
+        } else {
+            "0/3 nodes are available: 3 Insufficient memory."
+        };
         let mut labels = template["metadata"]["labels"]
             .as_object()
             .cloned()
@@ -554,11 +620,24 @@ fn start_pod(
                    "spec": {"containers": [{"name": "engine"}]},
                    "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled",
                       "status": "False", "reason": "Unschedulable",
-                      "message": "0/3 nodes are available: 3 Insufficient memory."}]}}),
+                      "message": message}]}}),
         );
         return;
     }
-    let dir = pods_dir.join(&pod_name);
+    launch(state, pods_dir, env, &pod_name, job_name, job);
+}
+
+/// Runs pod `pod_name` of Job `job_name`: its process, and its status Running.
+fn launch(
+    state: &mut State,
+    pods_dir: &Path,
+    env: &[(String, String)],
+    pod_name: &str,
+    job_name: &str,
+    job: &Value,
+) {
+    let template = &job["spec"]["template"];
+    let dir = pods_dir.join(pod_name);
     fs::create_dir_all(dir.join("root")).unwrap();
     fs::create_dir_all(dir.join("params")).unwrap();
     let spec = &template["spec"];
@@ -621,7 +700,7 @@ fn start_pod(
         .unwrap_or("")
         .to_string();
     state.pods.insert(
-        pod_name.clone(),
+        pod_name.to_string(),
         json!({"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": pod_name, "labels": labels, "creationTimestamp": now(),
                             "resourceVersion": state.rv.to_string()},
@@ -632,7 +711,7 @@ fn start_pod(
     );
     let grace = Duration::from_secs(spec["terminationGracePeriodSeconds"].as_u64().unwrap_or(30));
     state.processes.insert(
-        pod_name,
+        pod_name.to_string(),
         Process {
             child,
             cluster,

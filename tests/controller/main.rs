@@ -8,6 +8,8 @@ mod fake_kube;
 mod http;
 mod inputs;
 mod jobs;
+mod jobs_e2e;
+mod jobs_load;
 mod paths;
 mod plan;
 mod promises;

@@ -219,6 +219,9 @@ pub struct OperationLog {
     pub id: String,
     /// The last operation's output, secrets masked; its end when it is long.
     pub lines: Vec<String>,
+    /// The pod the lines were read from, while the operation's Job runs; null: the kept
+    /// `operation.log`.
+    pub pod: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -370,6 +373,11 @@ fn existing(app: &App, id: &str) -> Result<(Cluster, Record), ApiError> {
 fn accept_put(app: &App, id: &str, body: &[u8]) -> Result<Accepted, ApiError> {
     let put: PutCluster = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad(format!("the body is not a valid request: {e}")))?;
+    if put.plan_id.is_some() && !app.reconciler.executor.applies_saved_plans() {
+        return Err(ApiError::Conflict(
+            crate::controller::executor::kubernetes::results::REVIEWED_REFUSAL.replace("{id}", id),
+        ));
+    }
     if let Some(plan_id) = &put.plan_id {
         let valid = plan_id.len() == 16
             && plan_id
@@ -880,41 +888,87 @@ async fn list_clusters(
     Ok(Json(ClusterList { clusters }))
 }
 
-/// The last operation's output, secrets masked.
+/// The last operation's output, secrets masked: while an operation's Job runs
+/// (`--executor kubernetes`), its pod's log; otherwise the kept `operation.log`.
 #[utoipa::path(
     get,
     path = "/v1/clusters/{id}/log",
-    params(("id" = String, Path)),
+    params(
+        ("id" = String, Path),
+        ("follow" = Option<bool>, Query, description = "true: the log as text/plain, line by line as the running Job's pod writes it, until the pod ends (without such a pod: the kept log, then the end)")
+    ),
     responses((status = 200, body = OperationLog), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
 async fn get_log(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<Json<OperationLog>, ApiError> {
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    use futures_util::StreamExt;
+    let Query(query) = query.map_err(|r| ApiError::bad(r.body_text()))?;
     // Files are blocking work, and a log can be large: only its end is read, off the async
     // workers' backs.
-    let lines = tokio::task::spawn_blocking(move || {
-        let (cluster, record) = existing(&app, &id)?;
-        let lines = records::tail(&cluster.log_path(), MAX_LOG_LINES)
-            .map_err(|e| ApiError::internal("cannot read the operation's log", e))?;
-        // Written masked; masked again with today's secrets in case the params changed since.
-        let params = match record.intent() {
-            Some(intent) => intent.params.clone(),
-            None => records::last_params(&cluster),
+    let (cluster, redactor) = {
+        let (app, id) = (app.clone(), id.clone());
+        tokio::task::spawn_blocking(move || {
+            let (cluster, record) = existing(&app, &id)?;
+            // Written masked; masked again with today's secrets in case the params changed since.
+            let params = match record.intent() {
+                Some(intent) => intent.params.clone(),
+                None => records::last_params(&cluster),
+            };
+            let redactor = cluster
+                .loaded(&app.reconciler.config.workflow, &params)
+                .redactor;
+            Ok::<_, ApiError>((cluster, redactor))
+        })
+        .await
+        .map_err(|e| ApiError::internal("reading the operation's log stopped", e))??
+    };
+    let live = app
+        .reconciler
+        .executor
+        .live_log(&id, query.follow, MAX_LOG_LINES)
+        .await;
+    let kept = || async {
+        let path = cluster.log_path();
+        tokio::task::spawn_blocking(move || records::tail(&path, MAX_LOG_LINES))
+            .await
+            .map_err(|e| ApiError::internal("reading the operation's log stopped", e))?
+            .map_err(|e| ApiError::internal("cannot read the operation's log", e))
+    };
+    if query.follow {
+        let lines = match live {
+            Some(live) => live.lines,
+            None => futures_util::stream::iter(kept().await?).boxed(),
         };
-        let redactor = cluster
-            .loaded(&app.reconciler.config.workflow, &params)
-            .redactor;
-        let lines: Vec<String> = lines
-            .iter()
-            .map(|l| redactor.mask(l).into_owned())
-            .collect();
-        Ok::<_, ApiError>(OperationLog { id, lines })
-    })
-    .await
-    .map_err(|e| ApiError::internal("reading the operation's log stopped", e))??;
-    Ok(Json(lines))
+        let text = lines.map(move |line| {
+            Ok::<_, std::convert::Infallible>(format!("{}\n", redactor.mask(&line)))
+        });
+        let headers = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+        return Ok((headers, axum::body::Body::from_stream(text)).into_response());
+    }
+    let (lines, pod) = match live {
+        Some(live) => {
+            let mut lines: Vec<String> = live.lines.collect().await;
+            let extra = lines.len().saturating_sub(MAX_LOG_LINES);
+            lines.drain(..extra);
+            (lines, Some(live.pod))
+        }
+        None => (kept().await?, None),
+    };
+    let lines = lines
+        .iter()
+        .map(|l| redactor.mask(l).into_owned())
+        .collect();
+    Ok(Json(OperationLog { id, lines, pod }).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    follow: bool,
 }
 
 /// Plans what an apply would change (the engine's `diff`), as an operation of the cluster;

@@ -26,7 +26,7 @@ const FILE_MODE: u32 = 0o600;
 pub const ENGINE_DIR: &str = "engine";
 /// The files the controller keeps in a cluster's directory (and their temp files beside);
 /// the paths below name each.
-pub const CONTROLLER_FILES: [&str; 9] = [
+pub const CONTROLLER_FILES: [&str; 11] = [
     "intent.json",
     "outcome.json",
     "params.json",
@@ -36,6 +36,8 @@ pub const CONTROLLER_FILES: [&str; 9] = [
     "plan-request.json",
     "plan.log",
     "drift.json",
+    crate::controller::job_result::RESULT_FILE,
+    crate::controller::job_result::DIFF_FILE,
 ];
 /// A cluster id is a DNS-1123 label, kept short enough to be part of other resources' names.
 pub const MAX_ID_LEN: usize = 40;
@@ -387,6 +389,12 @@ pub struct Document {
     /// The steps' non-sensitive outputs, by step and output name.
     #[schema(value_type = Object)]
     pub outputs: Map<String, Value>,
+    /// `<step>.<output>` of each output a Job's result had no room for (`--executor
+    /// kubernetes`), with the engine's note on where to read them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outputs_left_out: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outputs_note: Option<String>,
     pub last_error: Option<String>,
     /// How the last finished operation ended.
     pub last_operation: Option<Outcome>,
@@ -493,6 +501,26 @@ impl Cluster {
                 outputs.insert(step.name.clone(), Value::Object(shown));
             }
         }
+        // A Job's journal stays in its pod: its result says what the journal would.
+        let kept = crate::controller::job_result::read(&self.dir);
+        let (mut outputs_left_out, mut outputs_note) = (Vec::new(), None);
+        if let Some(kept) = kept {
+            steps = kept
+                .steps
+                .into_iter()
+                .map(|s| StepDocument {
+                    name: s.name,
+                    state: s.state,
+                    attempts: s.attempts,
+                    started_at: s.started_at,
+                    finished_at: s.finished_at,
+                    last_error: s.last_error,
+                })
+                .collect();
+            outputs = kept.outputs;
+            outputs_left_out = kept.outputs_left_out;
+            outputs_note = kept.note;
+        }
         let mut document = Document {
             id: self.id.clone(),
             phase,
@@ -501,6 +529,8 @@ impl Cluster {
             params: intent.params.clone(),
             steps,
             outputs,
+            outputs_left_out,
+            outputs_note,
             last_error,
             last_operation: outcome,
             created_at: intent.created_at.clone(),

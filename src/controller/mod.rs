@@ -3,6 +3,7 @@ pub mod cluster;
 pub mod code;
 pub mod executor;
 pub mod http;
+pub mod job_result;
 pub mod layout;
 pub mod metrics;
 pub mod plan;

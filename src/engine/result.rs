@@ -18,6 +18,8 @@ use crate::workflow::load::Loaded;
 pub const MAX_BYTES: usize = 4096;
 /// An error longer than this is cut: the log has it whole.
 const MAX_ERROR_CHARS: usize = 1000;
+/// A step's own error is most often the command's, already there.
+const MAX_STEP_ERROR_CHARS: usize = 300;
 
 #[derive(Debug, Serialize)]
 pub struct StepResult {
@@ -26,6 +28,13 @@ pub struct StepResult {
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<FailureKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Cut to [`MAX_STEP_ERROR_CHARS`]: the log has it whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,8 +92,14 @@ pub fn collect(
                 state: row.state,
                 attempts: row.attempts,
                 failure: row.failure,
+                started_at: row.started_at,
+                finished_at: row.finished_at,
+                last_error: row
+                    .last_error
+                    .map(|e| cut_to(&mask(&e), MAX_STEP_ERROR_CHARS)),
             })
             .collect();
+        result.fit_steps();
     }
     let journal = Journal::at(root);
     for step in &loaded.workflow.steps {
@@ -103,10 +118,25 @@ pub fn collect(
 }
 
 impl CommandResult {
+    /// Makes the steps fit, with room for a few outputs: first without their errors, then
+    /// without their times (a workflow of very many steps).
+    fn fit_steps(&mut self) {
+        const ROOM: usize = MAX_BYTES * 3 / 4;
+        if self.size() > ROOM {
+            self.steps.iter_mut().for_each(|s| s.last_error = None);
+        }
+        if self.size() > ROOM {
+            for step in &mut self.steps {
+                step.started_at = None;
+                step.finished_at = None;
+            }
+        }
+    }
+
     /// Adds one output if the result still fits in [`MAX_BYTES`] with it, or names it as
     /// left out (the names themselves stop once even they would not fit).
     fn fit(&mut self, step: &str, name: String, value: Value) {
-        const NOTE: &str = "outputs left out to keep the result within 4 KiB: the cluster's document and its backend have them";
+        const NOTE: &str = "outputs left out to keep the result within 4 KiB: `terraform output` in the step's workspace has them";
         let entry = self
             .outputs
             .entry(step.to_string())
@@ -161,7 +191,11 @@ fn masked(redactor: &Redactor, value: Value) -> Value {
 }
 
 fn cut(text: &str) -> String {
-    match text.char_indices().nth(MAX_ERROR_CHARS) {
+    cut_to(text, MAX_ERROR_CHARS)
+}
+
+fn cut_to(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text.to_string(),
     }
@@ -198,6 +232,34 @@ mod tests {
             result.fit("many", format!("output_{i}"), Value::from("z".repeat(20)));
         }
         assert!(result.size() <= MAX_BYTES, "{}", result.size());
+    }
+
+    #[test]
+    fn many_steps_fit_without_their_errors_then_their_times() {
+        let mut result = empty();
+        let steps = |n: usize| {
+            (0..n)
+                .map(|i| StepResult {
+                    name: format!("step-{i}"),
+                    state: crate::engine::status::State::Failed,
+                    attempts: 1,
+                    failure: None,
+                    started_at: Some("2026-01-01T00:00:00Z".into()),
+                    finished_at: Some("2026-01-01T00:00:01Z".into()),
+                    last_error: Some("e".repeat(MAX_STEP_ERROR_CHARS)),
+                })
+                .collect()
+        };
+        result.steps = steps(40);
+        result.fit_steps();
+        assert!(result.steps.iter().all(|s| s.last_error.is_none()));
+        assert!(result.size() <= MAX_BYTES * 3 / 4, "{}", result.size());
+        assert_eq!(result.steps.len(), 40);
+        // A few steps keep theirs.
+        result.steps = steps(3);
+        result.fit_steps();
+        assert!(result.steps[0].last_error.is_some());
+        assert!(result.steps[0].started_at.is_some());
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! Job's status by the Job's rules (backoffLimit 0, podFailurePolicy FailJob on exit 2).
 //! With a capacity, a pod beyond it stays Pending ("Too many pods") until a slot frees, first
 //! come first started; which node a pod lands on is not modelled.
+//! A pod's log answers `tailLines`, `limitBytes` and `follow=true` (streamed as the process
+//! writes it); a pod gone has none.
 //! Not simulated: watches, disruptions, activeDeadlineSeconds, TTL.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -307,6 +309,12 @@ fn serve_connection(stream: TcpStream, state: &Mutex<State>, pods_dir: &Path) {
         {
             Answer::Json(code, value) => (code, "application/json", value.to_string()),
             Answer::Text(text) => (200, "text/plain", text),
+            Answer::Follow { pod, start } => {
+                if follow_log(&mut stream, state, pods_dir, &pod, start).is_err() {
+                    return;
+                }
+                continue;
+            }
         };
         let reply = format!(
             "HTTP/1.1 {code} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{text}",
@@ -321,6 +329,70 @@ fn serve_connection(stream: TcpStream, state: &Mutex<State>, pods_dir: &Path) {
 enum Answer {
     Json(u16, Value),
     Text(String),
+    /// A pod's log from byte `start`, streamed as the pod writes it until its process ends.
+    Follow {
+        pod: String,
+        start: usize,
+    },
+}
+
+/// `pods/NAME/log`: the pod's output, its `tailLines` last lines, at most `limitBytes`;
+/// with `follow=true` streamed on. A pod that is gone has no log (404).
+fn pod_log(state: &State, pods_dir: &Path, pod: &str, query: &HashMap<String, String>) -> Answer {
+    if !state.pods.contains_key(pod) {
+        let (c, v) = status(404, "NotFound", &format!("pods \"{pod}\" not found"));
+        return Answer::Json(c, v);
+    }
+    let text = fs::read_to_string(pods_dir.join(pod).join("log")).unwrap_or_default();
+    let mut start = 0;
+    if let Some(n) = query.get("tailLines").map(|n| n.parse::<usize>().unwrap()) {
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        let skip = lines.len().saturating_sub(n);
+        start = lines[..skip].iter().map(|l| l.len()).sum();
+    }
+    if query.get("follow").map(String::as_str) == Some("true") {
+        return Answer::Follow {
+            pod: pod.to_string(),
+            start,
+        };
+    }
+    let mut text = text[start..].to_string();
+    if let Some(limit) = query.get("limitBytes").map(|n| n.parse::<usize>().unwrap()) {
+        text.truncate(limit);
+    }
+    Answer::Text(text)
+}
+
+/// Streams a pod's log, chunked, from `start` on as its process writes it, and ends it once
+/// the process has ended and all it wrote is sent.
+fn follow_log(
+    stream: &mut TcpStream,
+    state: &Mutex<State>,
+    pods_dir: &Path,
+    pod: &str,
+    start: usize,
+) -> std::io::Result<()> {
+    stream.write_all(
+        b"HTTP/1.1 200 X\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )?;
+    let mut file = fs::File::open(pods_dir.join(pod).join("log"))?;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start as u64))?;
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        // Whether it had ended is looked at before the read: what it wrote before is read.
+        let ended = !state.lock().unwrap().processes.contains_key(pod);
+        let n = file.read(&mut buffer)?;
+        if n > 0 {
+            stream.write_all(format!("{n:x}\r\n").as_bytes())?;
+            stream.write_all(&buffer[..n])?;
+            stream.write_all(b"\r\n")?;
+            continue;
+        }
+        if ended {
+            return stream.write_all(b"0\r\n\r\n");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn handle(
@@ -353,8 +425,7 @@ fn handle(
         }
     };
     if rest.len() == 3 && rest[0] == "pods" && rest[2] == "log" {
-        let log = pods_dir.join(rest[1]).join("log");
-        return Answer::Text(fs::read_to_string(log).unwrap_or_default());
+        return pod_log(&state, pods_dir, rest[1], query);
     }
     state.rv += 1;
     let rv = state.rv;

@@ -10,6 +10,7 @@ mod inputs;
 mod jobs;
 mod jobs_e2e;
 mod jobs_load;
+mod jobs_results;
 mod paths;
 mod plan;
 mod promises;

@@ -172,6 +172,10 @@ fn execute(
         Err(e) if starved(&e) => return Ending::Later,
         Err(e) => return failed(format!("cannot write {}: {e}", log_path.display())),
     };
+    if kind != Kind::Plan {
+        // The journal here says how it went from now on, not a Job's result from before.
+        crate::controller::job_result::forget(&cluster.dir);
+    }
     let engine_root = cluster.engine_root();
     if let Err(e) = std::fs::DirBuilder::new()
         .recursive(true)
@@ -263,10 +267,10 @@ pub fn diff_id(cluster: &Cluster) -> Option<String> {
     last_diff(cluster).map(|d| d.id)
 }
 
-/// The last diff the cluster's engine recorded, if any can be read.
+/// The last diff the cluster's engine recorded, if any can be read: here, or in a plan Job
+/// of the `kubernetes` executor.
 pub fn last_diff(cluster: &Cluster) -> Option<crate::engine::diff::Document> {
-    let record = cluster.journal().diff_record();
-    crate::base::json::read(&record).ok().flatten()
+    super::kubernetes::results::last_diff(cluster)
 }
 
 /// The kind of failure the failed step's last attempt recorded in the cluster's journal.

@@ -44,6 +44,10 @@ pub enum Ending {
     Later,
 }
 
+/// What [`Executor::live_log`] answers: a log being read, or None for the kept one.
+pub type LiveLogFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<kubernetes::logs::LiveLog>> + Send>>;
+
 /// Called once, from any thread, when an operation has ended.
 pub type OnEnd = Box<dyn FnOnce(Ending) + Send>;
 
@@ -65,4 +69,14 @@ pub trait Executor: Send + Sync {
     /// running, ends each as interrupted at once, and takes later stops as no request to
     /// stop them. A restarted controller finds them again.
     fn detach(&self) {}
+    /// The log of the cluster's running apply or destroy where it runs, when that is not
+    /// its `operation.log` (a Job's pod): its last `tail_lines`, and with `follow` what it
+    /// writes until it ends. None: the kept log is the one to read.
+    fn live_log(&self, _cluster: &str, _follow: bool, _tail_lines: usize) -> LiveLogFuture {
+        Box::pin(async { None })
+    }
+    /// Whether an apply can apply a plan an earlier operation saved (`run --reviewed`).
+    fn applies_saved_plans(&self) -> bool {
+        true
+    }
 }

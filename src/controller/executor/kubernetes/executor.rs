@@ -15,15 +15,16 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Client;
 use nix::sys::signal::Signal;
 use tracing::{info, warn};
 
 use super::job::{self, JobSettings};
 use super::status::{progress, Progress};
+use super::{logs, results};
 use crate::controller::cluster::{Cluster, Kind};
-use crate::controller::executor::{Ending, Executor, OnEnd, Operation};
+use crate::controller::executor::{Ending, Executor, LiveLogFuture, OnEnd, Operation};
 
 /// What the executor needs besides the Jobs' settings.
 #[derive(Debug, Clone)]
@@ -124,6 +125,26 @@ impl Executor for Kube {
         self.shared.detached.store(true, Ordering::SeqCst);
     }
 
+    fn live_log(&self, cluster: &str, follow: bool, tail_lines: usize) -> LiveLogFuture {
+        let shared = self.shared.clone();
+        let cluster = cluster.to_string();
+        Box::pin(async move {
+            let client = shared.client().await.ok()?;
+            let pods = shared.pods(&client);
+            logs::live(&pods, &cluster, follow, tail_lines)
+                .await
+                .unwrap_or_else(|e| {
+                    warn!(%cluster, "cannot read the pod's log, answering the kept one: {e}");
+                    None
+                })
+        })
+    }
+
+    /// A saved plan lives in its plan Job's emptyDir, gone with its pod.
+    fn applies_saved_plans(&self) -> bool {
+        false
+    }
+
     fn problems(&self) -> Vec<String> {
         self.shared
             .problem
@@ -153,6 +174,13 @@ impl Shared {
 
     /// Runs `operation` to its end through its Job.
     async fn operate(&self, operation: &Operation, stop: &AtomicBool) -> kube::Result<Ending> {
+        if operation.reviewed.is_some() {
+            return Ok(Ending::Failed {
+                exit_code: None,
+                failure: None,
+                error: results::REVIEWED_REFUSAL.replace("{id}", &operation.cluster),
+            });
+        }
         let client = self.client().await?;
         let cluster = Cluster::new(&self.config.root, &operation.cluster);
         let name = match self.job_for(&client, &cluster, operation).await? {
@@ -184,6 +212,10 @@ impl Shared {
                     let pod_name = pod.as_ref().and_then(|p| p.metadata.name.clone());
                     self.keep_log(&client, &cluster, operation.kind, &name, pod_name)
                         .await;
+                    let pods = self.pods(&client);
+                    let ending =
+                        results::record(&pods, &cluster, operation.kind, pod.as_ref(), ending)
+                            .await;
                     self.reported.lock().expect("reported lock").insert(name);
                     return Ok(ending);
                 }
@@ -396,8 +428,8 @@ impl Shared {
         }
     }
 
-    /// Copies the pod's log to the cluster's log (a plan's to its `plan.log`); a pod already
-    /// gone leaves what was copied before.
+    /// Copies the end of the pod's log to the cluster's log (a plan's to its `plan.log`); a
+    /// pod already gone leaves what was copied before.
     async fn keep_log(
         &self,
         client: &Client,
@@ -413,12 +445,7 @@ impl Shared {
                 _ => return,
             },
         };
-        let params = LogParams {
-            container: Some(job::CONTAINER.to_string()),
-            limit_bytes: Some(4 << 20),
-            ..Default::default()
-        };
-        let Ok(text) = self.pods(client).logs(&pod, &params).await else {
+        let Ok(text) = logs::tail(&self.pods(client), &pod).await else {
             return;
         };
         let path = match kind {

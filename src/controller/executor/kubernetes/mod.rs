@@ -4,6 +4,8 @@
 
 pub mod executor;
 pub mod job;
+pub mod logs;
+pub mod results;
 pub mod status;
 pub mod strict;
 

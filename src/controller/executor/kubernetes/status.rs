@@ -106,7 +106,7 @@ pub fn progress(kind: Kind, job: &Job, pod: Option<&Pod>) -> Progress {
 }
 
 /// How the engine's container ended, if it has.
-fn engine_terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
+pub fn engine_terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
     pod.status
         .as_ref()?
         .container_statuses

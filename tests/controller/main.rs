@@ -8,6 +8,7 @@ mod fake_kube;
 mod http;
 mod inputs;
 mod jobs;
+mod jobs_faults;
 mod paths;
 mod plan;
 mod promises;

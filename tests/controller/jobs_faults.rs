@@ -1,6 +1,6 @@
 //! `serve --executor kubernetes` against faults the fake API server and kubelet inject: an
 //! evicted pod, API answers of 500 and 503, requests never answered, watches closed
-//! mid-stream or refused as too old. Jobs are followed by
+//! mid-stream or refused as too old, a create refused by a quota. Jobs are followed by
 //! their watches alone (`--job-poll 1h`, see `jobs::start_with`), so a watch the executor
 //! lost track of shows as a cluster that never converges.
 
@@ -131,4 +131,27 @@ fn a_watch_refused_as_too_old_lists_again_and_sees_the_jobs_end() {
     wait_for(|| kube.watches().2 >= 1, CONVERGE);
     converged_once(&bed, &kube, &c, "g1", 2);
     assert!(c.stderr().contains("listing again"), "{}", c.stderr());
+}
+
+/// While a quota refuses its Job, the cluster's document says so, with the API's message;
+/// once the Job is made, it no longer does.
+#[test]
+fn a_create_refused_by_a_quota_shows_in_the_document_until_the_job_is_made() {
+    let bed = Bed::new();
+    let kube = fake(&bed, 0);
+    kube.refuse_job_creates(usize::MAX);
+    let c = start(&bed, &kube);
+    assert_eq!(c.put("q2", &json!({ "namesvr_count": 1 })).status, 202);
+    wait_for(|| c.cluster("q2")["waiting"].is_string(), CONVERGE);
+    let document = c.cluster("q2");
+    let waiting = document["waiting"].as_str().unwrap();
+    assert!(waiting.starts_with("waiting for quota"), "{document}");
+    assert!(
+        waiting.contains("exceeded quota: tenant-jobs"),
+        "{document}"
+    );
+    kube.refuse_job_creates(0);
+    c.wait_phase(&one("q2"), "ready", CONVERGE);
+    assert_eq!(c.cluster("q2")["waiting"], json!(null));
+    assert_eq!(kube.jobs_created(), ["bs-q2-apply-1-1"]);
 }

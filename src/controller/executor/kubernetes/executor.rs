@@ -172,7 +172,14 @@ impl Shared {
     async fn operate(&self, operation: &Operation, stop: &AtomicBool) -> kube::Result<Ending> {
         let client = self.client().await?;
         let cluster = Cluster::new(&self.config.root, &operation.cluster);
-        let name = match self.job_for(&client, &cluster, operation).await? {
+        let found = self.job_for(&client, &cluster, operation).await?;
+        // Only a create refused by a quota waits (and says so): anything else ends the wait.
+        if !matches!(found, Err(Ending::Later)) {
+            if let Err(e) = cluster.set_waiting(None) {
+                warn!(cluster = %operation.cluster, "cannot remove {}: {e}", cluster.waiting_path().display());
+            }
+        }
+        let name = match found {
             Ok(name) => name,
             Err(ending) => return Ok(ending),
         };
@@ -328,6 +335,10 @@ impl Shared {
             }
             Err(kube::Error::Api(status)) if status.is_forbidden() => {
                 warn!(cluster = %operation.cluster, "Job {name} refused ({}): waiting for quota, trying again later", status.message);
+                let why = format!("waiting for quota: {}", status.message);
+                if let Err(e) = cluster.set_waiting(Some(&why)) {
+                    warn!(cluster = %operation.cluster, "cannot write {}: {e}", cluster.waiting_path().display());
+                }
                 Ok(Err(Ending::Later))
             }
             Err(e) => Err(e),

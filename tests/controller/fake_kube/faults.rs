@@ -77,6 +77,12 @@ impl FakeKube {
         state.history.expire(rv);
     }
 
+    /// From now on a watch from an expired version is refused with an HTTP 410 answer
+    /// rather than an ERROR event in a 200 stream.
+    pub fn refuse_expired_watches_by_status(&self) {
+        self.state.lock().unwrap().history.gone_by_status = true;
+    }
+
     /// Watches opened, closed mid-stream, and refused with 410 Gone, so far.
     pub fn watches(&self) -> (usize, usize, usize) {
         let state = self.state.lock().unwrap();

@@ -4,7 +4,8 @@
 //! event after N that the labelSelector and `metadata.name` fieldSelector match, then each
 //! new one, until `timeoutSeconds`. Without N (or with 0) the objects there now come first
 //! as ADDED. Events are kept only so far back: a watch from before them is answered with an
-//! ERROR event holding a 410 Status, as for an expired resourceVersion.
+//! ERROR event holding a 410 Status, as for an expired resourceVersion (or, on request, with
+//! an HTTP 410 answer, as some servers do).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
@@ -38,6 +39,8 @@ pub(super) struct History {
     pub(super) dropped: usize,
     pub(super) gone: usize,
     pub(super) watches: usize,
+    /// Refuse an expired version with the watch's HTTP answer (410), not an ERROR event.
+    pub(super) gone_by_status: bool,
     changed: Arc<Condvar>,
 }
 
@@ -150,9 +153,6 @@ pub(super) fn serve(
         .filter(|v| *v != 0);
     let head =
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
-    if stream.write_all(head.as_bytes()).is_err() {
-        return;
-    }
     let mut state = shared.lock().unwrap();
     state.history.watches += 1;
     let generation = state.history.generation;
@@ -160,11 +160,22 @@ pub(super) fn serve(
     let mut last = match from {
         Some(n) if n < state.history.expired => {
             state.history.gone += 1;
+            let by_status = state.history.gone_by_status;
             drop(state);
-            let gone = json!({"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status",
-                "metadata": {}, "status": "Failure", "reason": "Expired", "code": 410,
-                "message": format!("too old resource version: {n}")}});
-            let _ = stream.write_all(format!("{}0\r\n\r\n", chunk(&gone)).as_bytes());
+            let gone = json!({"apiVersion": "v1", "kind": "Status", "metadata": {},
+                "status": "Failure", "reason": "Expired", "code": 410,
+                "message": format!("too old resource version: {n}")});
+            let answer = if by_status {
+                let text = gone.to_string();
+                format!(
+                    "HTTP/1.1 410 Gone\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+                    text.len()
+                )
+            } else {
+                let event = json!({"type": "ERROR", "object": gone});
+                format!("{head}{}0\r\n\r\n", chunk(&event))
+            };
+            let _ = stream.write_all(answer.as_bytes());
             return;
         }
         Some(n) => n,
@@ -180,6 +191,9 @@ pub(super) fn serve(
             state.rv
         }
     };
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
     loop {
         if state.history.generation != generation {
             state.history.dropped += 1;

@@ -157,7 +157,16 @@ impl Follow {
                 }
             };
             if self.watches.is_none() {
-                self.watch().await?;
+                match self.watch().await {
+                    Ok(()) => {}
+                    // A server may refuse the version with the watch's answer itself.
+                    Err(kube::Error::Api(status)) if status.code == 410 => {
+                        info!("the watch of Job {} is too old: listing again", self.name);
+                        self.listed = None;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             let watches = self.watches.as_mut().expect("opened above");
             let seen = tokio::select! {

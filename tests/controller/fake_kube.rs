@@ -187,6 +187,7 @@ impl Drop for FakeKube {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let mut state = self.state.lock().unwrap();
+        state.history.drop_all();
         for (_, mut p) in state.processes.drain() {
             unsafe { libc::kill(-(p.child.id() as i32), libc::SIGKILL) };
             let _ = p.child.wait();

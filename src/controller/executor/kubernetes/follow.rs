@@ -306,3 +306,34 @@ fn apply_pod(
         WatchEvent::Error(status) => Seen::Lost(format!("{} {}", status.code, status.message)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, created: &str, phase: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "creationTimestamp": created},
+            "status": {"phase": phase},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_pod_followed_is_the_active_one_then_the_newest() {
+        let evicted = pod("a", "2026-01-01T00:00:01Z", "Failed");
+        let replacement = pod("b", "2026-01-01T00:00:01Z", "Pending");
+        let name = |p: Option<Pod>| p.and_then(|p| p.metadata.name);
+        // Made in the same second: the active one.
+        assert_eq!(
+            name(current_pod([replacement.clone(), evicted.clone()])),
+            Some("b".into())
+        );
+        assert_eq!(name(current_pod([evicted, replacement])), Some("b".into()));
+        let older = pod("c", "2026-01-01T00:00:00Z", "Succeeded");
+        let newer = pod("d", "2026-01-01T00:00:05Z", "Failed");
+        assert_eq!(name(current_pod([newer, older])), Some("d".into()));
+        assert_eq!(name(current_pod(Vec::new())), None);
+    }
+}

@@ -92,7 +92,7 @@ impl Executor for Kube {
                     ending
                 }
                 Err(e) => {
-                    let text = format!("the Kubernetes API: {e}");
+                    let text = format!("the Kubernetes API: {}", super::follow::describe(&e));
                     warn!(cluster = %operation.cluster, "{text}");
                     *shared.problem.lock().expect("problem lock") = Some(text.clone());
                     // The operation is looked at again after a pause, and finds its Job.

@@ -61,6 +61,21 @@ pub fn timed_out(what: &str, after: Duration) -> kube::Error {
     )))
 }
 
+/// An error of the API with its causes: a client's error alone says little ("client error
+/// (SendRequest)") where its cause says what happened ("timed out").
+pub fn describe(error: &kube::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The pod of a Job to follow among its pods: the newest one still running or about to,
 /// else the newest (creation times are in whole seconds: a replacement made in the same
 /// second as the pod it replaces is told apart by being active).

@@ -243,15 +243,21 @@ pub struct ServeArgs {
     #[arg(long, env = "BOOTSTRAPPER_JOB_TTL", value_name = "DUR",
           value_parser = positive_duration, default_value = "1h")]
     pub job_ttl: Duration,
-    /// How often a running Job and its pod are looked at
+    /// How often a followed Job and its pods are listed again besides their watches, in
+    /// case a change was missed
     #[arg(long, env = "BOOTSTRAPPER_JOB_POLL", value_name = "DUR",
-          value_parser = positive_duration, default_value = "2s")]
+          value_parser = positive_duration, default_value = "1m")]
     pub job_poll: Duration,
     /// How long an operation's pod may stay Pending before its Job is deleted and the
     /// cluster fails, saying why
     #[arg(long, env = "BOOTSTRAPPER_JOB_PENDING_TIMEOUT", value_name = "DUR",
           value_parser = positive_duration, default_value = "10m")]
     pub job_pending_timeout: Duration,
+    /// How long a request to the Kubernetes API may go unanswered before it fails and is
+    /// tried again (kubernetes executor)
+    #[arg(long, env = "BOOTSTRAPPER_KUBE_TIMEOUT", value_name = "DUR",
+          value_parser = positive_duration, default_value = "30s")]
+    pub kube_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -290,6 +296,7 @@ impl Cli {
                     job_ttl: args.job_ttl,
                     poll: args.job_poll,
                     pending_timeout: args.job_pending_timeout,
+                    request_timeout: args.kube_timeout,
                 }
             }),
         }

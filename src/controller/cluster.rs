@@ -258,6 +258,18 @@ impl Cluster {
         self.dir.join("drift.json")
     }
 
+    pub fn waiting_path(&self) -> PathBuf {
+        self.dir.join("waiting.json")
+    }
+
+    /// Says why the operation the cluster needs has not started (`None`: it has).
+    pub fn set_waiting(&self, why: Option<&str>) -> std::io::Result<()> {
+        match why {
+            Some(why) => write_json(&self.waiting_path(), &why),
+            None => durable::remove(&self.waiting_path()),
+        }
+    }
+
     /// The root of the cluster's engine: `engine/`, or, for a cluster an older version left
     /// with its engine in the cluster's directory itself and not moved yet (see
     /// [`crate::controller::layout`]), that directory.
@@ -398,6 +410,9 @@ pub struct Document {
     pub last_error: Option<String>,
     /// How the last finished operation ended.
     pub last_operation: Option<Outcome>,
+    /// Why the operation the cluster needs has not started, while it waits: a Job refused
+    /// by a ResourceQuota, with the API's message (kubernetes executor).
+    pub waiting: Option<String>,
     pub created_at: String,
     pub updated_at: String,
     /// The record that cannot be read, if any.
@@ -533,6 +548,7 @@ impl Cluster {
             outputs_note,
             last_error,
             last_operation: outcome,
+            waiting: json::read(&self.waiting_path()).ok().flatten(),
             created_at: intent.created_at.clone(),
             updated_at: intent.updated_at.clone(),
             damage: None,

@@ -6,12 +6,17 @@
 //! pod's own (the params Secret written where it is mounted, an empty root), the container's
 //! env over the environment given here (envFrom's stand-in), SIGTERM then SIGKILL after the
 //! pod's grace on deletion, and the exit code and termination message into the pod's and the
-//! Job's status by the Job's rules (backoffLimit 0, podFailurePolicy FailJob on exit 2).
+//! Job's status by the Job's rules (backoffLimit 0, podFailurePolicy FailJob on exit 2 and
+//! Ignore on a `DisruptionTarget` condition, podReplacementPolicy). Changes of Jobs and pods
+//! are watched with resource versions ([`watch`]); [`faults`] are injected on request.
 //! With a capacity, a pod beyond it stays Pending ("Too many pods") until a slot frees, first
 //! come first started; which node a pod lands on is not modelled.
 //! A pod's log answers `tailLines`, `limitBytes` and `follow=true` (streamed as the process
 //! writes it); a pod gone has none.
-//! Not simulated: watches, disruptions, activeDeadlineSeconds, TTL.
+//! Not simulated: scheduling, activeDeadlineSeconds, TTL.
+
+mod faults;
+mod watch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs;
@@ -64,6 +69,8 @@ struct State {
     queued: VecDeque<(String, String)>,
     /// The most pods with a live process at once, all clusters together.
     most_live: usize,
+    history: watch::History,
+    faults: faults::Faults,
 }
 
 pub struct FakeKube {
@@ -205,6 +212,7 @@ impl FakeKube {
         let mut state = self.state.lock().unwrap();
         let job = state.jobs.get_mut(name).expect("the Job exists");
         job["metadata"]["deletionTimestamp"] = json!(now());
+        watch::record(&mut state);
     }
 
     pub fn requests(&self) -> usize {
@@ -216,6 +224,7 @@ impl Drop for FakeKube {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let mut state = self.state.lock().unwrap();
+        state.history.drop_all();
         for (_, mut p) in state.processes.drain() {
             unsafe { libc::kill(-(p.child.id() as i32), libc::SIGKILL) };
             let _ = p.child.wait();
@@ -305,6 +314,28 @@ fn serve_connection(stream: TcpStream, state: &Mutex<State>, pods_dir: &Path) {
             .filter_map(|p| p.split_once('='))
             .map(|(k, v)| (k.to_string(), decode(v)))
             .collect();
+        let fault = faults::take(&mut state.lock().unwrap());
+        match fault {
+            Some(faults::Fault::Hang) => return faults::hold(reader),
+            Some(faults::Fault::Fail(code)) => {
+                let (_, value) = status(code, "InternalError", "the server is failing, as asked");
+                let text = value.to_string();
+                let reply = format!(
+                    "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+                    text.len()
+                );
+                if stream.write_all(reply.as_bytes()).is_err() {
+                    return;
+                }
+                continue;
+            }
+            None => {}
+        }
+        if query.get("watch").map(String::as_str) == Some("true") {
+            state.lock().unwrap().requests += 1;
+            let resource = path.rsplit('/').next().unwrap_or("");
+            return watch::serve(stream, state, resource, &query);
+        }
         let (code, content_type, text) = match handle(state, pods_dir, &method, path, &query, &body)
         {
             Answer::Json(code, value) => (code, "application/json", value.to_string()),
@@ -403,8 +434,21 @@ fn handle(
     query: &HashMap<String, String>,
     body: &[u8],
 ) -> Answer {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let mut state = state.lock().unwrap();
+    let answer = handle_locked(&mut state, pods_dir, method, path, query, body);
+    watch::record(&mut state);
+    answer
+}
+
+fn handle_locked(
+    state: &mut State,
+    pods_dir: &Path,
+    method: &str,
+    path: &str,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Answer {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     state.requests += 1;
     // /api/v1/namespaces/NS/KIND[/NAME[/log]] or /apis/batch/v1/namespaces/NS/jobs[/NAME]
     let rest = match segments.as_slice() {
@@ -436,7 +480,7 @@ fn handle(
         created,
         refuse_creates,
         ..
-    } = &mut *state;
+    } = state;
     if method == "POST" && kind == "Job" && *refuse_creates > 0 {
         *refuse_creates -= 1;
         let (c, v) = status(
@@ -455,9 +499,12 @@ fn handle(
     match (method, rest.get(1)) {
         ("GET", None) => {
             let selector = query.get("labelSelector").cloned().unwrap_or_default();
+            let fields = query.get("fieldSelector").cloned().unwrap_or_default();
+            let named = fields.strip_prefix("metadata.name=");
             let items: Vec<Value> = store
                 .values()
                 .filter(|o| matches(o, &selector))
+                .filter(|o| named.is_none_or(|n| o["metadata"]["name"].as_str() == Some(n)))
                 .cloned()
                 .collect();
             Answer::Json(
@@ -527,14 +574,27 @@ fn handle(
 fn kubelet(state: &Mutex<State>, pods_dir: &Path, env: &[(String, String)]) {
     let mut state = state.lock().unwrap();
     let state = &mut *state;
-    // Start a pod for each Job that has none, unless suspended or being deleted.
+    // Start a pod for each Job that has none, unless suspended or being deleted. A pod
+    // being deleted counts until it has stopped only under podReplacementPolicy Failed; a
+    // pod failed by a disruption the Job's podFailurePolicy ignores does not count.
     let names: Vec<String> = state.jobs.keys().cloned().collect();
     // Once per turn, not once per Job: a load keeps thousands of both.
     let with_pods: BTreeSet<String> = state
         .pods
         .values()
-        .filter_map(|p| p["metadata"]["labels"]["job-name"].as_str())
-        .map(str::to_string)
+        .filter_map(|p| {
+            let name = p["metadata"]["labels"]["job-name"].as_str()?;
+            let job = state.jobs.get(name)?;
+            let replace_when_failed = job["spec"]["podReplacementPolicy"] == json!("Failed");
+            let failed = p["status"]["phase"] == json!("Failed");
+            let terminating = !p["metadata"]["deletionTimestamp"].is_null();
+            let counts = if failed {
+                !ignores_disruption(job, p)
+            } else {
+                !terminating || replace_when_failed
+            };
+            counts.then(|| name.to_string())
+        })
         .collect();
     for name in &names {
         if with_pods.contains(name) {
@@ -567,18 +627,24 @@ fn kubelet(state: &Mutex<State>, pods_dir: &Path, env: &[(String, String)]) {
         let Some(pod) = state.pods.get_mut(&pod_name) else {
             continue;
         };
+        let conditions = pod["status"]["conditions"].clone();
         pod["status"] = json!({
             "phase": if code == 0 { "Succeeded" } else { "Failed" },
             "containerStatuses": [{"name": "engine", "image": "i", "imageID": "", "ready": false,
                 "restartCount": 0, "state": {"terminated": {"exitCode": code, "message": message,
                 "reason": if code == 0 { "Completed" } else { "Error" }}}}],
         });
+        if conditions.is_array() {
+            pod["status"]["conditions"] = conditions;
+        }
+        let pod = pod.clone();
         let job_name = pod["metadata"]["labels"]["job-name"]
             .as_str()
             .unwrap()
             .to_string();
         if let Some(job) = state.jobs.get_mut(&job_name) {
-            if job["metadata"]["deletionTimestamp"].is_null() {
+            let ignored = code != 0 && ignores_disruption(job, &pod);
+            if job["metadata"]["deletionTimestamp"].is_null() && !ignored {
                 job["status"] = if code == 0 {
                     json!({"succeeded": 1, "conditions": [
                         {"type": "SuccessCriteriaMet", "status": "True"},
@@ -646,6 +712,12 @@ fn kubelet(state: &Mutex<State>, pods_dir: &Path, env: &[(String, String)]) {
             state.jobs.remove(name);
         }
     }
+    // Evicted pods: SIGKILL after their grace.
+    for p in state.processes.values() {
+        if p.terminated_at.is_some_and(|at| at.elapsed() > p.grace) {
+            unsafe { libc::kill(-(p.child.id() as i32), libc::SIGKILL) };
+        }
+    }
     let mut live: BTreeMap<String, usize> = BTreeMap::new();
     for p in state.processes.values() {
         *live.entry(p.cluster.clone()).or_default() += 1;
@@ -655,6 +727,30 @@ fn kubelet(state: &Mutex<State>, pods_dir: &Path, env: &[(String, String)]) {
         let most = state.most_at_once.entry(cluster).or_default();
         *most = (*most).max(n);
     }
+    watch::record(state);
+}
+
+/// Whether pod `pod` of `job` failed by a disruption (eviction, preemption, a node drain)
+/// that the Job's podFailurePolicy ignores: not counted, the pod is replaced.
+fn ignores_disruption(job: &Value, pod: &Value) -> bool {
+    let disrupted = pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "DisruptionTarget" && c["status"] == "True");
+    disrupted
+        && job["spec"]["podFailurePolicy"]["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|rule| {
+                rule["action"] == "Ignore"
+                    && rule["onPodConditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "DisruptionTarget")
+            })
 }
 
 fn start_pod(

@@ -12,7 +12,7 @@ use crate::fake_kube::FakeKube;
 use crate::support::controller::*;
 use crate::support::*;
 
-const CONVERGE: Duration = Duration::from_secs(120);
+pub const CONVERGE: Duration = Duration::from_secs(120);
 const NAMESPACE: &str = "tenants";
 
 fn template(bed: &Bed) -> String {
@@ -26,7 +26,7 @@ fn template(bed: &Bed) -> String {
 }
 
 /// The fake API server, its pods' processes getting what the tenant modules read.
-fn fake(bed: &Bed, sleep_seconds: u32) -> FakeKube {
+pub fn fake(bed: &Bed, sleep_seconds: u32) -> FakeKube {
     FakeKube::start(
         bed.b.dir(),
         vec![
@@ -40,11 +40,11 @@ fn fake(bed: &Bed, sleep_seconds: u32) -> FakeKube {
     )
 }
 
-fn start(bed: &Bed, kube: &FakeKube) -> Controller {
+pub fn start(bed: &Bed, kube: &FakeKube) -> Controller {
     start_with(bed, kube, &[])
 }
 
-fn start_with(bed: &Bed, kube: &FakeKube, more: &[&str]) -> Controller {
+pub fn start_with(bed: &Bed, kube: &FakeKube, more: &[&str]) -> Controller {
     let template = template(bed);
     let kubeconfig = kube.kubeconfig(NAMESPACE);
     let mut args = vec![
@@ -54,8 +54,9 @@ fn start_with(bed: &Bed, kube: &FakeKube, more: &[&str]) -> Controller {
         NAMESPACE,
         "--job-template",
         &template,
+        // Jobs are followed by their watches: no list again while a test lasts.
         "--job-poll",
-        "200ms",
+        "1h",
         "--grace",
         "20s",
     ];
@@ -63,7 +64,7 @@ fn start_with(bed: &Bed, kube: &FakeKube, more: &[&str]) -> Controller {
     bed.start(&args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())])
 }
 
-fn events(bed: &Bed, cluster: &str, event: &str) -> Vec<String> {
+pub fn events(bed: &Bed, cluster: &str, event: &str) -> Vec<String> {
     bed.ledger()
         .into_iter()
         .filter(|e| e.cluster == cluster && e.event == event)

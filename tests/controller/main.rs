@@ -9,6 +9,7 @@ mod http;
 mod inputs;
 mod jobs;
 mod jobs_e2e;
+mod jobs_faults;
 mod jobs_load;
 mod jobs_results;
 mod paths;

@@ -20,6 +20,7 @@ use kube::Client;
 use nix::sys::signal::Signal;
 use tracing::{info, warn};
 
+use super::follow::{current_pod, Clients, Follow};
 use super::job::{self, JobSettings};
 use super::status::{progress, Progress};
 use super::{logs, results};
@@ -32,11 +33,13 @@ pub struct KubeConfig {
     pub settings: JobSettings,
     /// Where `clusters/<id>/` live: the intents and the logs.
     pub root: PathBuf,
-    /// How often a Job and its pod are looked at.
+    /// How often a followed Job and its pods are listed again besides their watches.
     pub poll: Duration,
     /// How long a pod may stay Pending (unscheduled, its image not pulled) before its Job
     /// is deleted and the operation fails, saying why.
     pub pending_timeout: Duration,
+    /// How long a request may go unanswered before it fails.
+    pub request_timeout: Duration,
 }
 
 type Running = Arc<Mutex<HashMap<String, (Operation, Arc<AtomicBool>)>>>;
@@ -49,7 +52,7 @@ pub struct Kube {
 struct Shared {
     config: KubeConfig,
     /// Made on first use, inside the runtime that serves (the client's tasks live there).
-    client: tokio::sync::OnceCell<Client>,
+    client: tokio::sync::OnceCell<Clients>,
     /// The Jobs whose endings this process reported: a finished Job not in it is one a
     /// restart found, and its result is reported once.
     reported: Mutex<HashSet<String>>,
@@ -90,7 +93,7 @@ impl Executor for Kube {
                     ending
                 }
                 Err(e) => {
-                    let text = format!("the Kubernetes API: {e}");
+                    let text = format!("the Kubernetes API: {}", super::follow::describe(&e));
                     warn!(cluster = %operation.cluster, "{text}");
                     *shared.problem.lock().expect("problem lock") = Some(text.clone());
                     // The operation is looked at again after a pause, and finds its Job.
@@ -157,11 +160,25 @@ impl Executor for Kube {
 }
 
 impl Shared {
-    async fn client(&self) -> kube::Result<Client> {
+    async fn clients(&self) -> kube::Result<&Clients> {
         self.client
-            .get_or_try_init(Client::try_default)
+            .get_or_try_init(|| Clients::infer(self.config.request_timeout))
             .await
-            .cloned()
+    }
+
+    async fn client(&self) -> kube::Result<Client> {
+        Ok(self.clients().await?.requests.clone())
+    }
+
+    /// Job `name` and its pods, watched.
+    async fn follow(&self, name: &str) -> kube::Result<Follow> {
+        Ok(Follow::new(
+            self.clients().await?,
+            &self.config.settings.namespace,
+            name,
+            self.config.request_timeout,
+            self.config.poll,
+        ))
     }
 
     fn jobs(&self, client: &Client) -> Api<Job> {
@@ -183,11 +200,18 @@ impl Shared {
         }
         let client = self.client().await?;
         let cluster = Cluster::new(&self.config.root, &operation.cluster);
-        let name = match self.job_for(&client, &cluster, operation).await? {
+        let found = self.job_for(&client, &cluster, operation).await?;
+        // Only a create refused by a quota waits (and says so): anything else ends the wait.
+        if !matches!(found, Err(Ending::Later)) {
+            if let Err(e) = cluster.set_waiting(None) {
+                warn!(cluster = %operation.cluster, "cannot remove {}: {e}", cluster.waiting_path().display());
+            }
+        }
+        let name = match found {
             Ok(name) => name,
             Err(ending) => return Ok(ending),
         };
-        let jobs = self.jobs(&client);
+        let mut follow = self.follow(&name).await?;
         let mut said = String::new();
         let mut last_log = Instant::now();
         let mut pending_since: Option<Instant> = None;
@@ -202,12 +226,14 @@ impl Shared {
                     .await;
                 return Ok(Ending::Interrupted);
             }
-            let Some(job) = jobs.get_opt(&name).await? else {
+            // Between changes, the stop and the exit are looked at this often.
+            follow.next(Duration::from_millis(250)).await?;
+            let Some(job) = follow.job() else {
                 warn!(cluster = %operation.cluster, "Job {name} was deleted by someone else");
                 return Ok(Ending::Interrupted);
             };
-            let pod = self.pod_of(&client, &name).await?;
-            match progress(operation.kind, &job, pod.as_ref()) {
+            let pod = follow.pod();
+            match progress(operation.kind, job, pod.as_ref()) {
                 Progress::Ended(ending) => {
                     let pod_name = pod.as_ref().and_then(|p| p.metadata.name.clone());
                     self.keep_log(&client, &cluster, operation.kind, &name, pod_name)
@@ -253,7 +279,6 @@ impl Shared {
                     }
                 }
             }
-            tokio::time::sleep(self.config.poll).await;
         }
     }
 
@@ -342,6 +367,10 @@ impl Shared {
             }
             Err(kube::Error::Api(status)) if status.is_forbidden() => {
                 warn!(cluster = %operation.cluster, "Job {name} refused ({}): waiting for quota, trying again later", status.message);
+                let why = format!("waiting for quota: {}", status.message);
+                if let Err(e) = cluster.set_waiting(Some(&why)) {
+                    warn!(cluster = %operation.cluster, "cannot write {}: {e}", cluster.waiting_path().display());
+                }
                 Ok(Err(Ending::Later))
             }
             Err(e) => Err(e),
@@ -404,10 +433,7 @@ impl Shared {
             .pods(client)
             .list(&ListParams::default().labels(&format!("job-name={name}")))
             .await?;
-        Ok(pods
-            .items
-            .into_iter()
-            .max_by_key(|p| p.metadata.creation_timestamp.clone()))
+        Ok(current_pod(pods.items))
     }
 
     /// Deletes Job `name` with its pods, and waits until they are gone: the pod's engine
@@ -419,12 +445,12 @@ impl Shared {
             Err(kube::Error::Api(status)) if status.is_not_found() => {}
             Err(e) => return Err(e),
         }
+        let mut follow = self.follow(name).await?;
         loop {
-            let job_gone = jobs.get_opt(name).await?.is_none();
-            if job_gone && self.pod_of(client, name).await?.is_none() {
+            follow.next(self.config.poll).await?;
+            if follow.gone() {
                 return Ok(());
             }
-            tokio::time::sleep(self.config.poll).await;
         }
     }
 

@@ -1,8 +1,10 @@
 //! The `kubernetes` executor: each operation a Kubernetes Job, its params a per-cluster
 //! Secret. [`job`] builds the objects, as pure functions of the operation and the settings;
-//! [`status`] reads how far a Job has come; [`executor`] sends and follows them.
+//! [`status`] reads how far a Job has come; [`executor`] sends them and [`follow`] watches
+//! them.
 
 pub mod executor;
+pub mod follow;
 pub mod job;
 pub mod logs;
 pub mod results;
@@ -48,6 +50,7 @@ pub struct Options {
     pub job_ttl: std::time::Duration,
     pub poll: std::time::Duration,
     pub pending_timeout: std::time::Duration,
+    pub request_timeout: std::time::Duration,
 }
 
 /// What `serve` passes on to every operation, whatever runs it.
@@ -98,5 +101,6 @@ pub fn executor_for(
         root: serve.root.clone(),
         poll: options.poll,
         pending_timeout: options.pending_timeout,
+        request_timeout: options.request_timeout,
     }))
 }

@@ -27,17 +27,24 @@ fn template(bed: &Bed) -> String {
 
 /// The fake API server, its pods' processes getting what the tenant modules read.
 pub fn fake(bed: &Bed, sleep_seconds: u32) -> FakeKube {
-    FakeKube::start(
-        bed.b.dir(),
-        vec![
-            ("TF_VAR_pg_conn_str".into(), bed.pg.clone()),
-            (
-                "TF_VAR_ledger".into(),
-                bed.b.ledger_path().display().to_string(),
-            ),
-            ("TF_VAR_sleep_seconds".into(), sleep_seconds.to_string()),
-        ],
+    fake_with(
+        bed,
+        vec![("TF_VAR_sleep_seconds".into(), sleep_seconds.to_string())],
     )
+}
+
+/// The fake API server, its pods' processes getting the tenant modules' database and
+/// ledger, and `env`.
+pub fn fake_with(bed: &Bed, env: Vec<(String, String)>) -> FakeKube {
+    let mut all = vec![
+        ("TF_VAR_pg_conn_str".to_string(), bed.pg.clone()),
+        (
+            "TF_VAR_ledger".to_string(),
+            bed.b.ledger_path().display().to_string(),
+        ),
+    ];
+    all.extend(env);
+    FakeKube::start(bed.b.dir(), all)
 }
 
 pub fn start(bed: &Bed, kube: &FakeKube) -> Controller {
@@ -54,12 +61,13 @@ pub fn start_with(bed: &Bed, kube: &FakeKube, more: &[&str]) -> Controller {
         NAMESPACE,
         "--job-template",
         &template,
-        // Jobs are followed by their watches: no list again while a test lasts.
-        "--job-poll",
-        "1h",
         "--grace",
         "20s",
     ];
+    // Jobs are followed by their watches: no list again while a test lasts, unless asked.
+    if !more.contains(&"--job-poll") {
+        args.extend(["--job-poll", "1h"]);
+    }
     args.extend_from_slice(more);
     bed.start(&args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())])
 }

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::fake_kube::FakeKube;
+use crate::jobs::{fake_with, start_with};
 use crate::support::controller::*;
 use crate::support::*;
 
 const CONVERGE: Duration = Duration::from_secs(300);
-const NAMESPACE: &str = "tenants";
 
 fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
@@ -28,40 +28,6 @@ fn namesvr_only() -> String {
         .split_once("\n[[step]]\nname = \"broker\"")
         .expect("the fixture has a broker step");
     first.to_string()
-}
-
-fn fake(bed: &Bed, env: Vec<(String, String)>) -> FakeKube {
-    let mut all = vec![
-        ("TF_VAR_pg_conn_str".to_string(), bed.pg.clone()),
-        (
-            "TF_VAR_ledger".to_string(),
-            bed.b.ledger_path().display().to_string(),
-        ),
-    ];
-    all.extend(env);
-    FakeKube::start(bed.b.dir(), all)
-}
-
-fn start(bed: &Bed, kube: &FakeKube, more: &[&str]) -> Controller {
-    let template = bed.b.dir().join("job-template.yaml");
-    std::fs::write(
-        &template,
-        "apiVersion: batch/v1\nkind: Job\nspec:\n  template:\n    spec:\n      containers:\n        - name: engine\n          image: registry.example.com/bootstrapper:test\n",
-    )
-    .unwrap();
-    let kubeconfig = kube.kubeconfig(NAMESPACE);
-    let mut args = vec![
-        "--executor",
-        "kubernetes",
-        "--namespace",
-        NAMESPACE,
-        "--job-template",
-        template.to_str().unwrap(),
-        "--grace",
-        "20s",
-    ];
-    args.extend_from_slice(more);
-    bed.start(&args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())])
 }
 
 /// The Jobs each cluster of `all` should have had: one apply (generation 1, the PUT) and one
@@ -101,10 +67,10 @@ fn assert_created_and_destroyed_once(bed: &Bed, all: &[String], resources: &[&st
 #[test]
 fn thirty_clusters_created_and_destroyed_by_jobs_on_eight_slots() {
     let bed = Bed::with_workflow(&namesvr_only());
-    let kube = fake(&bed, vec![]);
+    let kube = fake_with(&bed, vec![]);
     // Fewer slots than operations: Jobs wait Pending for room, as on a full cluster.
     kube.limit_pods(8);
-    let c = start(&bed, &kube, &["--concurrency", "30", "--job-poll", "200ms"]);
+    let c = start_with(&bed, &kube, &["--concurrency", "30"]);
     let all = ids("jl-", 30);
     for id in &all {
         assert_eq!(c.put(id, &json!({ "namesvr_count": 1 })).status, 202);
@@ -142,9 +108,9 @@ fn thirty_clusters_created_and_destroyed_by_jobs_on_eight_slots() {
 #[test]
 fn a_controller_killed_with_jobs_running_adopts_them_and_loses_no_intent() {
     let bed = Bed::with_workflow(&namesvr_only());
-    let kube = fake(&bed, vec![]);
-    let args = ["--concurrency", "20", "--job-poll", "200ms"];
-    let mut c = start(&bed, &kube, &args);
+    let kube = fake_with(&bed, vec![]);
+    let args = ["--concurrency", "20"];
+    let mut c = start_with(&bed, &kube, &args);
     let all = ids("jk-", 20);
     let (early, late) = all.split_at(8);
     for id in early {
@@ -173,7 +139,7 @@ fn a_controller_killed_with_jobs_running_adopts_them_and_loses_no_intent() {
         );
     }
 
-    let c = start(&bed, &kube, &args);
+    let c = start_with(&bed, &kube, &args);
     c.wait_phase(late, "ready", CONVERGE);
     c.wait_phase(early, "destroyed", CONVERGE);
     let stderr = c.stderr();
@@ -281,7 +247,7 @@ fn cpu_and_peak_rss(pid: u32) -> (f64, u64) {
 /// taking STEP seconds, on a fake cluster with room for SLOTS pods (50 nodes of 4 pods is 200):
 /// a pod beyond that stays Pending until one ends. Settings (environment):
 /// BOOTSTRAPPER_SIM_CLUSTERS (12), BOOTSTRAPPER_SIM_SLOTS (4), BOOTSTRAPPER_SIM_STEP (0.5 s),
-/// BOOTSTRAPPER_SIM_POLL (the controller's --job-poll, 200ms). Prints the time to converge
+/// BOOTSTRAPPER_SIM_POLL (the controller's --job-poll: the safety-net relist, 1m). Prints the time to converge
 /// against the ideal (each batch of SLOTS operations taking one STEP), the API requests per
 /// operation and the controller's CPU time and peak RSS; fails if an intent is lost or a
 /// cluster ever had two pods.
@@ -290,14 +256,14 @@ fn simulation_of_a_fleet_on_a_full_cluster_loses_no_intent() {
     let clusters: usize = setting("BOOTSTRAPPER_SIM_CLUSTERS", 12);
     let slots: usize = setting("BOOTSTRAPPER_SIM_SLOTS", 4);
     let step: f64 = setting("BOOTSTRAPPER_SIM_STEP", 0.5);
-    let poll: String = setting("BOOTSTRAPPER_SIM_POLL", "200ms".to_string());
+    let poll: String = setting("BOOTSTRAPPER_SIM_POLL", "1m".to_string());
     let bed = Bed::bare(&tenant_workflow());
     bed.b.write_workflow(&simulation_workflow(&bed));
     let terraform = stand_in_terraform(&bed, step);
     let kube = FakeKube::start(bed.b.dir(), vec![]);
     kube.limit_pods(slots);
     let concurrency = clusters.min(u16::MAX as usize).to_string();
-    let mut c = start(
+    let mut c = start_with(
         &bed,
         &kube,
         &[

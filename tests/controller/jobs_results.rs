@@ -7,50 +7,12 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::fake_kube::FakeKube;
+use crate::jobs::{fake, start};
 use crate::support::controller::*;
 use crate::support::*;
 
 const CONVERGE: Duration = Duration::from_secs(120);
-const NAMESPACE: &str = "tenants";
 const SECRET: &str = "pw-Kx81-never-shown";
-
-fn fake(bed: &Bed) -> FakeKube {
-    FakeKube::start(
-        bed.b.dir(),
-        vec![
-            ("TF_VAR_pg_conn_str".into(), bed.pg.clone()),
-            (
-                "TF_VAR_ledger".into(),
-                bed.b.ledger_path().display().to_string(),
-            ),
-            ("TF_VAR_sleep_seconds".into(), "0".into()),
-        ],
-    )
-}
-
-fn start(bed: &Bed, kube: &FakeKube) -> Controller {
-    let template = bed.b.dir().join("job-template.yaml");
-    std::fs::write(
-        &template,
-        "apiVersion: batch/v1\nkind: Job\nspec:\n  template:\n    spec:\n      containers:\n        - name: engine\n          image: registry.example.com/bootstrapper:test\n",
-    )
-    .unwrap();
-    let kubeconfig = kube.kubeconfig(NAMESPACE);
-    let args = [
-        "--executor",
-        "kubernetes",
-        "--namespace",
-        NAMESPACE,
-        "--job-template",
-        template.to_str().unwrap(),
-        "--job-poll",
-        "200ms",
-        "--grace",
-        "20s",
-    ];
-    bed.start(&args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())])
-}
 
 /// The outputs terraform keeps in the state of `cluster`'s `step`, as name: value.
 fn state_outputs(bed: &Bed, step: &str, cluster: &str) -> Value {
@@ -67,7 +29,7 @@ fn state_outputs(bed: &Bed, step: &str, cluster: &str) -> Value {
 #[test]
 fn a_jobs_result_gives_the_document_its_steps_and_outputs() {
     let bed = Bed::new();
-    let kube = fake(&bed);
+    let kube = fake(&bed, 0);
     let c = start(&bed, &kube);
     // The broker's output is its name, with the tag: too long for a termination message.
     let tag = "t".repeat(4500);
@@ -138,7 +100,7 @@ fn follow(c: &Controller, id: &str) -> impl Iterator<Item = String> {
 #[test]
 fn the_log_is_the_pods_while_it_runs_and_its_kept_tail_after() {
     let bed = Bed::new();
-    let kube = fake(&bed);
+    let kube = fake(&bed, 0);
     let c = start(&bed, &kube);
     let params = json!({ "namesvr_count": 1, "admin_password": SECRET, "sleep_seconds": 4 });
     assert_eq!(c.put("l1", &params).status, 202);
@@ -210,7 +172,7 @@ fn post_plan(c: &Controller, id: &str, body: Value) -> Reply {
 #[test]
 fn a_plan_job_previews_the_changes_and_a_reviewed_apply_is_refused_saying_why() {
     let bed = Bed::new();
-    let kube = fake(&bed);
+    let kube = fake(&bed, 0);
     let c = start(&bed, &kube);
     assert_eq!(c.put("p1", &json!({ "namesvr_count": 1 })).status, 202);
     c.wait_phase(&one("p1"), "ready", CONVERGE);

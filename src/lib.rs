@@ -9,7 +9,7 @@
 //! it (`tests/layers.rs` fails on an import that points up, or on any cycle).
 //!
 //! - [`base`]: errors and exit codes, clock, secrets and masking, the log, signals, durable
-//!   writes. Knows nothing of terraform or workflows.
+//!   writes, strict reading of typed objects. Knows nothing of terraform or workflows.
 //! - [`workflow`]: the input files (workflow, params), rendering templates over params, env
 //!   and earlier outputs, tfvars in either syntax, a module's variables, the graph of steps,
 //!   and `load`, which checks all of it before anything runs.

@@ -519,6 +519,9 @@ fn handle_locked(
         },
         ("POST", None) => {
             let mut object: Value = serde_json::from_slice(body).unwrap();
+            if let Err(why) = schema_check(kind, &object) {
+                return answer(status(422, "Invalid", &why));
+            }
             let name = object["metadata"]["name"].as_str().unwrap().to_string();
             if store.contains_key(&name) {
                 return answer(status(
@@ -541,6 +544,9 @@ fn handle_locked(
         }
         ("PUT", Some(name)) => {
             let mut object: Value = serde_json::from_slice(body).unwrap();
+            if let Err(why) = schema_check(kind, &object) {
+                return answer(status(422, "Invalid", &why));
+            }
             let Some(existing) = store.get(*name) else {
                 return answer(status(404, "NotFound", &format!("{name} not found")));
             };
@@ -568,6 +574,23 @@ fn handle_locked(
         },
         _ => answer(status(405, "MethodNotAllowed", method)),
     }
+}
+
+/// Every object the executor sends is read strictly into k8s-openapi's type of its kind (the
+/// Kubernetes schema): a field unknown to the schema, or of the wrong type, is refused as the
+/// real API server refuses it under strict field validation.
+fn schema_check(kind: &str, object: &Value) -> Result<(), String> {
+    use bootstrapper::base::strict::from_value;
+    use k8s_openapi::api::{batch::v1::Job, core::v1::Secret};
+    let checked = match kind {
+        "Job" => from_value::<Job>(object.clone()).map(drop),
+        "Secret" => from_value::<Secret>(object.clone()).map(drop),
+        other => Err(format!("the fake API server does not take {other} objects")),
+    };
+    checked.map_err(|why| {
+        eprintln!("fake API server: a {kind} refused: {why}");
+        format!("{kind} is invalid: {why}")
+    })
 }
 
 /// One turn of the kubelet and the Job controller.

@@ -120,10 +120,11 @@ pub fn parse_template(text: &str) -> Result<Job, TemplateError> {
             ),
         });
     }
-    let job: Job = super::strict::from_value(value).map_err(|error| TemplateError::NotAJob {
-        path: String::new(),
-        error,
-    })?;
+    let job: Job =
+        crate::base::strict::from_value(value).map_err(|error| TemplateError::NotAJob {
+            path: String::new(),
+            error,
+        })?;
     let containers = job
         .spec
         .as_ref()
@@ -452,8 +453,8 @@ pub fn operation_of(job: &Job) -> Option<(Operation, u32)> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::strict;
     use super::*;
+    use crate::base::strict;
     use serde_json::json;
 
     /// The shipped template: `job.yaml` of the ConfigMap in deploy/k8s.

@@ -9,7 +9,6 @@ pub mod job;
 pub mod logs;
 pub mod results;
 pub mod status;
-pub mod strict;
 
 pub use executor::{Kube, KubeConfig};
 

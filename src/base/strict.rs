@@ -1,6 +1,6 @@
-//! Strict reading of Kubernetes objects: k8s-openapi's types skip fields they do not know, so
-//! a misspelled field in a file would be dropped without a word. An object is read strictly
-//! when it serializes back to exactly what was read.
+//! Strict reading of typed objects (Kubernetes objects above all): k8s-openapi's types skip fields
+//! they do not know, so a misspelled field in a file would be dropped without a word. An object
+//! is read strictly when it serializes back to exactly what was read.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

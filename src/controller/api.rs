@@ -378,6 +378,11 @@ fn accept_put(app: &App, id: &str, body: &[u8]) -> Result<Accepted, ApiError> {
             crate::controller::executor::kubernetes::results::REVIEWED_REFUSAL.replace("{id}", id),
         ));
     }
+    if (put.upgrade || put.code.is_some()) && !app.reconciler.executor.keeps_code() {
+        return Err(ApiError::Conflict(
+            crate::controller::executor::kubernetes::results::CODE_REFUSAL.to_string(),
+        ));
+    }
     if let Some(plan_id) = &put.plan_id {
         let valid = plan_id.len() == 16
             && plan_id
@@ -606,7 +611,7 @@ impl From<RolloutError> for ApiError {
     responses(
         (status = 201, description = "Created; it runs in the background", body = RolloutDocument),
         (status = 400, description = "A bad body", body = ErrorBody),
-        (status = 409, description = "Another rollout is not done or cancelled yet, or no code to roll out", body = ErrorBody)
+        (status = 409, description = "Another rollout is not done or cancelled yet, no code to roll out, or clusters keep no code of their own (--executor kubernetes)", body = ErrorBody)
     ),
     security(("bearer" = []))
 )]
@@ -617,6 +622,11 @@ async fn post_rollout(
     let body = body.map_err(|r| ApiError::Rejected(r.status(), r.body_text()))?;
     let post: rollout::PostRollout = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("the body is not a valid rollout: {e}")))?;
+    if !app.reconciler.executor.keeps_code() {
+        return Err(ApiError::Conflict(
+            crate::controller::executor::kubernetes::results::CODE_REFUSAL.to_string(),
+        ));
+    }
     let _writes = app.writes.lock().await;
     let created = tokio::task::block_in_place(|| rollout::create(&app.reconciler, post))?;
     Ok((StatusCode::CREATED, Json(created)))

@@ -79,4 +79,9 @@ pub trait Executor: Send + Sync {
     fn applies_saved_plans(&self) -> bool {
         true
     }
+    /// Whether a cluster keeps its code between operations, so that an apply can move it to
+    /// other code (`run --code`): an upgrade, a rollback, a rollout.
+    fn keeps_code(&self) -> bool {
+        true
+    }
 }

@@ -148,6 +148,11 @@ impl Executor for Kube {
         false
     }
 
+    /// Each Job copies the code of its image into a fresh emptyDir.
+    fn keeps_code(&self) -> bool {
+        false
+    }
+
     fn problems(&self) -> Vec<String> {
         self.shared
             .problem

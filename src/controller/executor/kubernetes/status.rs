@@ -49,11 +49,20 @@ pub fn progress(kind: Kind, job: &Job, pod: Option<&Pod>) -> Progress {
             .find(|c| c.type_ == type_ && c.status == "True")
     };
     let terminated = pod.and_then(engine_terminated);
+    // The Job and its pods are watched apart: the Job's end may be seen before its pod's,
+    // whose exit code and result the ending is made of.
+    let pod_end_unseen = pod.is_some() && terminated.is_none();
     if holds("Complete").is_some() {
+        if pod_end_unseen {
+            return Progress::Waiting("the Job is complete: reading its pod's end".to_string());
+        }
         return Progress::Ended(Ending::Succeeded);
     }
     if let Some(failed) = holds("Failed") {
         let reason = failed.reason.as_deref().unwrap_or("");
+        if pod_end_unseen && reason != "DeadlineExceeded" {
+            return Progress::Waiting("the Job failed: reading its pod's end".to_string());
+        }
         if reason == "DeadlineExceeded" {
             return Progress::Ended(Ending::Failed {
                 exit_code: None,
@@ -248,6 +257,30 @@ mod tests {
                 &job(failed("BackoffLimitExceeded"), false),
                 Some(&exited(2, Some(message)))
             ),
+            Progress::Ended(Ending::Succeeded)
+        );
+    }
+
+    #[test]
+    fn a_jobs_end_seen_before_its_pods_waits_for_the_pods() {
+        let running = pod(json!({"phase": "Running"}));
+        let complete = job(
+            json!({"conditions": [{"type": "Complete", "status": "True"}]}),
+            false,
+        );
+        assert!(matches!(
+            progress(Kind::Apply, &complete, Some(&running)),
+            Progress::Waiting(_)
+        ));
+        // A plan with changes exits 2, which the pod failure policy fails the Job on.
+        let failed = job(failed("PodFailurePolicy"), false);
+        assert!(matches!(
+            progress(Kind::Plan, &failed, Some(&running)),
+            Progress::Waiting(_)
+        ));
+        let message = r#"{"exit_code":2,"error":null,"failure":null}"#;
+        assert_eq!(
+            progress(Kind::Plan, &failed, Some(&exited(2, Some(message)))),
             Progress::Ended(Ending::Succeeded)
         );
     }

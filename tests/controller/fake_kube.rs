@@ -469,7 +469,7 @@ fn handle_locked(
         }
     };
     if rest.len() == 3 && rest[0] == "pods" && rest[2] == "log" {
-        return pod_log(&state, pods_dir, rest[1], query);
+        return pod_log(state, pods_dir, rest[1], query);
     }
     state.rv += 1;
     let rv = state.rv;

@@ -148,6 +148,8 @@ fn clusters_are_created_destroyed_and_created_again_by_jobs() {
         kube.jobs_created(),
         ["bs-j1-apply-1-1", "bs-j1-destroy-2-1"]
     );
+    // Nothing of a destroyed cluster keeps its params.
+    assert!(kube.secret("bs-j1-params").is_none());
 
     assert_eq!(c.put("j1", &json!({ "namesvr_count": 1 })).status, 202);
     c.wait_phase(&id, "ready", CONVERGE);

@@ -248,6 +248,9 @@ impl Shared {
                         results::record(&pods, &cluster, operation.kind, pod.as_ref(), ending)
                             .await;
                     self.reported.lock().expect("reported lock").insert(name);
+                    if operation.kind == Kind::Destroy && ending == Ending::Succeeded {
+                        self.forget_params(&client, &operation.cluster).await;
+                    }
                     return Ok(ending);
                 }
                 Progress::Waiting(why) => {
@@ -430,6 +433,22 @@ impl Shared {
             }
         }
         Ok(Ok(()))
+    }
+
+    /// Deletes the params Secret of a destroyed cluster: its params may hold secrets, and
+    /// nothing of the cluster is left to read them. A later PUT writes it again.
+    async fn forget_params(&self, client: &Client, cluster: &str) {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &self.config.settings.namespace);
+        let name = job::secret_name(cluster);
+        match secrets.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => info!(cluster, "deleted Secret {name}: the cluster is destroyed"),
+            Err(kube::Error::Api(status)) if status.is_not_found() => {}
+            Err(e) => warn!(
+                cluster,
+                "cannot delete Secret {name}, which holds the destroyed cluster's params: {}",
+                super::follow::describe(&e)
+            ),
+        }
     }
 
     /// The newest pod of Job `name`.

@@ -204,7 +204,9 @@ pub(super) fn serve(
             return;
         }
         let from = last;
-        for event in state.history.events.iter().filter(|e| e.rv > from) {
+        // Events are in version order: start after the last one sent, not from the oldest.
+        let start = state.history.events.partition_point(|e| e.rv <= from);
+        for event in state.history.events.range(start..) {
             last = event.rv;
             if event.resource == resource && selected(&event.object, &labels, &fields) {
                 out.push_str(&chunk(&json!({"type": event.kind, "object": event.object})));

@@ -70,6 +70,8 @@ struct State {
     /// The most pods with a live process at once, all clusters together.
     most_live: usize,
     history: watch::History,
+    /// Jobs and pods changed since the last [`watch::record`], by resource and name.
+    changed: BTreeSet<(&'static str, String)>,
     faults: faults::Faults,
 }
 
@@ -198,13 +200,16 @@ impl FakeKube {
 
     /// A Job made by someone else, which no pod runs (it is suspended).
     pub fn put_foreign_job(&self, name: &str) {
-        self.state.lock().unwrap().jobs.insert(
+        let mut state = self.state.lock().unwrap();
+        state.changed.insert(("jobs", name.to_string()));
+        state.jobs.insert(
             name.to_string(),
             json!({"apiVersion": "batch/v1", "kind": "Job",
                    "metadata": {"name": name, "labels": {"app": "other"}, "resourceVersion": "1"},
                    "spec": {"suspend": true, "template": {"spec": {"containers": []}}},
                    "status": {}}),
         );
+        watch::record(&mut state);
     }
 
     /// Deletes a Job as `kubectl delete job` would (its pods get SIGTERM first).
@@ -212,6 +217,7 @@ impl FakeKube {
         let mut state = self.state.lock().unwrap();
         let job = state.jobs.get_mut(name).expect("the Job exists");
         job["metadata"]["deletionTimestamp"] = json!(now());
+        state.changed.insert(("jobs", name.to_string()));
         watch::record(&mut state);
     }
 
@@ -439,9 +445,34 @@ fn handle(
     // Reads change nothing; under a load they are most requests, and a record compares
     // every Job and pod.
     if method != "GET" {
+        if let Some(written) = written(path, body) {
+            state.changed.insert(written);
+        }
         watch::record(&mut state);
     }
     answer
+}
+
+/// The Job or pod a write request names (in its path, or a create's body).
+fn written(path: &str, body: &[u8]) -> Option<(&'static str, String)> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = match segments.as_slice() {
+        ["api", "v1", "namespaces", _ns, rest @ ..] => rest,
+        ["apis", "batch", "v1", "namespaces", _ns, rest @ ..] => rest,
+        _ => return None,
+    };
+    let resource = match rest.first()? {
+        &"jobs" => "jobs",
+        &"pods" => "pods",
+        _ => return None,
+    };
+    let name = match rest.get(1) {
+        Some(name) => name.to_string(),
+        None => serde_json::from_slice::<Value>(body).ok()?["metadata"]["name"]
+            .as_str()?
+            .to_string(),
+    };
+    Some((resource, name))
 }
 
 fn handle_locked(
@@ -654,6 +685,7 @@ fn kubelet(state: &Mutex<State>, pods_dir: &Path, env: &[(String, String)]) {
         let Some(pod) = state.pods.get_mut(&pod_name) else {
             continue;
         };
+        state.changed.insert(("pods", pod_name.clone()));
         let conditions = pod["status"]["conditions"].clone();
         pod["status"] = json!({
             "phase": if code == 0 { "Succeeded" } else { "Failed" },
@@ -669,6 +701,7 @@ fn kubelet(state: &Mutex<State>, pods_dir: &Path, env: &[(String, String)]) {
             .as_str()
             .unwrap()
             .to_string();
+        state.changed.insert(("jobs", job_name.clone()));
         if let Some(job) = state.jobs.get_mut(&job_name) {
             let ignored = code != 0 && ignores_disruption(job, &pod);
             if job["metadata"]["deletionTimestamp"].is_null() && !ignored {
@@ -732,11 +765,13 @@ fn kubelet(state: &Mutex<State>, pods_dir: &Path, env: &[(String, String)]) {
                 },
                 None => {
                     state.pods.remove(pod);
+                    state.changed.insert(("pods", pod.clone()));
                 }
             }
         }
         if pods.is_empty() {
             state.jobs.remove(name);
+            state.changed.insert(("jobs", name.clone()));
         }
     }
     // Evicted pods: SIGKILL after their grace.
@@ -807,6 +842,7 @@ fn start_pod(
             .cloned()
             .unwrap_or_default();
         labels.insert("job-name".into(), json!(job_name));
+        state.changed.insert(("pods", pod_name.clone()));
         state.pods.insert(
             pod_name.clone(),
             json!({"apiVersion": "v1", "kind": "Pod",
@@ -893,6 +929,7 @@ fn launch(
         .as_str()
         .unwrap_or("")
         .to_string();
+    state.changed.insert(("pods", pod_name.to_string()));
     state.pods.insert(
         pod_name.to_string(),
         json!({"apiVersion": "v1", "kind": "Pod",

@@ -103,6 +103,7 @@ impl FakeKube {
             .find(|(name, p)| matches(p, &selector) && state.processes.contains_key(*name))
             .map(|(name, _)| name.clone())
             .expect("a running pod of the Job");
+        state.changed.insert(("pods", pod_name.clone()));
         let pod = state.pods.get_mut(&pod_name).unwrap();
         pod["metadata"]["deletionTimestamp"] = json!(now());
         pod["status"]["conditions"] = json!([{"type": "DisruptionTarget", "status": "True",

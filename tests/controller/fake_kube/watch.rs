@@ -58,21 +58,26 @@ impl History {
     }
 }
 
-/// Gives every Job and pod changed since the last call a new resource version and an event.
+/// Gives every Job and pod changed since the last call (in `state.changed`) a new resource
+/// version and an event. Only those are compared: under a load a record of every object at
+/// each change would cost the square of their number.
 pub(super) fn record(state: &mut State) {
     let mut changes = Vec::new();
-    for (resource, store) in [("jobs", &state.jobs), ("pods", &state.pods)] {
-        for (name, object) in store {
-            match state.history.seen.get(&(resource, name.clone())) {
-                Some(seen) if seen == object => {}
-                Some(_) => changes.push((resource, name.clone(), "MODIFIED")),
-                None => changes.push((resource, name.clone(), "ADDED")),
-            }
-        }
-        for (r, name) in state.history.seen.keys() {
-            if *r == resource && !store.contains_key(name) {
-                changes.push((resource, name.clone(), "DELETED"));
-            }
+    for (resource, name) in std::mem::take(&mut state.changed) {
+        let store = if resource == "jobs" {
+            &state.jobs
+        } else {
+            &state.pods
+        };
+        match (
+            store.get(&name),
+            state.history.seen.get(&(resource, name.clone())),
+        ) {
+            (Some(object), Some(seen)) if seen == object => {}
+            (Some(_), Some(_)) => changes.push((resource, name, "MODIFIED")),
+            (Some(_), None) => changes.push((resource, name, "ADDED")),
+            (None, Some(_)) => changes.push((resource, name, "DELETED")),
+            (None, None) => {}
         }
     }
     if changes.is_empty() {

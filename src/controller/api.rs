@@ -536,7 +536,7 @@ fn record_present(
             let code_done = match code {
                 None => true,
                 Some(CodeChoice::Current) => {
-                    moving || !code::document(&cluster.journal()).outdated
+                    moving || !code::document(cluster).outdated
                 }
                 Some(CodeChoice::Previous) => moving,
             };

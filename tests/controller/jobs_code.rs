@@ -72,9 +72,9 @@ fn listed(c: &Controller, query: &str) -> Vec<String> {
         .collect()
 }
 
-// Three clusters on v1, a controller with v2 shipped: they show as outdated, a plan_first
-// rollout plans them through plan Jobs and, approved, upgrades them through apply Jobs,
-// creating only what v2 adds; a rollback is refused, saying why.
+// Four clusters on v1, a controller with v2 shipped: they show as outdated, a plan_first
+// rollout plans three through plan Jobs and, approved, upgrades them through apply Jobs,
+// creating only what v2 adds; the fourth moves with its next apply; a rollback is refused.
 #[test]
 fn a_rollout_upgrades_clusters_through_jobs_and_a_rollback_is_refused() {
     let tenant = Tenant::new();
@@ -82,10 +82,11 @@ fn a_rollout_upgrades_clusters_through_jobs_and_a_rollback_is_refused() {
     let kube = fake(&bed, 0);
     let mut c = start(&bed, &kube);
     let all: Vec<String> = ["u1", "u2", "u3"].map(String::from).to_vec();
-    for id in &all {
+    let fleet = [&all[..], &["u4".to_string()]].concat();
+    for id in &fleet {
         assert_eq!(c.put(id, &json!({ "namesvr_count": 1 })).status, 202);
     }
-    c.wait_phase(&all, "ready", CONVERGE);
+    c.wait_phase(&fleet, "ready", CONVERGE);
     let v1 = c.cluster("u1")["code"].clone();
     assert!(
         v1["applied"]
@@ -104,16 +105,17 @@ fn a_rollout_upgrades_clusters_through_jobs_and_a_rollback_is_refused() {
     assert_ne!(before["current"], v1["current"], "{before}");
     assert_eq!(before["outdated"], true, "{before}");
     assert_eq!(before["previous"], Value::Null, "{before}");
-    assert_eq!(listed(&c, "outdated=true"), all);
+    assert_eq!(listed(&c, "outdated=true"), fleet);
     let v1_id = v1["applied"].as_str().unwrap();
     assert_eq!(
         c.metric(&format!(
             "bootstrapper_clusters_by_code{{code=\"{v1_id}\"}}"
         )),
-        3.0
+        4.0
     );
 
-    let body = json!({ "canary": 1, "max_parallel": 2, "plan_first": true });
+    let body =
+        json!({ "canary": 1, "max_parallel": 2, "plan_first": true, "selector": { "ids": all } });
     let created = send(&c, "POST", "/v1/rollouts", Some(body));
     assert_eq!(created.status, 201, "{created:?}");
     let id = created.body["id"].as_str().unwrap().to_string();
@@ -172,13 +174,21 @@ fn a_rollout_upgrades_clusters_through_jobs_and_a_rollback_is_refused() {
             kube.jobs_created()
         );
     }
+    assert_eq!(listed(&c, "outdated=true"), ["u4"]);
+    // Every apply runs the image's code: a PUT of other params moves u4 too.
+    assert_eq!(c.put("u4", &json!({ "namesvr_count": 2 })).status, 202);
+    c.wait_phase(&["u4".to_string()], "ready", CONVERGE);
+    assert_eq!(c.cluster("u4")["code"]["applied"], before["current"]);
     assert!(listed(&c, "outdated=true").is_empty());
     // v2 created its resource once per cluster; nothing else was created again.
     let ledger = bed.ledger();
     for ((cluster, resource), n) in counts(&ledger, "create") {
         assert_eq!(n, 1, "{cluster} {resource} created {n} times");
     }
-    assert_eq!(counts(&ledger, "create").len(), 3 * 3, "{ledger:?}");
+    let v2 = counts(&ledger, "create")
+        .into_keys()
+        .filter(|(_, r)| r == "v2check");
+    assert_eq!(v2.count(), 4, "{ledger:?}");
     assert!(counts(&ledger, "destroy").is_empty(), "{ledger:?}");
 
     // Already on the image's code; no code kept to go back to.

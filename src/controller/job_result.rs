@@ -61,9 +61,13 @@ pub fn read(dir: &Path) -> Option<Kept> {
 /// still say it.
 pub fn keep(dir: &Path, message: Option<&str>) -> std::io::Result<bool> {
     let kept = message.and_then(|m| serde_json::from_str::<Kept>(m).ok());
-    let Some(kept) = kept.filter(|k| !k.steps.is_empty()) else {
+    let Some(mut kept) = kept.filter(|k| !k.steps.is_empty()) else {
         return Ok(false);
     };
+    // An engine that stopped before it put any code in place left the code as it was.
+    if kept.code.is_none() {
+        kept.code = read(dir).and_then(|k| k.code);
+    }
     crate::base::json::write(&path(dir), &kept, FILE_MODE)?;
     Ok(true)
 }
@@ -92,6 +96,11 @@ mod tests {
         assert_eq!(kept.steps[0].state, "done");
         assert_eq!(kept.outputs["top"]["a"], 1);
         assert_eq!(kept.outputs_left_out, ["top.big"]);
+        assert_eq!(kept.code.as_deref(), Some("sha256:ab"));
+        let codeless = r#"{"exit_code":1,"steps":[{"name":"top","state":"pending","attempts":0}]}"#;
+        assert!(keep(&dir, Some(codeless)).unwrap());
+        let kept = read(&dir).unwrap();
+        assert_eq!(kept.steps[0].state, "pending");
         assert_eq!(kept.code.as_deref(), Some("sha256:ab"));
         forget(&dir);
         assert!(read(&dir).is_none());

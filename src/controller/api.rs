@@ -195,7 +195,9 @@ pub struct PutCluster {
     #[serde(default)]
     pub upgrade: bool,
     /// `previous`: put back the code the cluster's last upgrade replaced, and apply it (a
-    /// rollback); `current`: as `"upgrade": true`. Without it the cluster keeps its code.
+    /// rollback; 409 under --executor kubernetes, which keeps no replaced code); `current`: as
+    /// `"upgrade": true`. Without it the cluster keeps its code (under --executor kubernetes
+    /// every apply runs the image's code).
     #[serde(default)]
     pub code: Option<CodeChoice>,
 }
@@ -378,9 +380,9 @@ fn accept_put(app: &App, id: &str, body: &[u8]) -> Result<Accepted, ApiError> {
             crate::controller::executor::kubernetes::results::REVIEWED_REFUSAL.replace("{id}", id),
         ));
     }
-    if (put.upgrade || put.code.is_some()) && !app.reconciler.executor.keeps_code() {
+    if put.code == Some(CodeChoice::Previous) && !app.reconciler.executor.keeps_code() {
         return Err(ApiError::Conflict(
-            crate::controller::executor::kubernetes::results::CODE_REFUSAL.to_string(),
+            crate::controller::executor::kubernetes::results::ROLLBACK_REFUSAL.to_string(),
         ));
     }
     if let Some(plan_id) = &put.plan_id {
@@ -536,7 +538,7 @@ fn record_present(
             let code_done = match code {
                 None => true,
                 Some(CodeChoice::Current) => {
-                    moving || !code::document(&cluster.journal()).outdated
+                    moving || !code::document(cluster).outdated
                 }
                 Some(CodeChoice::Previous) => moving,
             };
@@ -611,7 +613,7 @@ impl From<RolloutError> for ApiError {
     responses(
         (status = 201, description = "Created; it runs in the background", body = RolloutDocument),
         (status = 400, description = "A bad body", body = ErrorBody),
-        (status = 409, description = "Another rollout is not done or cancelled yet, no code to roll out, or clusters keep no code of their own (--executor kubernetes)", body = ErrorBody)
+        (status = 409, description = "Another rollout is not done or cancelled yet, or no code to roll out", body = ErrorBody)
     ),
     security(("bearer" = []))
 )]
@@ -622,11 +624,6 @@ async fn post_rollout(
     let body = body.map_err(|r| ApiError::Rejected(r.status(), r.body_text()))?;
     let post: rollout::PostRollout = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("the body is not a valid rollout: {e}")))?;
-    if !app.reconciler.executor.keeps_code() {
-        return Err(ApiError::Conflict(
-            crate::controller::executor::kubernetes::results::CODE_REFUSAL.to_string(),
-        ));
-    }
     let _writes = app.writes.lock().await;
     let created = tokio::task::block_in_place(|| rollout::create(&app.reconciler, post))?;
     Ok((StatusCode::CREATED, Json(created)))

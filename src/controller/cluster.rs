@@ -553,7 +553,7 @@ impl Cluster {
             updated_at: intent.updated_at.clone(),
             damage: None,
             drift: Drift::read(self),
-            code: crate::controller::code::document(&self.journal()),
+            code: crate::controller::code::document(self),
         };
         mask_document(&loaded.redactor, &mut document);
         document

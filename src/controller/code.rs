@@ -1,6 +1,7 @@
 //! Which code each cluster runs: the identity of the tenant code this controller ships
 //! (computed once at start-up, as the engine computes it when it copies the code), against
-//! the identity each cluster's journal recorded when its code was put in place.
+//! the identity each cluster's journal recorded when its code was put in place (or, under the
+//! `kubernetes` executor, its last Job's result gave).
 
 use std::sync::OnceLock;
 
@@ -8,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use crate::root::journal::Journal;
+use crate::controller::cluster::Cluster;
 use crate::workflow::file::Workflow;
 
 static CURRENT: OnceLock<Option<String>> = OnceLock::new();
@@ -76,15 +77,19 @@ pub struct CodeDocument {
     pub previous: Option<String>,
 }
 
-/// Which code the cluster whose engine journal is `journal` runs.
-pub fn document(journal: &Journal) -> CodeDocument {
-    let applied = crate::root::source::applied(journal).and_then(|r| r.identity);
+/// Which code `cluster` runs: as its engine's journal records it, or, when its engines run
+/// in Jobs (their journal in the pod), as the last Job's result says.
+pub fn document(cluster: &Cluster) -> CodeDocument {
+    let journal = cluster.journal();
+    let applied = crate::root::source::applied(&journal)
+        .and_then(|r| r.identity)
+        .or_else(|| crate::controller::job_result::read(&cluster.dir).and_then(|k| k.code));
     let current = current();
     let outdated = matches!((&applied, &current), (Some(a), Some(c)) if a != c);
     CodeDocument {
         applied,
         current,
         outdated,
-        previous: crate::root::source::previous_record(journal).and_then(|r| r.identity),
+        previous: crate::root::source::previous_record(&journal).and_then(|r| r.identity),
     }
 }

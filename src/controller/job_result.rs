@@ -1,7 +1,7 @@
 //! The result of a cluster's last apply or destroy as a Job of the `kubernetes` executor
 //! left it (the engine's `--result-file`, its container's termination message), kept in the
 //! cluster's directory as `result.json`: the engine's journal stays in the Job's emptyDir, so
-//! the cluster's document reads its steps and outputs from here. Apart from the executor, so
+//! the cluster's document reads its steps, outputs and code from here. Apart from the executor, so
 //! that the document can read it.
 
 use std::path::{Path, PathBuf};
@@ -40,6 +40,9 @@ pub struct Kept {
     pub outputs_left_out: Vec<String>,
     #[serde(default)]
     pub note: Option<String>,
+    /// The identity of the code the engine ran: the cluster's `code.applied`.
+    #[serde(default)]
+    pub code: Option<String>,
 }
 
 /// The result kept in the cluster directory `dir`.
@@ -58,9 +61,13 @@ pub fn read(dir: &Path) -> Option<Kept> {
 /// still say it.
 pub fn keep(dir: &Path, message: Option<&str>) -> std::io::Result<bool> {
     let kept = message.and_then(|m| serde_json::from_str::<Kept>(m).ok());
-    let Some(kept) = kept.filter(|k| !k.steps.is_empty()) else {
+    let Some(mut kept) = kept.filter(|k| !k.steps.is_empty()) else {
         return Ok(false);
     };
+    // An engine that stopped before it put any code in place left the code as it was.
+    if kept.code.is_none() {
+        kept.code = read(dir).and_then(|k| k.code);
+    }
     crate::base::json::write(&path(dir), &kept, FILE_MODE)?;
     Ok(true)
 }
@@ -78,7 +85,7 @@ mod tests {
     fn a_result_is_kept_and_a_message_that_is_none_keeps_the_one_before() {
         let dir = std::env::temp_dir().join(format!("results-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let message = r#"{"exit_code":0,"error":null,"failure":null,"steps":[{"name":"top","state":"done","attempts":1}],"outputs":{"top":{"a":1}},"outputs_left_out":["top.big"],"note":"left out"}"#;
+        let message = r#"{"exit_code":0,"error":null,"failure":null,"steps":[{"name":"top","state":"done","attempts":1}],"outputs":{"top":{"a":1}},"outputs_left_out":["top.big"],"note":"left out","code":"sha256:ab"}"#;
         assert!(keep(&dir, Some(message)).unwrap());
         assert!(!keep(&dir, Some("killed")).unwrap());
         assert!(!keep(&dir, None).unwrap());
@@ -89,6 +96,12 @@ mod tests {
         assert_eq!(kept.steps[0].state, "done");
         assert_eq!(kept.outputs["top"]["a"], 1);
         assert_eq!(kept.outputs_left_out, ["top.big"]);
+        assert_eq!(kept.code.as_deref(), Some("sha256:ab"));
+        let codeless = r#"{"exit_code":1,"steps":[{"name":"top","state":"pending","attempts":0}]}"#;
+        assert!(keep(&dir, Some(codeless)).unwrap());
+        let kept = read(&dir).unwrap();
+        assert_eq!(kept.steps[0].state, "pending");
+        assert_eq!(kept.code.as_deref(), Some("sha256:ab"));
         forget(&dir);
         assert!(read(&dir).is_none());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -343,7 +343,7 @@ pub fn create(reconciler: &Reconciler, post: PostRollout) -> Result<RolloutDocum
             .params
             .iter()
             .all(|(k, v)| intent.params.get(k) == Some(v));
-        if !intent.present || !matches || !code::document(&cluster.journal()).outdated {
+        if !intent.present || !matches || !code::document(&cluster).outdated {
             continue;
         }
         let canary = (clusters.len() as u32) < post.canary;
@@ -586,7 +586,7 @@ fn start_next(reconciler: &Reconciler, root: &Path, rollout: &mut Rollout) {
             skip(rollout, PartState::Skipped, "deleted by its tenant");
             continue;
         }
-        if !code::document(&cluster.journal()).outdated {
+        if !code::document(&cluster).outdated {
             skip(rollout, PartState::Upgraded, "already on the current code");
             continue;
         }

@@ -1,7 +1,8 @@
 //! `--result-file`: what a command ended with, small enough for a container's termination
 //! message (Kubernetes keeps at most 4 KiB of it): the exit code, the error and its failure
 //! kind, each step's state, and the steps' non-sensitive outputs as far as they fit; the
-//! outputs that do not are named in `outputs_left_out`.
+//! outputs that do not are named in `outputs_left_out`; and the identity of the code the root
+//! ran, which a controller whose engines run elsewhere cannot read from the journal.
 
 use std::io::Write;
 use std::path::Path;
@@ -50,6 +51,9 @@ pub struct CommandResult {
     pub outputs_left_out: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The identity of the code in the root (none before any was put in place).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// The result of a command that ended with `ended` (its exit code, or its error), over the
@@ -79,6 +83,7 @@ pub fn collect(
         outputs: Map::new(),
         outputs_left_out: Vec::new(),
         note: None,
+        code: crate::root::source::applied(&Journal::at(root)).and_then(|r| r.identity),
     };
     let Some(loaded) = loaded else {
         return result;
@@ -214,6 +219,7 @@ mod tests {
             outputs: Map::new(),
             outputs_left_out: Vec::new(),
             note: None,
+            code: None,
         }
     }
 

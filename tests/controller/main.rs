@@ -8,6 +8,7 @@ mod fake_kube;
 mod http;
 mod inputs;
 mod jobs;
+mod jobs_code;
 mod jobs_e2e;
 mod jobs_faults;
 mod jobs_load;

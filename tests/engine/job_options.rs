@@ -218,6 +218,13 @@ fn the_result_file_holds_states_and_non_sensitive_outputs_within_4_kib() {
     assert!(result["outputs"]["base"].get("big").is_none(), "{result}");
     assert_eq!(result["outputs_left_out"], json!(["base.big"]));
     assert!(result["note"].as_str().unwrap().contains("4 KiB"));
+    // The code the root ran, for a controller that cannot read the journal.
+    assert!(
+        result["code"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("sha256:")),
+        "{result}"
+    );
 
     // A failure: its exit code, what failed, and how.
     f.set_params(json!({"big": 0, "fail": true}));

@@ -79,8 +79,8 @@ pub trait Executor: Send + Sync {
     fn applies_saved_plans(&self) -> bool {
         true
     }
-    /// Whether a cluster keeps its code between operations, so that an apply can move it to
-    /// other code (`run --code`): an upgrade, a rollback, a rollout.
+    /// Whether a cluster keeps the code an upgrade replaced, so that an apply can move it
+    /// back (`run --code previous`): a rollback.
     fn keeps_code(&self) -> bool {
         true
     }

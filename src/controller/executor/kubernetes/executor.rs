@@ -148,7 +148,8 @@ impl Executor for Kube {
         false
     }
 
-    /// Each Job copies the code of its image into a fresh emptyDir.
+    /// Each Job copies the code of its image into a fresh emptyDir: an upgrade is any apply,
+    /// and nothing is kept to roll back to.
     fn keeps_code(&self) -> bool {
         false
     }

@@ -119,8 +119,9 @@ pub async fn record(
     }
 }
 
+/// Why a rollback (`"code": "previous"`) cannot run as a Job.
+pub const ROLLBACK_REFUSAL: &str = "a rollback (\"code\": \"previous\") cannot run under --executor kubernetes: only the local executor keeps the code an upgrade replaced, and every Job runs the code of the Job template's image; to go back, put the old image back in --job-template, restart the controller and upgrade (PUT with \"upgrade\": true, or POST /v1/rollouts)";
 /// Why an apply of a reviewed plan (`run --reviewed=ID`) cannot run as a Job.
-pub const CODE_REFUSAL: &str = "clusters keep no code of their own under --executor kubernetes: every Job copies the code of the Job template's image, so each apply runs that code; to roll out new code or go back, change the image in --job-template and restart the controller (each cluster moves at its next apply), or serve with --executor local for upgrades, rollbacks and rollouts";
 pub const REVIEWED_REFUSAL: &str = "a reviewed plan (plan_id) cannot be applied under --executor kubernetes: its saved plan files were in the plan Job's pod, which is gone; PUT the same params without plan_id to apply (GET /v1/clusters/{id}/plan still shows what would change), or serve with --executor local";
 
 #[cfg(test)]

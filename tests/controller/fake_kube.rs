@@ -461,9 +461,9 @@ fn written(path: &str, body: &[u8]) -> Option<(&'static str, String)> {
         ["apis", "batch", "v1", "namespaces", _ns, rest @ ..] => rest,
         _ => return None,
     };
-    let resource = match rest.first()? {
-        &"jobs" => "jobs",
-        &"pods" => "pods",
+    let resource = match *rest.first()? {
+        "jobs" => "jobs",
+        "pods" => "pods",
         _ => return None,
     };
     let name = match rest.get(1) {

@@ -127,6 +127,10 @@ pub enum Verb {
         /// for `run --reviewed`
         #[arg(long, value_name = "WHICH", value_parser = ["current"])]
         code: Option<String>,
+        /// Read earlier steps' outputs from their backends, not the journal: for a fresh
+        /// root (a Job's emptyDir), where a step that uses them would otherwise be not known
+        #[arg(long)]
+        every_step: bool,
     },
     /// One line per step: state, attempts, duration, last error
     Status {
@@ -460,9 +464,12 @@ fn dispatch(cli: &Cli, loaded: Loaded, logger: Logger, shutdown: Shutdown) -> Re
             }
             crate::engine::run::command(&mut engine, *hold, *recreate, reviewed)
         }
-        Verb::Diff { steps, json, code } => {
-            crate::engine::diff::command(&mut engine, steps, *json, code.is_some())
-        }
+        Verb::Diff {
+            steps,
+            json,
+            code,
+            every_step,
+        } => crate::engine::diff::command(&mut engine, steps, *json, code.is_some(), *every_step),
     }
 }
 

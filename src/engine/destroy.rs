@@ -129,7 +129,7 @@ impl Engine {
     /// Each step's outputs as its backend holds them, in order, for the steps after it to
     /// be rendered as they were applied; and the steps that could not be rendered, since a
     /// step they read holds no such output: those never applied, and are left alone.
-    fn every_step_outputs(&self, prepared: &Prepared) -> Result<(Outputs, Vec<usize>)> {
+    pub(super) fn every_step_outputs(&self, prepared: &Prepared) -> Result<(Outputs, Vec<usize>)> {
         let mut outputs = Outputs::new();
         let mut unreachable = Vec::new();
         for (index, step) in self.loaded.workflow.steps.iter().enumerate() {

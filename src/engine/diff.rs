@@ -111,8 +111,14 @@ pub struct SavedPlan {
 
 /// `bootstrapper diff [STEP…] [--json]`: 0 nothing would change, 2 something would, an
 /// error (1) when a step could not be planned.
-pub fn command(engine: &mut Engine, steps: &[String], json: bool, current: bool) -> Result<i32> {
-    let Some((document, failure)) = engine.diff(steps, current)? else {
+pub fn command(
+    engine: &mut Engine,
+    steps: &[String],
+    json: bool,
+    current: bool,
+    every_step: bool,
+) -> Result<i32> {
+    let Some((document, failure)) = engine.diff(steps, current, every_step)? else {
         return Ok(exit::STEP_FAILED);
     };
     let mut out = std::io::stdout().lock();
@@ -228,11 +234,14 @@ impl Engine {
     /// Plans the steps named in `selected` (every step when empty). `None` when the workflow
     /// was destroyed (said in the log); otherwise the document, written to the journal too,
     /// and the error of a step that could not be planned. With `current`, planned against
-    /// the image's code in a temporary tree (see [`crate::root::source::preview`]).
+    /// the image's code in a temporary tree (see [`crate::root::source::preview`]). With
+    /// `every_step`, earlier steps' outputs are read from their backends rather than the
+    /// journal: for a fresh root (a Job's emptyDir), whose journal knows no step.
     pub fn diff(
         &mut self,
         selected: &[String],
         current: bool,
+        every_step: bool,
     ) -> Result<Option<(Document, Option<Error>)>> {
         let root = self.root.display().to_string();
         let _command = tracing::info_span!("command", command = "diff", root).entered();
@@ -259,6 +268,16 @@ impl Engine {
         } else {
             None
         };
+        if every_step {
+            let (outputs, _never_applied) = self.every_step_outputs(&prepared)?;
+            prepared.rendered = crate::workflow::load::check(
+                &self.loaded,
+                &outputs,
+                crate::workflow::load::Modules::Later,
+            )
+            .map_err(Error::Input)?
+            .steps;
+        }
         let journal = &prepared.journal;
         if let Some(tombstone) = journal.tombstone()? {
             self.logger()

@@ -128,9 +128,8 @@ fn a_rollout_upgrades_clusters_through_jobs_and_a_rollback_is_refused() {
         },
         CONVERGE,
     );
-    // Planned in fresh pods against v2, all alike: only the broker, which v2 changes (a pod's
-    // journal has no outputs of earlier steps, so what a step reading them would change is
-    // not known there), and nothing applied.
+    // Planned in fresh pods against v2 (earlier steps' outputs read from their backends),
+    // all alike: only the broker, which v2 changes, and nothing applied.
     let groups = doc["summary"]["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 1, "{doc}");
     assert_eq!(groups[0]["count"], 3, "{doc}");

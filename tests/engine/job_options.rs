@@ -252,3 +252,34 @@ fn the_result_file_holds_states_and_non_sensitive_outputs_within_4_kib() {
         "{result}"
     );
 }
+
+#[test]
+fn diff_every_step_from_a_fresh_root_plans_the_steps_that_use_earlier_outputs() {
+    let f = Fixture::new();
+    f.b.run(&["run"]).assert_success();
+
+    // A fresh root's journal knows no output of `base`: `top` cannot be planned.
+    f.fresh_root();
+    let plain = f.b.run(&["diff", "--json"]);
+    let document: serde_json::Value = serde_json::from_str(&plain.stdout).expect("JSON");
+    assert_eq!(document["steps"][1]["status"], "not_known", "{plain}");
+
+    // Read from the backend, they are: nothing would change, so a drift check finds none.
+    f.fresh_root();
+    let diff = f.b.run(&["diff", "--json", "--every-step"]);
+    assert_eq!(diff.code, Some(0), "{diff}");
+    let document: serde_json::Value = serde_json::from_str(&diff.stdout).expect("JSON");
+    for step in document["steps"].as_array().unwrap() {
+        assert_eq!(step["status"], "no_changes", "{diff}");
+    }
+
+    // And a change that needs those outputs is planned.
+    f.set_params(json!({"fail": true}));
+    f.fresh_root();
+    let diff = f.b.run(&["diff", "--json", "--every-step"]);
+    assert_eq!(diff.code, Some(2), "{diff}");
+    let document: serde_json::Value = serde_json::from_str(&diff.stdout).expect("JSON");
+    assert_eq!(document["steps"][1]["step"], "top", "{diff}");
+    assert_eq!(document["steps"][1]["status"], "changes", "{diff}");
+    assert_eq!(f.b.ledger().len(), 2, "a diff applied something");
+}

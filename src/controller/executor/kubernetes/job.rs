@@ -255,7 +255,11 @@ pub fn engine_args(settings: &JobSettings, operation: &Operation) -> Vec<String>
         (Kind::Apply, Some(id)) => args.extend(["run".to_string(), format!("--reviewed={id}")]),
         (Kind::Apply, None) => args.extend(["run".to_string(), "--recreate".to_string()]),
         (Kind::Destroy, _) => args.extend(["destroy".to_string(), "--every-step".to_string()]),
-        (Kind::Plan, _) => args.extend(["diff".to_string(), "--json".to_string()]),
+        (Kind::Plan, _) => args.extend([
+            "diff".to_string(),
+            "--json".to_string(),
+            "--every-step".to_string(),
+        ]),
     }
     // As the local executor: a plan's code is `current` only (a rollout's review).
     if let (Kind::Apply | Kind::Plan, Some(code)) = (operation.kind, operation.code) {
@@ -602,7 +606,8 @@ mod tests {
             a.split_off(a.len() - 2)
         };
         assert_eq!(args(Kind::Destroy, None), ["destroy", "--every-step"]);
-        assert_eq!(args(Kind::Plan, None), ["diff", "--json"]);
+        let plan = engine_args(&settings(None), &operation(Kind::Plan, None));
+        assert_eq!(plan[plan.len() - 3..], ["diff", "--json", "--every-step"]);
         assert_eq!(args(Kind::Apply, Some("d1")), ["run", "--reviewed=d1"]);
         let job = job(&settings(None), &operation(Kind::Apply, Some("d1")), 2);
         assert_eq!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::jobs::{fake, start};
+use crate::jobs::{fake, start, start_with};
 use crate::support::controller::*;
 use crate::support::*;
 
@@ -247,5 +247,32 @@ fn a_plan_job_previews_the_changes_and_a_reviewed_apply_or_a_rollback_is_refused
         c.cluster("p1")["generation"],
         1,
         "a refusal recorded something"
+    );
+}
+
+#[test]
+fn a_drift_check_through_a_plan_job_finds_an_unchanged_cluster_clean() {
+    let bed = Bed::new();
+    let kube = fake(&bed, 0);
+    let c = start_with(&bed, &kube, &["--drift-interval", "1s"]);
+    assert_eq!(c.put("d1", &json!({ "namesvr_count": 1 })).status, 202);
+    c.wait_phase(&one("d1"), "ready", CONVERGE);
+    let checks = |result: &str| {
+        c.metric(&format!(
+            "bootstrapper_drift_checks_total{{result=\"{result}\"}}"
+        ))
+    };
+    wait_for(|| checks("clean") + checks("drifted") >= 1.0, CONVERGE);
+    // The broker reads the NameServer's outputs: a fresh pod reads them from the backend
+    // and plans it, rather than count it as not known, which would be drift.
+    let drift = c.cluster("d1")["drift"].clone();
+    assert_eq!(drift["drifted"], false, "{drift:#}");
+    assert_eq!(checks("drifted"), 0.0);
+    assert!(
+        kube.jobs_created()
+            .iter()
+            .any(|j| j.starts_with("bs-d1-plan-")),
+        "{:?}",
+        kube.jobs_created()
     );
 }

@@ -538,7 +538,7 @@ fn record_present(
             let code_done = match code {
                 None => true,
                 Some(CodeChoice::Current) => {
-                    moving || !code::document(cluster).outdated
+                    moving || !code::document(&cluster.journal(), &cluster.dir).outdated
                 }
                 Some(CodeChoice::Previous) => moving,
             };

@@ -553,7 +553,7 @@ impl Cluster {
             updated_at: intent.updated_at.clone(),
             damage: None,
             drift: Drift::read(self),
-            code: crate::controller::code::document(self),
+            code: crate::controller::code::document(&self.journal(), &self.dir),
         };
         mask_document(&loaded.redactor, &mut document);
         document

@@ -3,13 +3,14 @@
 //! the identity each cluster's journal recorded when its code was put in place (or, under the
 //! `kubernetes` executor, its last Job's result gave).
 
+use std::path::Path;
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use crate::controller::cluster::Cluster;
+use crate::root::journal::Journal;
 use crate::workflow::file::Workflow;
 
 static CURRENT: OnceLock<Option<String>> = OnceLock::new();
@@ -77,19 +78,18 @@ pub struct CodeDocument {
     pub previous: Option<String>,
 }
 
-/// Which code `cluster` runs: as its engine's journal records it, or, when its engines run
-/// in Jobs (their journal in the pod), as the last Job's result says.
-pub fn document(cluster: &Cluster) -> CodeDocument {
-    let journal = cluster.journal();
-    let applied = crate::root::source::applied(&journal)
+/// Which code a cluster runs: as its engine's `journal` records it, or, when its engines run
+/// in Jobs (their journal in the pod), as the last Job's result in its directory `dir` says.
+pub fn document(journal: &Journal, dir: &Path) -> CodeDocument {
+    let applied = crate::root::source::applied(journal)
         .and_then(|r| r.identity)
-        .or_else(|| crate::controller::job_result::read(&cluster.dir).and_then(|k| k.code));
+        .or_else(|| crate::controller::job_result::read(dir).and_then(|k| k.code));
     let current = current();
     let outdated = matches!((&applied, &current), (Some(a), Some(c)) if a != c);
     CodeDocument {
         applied,
         current,
         outdated,
-        previous: crate::root::source::previous_record(&journal).and_then(|r| r.identity),
+        previous: crate::root::source::previous_record(journal).and_then(|r| r.identity),
     }
 }

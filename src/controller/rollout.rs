@@ -343,7 +343,8 @@ pub fn create(reconciler: &Reconciler, post: PostRollout) -> Result<RolloutDocum
             .params
             .iter()
             .all(|(k, v)| intent.params.get(k) == Some(v));
-        if !intent.present || !matches || !code::document(&cluster).outdated {
+        if !intent.present || !matches || !code::document(&cluster.journal(), &cluster.dir).outdated
+        {
             continue;
         }
         let canary = (clusters.len() as u32) < post.canary;
@@ -586,7 +587,7 @@ fn start_next(reconciler: &Reconciler, root: &Path, rollout: &mut Rollout) {
             skip(rollout, PartState::Skipped, "deleted by its tenant");
             continue;
         }
-        if !code::document(&cluster).outdated {
+        if !code::document(&cluster.journal(), &cluster.dir).outdated {
             skip(rollout, PartState::Upgraded, "already on the current code");
             continue;
         }

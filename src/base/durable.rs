@@ -131,4 +131,35 @@ mod tests {
         assert!(!torn.exists());
         assert!(dir.path().join("inited").exists());
     }
+
+    #[test]
+    fn a_failed_removal_is_reported_and_a_missing_file_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        remove(&dir.path().join("absent")).unwrap();
+        let not_a_file = dir.path().join("plans");
+        fs::create_dir(&not_a_file).unwrap();
+        assert!(
+            remove(&not_a_file).is_err(),
+            "a file that stays must not be reported as removed"
+        );
+        assert!(not_a_file.exists());
+    }
+
+    #[test]
+    fn cleaning_a_place_that_cannot_be_read_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(remove_temps(&dir.path().join("absent")).unwrap().len(), 0);
+        let file = dir.path().join("inited");
+        fs::write(&file, b"{}").unwrap();
+        assert!(
+            remove_temps(&file).is_err(),
+            "torn temps that were never looked for must not pass for none"
+        );
+    }
+
+    #[test]
+    fn a_bare_name_lives_in_the_current_directory() {
+        assert_eq!(parent(Path::new("marker")), Path::new("."));
+        assert_eq!(parent(Path::new("root/marker")), Path::new("root"));
+    }
 }

@@ -420,4 +420,93 @@ mod tests {
         assert_eq!(stat.rsplit_once(") ").unwrap().1.chars().next(), Some('Z'));
         assert_eq!(child.wait().unwrap().code(), Some(3));
     }
+
+    /// Runs `script` under `sh` in `dir`, stopped by `stop`; returns how it ended and the log.
+    fn run_logged(
+        dir: &std::path::Path,
+        script: &str,
+        capture_stdout: bool,
+        stop: Stop<'_>,
+    ) -> (Finished, String) {
+        let kept = Kept::default();
+        let writer = {
+            let kept = kept.clone();
+            move || kept.clone()
+        };
+        let subscriber = tracing_subscriber::fmt().with_writer(writer).finish();
+        let finished = tracing::subscriber::with_default(subscriber, || {
+            let supervisor = Supervisor {
+                logger: Logger::new(crate::base::log::Format::Text, Redactor::default()),
+                shutdown: Shutdown::default(),
+                grace: Duration::from_secs(30),
+            };
+            let command = Command {
+                program: "sh".into(),
+                args: vec!["-c".into(), script.into()],
+                cwd: dir.into(),
+                env: vec![],
+                label: "t".into(),
+            };
+            let options = Options {
+                capture_stdout,
+                stop,
+                ..Options::default()
+            };
+            supervisor.run(&command, options).unwrap()
+        });
+        let log = String::from_utf8(kept.0.lock().unwrap().clone()).unwrap();
+        (finished, log)
+    }
+
+    /// Whether process `pid` is gone: reaped, or a zombie that nobody reaps.
+    fn gone(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit_once(") ").unwrap().1.starts_with('Z')
+        })
+    }
+
+    #[test]
+    fn a_child_that_ends_on_its_own_is_read_to_the_end_and_nothing_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        // What it started in the background prints its line after the child exited, well
+        // within the time the pipes are drained.
+        let script = "seq 1 30000; (sleep 0.2; echo late) &";
+        let (finished, log) = run_logged(dir.path(), script, true, Stop::default());
+        assert!(finished.success(), "{log}");
+        let stdout = String::from_utf8(finished.stdout).unwrap();
+        assert_eq!(stdout.lines().count(), 30001, "{log}");
+        assert!(stdout.ends_with("\n30000\nlate\n"), "{log}");
+        assert!(!log.contains("kill"), "nothing was left to kill: {log}");
+        assert!(!log.contains("hold its output open"), "{log}");
+    }
+
+    #[test]
+    fn a_stopped_child_gets_one_signal_the_grace_period_and_its_leftovers_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("leftover");
+        // The leftover ignores SIGINT (a background job of a script does) and holds no pipe.
+        let script = "trap 'exit 7' INT; sleep 60 >/dev/null 2>&1 & echo $! >leftover.tmp; \
+                      mv leftover.tmp leftover; while :; do sleep 0.1; done";
+        let stop = || ready.exists().then_some(Signal::SIGINT);
+        let (finished, log) = run_logged(dir.path(), script, false, Stop::By(&stop));
+        let leftover = std::fs::read_to_string(&ready).unwrap();
+        let leftover = leftover.trim();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gone(leftover) && Instant::now() < deadline {
+            std::thread::sleep(POLL);
+        }
+        let survived = !gone(leftover);
+        if survived {
+            let _ = kill(Pid::from_raw(leftover.parse().unwrap()), Signal::SIGKILL);
+        }
+        assert_eq!(
+            finished.status.code(),
+            Some(7),
+            "it exits on its own well within the grace period: {log}"
+        );
+        assert_eq!(log.matches("stopping: sent SIGINT").count(), 1, "{log}");
+        assert!(!log.contains("grace period over"), "{log}");
+        assert!(!survived, "its leftover was still running: {log}");
+        assert!(log.contains("killed what its child left running"), "{log}");
+    }
 }

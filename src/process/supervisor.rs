@@ -148,10 +148,15 @@ impl Supervisor {
             .process_group(0);
         // What a child writes (states, backend settings) can hold secrets, and would be
         // world-readable under the usual umask; the child's files are its owner's only.
-        // SAFETY: umask is async-signal-safe and touches no memory of the parent.
+        // A stop is one SIGINT, then SIGTERM: started from a shell's background job (which
+        // ignores both), a child would inherit them ignored, and a shell cannot even trap a
+        // signal ignored at its start. So both are the default again in the child.
+        // SAFETY: umask and signal are async-signal-safe and touch no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
                 libc::umask(0o077);
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
                 Ok(())
             });
         }

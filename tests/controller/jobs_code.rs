@@ -5,42 +5,17 @@
 //! `image_dir` points at, changed between two controllers (the fake kubelet's pods run on
 //! this filesystem).
 
-use std::fs;
-use std::path::PathBuf;
-
 use serde_json::{json, Value};
 
 use crate::jobs::{fake, start, CONVERGE};
+use crate::rollout::{send, Tenant};
 use crate::support::controller::*;
 use crate::support::*;
 
-/// The tenant fixture copied into the test's own directory, the workflow pointing there.
-struct Tenant {
-    dir: tempfile::TempDir,
-    workflow: String,
-}
-
-impl Tenant {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let copy = dir.path().join("tenant");
-        copy_tree(&tenant_fixture_dir(), &copy);
-        let original = tenant_fixture_dir().display().to_string();
-        let workflow = tenant_workflow().replace(&original, &copy.display().to_string());
-        assert_ne!(workflow, tenant_workflow());
-        Tenant { dir, workflow }
-    }
-
-    fn tree(&self) -> PathBuf {
-        self.dir.path().join("tenant")
-    }
-
-    /// Version 2 of the broker module: one more resource and a new output.
-    fn ship_v2(&self) {
-        let main = self.tree().join("broker/main.tf");
-        let mut text = fs::read_to_string(&main).unwrap();
-        text.push_str(
-            r#"
+/// Version 2 of the broker module: one more resource and a new output.
+fn ship_v2(tenant: &Tenant) {
+    tenant.add_to_broker(
+        r#"
 resource "terraform_data" "v2_check" {
   input = var.tag
   provisioner "local-exec" {
@@ -53,14 +28,7 @@ output "version" {
   value = "v2"
 }
 "#,
-        );
-        fs::write(&main, text).unwrap();
-    }
-}
-
-fn send(c: &Controller, method: &str, path: &str, body: Option<Value>) -> Reply {
-    let body = body.map(|b| serde_json::to_vec(&b).unwrap());
-    c.request(method, path, body, Some(&format!("Bearer {TOKEN}")))
+    );
 }
 
 fn listed(c: &Controller, query: &str) -> Vec<String> {
@@ -98,7 +66,7 @@ fn a_rollout_upgrades_clusters_through_jobs_and_a_rollback_is_refused() {
     assert_eq!(v1["outdated"], false, "{v1}");
 
     c.running.take().unwrap().kill_session();
-    tenant.ship_v2();
+    ship_v2(&tenant);
     let c = start(&bed, &kube);
     let before = c.cluster("u1")["code"].clone();
     assert_eq!(before["applied"], v1["applied"], "{before}");

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::support::controller::listening_address;
 use crate::support::*;
 
 fn var(name: &str) -> Option<String> {
@@ -130,20 +131,7 @@ fn real_cluster_e2e_runs_only_with_kubeconfig_and_image_else_skipped() {
         template.to_str().unwrap(),
     ]);
     let serve = spawn_session(command, dir.path());
-    let mut address = None;
-    wait_for(
-        || {
-            let stderr = serve.stderr();
-            address = stderr
-                .split("listening on http://")
-                .nth(1)
-                .and_then(|rest| rest.split(';').next())
-                .map(str::to_owned);
-            address.is_some() || stderr.contains("error")
-        },
-        Duration::from_secs(60),
-    );
-    let address = address.unwrap_or_else(|| panic!("serve did not start:\n{}", serve.stderr()));
+    let address = listening_address(&serve, Duration::from_secs(60));
     let api = Api {
         base: format!("http://{address}"),
         agent: ureq::Agent::config_builder()

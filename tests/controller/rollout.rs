@@ -14,13 +14,13 @@ const CONVERGE: Duration = Duration::from_secs(180);
 
 /// The tenant fixture copied into the test's own directory, the controller's workflow
 /// pointing there, so that the test can ship a new version by changing the copy.
-struct Tenant {
+pub struct Tenant {
     dir: tempfile::TempDir,
-    workflow: String,
+    pub workflow: String,
 }
 
 impl Tenant {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let copy = dir.path().join("tenant");
         copy_tree(&tenant_fixture_dir(), &copy);
@@ -30,8 +30,16 @@ impl Tenant {
         Tenant { dir, workflow }
     }
 
-    fn tree(&self) -> PathBuf {
+    pub fn tree(&self) -> PathBuf {
         self.dir.path().join("tenant")
+    }
+
+    /// Adds `text` to the broker module: a new version of the tenant code.
+    pub fn add_to_broker(&self, text: &str) {
+        let main = self.tree().join("broker/main.tf");
+        let mut module = fs::read_to_string(&main).unwrap();
+        module.push_str(text);
+        fs::write(&main, module).unwrap();
     }
 
     /// Version 2 of the broker module: a new output, and a check that fails a cluster whose
@@ -41,9 +49,7 @@ impl Tenant {
         assert!(self.workflow.contains("retries = 5"));
         bed.b
             .write_workflow(&self.workflow.replace("retries = 5", "retries = 0"));
-        let main = self.tree().join("broker/main.tf");
-        let mut text = fs::read_to_string(&main).unwrap();
-        text.push_str(
+        self.add_to_broker(
             r#"
 resource "terraform_data" "v2_check" {
   input = var.tag
@@ -58,11 +64,10 @@ output "version" {
 }
 "#,
         );
-        fs::write(&main, text).unwrap();
     }
 }
 
-fn send(c: &Controller, method: &str, path: &str, body: Option<Value>) -> Reply {
+pub fn send(c: &Controller, method: &str, path: &str, body: Option<Value>) -> Reply {
     let body = body.map(|b| serde_json::to_vec(&b).unwrap());
     c.request(method, path, body, Some(&format!("Bearer {TOKEN}")))
 }

@@ -110,21 +110,7 @@ impl Bed {
             cmd.env(k, v);
         }
         let running = super::spawn_session(cmd, self.b.dir());
-        let mut address = None;
-        wait_for(
-            || {
-                let stderr = running.stderr();
-                address = stderr
-                    .split("listening on http://")
-                    .nth(1)
-                    .and_then(|rest| rest.split(';').next())
-                    .map(str::to_owned);
-                address.is_some() || stderr.contains("error")
-            },
-            Duration::from_secs(30),
-        );
-        let address =
-            address.unwrap_or_else(|| panic!("serve did not start:\n{}", running.stderr()));
+        let address = listening_address(&running, Duration::from_secs(30));
         Controller {
             running: Some(running),
             base: format!("http://{address}"),
@@ -407,6 +393,25 @@ impl Controller {
             .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
             .map_or(0.0, |v| v.trim().parse().expect("metric value"))
     }
+}
+
+/// The address a starting `serve` says it listens on; a start that fails fails the test
+/// with its stderr.
+pub fn listening_address(serve: &Running, timeout: Duration) -> String {
+    let mut address = None;
+    wait_for(
+        || {
+            let stderr = serve.stderr();
+            address = stderr
+                .split("listening on http://")
+                .nth(1)
+                .and_then(|rest| rest.split(';').next())
+                .map(str::to_owned);
+            address.is_some() || stderr.contains("error")
+        },
+        timeout,
+    );
+    address.unwrap_or_else(|| panic!("serve did not start:\n{}", serve.stderr()))
 }
 
 /// A one-cluster list, for the calls that take several.

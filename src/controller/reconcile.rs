@@ -475,11 +475,7 @@ impl Reconciler {
             // Nothing ever ran here, so there is nothing to destroy.
             Some(Ending::Succeeded)
         } else if let Some(Err(e)) = &plan {
-            Some(Ending::Failed {
-                exit_code: None,
-                failure: None,
-                error: e.clone(),
-            })
+            Some(Ending::failed(e.clone()))
         } else if kind == Kind::Plan {
             None
         } else if let Err(e) = cluster.write_params(&intent.params) {
@@ -487,11 +483,10 @@ impl Reconciler {
             Some(if crate::controller::executor::starved(&e) {
                 Ending::Later
             } else {
-                Ending::Failed {
-                    exit_code: None,
-                    failure: None,
-                    error: format!("cannot write {}: {e}", cluster.params_path().display()),
-                }
+                Ending::failed(format!(
+                    "cannot write {}: {e}",
+                    cluster.params_path().display()
+                ))
             })
         } else {
             None
@@ -521,14 +516,10 @@ impl Reconciler {
             let _entered = span.enter();
             let ending = match this.timed_out(&cluster.id) {
                 // Stopped for running too long: it is not tried again on its own.
-                Some(after) if ending != Ending::Succeeded => Ending::Failed {
-                    exit_code: None,
-                    failure: None,
-                    error: format!(
-                        "timed out after {} (--operation-timeout); stopped",
-                        spoken(after)
-                    ),
-                },
+                Some(after) if ending != Ending::Succeeded => Ending::failed(format!(
+                    "timed out after {} (--operation-timeout); stopped",
+                    spoken(after)
+                )),
                 _ => ending,
             };
             let end = if records::identity(&cluster.dir) != home {

@@ -128,11 +128,6 @@ fn execute(
     stop: &AtomicI32,
 ) -> Ending {
     let kind = operation.kind;
-    let failed = |error: String| Ending::Failed {
-        exit_code: None,
-        failure: None,
-        error,
-    };
     // The intent's params, for the secrets to mask in the log: those written to the
     // params file just before, unless a newer intent came since (then the operation is
     // stopped and runs again anyway).
@@ -141,14 +136,14 @@ fn execute(
         match crate::base::json::read(&cluster.plan_params_path()) {
             Ok(params) => params.unwrap_or_default(),
             Err(crate::base::json::ReadError::Io(e)) if starved(&e) => return Ending::Later,
-            Err(_) => return failed("cannot read the plan's params".to_string()),
+            Err(_) => return Ending::failed("cannot read the plan's params".to_string()),
         }
     } else {
         match cluster.intent() {
             Ok(Some(intent)) => intent.params,
             Ok(None) => Default::default(),
             Err(e) if starved(&e) => return Ending::Later,
-            Err(e) => return failed(format!("cannot read the cluster's intent: {e}")),
+            Err(e) => return Ending::failed(format!("cannot read the cluster's intent: {e}")),
         }
     };
     let loaded = cluster.loaded(&config.workflow, &params);
@@ -170,7 +165,7 @@ fn execute(
     {
         Ok(file) => std::io::LineWriter::new(file),
         Err(e) if starved(&e) => return Ending::Later,
-        Err(e) => return failed(format!("cannot write {}: {e}", log_path.display())),
+        Err(e) => return Ending::failed(format!("cannot write {}: {e}", log_path.display())),
     };
     if kind != Kind::Plan {
         // The journal here says how it went from now on, not a Job's result from before.
@@ -182,7 +177,7 @@ fn execute(
         .mode(0o700)
         .create(&engine_root)
     {
-        return failed(format!("cannot create {}: {e}", engine_root.display()));
+        return Ending::failed(format!("cannot create {}: {e}", engine_root.display()));
     }
     let mut args = engine_args(kind, operation.reviewed.as_deref());
     // A plan's is `current` only: a rollout's review of the image's code.
@@ -216,7 +211,9 @@ fn execute(
         Ok(finished) => finished,
         // Out of open files, processes or memory for a moment: not the operation's fault.
         Err(e) if starved(&e) => return Ending::Later,
-        Err(e) => return failed(format!("cannot start {}: {e}", command.program.display())),
+        Err(e) => {
+            return Ending::failed(format!("cannot start {}: {e}", command.program.display()))
+        }
     };
     if let Some(before) = diff_before {
         let planned = matches!(finished.status.code(), Some(exit::OK | exit::CHANGES))
@@ -226,7 +223,7 @@ fn execute(
         }
     }
     match finished.status.code() {
-        Some(exit::OK) if kind == Kind::Plan => failed(format!(
+        Some(exit::OK) if kind == Kind::Plan => Ending::failed(format!(
             "`{}` ended without recording its diff",
             args.join(" ")
         )),

@@ -48,6 +48,17 @@ pub enum Ending {
 pub type LiveLogFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Option<kubernetes::logs::LiveLog>> + Send>>;
 
+impl Ending {
+    /// A failure before or without the engine's own: it left no exit code or failure kind.
+    pub fn failed(error: impl Into<String>) -> Self {
+        Ending::Failed {
+            exit_code: None,
+            failure: None,
+            error: error.into(),
+        }
+    }
+}
+
 /// Called once, from any thread, when an operation has ended.
 pub type OnEnd = Box<dyn FnOnce(Ending) + Send>;
 

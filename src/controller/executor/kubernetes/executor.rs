@@ -198,11 +198,9 @@ impl Shared {
     /// Runs `operation` to its end through its Job.
     async fn operate(&self, operation: &Operation, stop: &AtomicBool) -> kube::Result<Ending> {
         if operation.reviewed.is_some() {
-            return Ok(Ending::Failed {
-                exit_code: None,
-                failure: None,
-                error: results::REVIEWED_REFUSAL.replace("{id}", &operation.cluster),
-            });
+            return Ok(Ending::failed(
+                results::REVIEWED_REFUSAL.replace("{id}", &operation.cluster),
+            ));
         }
         let client = self.client().await?;
         let cluster = Cluster::new(&self.config.root, &operation.cluster);
@@ -260,14 +258,10 @@ impl Shared {
                         if since.elapsed() >= self.config.pending_timeout {
                             warn!(cluster = %operation.cluster, "Job {name}: {why}, for longer than the pending timeout: deleting it");
                             self.remove(&client, &name).await?;
-                            return Ok(Ending::Failed {
-                                exit_code: None,
-                                failure: None,
-                                error: format!(
+                            return Ok(Ending::failed(format!(
                                     "the Job's pod stayed pending for {}s ({why}): check the Job template's resources, node selector and image",
                                     self.config.pending_timeout.as_secs()
-                                ),
-                            });
+                                )));
                         }
                     } else {
                         pending_since = None;
@@ -345,11 +339,10 @@ impl Shared {
             // Job's emptyDir, so its directory here says that an apply was started.
             let dir = cluster.journal().dir().to_path_buf();
             if let Err(e) = std::fs::create_dir_all(&dir) {
-                return Ok(Err(Ending::Failed {
-                    exit_code: None,
-                    failure: None,
-                    error: format!("cannot create {}: {e}", dir.display()),
-                }));
+                return Ok(Err(Ending::failed(format!(
+                    "cannot create {}: {e}",
+                    dir.display()
+                ))));
             }
         }
         let wanted = job::job(&self.config.settings, operation, attempt);
@@ -365,13 +358,9 @@ impl Shared {
                         info!(cluster = %operation.cluster, "following Job {name}, created before");
                         Ok(Ok(name))
                     }
-                    _ => Ok(Err(Ending::Failed {
-                        exit_code: None,
-                        failure: None,
-                        error: format!(
+                    _ => Ok(Err(Ending::failed(format!(
                             "a Job named {name} exists that is not this operation's: delete it, or rename it"
-                        ),
-                    })),
+                        )))),
                 }
             }
             Err(kube::Error::Api(status)) if status.is_forbidden() => {
@@ -393,22 +382,19 @@ impl Shared {
         cluster: &Cluster,
         operation: &Operation,
     ) -> kube::Result<Result<(), Ending>> {
-        let failed = |error: String| {
-            Err(Ending::Failed {
-                exit_code: None,
-                failure: None,
-                error,
-            })
-        };
         let params = match cluster.intent() {
             Ok(Some(intent)) => intent.params,
             Ok(None) => Default::default(),
-            Err(e) => return Ok(failed(format!("cannot read the cluster's intent: {e}"))),
+            Err(e) => {
+                return Ok(Err(Ending::failed(format!(
+                    "cannot read the cluster's intent: {e}"
+                ))))
+            }
         };
         let plan = if operation.kind == Kind::Plan {
             match crate::base::json::read::<serde_json::Value>(&cluster.plan_params_path()) {
                 Ok(plan) => Some(plan.unwrap_or_default()),
-                Err(_) => return Ok(failed("cannot read the plan's params".to_string())),
+                Err(_) => return Ok(Err(Ending::failed("cannot read the plan's params"))),
             }
         } else {
             None

@@ -68,11 +68,6 @@ pub async fn record(
     pod: Option<&Pod>,
     ending: Ending,
 ) -> Ending {
-    let failed = |error: String| Ending::Failed {
-        exit_code: None,
-        failure: None,
-        error,
-    };
     match kind {
         Kind::Apply | Kind::Destroy => {
             let message = pod
@@ -89,7 +84,7 @@ pub async fn record(
         }
         Kind::Plan if ending == Ending::Succeeded => {
             let Some(name) = pod.and_then(|p| p.metadata.name.as_deref()) else {
-                return failed(
+                return Ending::failed(
                     "the plan's pod is gone before its diff was read; POST the plan again"
                         .to_string(),
                 );
@@ -97,7 +92,7 @@ pub async fn record(
             let log = match logs::plan_log(pods, name).await {
                 Ok(log) => log,
                 Err(e) => {
-                    return failed(format!(
+                    return Ending::failed(format!(
                         "cannot read the plan's diff from the log of pod {name}: {e}; POST the plan again"
                     ))
                 }
@@ -105,12 +100,12 @@ pub async fn record(
             match diff_in_log(&log) {
                 Some(document) => match keep_diff(cluster, &document) {
                     Ok(()) => ending,
-                    Err(e) => failed(format!(
+                    Err(e) => Ending::failed(format!(
                         "cannot write {}: {e}",
                         diff_path(cluster).display()
                     )),
                 },
-                None => failed(format!(
+                None => Ending::failed(format!(
                     "the plan's pod {name} ended without printing its diff (`diff --json`) in its log"
                 )),
             }

@@ -64,25 +64,17 @@ pub fn progress(kind: Kind, job: &Job, pod: Option<&Pod>) -> Progress {
             return Progress::Waiting("the Job failed: reading its pod's end".to_string());
         }
         if reason == "DeadlineExceeded" {
-            return Progress::Ended(Ending::Failed {
-                exit_code: None,
-                failure: None,
-                error: format!(
-                    "timed out: the Job ran past its activeDeadlineSeconds ({})",
-                    failed.message.as_deref().unwrap_or("no message")
-                ),
-            });
+            return Progress::Ended(Ending::failed(format!(
+                "timed out: the Job ran past its activeDeadlineSeconds ({})",
+                failed.message.as_deref().unwrap_or("no message")
+            )));
         }
         return Progress::Ended(match terminated {
             Some(t) => ending_of(kind, t),
-            None => Ending::Failed {
-                exit_code: None,
-                failure: None,
-                error: format!(
-                    "the Job failed ({reason}: {}) and its pod is gone",
-                    failed.message.as_deref().unwrap_or("no message")
-                ),
-            },
+            None => Ending::failed(format!(
+                "the Job failed ({reason}: {}) and its pod is gone",
+                failed.message.as_deref().unwrap_or("no message")
+            )),
         });
     }
     if job.spec.as_ref().and_then(|s| s.suspend) == Some(true) {

@@ -26,7 +26,7 @@ const FILE_MODE: u32 = 0o600;
 pub const ENGINE_DIR: &str = "engine";
 /// The files the controller keeps in a cluster's directory (and their temp files beside);
 /// the paths below name each.
-pub const CONTROLLER_FILES: [&str; 11] = [
+pub const CONTROLLER_FILES: [&str; 12] = [
     "intent.json",
     "outcome.json",
     "params.json",
@@ -36,6 +36,7 @@ pub const CONTROLLER_FILES: [&str; 11] = [
     "plan-request.json",
     "plan.log",
     "drift.json",
+    "waiting.json",
     crate::controller::job_result::RESULT_FILE,
     crate::controller::job_result::DIFF_FILE,
 ];

@@ -183,6 +183,11 @@ impl FakeKube {
         self.state.lock().unwrap().capacity = Some(slots);
     }
 
+    /// Pods Pending for a free slot.
+    pub fn queued_pods(&self) -> usize {
+        self.state.lock().unwrap().queued.len()
+    }
+
     /// The next `n` Job creates are refused as over quota (403).
     pub fn refuse_job_creates(&self, n: usize) {
         self.state.lock().unwrap().refuse_creates = n;

@@ -117,13 +117,24 @@ fn a_controller_killed_with_jobs_running_adopts_them_and_loses_no_intent() {
         assert_eq!(c.put(id, &json!({ "namesvr_count": 1 })).status, 202);
     }
     c.wait_phase(early, "ready", CONVERGE);
-    // Then destroys and applies together: 20 Jobs started at once.
+    // Then destroys and applies together: 20 Jobs started at once. Their pods are held
+    // Pending until all 20 exist, so that many run at the kill however slow the machine.
+    kube.limit_pods(0);
     for id in early {
         assert_eq!(c.delete(id).status, 202);
     }
     for id in late {
         assert_eq!(c.put(id, &json!({ "namesvr_count": 1 })).status, 202);
     }
+    let held = poll(|| kube.queued_pods() == all.len(), CONVERGE);
+    assert!(
+        held,
+        "{} of 20 pods Pending; Jobs created: {:?}\n{}",
+        kube.queued_pods(),
+        kube.jobs_created(),
+        c.stderr()
+    );
+    kube.limit_pods(all.len());
     wait_for(|| kube.live_pods() >= 8, CONVERGE);
     c.running.take().unwrap().kill_session();
     let running_at_kill = kube.running_jobs();

@@ -524,4 +524,121 @@ mod tests {
         assert!(err.to_string().contains("inited"), "{err}");
         assert!(err.to_string().contains("reset hosts"), "{err}");
     }
+
+    fn attempt(state: AttemptState, attempts: u32) -> Attempt {
+        Attempt {
+            state,
+            attempts,
+            started_at: crate::base::clock::now(),
+            finished_at: None,
+            last_error: Some("boom".into()),
+            failure: None,
+            pid: 7,
+        }
+    }
+
+    #[test]
+    fn a_root_that_is_a_file_is_refused_and_a_missing_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Journal::at(dir.path()).check_root().is_ok());
+        assert!(Journal::at(&dir.path().join("not-yet"))
+            .check_root()
+            .is_ok());
+        let file = dir.path().join("file");
+        fs::write(&file, "x").unwrap();
+        let err = Journal::at(&file).check_root().unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("is not a directory"), "{err}");
+        assert!(Journal::at(&file).create().is_err());
+        // Below a file, the path cannot even be looked at.
+        let err = Journal::at(&file.join("below")).check_root().unwrap_err();
+        assert!(err.to_string().contains("cannot be used"), "{err}");
+    }
+
+    #[test]
+    fn step_names_are_none_before_the_journal_exists_and_an_error_when_unreadable() {
+        let root = tempfile::tempdir().unwrap();
+        let journal = Journal::at(root.path());
+        assert!(journal.step_names().unwrap().is_empty());
+        journal.create().unwrap();
+        fs::remove_dir(journal.dir().join(STEPS_DIR)).unwrap();
+        fs::write(journal.dir().join(STEPS_DIR), "not a directory").unwrap();
+        assert!(journal.step_names().is_err());
+    }
+
+    #[test]
+    fn torn_temp_files_are_removed_and_named_and_the_records_stay() {
+        let root = tempfile::tempdir().unwrap();
+        let journal = Journal::at(root.path());
+        journal.create().unwrap();
+        journal.write_marker(&marker("network")).unwrap();
+        let torn = journal.step_dir("network").join(".inited.tmp-1234");
+        fs::write(&torn, "{\"st").unwrap();
+        assert_eq!(journal.remove_torn().unwrap(), std::slice::from_ref(&torn));
+        assert!(!torn.exists());
+        assert!(journal.marker("network").unwrap().is_some());
+        assert!(journal.remove_torn().unwrap().is_empty());
+    }
+
+    #[test]
+    fn attempts_and_destroys_are_kept_apart_per_step() {
+        let root = tempfile::tempdir().unwrap();
+        let journal = Journal::at(root.path());
+        journal.create().unwrap();
+        assert_eq!(journal.attempt("hosts").unwrap(), None);
+        let apply = attempt(AttemptState::Failed, 2);
+        let destroy = attempt(AttemptState::Running, 1);
+        journal
+            .write_attempt_of(Action::Apply, "hosts", &apply)
+            .unwrap();
+        journal
+            .write_attempt_of(Action::Destroy, "hosts", &destroy)
+            .unwrap();
+        assert_eq!(journal.attempt("hosts").unwrap(), Some(apply.clone()));
+        assert_eq!(
+            journal.attempt_of(Action::Apply, "hosts").unwrap(),
+            Some(apply)
+        );
+        assert_eq!(
+            journal.destroy_attempt("hosts").unwrap(),
+            Some(destroy.clone())
+        );
+        assert_eq!(
+            journal.attempt_of(Action::Destroy, "hosts").unwrap(),
+            Some(destroy)
+        );
+        assert!(journal.started("hosts"));
+        assert_eq!(journal.destroyed("hosts").unwrap(), None);
+        let destroyed = Destroyed {
+            step: "hosts".into(),
+            started_at: crate::base::clock::now(),
+            finished_at: crate::base::clock::now(),
+            attempts: 1,
+        };
+        journal.write_destroyed(&destroyed).unwrap();
+        assert_eq!(journal.destroyed("hosts").unwrap(), Some(destroyed));
+    }
+
+    #[test]
+    fn a_reviewed_plans_directory_is_made_when_asked_where_to_save_it() {
+        let root = tempfile::tempdir().unwrap();
+        let journal = Journal::at(root.path());
+        journal.create().unwrap();
+        let path = journal.reviewed_plan("hosts").unwrap();
+        assert_eq!(path, journal.reviewed_plan_path("hosts"));
+        assert!(path.starts_with(journal.step_dir("hosts")), "{path:?}");
+        assert!(path.parent().unwrap().is_dir());
+        // The engine's own records are distinct files of the journal.
+        let records = [
+            journal.source_record(),
+            journal.terraform_record(),
+            journal.diff_record(),
+            journal.kept_state_dir(),
+        ];
+        for record in &records {
+            assert_eq!(record.parent(), Some(journal.dir()), "{record:?}");
+        }
+        let names: std::collections::BTreeSet<_> = records.iter().collect();
+        assert_eq!(names.len(), records.len());
+    }
 }

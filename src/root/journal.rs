@@ -475,6 +475,8 @@ mod tests {
         assert_eq!(back.step, "network");
         assert_eq!(back.outputs["conn_str"], "x");
         assert_eq!(journal.step_names().unwrap(), ["network"]);
+        // A marker alone says the step applied, whatever became of its attempt record.
+        assert!(journal.started("network"));
         assert!(journal.forget("network").unwrap());
         assert_eq!(journal.marker("network").unwrap(), None);
         assert!(!journal.forget("network").unwrap());
@@ -586,6 +588,7 @@ mod tests {
         let journal = Journal::at(root.path());
         journal.create().unwrap();
         assert_eq!(journal.attempt("hosts").unwrap(), None);
+        assert!(!journal.started("hosts"));
         let apply = attempt(AttemptState::Failed, 2);
         let destroy = attempt(AttemptState::Running, 1);
         journal

@@ -644,4 +644,28 @@ mod tests {
         let names: std::collections::BTreeSet<_> = records.iter().collect();
         assert_eq!(names.len(), records.len());
     }
+
+    #[test]
+    fn forget_all_forgets_every_step_and_the_tombstone_last() {
+        let root = tempfile::tempdir().unwrap();
+        let journal = Journal::at(root.path());
+        journal.create().unwrap();
+        assert_eq!(journal.tombstone().unwrap(), None);
+        journal.write_marker(&marker("network")).unwrap();
+        journal
+            .write_attempt_of(Action::Apply, "hosts", &attempt(AttemptState::Failed, 1))
+            .unwrap();
+        let tombstone = Tombstone {
+            started_at: crate::base::clock::now(),
+            finished_at: None,
+        };
+        journal.write_tombstone(&tombstone).unwrap();
+        assert_eq!(journal.tombstone().unwrap(), Some(tombstone));
+
+        assert_eq!(journal.forget_all().unwrap(), ["hosts", "network"]);
+        assert!(journal.step_names().unwrap().is_empty());
+        assert!(!journal.started("network") && !journal.started("hosts"));
+        assert_eq!(journal.tombstone().unwrap(), None);
+        assert!(journal.forget_all().unwrap().is_empty());
+    }
 }

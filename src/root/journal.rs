@@ -525,6 +525,8 @@ mod tests {
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("inited"), "{err}");
         assert!(err.to_string().contains("reset hosts"), "{err}");
+        // It points at the line and column, as every input error does.
+        assert!(err.to_string().contains("hosts/inited:1:9:"), "{err}");
     }
 
     fn attempt(state: AttemptState, attempts: u32) -> Attempt {

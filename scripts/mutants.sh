@@ -11,6 +11,8 @@
 #                                                        one module, against the tests that matter
 # MUTANTS_TIMEOUT (seconds, default 600) bounds each test run; a mutant that hangs the tests
 # is counted as "timeout". Results: mutants.out/ (caught.txt, missed.txt, timeout.txt).
+# MUTANTS_ARGS passes more options to cargo-mutants, e.g. MUTANTS_ARGS=--iterate to test
+# again only what the last run missed (after a new test), or MUTANTS_ARGS="--re started".
 # The tree is mutated in place and restored after each mutant: do not edit it meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,5 +45,6 @@ for file in "${files[@]}"; do
 done
 # Two torture rounds instead of twenty: each mutant still meets kills mid-write.
 export TORTURE_ROUNDS="${TORTURE_ROUNDS:-2}"
+# shellcheck disable=SC2086 # MUTANTS_ARGS is words on purpose
 exec nice cargo mutants --in-place --no-shuffle --timeout "${MUTANTS_TIMEOUT:-600}" \
-    "${args[@]}" -- "${tests[@]}"
+    ${MUTANTS_ARGS:-} "${args[@]}" -- "${tests[@]}"

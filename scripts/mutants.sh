@@ -45,6 +45,9 @@ for file in "${files[@]}"; do
 done
 # Two torture rounds instead of twenty: each mutant still meets kills mid-write.
 export TORTURE_ROUNDS="${TORTURE_ROUNDS:-2}"
+# A broken program mostly shows as a condition that never comes: wait a quarter of the
+# tests' timeouts (sized for a slow, shared machine) before calling it caught.
+export TEST_PATIENCE="${TEST_PATIENCE:-0.25}"
 # shellcheck disable=SC2086 # MUTANTS_ARGS is words on purpose
 exec nice cargo mutants --in-place --no-shuffle --timeout "${MUTANTS_TIMEOUT:-600}" \
     ${MUTANTS_ARGS:-} "${args[@]}" -- "${tests[@]}"

@@ -37,13 +37,20 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 pub fn wait_for(cond: impl FnMut() -> bool, timeout: Duration) {
     let caller = std::panic::Location::caller();
     if !poll(cond, timeout) {
-        panic!("condition at {caller} still false after {timeout:?}");
+        panic!(
+            "condition at {caller} still false after {:?}",
+            timeout.mul_f64(patience())
+        );
     }
 }
 
 /// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+///
+/// `TEST_PATIENCE` (a factor, 1 by default) scales every timeout: mutation testing sets it
+/// below 1, since a broken program mostly shows as a condition that never comes, and the
+/// timeouts are sized for a slow, shared machine.
 pub fn poll(mut cond: impl FnMut() -> bool, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + timeout.mul_f64(patience());
     loop {
         if cond() {
             return true;
@@ -53,6 +60,17 @@ pub fn poll(mut cond: impl FnMut() -> bool, timeout: Duration) -> bool {
         }
         thread::sleep(POLL_INTERVAL);
     }
+}
+
+fn patience() -> f64 {
+    static PATIENCE: OnceLock<f64> = OnceLock::new();
+    *PATIENCE.get_or_init(|| match std::env::var("TEST_PATIENCE") {
+        Ok(text) => match text.parse::<f64>() {
+            Ok(factor) if factor > 0.0 && factor.is_finite() => factor,
+            _ => panic!("TEST_PATIENCE={text}: a factor above 0, such as 0.25"),
+        },
+        Err(_) => 1.0,
+    })
 }
 
 // ---------------------------------------------------------------------------

@@ -454,6 +454,19 @@ mod tests {
         r.add("abc qzdefghijklmnop");
         assert!(r.has_parts());
         assert_eq!(r.mask("qzdefghijklmnop' failed"), format!("{MASK}' failed"));
+        // That short word alone is an ordinary word, left as it is.
+        assert_eq!(r.mask("echo abc\nabc"), "echo abc\nabc");
+
+        // A line that is the tail of one secret and the head of another is masked once, whole.
+        let r = Redactor::default();
+        r.add("aaaa qzbbbbbb-cccccc");
+        r.add("qzbbbbbb-cccccc dddd");
+        assert_eq!(r.mask("x\n  qzbbbbbb-cccccc\ny"), format!("x\n  {MASK}\ny"));
+
+        // Without whitespace in any secret, text need not be masked line by line.
+        let r = Redactor::default();
+        r.add("qz-no-whitespace-here");
+        assert!(!r.has_parts());
     }
 
     #[test]

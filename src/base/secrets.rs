@@ -352,6 +352,12 @@ mod tests {
         let r = Redactor::from_inputs(&params, &env);
         let masked = r.mask("cn-bj2 hunter22 tok-1234 PRIVATEKEY /root");
         assert_eq!(masked, format!("cn-bj2 {MASK} {MASK} {MASK} /root"));
+
+        // In text, a secret is masked from MIN_MASKED_LEN characters; shorter is a word.
+        let r = Redactor::default();
+        r.add("w7x9");
+        r.add("q3z");
+        assert_eq!(r.mask("pin w7x9 q3z"), format!("pin {MASK} q3z"));
     }
 
     #[test]

@@ -483,6 +483,10 @@ mod tests {
         assert_eq!(r.safe_cut(b"xxxxxxs3cr3t-value"), 18);
         assert_eq!(r.safe_cut(b"xxxxxxxxxxxxxxxxxs"), 17);
         assert_eq!(r.safe_cut(b"s3cr"), 4);
+        // A shorter secret whole at the end needs no cut before it.
+        r.add("qzabcdef");
+        assert_eq!(r.safe_cut(b"xxxxxxxxqzabcdef"), 16);
+        assert_eq!(r.safe_cut(b"xxxxxxxxxxqzabcd"), 10);
     }
 
     #[test]

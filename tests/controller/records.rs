@@ -211,6 +211,24 @@ fn an_operation_running_too_long_is_stopped_and_the_cluster_fails() {
     );
 }
 
+#[test]
+fn an_operation_within_its_timeout_runs_on_through_every_check() {
+    let bed = Bed::new();
+    // Overdue operations are looked for every quarter of the shorter of the two: 500 ms.
+    let c = bed.start(
+        &["--operation-timeout", "60s", "--keep-destroyed", "2s"],
+        &[],
+    );
+    let reply = c.put("c1", &json!({ "namesvr_count": 1, "sleep_seconds": 3 }));
+    assert_eq!(reply.status, 202, "{reply:?}");
+    wait_for(
+        || matches!(c.phase("c1").as_str(), "ready" | "failed"),
+        CONVERGE,
+    );
+    assert_eq!(c.phase("c1"), "ready", "{:#}", c.cluster("c1"));
+    assert!(!c.stderr().contains("timed out"), "{}", c.stderr());
+}
+
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status

@@ -176,6 +176,13 @@ fn a_delete_during_a_create_stops_the_apply_and_destroys() {
     // The broker's provisioner is asleep: the apply is in the middle of its last step.
     wait_for(|| events(&bed, "slow", "start").len() == 1, CONVERGE);
     assert_eq!(c.phase("slow"), "applying");
+    // The listing reads a running cluster's records again, as its own GET does: its phase
+    // and the step it is in, not what the index held when the apply was queued.
+    let listed = c.get("/v1/clusters?phase=applying").body;
+    let listed = &listed["clusters"];
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed:#}");
+    assert_eq!(listed[0]["id"], "slow", "{listed:#}");
+    assert_eq!(listed[0]["steps"], c.cluster("slow")["steps"], "{listed:#}");
 
     let reply = c.delete("slow");
     assert_eq!(reply.status, 202, "{reply:?}");

@@ -735,9 +735,16 @@ fn sigterm_stops_every_operation_with_one_sigint_and_they_resume_after_a_restart
         },
         CONVERGE,
     );
+    let session = c.running().pid();
     c.running().signal(libc::SIGTERM);
     let outcome = c.running.take().unwrap().wait(Duration::from_secs(60));
     outcome.assert_code(143);
+    // It exited only once its operations had: none of its session is left running.
+    assert_eq!(
+        session_members(session),
+        Vec::<libc::pid_t>::new(),
+        "{outcome}"
+    );
     let stderr = &outcome.stderr;
     assert_eq!(
         stderr.matches("sent SIGTERM to its child").count(),
@@ -756,6 +763,12 @@ fn sigterm_stops_every_operation_with_one_sigint_and_they_resume_after_a_restart
         "{stderr}"
     );
     assert_eq!(stderr.matches("grace period over").count(), 0, "{stderr}");
+    // And it says so once they have, not before.
+    let stopped = stderr.find("every operation stopped").expect(stderr);
+    assert!(
+        stderr.rfind("Interrupt received").unwrap() < stopped,
+        "{stderr}"
+    );
     sigint::assert_each_got_one(&sigints, 3, stderr);
     for id in &all {
         assert!(events(&bed, id, "create") == ["namesvr[0]"], "{id}");

@@ -500,6 +500,14 @@ mod tests {
                 "cloning https://{MASK}@git.example/repo.git and postgres://{MASK}@127.0.0.1/db"
             )
         );
+        // A URL ends at whitespace or a quote: an address after it is no userinfo.
+        for text in [
+            r#"{"url":"https://git.example","owner":"me@example.com"}"#,
+            "{'url':'https://git.example','owner':'me@example.com'}",
+            "https://git.example\tme@example.com",
+        ] {
+            assert_eq!(mask_url_userinfo(Cow::Borrowed(text)), text);
+        }
     }
 
     #[test]

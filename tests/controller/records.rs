@@ -80,6 +80,27 @@ fn a_truncated_intent_is_shown_as_damaged_and_a_put_repairs_it() {
 }
 
 #[test]
+fn a_missing_intent_is_shown_as_damaged_and_the_reconciler_says_so() {
+    let bed = Bed::new();
+    let c = bed.start(&[], &[]);
+    ready(&c, "c1", &json!({ "namesvr_count": 1 }));
+    stop(c);
+
+    fs::remove_file(bed.cluster_dir("c1").join("intent.json")).unwrap();
+    let c = bed.start(&[], &[]);
+    let all = listed(&c, "?phase=damaged");
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0]["damage"]["file"], "intent.json", "{all:#?}");
+    wait_for(|| c.stderr().contains("intent.json is missing"), CONVERGE);
+    assert!(
+        c.stderr()
+            .contains("nothing runs on it until a PUT or DELETE"),
+        "{}",
+        c.stderr()
+    );
+}
+
+#[test]
 fn a_garbage_intent_is_destroyed_by_a_delete() {
     let bed = Bed::new();
     let c = bed.start(&[], &[]);

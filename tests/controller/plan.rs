@@ -457,3 +457,59 @@ fn a_put_stops_a_running_plan_and_applies() {
     assert_eq!(c.cluster("c1")["last_operation"]["generation"], 2);
     assert!(bed.creates("c1").contains(&"broker-b".to_string()));
 }
+
+#[test]
+fn drift_checks_run_side_by_side_when_nothing_else_runs() {
+    let bed = Bed::new();
+    // A terraform whose `plan` takes a second once the directory `plans` exists, and
+    // writes down how many plans were in that second with it.
+    let plans = bed.b.dir().join("plans");
+    let seen = bed.b.dir().join("plans-seen");
+    let wrapper = bed.b.dir().join("terraform-wrapper");
+    fs::write(
+        &wrapper,
+        "#!/bin/sh\nif [ \"$1\" = plan ] && [ -d \"$PLANS\" ]; then\n  touch \"$PLANS/$$\"; sleep 1; ls \"$PLANS\" | wc -l >> \"$SEEN\"; rm -f \"$PLANS/$$\"\nfi\nexec terraform \"$@\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(
+        &wrapper,
+        <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    let env = [
+        ("PLANS", plans.to_str().unwrap()),
+        ("SEEN", seen.to_str().unwrap()),
+    ];
+    let c = bed.start(
+        &[
+            "--drift-interval",
+            "1s",
+            "--terraform",
+            wrapper.to_str().unwrap(),
+        ],
+        &env,
+    );
+    let ids: Vec<String> = (1..=3).map(|i| format!("d{i}")).collect();
+    for id in &ids {
+        assert_eq!(c.put(id, &json!({ "namesvr_count": 1 })).status, 202);
+    }
+    c.wait_phase(&ids, "ready", CONVERGE);
+    // From here on only drift checks plan. Each cluster is due a second after its last
+    // check, and a check plans for seconds: with nothing else running they overlap, as
+    // many as `--concurrency` allows (4), not one at a time.
+    fs::create_dir(&plans).unwrap();
+    let most = || {
+        fs::read_to_string(&seen)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<u32>().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    wait_for(|| most() >= 2, CONVERGE);
+    assert!(most() <= 4, "{}", fs::read_to_string(&seen).unwrap());
+    wait_for(
+        || c.metric("bootstrapper_drift_checks_total{result=\"clean\"}") >= 2.0,
+        CONVERGE,
+    );
+}

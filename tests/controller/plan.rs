@@ -459,7 +459,7 @@ fn a_put_stops_a_running_plan_and_applies() {
 }
 
 #[test]
-fn drift_checks_run_side_by_side_when_nothing_else_runs() {
+fn drift_checks_take_free_slots_side_by_side_and_never_more() {
     let bed = Bed::new();
     // A terraform whose `plan` takes a second once the directory `plans` exists, and
     // writes down how many plans were in that second with it.
@@ -468,7 +468,7 @@ fn drift_checks_run_side_by_side_when_nothing_else_runs() {
     let wrapper = bed.b.dir().join("terraform-wrapper");
     fs::write(
         &wrapper,
-        "#!/bin/sh\nif [ \"$1\" = plan ] && [ -d \"$PLANS\" ]; then\n  touch \"$PLANS/$$\"; sleep 1; ls \"$PLANS\" | wc -l >> \"$SEEN\"; rm -f \"$PLANS/$$\"\nfi\nexec terraform \"$@\"\n",
+        "#!/bin/sh\nif [ \"$1\" = plan ] && [ -d \"$PLANS\" ]; then\n  touch \"$PLANS/$$\"; date +%s%N >> \"$SEEN.starts\"; sleep 1; ls \"$PLANS\" | wc -l >> \"$SEEN\"; rm -f \"$PLANS/$$\"\nfi\nexec terraform \"$@\"\n",
     )
     .unwrap();
     fs::set_permissions(
@@ -484,6 +484,8 @@ fn drift_checks_run_side_by_side_when_nothing_else_runs() {
         &[
             "--drift-interval",
             "1s",
+            "--concurrency",
+            "2",
             "--terraform",
             wrapper.to_str().unwrap(),
         ],
@@ -496,7 +498,7 @@ fn drift_checks_run_side_by_side_when_nothing_else_runs() {
     c.wait_phase(&ids, "ready", CONVERGE);
     // From here on only drift checks plan. Each cluster is due a second after its last
     // check, and a check plans for seconds: with nothing else running they overlap, as
-    // many as `--concurrency` allows (4), not one at a time.
+    // many as `--concurrency` allows (2), not one at a time, and never more.
     fs::create_dir(&plans).unwrap();
     let most = || {
         fs::read_to_string(&seen)
@@ -507,9 +509,35 @@ fn drift_checks_run_side_by_side_when_nothing_else_runs() {
             .unwrap_or(0)
     };
     wait_for(|| most() >= 2, CONVERGE);
-    assert!(most() <= 4, "{}", fs::read_to_string(&seen).unwrap());
+    // Each of the three checked twice more: rounds enough for all three to be due at once.
     wait_for(
-        || c.metric("bootstrapper_drift_checks_total{result=\"clean\"}") >= 2.0,
+        || c.metric("bootstrapper_drift_checks_total{result=\"clean\"}") >= 6.0,
         CONVERGE,
     );
+    assert_eq!(most(), 2, "{}", fs::read_to_string(&seen).unwrap());
+
+    // Both slots taken by applies: no check starts beside them, however due d3 is.
+    let slow = json!({ "namesvr_count": 1, "tag": "-b", "sleep_seconds": 8 });
+    for id in ["d1", "d2"] {
+        assert_eq!(c.put(id, &slow).status, 202);
+    }
+    c.wait_phase(&ids[..2], "ready", CONVERGE);
+    let ledger = bed.ledger();
+    let at = |id: &str, event: &str| {
+        ledger
+            .iter()
+            .find(|e| e.cluster == id && e.event == event && e.resource == "broker-b")
+            .map(|e| e.ns)
+            .unwrap_or_else(|| panic!("no {event} of {id}'s broker-b: {ledger:?}"))
+    };
+    let from = at("d1", "start").max(at("d2", "start"));
+    let to = at("d1", "create").min(at("d2", "create"));
+    assert!(from < to, "the two applies never ran at once: {ledger:?}");
+    let starts = fs::read_to_string(seen.with_extension("starts")).unwrap();
+    let beside: Vec<u128> = starts
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|t| (from..to).contains(t))
+        .collect();
+    assert_eq!(beside, [], "plans started while both slots applied");
 }

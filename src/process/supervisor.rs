@@ -486,6 +486,24 @@ mod tests {
     }
 
     #[test]
+    fn leftovers_that_hold_the_output_open_are_killed_after_the_drain_window() {
+        let dir = tempfile::tempdir().unwrap();
+        // The background sleep keeps the child's stdout open after the child exits.
+        let script = "sleep 60 & echo started";
+        let started = Instant::now();
+        let (finished, log) = run_logged(dir.path(), script, true, Stop::default());
+        assert!(finished.success(), "{log}");
+        assert_eq!(String::from_utf8(finished.stdout).unwrap(), "started\n");
+        assert!(started.elapsed() >= DRAIN, "{log}");
+        assert!(
+            log.contains("processes left behind by its child hold its output open; killing them"),
+            "{log}"
+        );
+        // Killed, they let go of the pipes: nothing outside the group is left holding them.
+        assert!(!log.contains("outside"), "{log}");
+    }
+
+    #[test]
     fn a_stopped_child_gets_one_signal_the_grace_period_and_its_leftovers_killed() {
         let dir = tempfile::tempdir().unwrap();
         let ready = dir.path().join("leftover");

@@ -4,6 +4,7 @@
 //! changed behind the engine's back.
 
 use std::fs;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::support::controller::*;
@@ -458,17 +459,16 @@ fn a_put_stops_a_running_plan_and_applies() {
     assert!(bed.creates("c1").contains(&"broker-b".to_string()));
 }
 
-#[test]
-fn drift_checks_take_free_slots_side_by_side_and_never_more() {
-    let bed = Bed::new();
-    // A terraform whose `plan` takes a second once the directory `plans` exists, and
-    // writes down how many plans were in that second with it.
+/// A terraform whose `plan` takes a second once the directory `plans` exists, and writes
+/// down how many plans were in that second with it (`plans-seen`) and when each began
+/// (`plans-seen.starts`): the wrapper, the directory and `plans-seen`.
+fn plan_counting_terraform(bed: &Bed) -> (PathBuf, PathBuf, PathBuf) {
     let plans = bed.b.dir().join("plans");
     let seen = bed.b.dir().join("plans-seen");
     let wrapper = bed.b.dir().join("terraform-wrapper");
     fs::write(
         &wrapper,
-        "#!/bin/sh\nif [ \"$1\" = plan ] && [ -d \"$PLANS\" ]; then\n  touch \"$PLANS/$$\"; date +%s%N >> \"$SEEN.starts\"; sleep 1; ls \"$PLANS\" | wc -l >> \"$SEEN\"; rm -f \"$PLANS/$$\"\nfi\nexec terraform \"$@\"\n",
+        "#!/bin/sh\nif [ \"$1\" = plan ] && [ -d \"$PLANS\" ]; then\n  s=$(date +%s%N); touch \"$PLANS/$$\"; echo $s >> \"$SEEN.starts\"; sleep 1\n  n=$(ls \"$PLANS\" | wc -l); echo $n >> \"$SEEN\"; rm -f \"$PLANS/$$\"\nfi\nexec terraform \"$@\"\n",
     )
     .unwrap();
     fs::set_permissions(
@@ -476,6 +476,13 @@ fn drift_checks_take_free_slots_side_by_side_and_never_more() {
         <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
     )
     .unwrap();
+    (wrapper, plans, seen)
+}
+
+#[test]
+fn drift_checks_take_free_slots_side_by_side_and_never_more() {
+    let bed = Bed::new();
+    let (wrapper, plans, seen) = plan_counting_terraform(&bed);
     let env = [
         ("PLANS", plans.to_str().unwrap()),
         ("SEEN", seen.to_str().unwrap()),

@@ -746,6 +746,7 @@ mod tests {
             (Duration::from_secs(3), "3s"),
             (Duration::from_secs(7 * 86_400), "7d"),
             (Duration::from_millis(1500), "1500ms"),
+            (Duration::ZERO, "0s"),
         ] {
             assert_eq!(spoken(d), said);
         }

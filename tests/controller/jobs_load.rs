@@ -187,7 +187,7 @@ fn a_controller_killed_with_jobs_running_adopts_them_and_loses_no_intent() {
 fn stand_in_terraform(bed: &Bed, step: f64) -> std::path::PathBuf {
     let path = bed.b.dir().join("terraform");
     let ledger = bed.b.ledger_path();
-    std::fs::write(
+    write_script(
         &path,
         format!(
             "#!/bin/sh\n{FAKE_VERSION}\
@@ -201,10 +201,7 @@ fn stand_in_terraform(bed: &Bed, step: f64) -> std::path::PathBuf {
              echo \"$(date +%s%N) $event $TF_WORKSPACE data $PPID\" >> '{}'\n",
             ledger.display()
         ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     path
 }
 

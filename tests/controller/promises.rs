@@ -22,13 +22,11 @@ const CONVERGE: Duration = Duration::from_secs(120);
 fn stubborn_terraform(dir: &Path) -> PathBuf {
     let wrapper = dir.join("bin/terraform");
     fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
-    fs::write(
+    write_script(
         &wrapper,
         "#!/bin/sh\n[ \"$1\" = apply ] || exec terraform \"$@\"\ntrap '' INT\n\
          terraform \"$@\" &\ntf=$!\nwhile kill -0 $tf 2>/dev/null; do wait $tf; done\n",
-    )
-    .unwrap();
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    );
     wrapper
 }
 

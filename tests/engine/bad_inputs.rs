@@ -140,10 +140,9 @@ fn bootstrapper() -> Command {
     cmd
 }
 
-fn write_script(path: &Path, body: &str) {
+fn write_sh(path: &Path, body: &str) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, format!("#!/bin/sh\n{FAKE_VERSION}{body}")).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    crate::support::write_script(path, format!("#!/bin/sh\n{FAKE_VERSION}{body}"));
 }
 
 fn setup(source: &Path, expect: &Expect) -> Setup {
@@ -194,7 +193,7 @@ fn setup(source: &Path, expect: &Expect) -> Setup {
     let terraform = match expect.terraform {
         TerraformKind::Fake => {
             let path = dir.path().join("bin/terraform");
-            write_script(
+            write_sh(
                 &path,
                 &format!("printf '%s\\n' \"$*\" >> '{}'\nexit 1\n", ran.display()),
             );
@@ -203,7 +202,7 @@ fn setup(source: &Path, expect: &Expect) -> Setup {
         TerraformKind::Missing => PathBuf::from("terraform-not-installed-here"),
         TerraformKind::NotExecutable => {
             let path = dir.path().join("bin/terraform-noexec");
-            write_script(&path, &format!(": > '{}'\n", ran.display()));
+            write_sh(&path, &format!(": > '{}'\n", ran.display()));
             fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
             path
         }
@@ -248,7 +247,7 @@ fn hold_with_flock(setup: &Setup) -> Running {
 fn hold_with_run(setup: &Setup, expect: &Expect) -> Running {
     let started = setup.dir.path().join("holder-terraform-started");
     let blocking = setup.dir.path().join("bin/terraform-blocks");
-    write_script(
+    write_sh(
         &blocking,
         &format!(": > '{}'\nexec sleep 600\n", started.display()),
     );
@@ -349,7 +348,7 @@ fn every_bad_input_is_refused_clearly_before_anything_runs() {
 /// A fake terraform that records each argv element on its own line, NUL-terminated, so that
 /// an argument holding a newline would still show as one. `output -json` prints `{}`.
 fn argv_recorder(path: &Path, log: &Path) {
-    write_script(
+    write_sh(
         path,
         &format!(
             "for arg in \"$@\"; do printf '%s\\0' \"$arg\"; done >> '{log}'\nprintf '\\n' >> '{log}'\nif [ \"$1\" = output ]; then echo '{{}}'; fi\n",

@@ -35,10 +35,9 @@ fn count(ledger: &[String], line: &str) -> usize {
     ledger.iter().filter(|l| *l == line).count()
 }
 
-fn write_script(path: &Path, body: &str) {
+fn write_sh(path: &Path, body: &str) {
     fs::create_dir_all(path.parent().expect("a parent")).expect("create script dir");
-    fs::write(path, format!("#!/bin/sh\n{body}")).expect("write script");
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod script");
+    crate::support::write_script(path, format!("#!/bin/sh\n{body}"));
 }
 
 /// A root whose code is one step `a` of `main_tf`, copied from an image directory.
@@ -134,7 +133,7 @@ fn nix_hostname() -> String {
 fn old_terraform(dir: &Path, version: &str) -> (PathBuf, PathBuf) {
     let calls = dir.join("old-terraform-calls");
     let program = dir.join("bin/terraform");
-    write_script(
+    write_sh(
         &program,
         &format!(
             "if [ \"$1\" = version ]; then echo '{{\"terraform_version\":\"{version}\",\"platform\":\"linux_amd64\"}}'; exit 0; fi\n\

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -334,8 +333,7 @@ fn assert_b_and_c_stopped_once(d: &Diamond, record: &Path, context: &str) {
 fn terraform_wrapper(dir: &Path, script: &str) -> PathBuf {
     let wrapper = dir.join("bin/terraform");
     fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
-    fs::write(&wrapper, script).unwrap();
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    write_script(&wrapper, script);
     wrapper
 }
 

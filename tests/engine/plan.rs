@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::support::{read_lines, Bootstrapper, Outcome};
+use crate::support::{read_lines, write_script, Bootstrapper, Outcome};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------
@@ -36,15 +36,10 @@ fn demo() -> (Bootstrapper, PathBuf) {
     let calls = b.dir().join("terraform-calls");
     let wrapper = b.dir().join("bin/terraform");
     fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
-    fs::write(
-        &wrapper,
-        format!(
+    write_script(&wrapper, format!(
             "#!/bin/sh\n[ \"$1\" = version ] && exec terraform \"$@\"\n{{ printf '%s\\0' \"$PWD\" \"$@\"; printf '\\n'; }} >> '{}'\nexec terraform \"$@\"\n",
             calls.display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+        ));
     b.arg("--terraform").arg(&wrapper);
     (b, calls)
 }

@@ -190,15 +190,13 @@ fn skipped(stderr: &str, step: &str) -> bool {
 fn terraform_probe(b: &Bootstrapper) -> (PathBuf, PathBuf) {
     let calls = b.dir().join("terraform-calls");
     let probe = b.dir().join("terraform-probe");
-    fs::write(
+    write_script(
         &probe,
         format!(
             "#!/bin/sh\n{FAKE_VERSION}echo \"$*\" >> '{}'\nexit 1\n",
             calls.to_str().expect("UTF-8 path")
         ),
-    )
-    .expect("write probe");
-    fs::set_permissions(&probe, fs::Permissions::from_mode(0o755)).expect("chmod probe");
+    );
     (probe, calls)
 }
 

@@ -119,8 +119,7 @@ impl Repo {
         git(&bare, &["init", "--bare", "-q", "-b", "main"]);
         git(&work, &["init", "-q", "-b", "main"]);
         let script = work.join("scripts/hello.sh");
-        fs::write(&script, "#!/bin/sh\necho hello\n").unwrap();
-        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        write_script(&script, "#!/bin/sh\necho hello\n");
         symlink("app", work.join("current")).unwrap();
         let repo = Repo { work, bare };
         repo.commit("one");

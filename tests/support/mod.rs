@@ -847,20 +847,11 @@ impl Bootstrapper {
         let calls = self.dir().join("terraform-calls");
         let wrapper = self.dir().join("bin/terraform");
         fs::create_dir_all(wrapper.parent().expect("bin dir")).expect("create bin dir");
-        fs::write(
-            &wrapper,
-            format!(
+        write_script(&wrapper, format!(
                 // The version check is not a step's command: it is left out of the record.
                 "#!/bin/sh\n[ \"$1\" = version ] || {{ printf '%s\\0' \"$PWD\" \"$@\"; printf '\\n'; }} >> '{}'\nexec terraform \"$@\"\n",
                 calls.display()
-            ),
-        )
-        .expect("write wrapper");
-        fs::set_permissions(
-            &wrapper,
-            <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
-        )
-        .expect("chmod wrapper");
+            ));
         self.arg("--terraform").arg(&wrapper);
         calls
     }
@@ -911,6 +902,16 @@ pub fn status_json(b: &Bootstrapper) -> Value {
     let outcome = b.run(&["status", "--json"]);
     outcome.assert_success();
     serde_json::from_str(&outcome.stdout).unwrap_or_else(|e| panic!("{e}\n{outcome}"))
+}
+
+/// Writes an executable script (a terraform wrapper, a fake tool) at `path`.
+pub fn write_script(path: &Path, text: impl AsRef<[u8]>) {
+    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    fs::set_permissions(
+        path,
+        <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
 /// Copies the tree at `from` to `to`, files and folders alike.

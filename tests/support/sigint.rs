@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// How long the wrapper stays after the first SIGINT: longer than a second, so that a
@@ -36,8 +35,7 @@ exit $rc
 "#,
         record = record.display()
     );
-    fs::write(&wrapper, script).expect("write wrapper");
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod wrapper");
+    super::write_script(&wrapper, script);
     wrapper
 }
 

@@ -154,6 +154,14 @@ fn a_plan_previews_without_applying_and_a_put_with_its_id_applies_exactly_it() {
     assert_eq!(after["params"], before["params"]);
     assert_eq!(after["generation"], before["generation"]);
     assert_eq!(after["phase"], "ready");
+    // The plan of the stored params counted as a drift check; a preview says nothing of drift.
+    assert_eq!(after["drift"]["drifted"], false, "{after:#}");
+    let checks = |result: &str| {
+        c.metric(&format!(
+            "bootstrapper_drift_checks_total{{result=\"{result}\"}}"
+        ))
+    };
+    assert_eq!((checks("clean"), checks("drifted")), (1.0, 0.0));
     assert_eq!(
         bed.ledger().len(),
         ledger_before,
@@ -421,16 +429,7 @@ fn a_put_stops_a_running_plan_and_applies() {
     // A terraform whose `plan` hangs while the file `slow` exists.
     let slow = bed.b.dir().join("slow");
     let wrapper = bed.b.dir().join("terraform-wrapper");
-    fs::write(
-        &wrapper,
-        "#!/bin/sh\nif [ \"$1\" = plan ] && [ -e \"$SLOW\" ]; then touch \"$SLOW.started\"; exec sleep 60; fi\nexec terraform \"$@\"\n",
-    )
-    .unwrap();
-    fs::set_permissions(
-        &wrapper,
-        <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
-    )
-    .unwrap();
+    write_script(&wrapper, "#!/bin/sh\nif [ \"$1\" = plan ] && [ -e \"$SLOW\" ]; then touch \"$SLOW.started\"; exec sleep 60; fi\nexec terraform \"$@\"\n");
     let env = [("SLOW", slow.to_str().unwrap())];
     let c = bed.start(&["--terraform", wrapper.to_str().unwrap()], &env);
     assert_eq!(c.put("c1", &json!({ "namesvr_count": 1 })).status, 202);
@@ -466,16 +465,7 @@ fn plan_counting_terraform(bed: &Bed) -> (PathBuf, PathBuf, PathBuf) {
     let plans = bed.b.dir().join("plans");
     let seen = bed.b.dir().join("plans-seen");
     let wrapper = bed.b.dir().join("terraform-wrapper");
-    fs::write(
-        &wrapper,
-        "#!/bin/sh\nif [ \"$1\" = plan ] && [ -d \"$PLANS\" ]; then\n  s=$(date +%s%N); touch \"$PLANS/$$\"; echo $s >> \"$SEEN.starts\"; sleep 1\n  n=$(ls \"$PLANS\" | wc -l); echo $n >> \"$SEEN\"; rm -f \"$PLANS/$$\"\nfi\nexec terraform \"$@\"\n",
-    )
-    .unwrap();
-    fs::set_permissions(
-        &wrapper,
-        <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
-    )
-    .unwrap();
+    write_script(&wrapper, "#!/bin/sh\nif [ \"$1\" = plan ] && [ -d \"$PLANS\" ]; then\n  s=$(date +%s%N); touch \"$PLANS/$$\"; echo $s >> \"$SEEN.starts\"; sleep 1\n  n=$(ls \"$PLANS\" | wc -l); echo $n >> \"$SEEN\"; rm -f \"$PLANS/$$\"\nfi\nexec terraform \"$@\"\n");
     (wrapper, plans, seen)
 }
 
@@ -547,4 +537,264 @@ fn drift_checks_take_free_slots_side_by_side_and_never_more() {
         .filter(|t| (from..to).contains(t))
         .collect();
     assert_eq!(beside, [], "plans started while both slots applied");
+}
+
+/// A terraform that logs each call (`<command> <cluster>`, a line each) to `holds/log`, and
+/// keeps a command of a cluster waiting while the file `holds/<command>-<cluster>` exists:
+/// it touches `<that file>.started` first, and logs `go-<command> <cluster>` when let go.
+/// Returns the wrapper and the holds directory.
+fn holding_terraform(bed: &Bed) -> (PathBuf, PathBuf) {
+    let holds = bed.b.dir().join("holds");
+    fs::create_dir(&holds).unwrap();
+    let wrapper = bed.b.dir().join("terraform-wrapper");
+    write_script(
+        &wrapper,
+        r#"#!/bin/sh
+cluster=$(pwd | sed -n 's#.*/clusters/\([^/]*\)/.*#\1#p')
+echo "$1 $cluster" >> "$HOLDS/log"
+hold="$HOLDS/$1-$cluster"
+if [ -e "$hold" ]; then
+  touch "$hold.started"
+  while [ -e "$hold" ]; do sleep 0.1; done
+  echo "go-$1 $cluster" >> "$HOLDS/log"
+fi
+exec terraform "$@"
+"#,
+    );
+    (wrapper, holds)
+}
+
+/// The calls `holding_terraform` logged, as (command, cluster), in order.
+fn held_log(holds: &std::path::Path) -> Vec<(String, String)> {
+    fs::read_to_string(holds.join("log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(command, cluster)| (command.to_string(), cluster.to_string()))
+        .collect()
+}
+
+/// How long since the cluster's last apply, plan or drift check ended or began: what makes a
+/// drift check due once it reaches `--drift-interval`.
+fn quiet_for(bed: &Bed, id: &str) -> Duration {
+    let dir = bed.cluster_dir(id);
+    ["outcome.json", "drift.json", "plan.json"]
+        .iter()
+        .filter_map(|f| fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok())
+        .max()
+        .map_or(Duration::ZERO, |t| t.elapsed().unwrap_or_default())
+}
+
+#[test]
+fn beside_other_operations_drift_checks_go_one_at_a_time_and_never_on_a_busy_cluster() {
+    let bed = Bed::new();
+    let (wrapper, holds) = holding_terraform(&bed);
+    let hold = |what: &str| fs::write(holds.join(what), "").unwrap();
+    let started = |what: &str| holds.join(format!("{what}.started")).exists();
+    let release = |what: &str| fs::remove_file(holds.join(what)).unwrap();
+    let c = bed.start(
+        &[
+            "--drift-interval",
+            "1s",
+            "--concurrency",
+            "3",
+            "--terraform",
+            wrapper.to_str().unwrap(),
+        ],
+        &[("HOLDS", holds.to_str().unwrap())],
+    );
+    let clean = || c.metric("bootstrapper_drift_checks_total{result=\"clean\"}");
+    let both_due = Duration::from_secs(2);
+    let quiet = |a: &str, b: &str| quiet_for(&bed, a) >= both_due && quiet_for(&bed, b) >= both_due;
+    hold("apply-d1");
+    assert_eq!(c.put("d1", &json!({ "namesvr_count": 1 })).status, 202);
+    wait_for(|| started("apply-d1"), CONVERGE);
+
+    // Beside d1's apply, one drift check at a time, however many are due and however many
+    // slots are free: of d2's and d3's first checks (both held), only one starts.
+    hold("plan-d2");
+    hold("plan-d3");
+    let ids = ["d2".to_string(), "d3".to_string()];
+    for id in &ids {
+        assert_eq!(c.put(id, &json!({ "namesvr_count": 1 })).status, 202);
+    }
+    c.wait_phase(&ids, "ready", CONVERGE);
+    wait_for(|| started("plan-d2") || started("plan-d3"), CONVERGE);
+    wait_for(|| quiet("d2", "d3"), CONVERGE);
+    assert_ne!(
+        started("plan-d2"),
+        started("plan-d3"),
+        "{:?}",
+        held_log(&holds)
+    );
+
+    // New params for d1 wait behind its apply: no check starts while they wait, and the one
+    // running ends.
+    let tagged = json!({ "namesvr_count": 1, "tag": "-b" });
+    assert_eq!(c.put("d1", &tagged).status, 202);
+    let before = clean();
+    release("plan-d2");
+    release("plan-d3");
+    wait_for(|| clean() == before + 1.0, CONVERGE);
+    wait_for(|| quiet("d2", "d3"), CONVERGE);
+    assert_eq!(clean(), before + 1.0, "{:?}", held_log(&holds));
+    release("apply-d1");
+    wait_for(
+        || c.cluster("d1")["last_operation"]["generation"] == 2 && c.phase("d1") == "ready",
+        CONVERGE,
+    );
+
+    // A plan of d1 runs (held). d1 falls due for a check a second later, but a check never
+    // starts on a cluster that runs something else: d2's and d3's go on meanwhile.
+    hold("plan-d1");
+    let asked = post_plan(&c, "d1", None);
+    assert_eq!(asked.status, 202, "{asked:?}");
+    wait_for(|| started("plan-d1"), CONVERGE);
+    let before = clean();
+    wait_for(|| clean() >= before + 3.0, CONVERGE);
+    release("plan-d1");
+    let plan = plan_ended(&c, "d1");
+    // The tenant's plan, not a check made in its place.
+    assert_eq!(plan["requested_at"], asked.body["requested_at"], "{plan:#}");
+    assert_eq!(plan["status"], "succeeded", "{plan:#}");
+    assert_eq!(plan["drift_check"], false, "{plan:#}");
+    let log = held_log(&holds);
+    let go = log
+        .iter()
+        .position(|(command, id)| command == "go-plan" && id == "d1")
+        .unwrap_or_else(|| panic!("{log:?}"));
+    let d1_plans = log[..go]
+        .iter()
+        .filter(|(command, id)| command == "plan" && id == "d1")
+        .count();
+    assert_eq!(d1_plans, 1, "{log:?}");
+}
+
+#[test]
+fn a_cluster_deleted_while_its_drift_check_waits_is_never_checked_again() {
+    let bed = Bed::new();
+    let (wrapper, holds) = holding_terraform(&bed);
+    let c = bed.start(
+        &[
+            "--drift-interval",
+            "1s",
+            "--concurrency",
+            "1",
+            "--terraform",
+            wrapper.to_str().unwrap(),
+        ],
+        &[("HOLDS", holds.to_str().unwrap())],
+    );
+    assert_eq!(c.put("a", &json!({ "namesvr_count": 1 })).status, 202);
+    c.wait_phase(&one("a"), "ready", CONVERGE);
+    // b's apply holds the only slot while a falls due for a check, which waits.
+    fs::write(holds.join("apply-b"), "").unwrap();
+    assert_eq!(c.put("b", &json!({ "namesvr_count": 1 })).status, 202);
+    wait_for(|| holds.join("apply-b.started").exists(), CONVERGE);
+    wait_for(|| quiet_for(&bed, "a") >= Duration::from_secs(2), CONVERGE);
+    assert_eq!(c.delete("a").status, 202);
+    fs::remove_file(holds.join("apply-b")).unwrap();
+    c.wait_phase(&one("a"), "destroyed", CONVERGE);
+    // b's first check comes after a's destroy, and after any check of a.
+    wait_for(|| !c.cluster("b")["drift"].is_null(), CONVERGE);
+    let log = held_log(&holds);
+    let destroyed = log
+        .iter()
+        .position(|(command, id)| command == "destroy" && id == "a")
+        .unwrap_or_else(|| panic!("{log:?}"));
+    let plans_after: Vec<_> = log[destroyed..]
+        .iter()
+        .filter(|(command, id)| command == "plan" && id == "a")
+        .collect();
+    assert_eq!(plans_after, Vec::<&(String, String)>::new(), "{log:?}");
+    assert_eq!(c.cluster("a")["drift"], Value::Null);
+}
+
+#[test]
+fn a_failed_clusters_plan_says_nothing_of_drift_and_a_long_quiet_cluster_is_checked_at_start() {
+    let bed = Bed::with_workflow(&tenant_workflow().replace("retries = 5", "retries = 0"));
+    let mut c = bed.start(&[], &[]);
+    assert_eq!(c.put("r1", &json!({ "namesvr_count": 1 })).status, 202);
+    assert_eq!(c.put("f1", &json!({ "namesvr_count": -1 })).status, 202);
+    wait_for(|| c.phase("r1") == "ready", CONVERGE);
+    wait_for(|| c.phase("f1") == "failed", CONVERGE);
+    // A plan of a failed cluster's own params: what it finds is the failure, not drift.
+    assert_eq!(post_plan(&c, "f1", None).status, 202);
+    let plan = plan_ended(&c, "f1");
+    assert_eq!(plan["status"], "failed", "{plan:#}");
+    assert_eq!(c.cluster("f1")["drift"], Value::Null);
+    for result in ["clean", "drifted", "failed"] {
+        let name = format!("bootstrapper_drift_checks_total{{result=\"{result}\"}}");
+        assert_eq!(c.metric(&name), 0.0, "{name}");
+    }
+
+    // r1 was last applied longer ago than the interval: checked as soon as a controller
+    // that checks starts.
+    c.running().signal(libc::SIGTERM);
+    let outcome = c.running.take().unwrap().wait(Duration::from_secs(60));
+    assert_eq!(outcome.code, Some(143), "{outcome}");
+    wait_for(|| quiet_for(&bed, "r1") >= Duration::from_secs(2), CONVERGE);
+    let c = bed.start(&["--drift-interval", "1s"], &[]);
+    wait_for(|| c.cluster("r1")["drift"]["drifted"] == false, CONVERGE);
+    assert_eq!(c.cluster("f1")["drift"], Value::Null);
+    // Only a successful apply clears what the last check found.
+    assert_eq!(c.put("r1", &json!({ "namesvr_count": -1 })).status, 202);
+    wait_for(|| c.phase("r1") == "failed", CONVERGE);
+    assert_eq!(c.cluster("r1")["drift"]["drifted"], false);
+}
+
+#[test]
+fn a_plan_cut_short_by_a_stop_runs_again_and_a_preview_asked_meanwhile_runs_after_it() {
+    let bed = Bed::new();
+    let (wrapper, holds) = holding_terraform(&bed);
+    let args = ["--terraform", wrapper.to_str().unwrap()];
+    let env = [("HOLDS", holds.to_str().unwrap())];
+    let hold = holds.join("plan-c1");
+    let started = holds.join("plan-c1.started");
+    let mut c = bed.start(&args, &env);
+    assert_eq!(c.put("c1", &json!({ "namesvr_count": 1 })).status, 202);
+    c.wait_phase(&one("c1"), "ready", CONVERGE);
+    fs::write(&hold, "").unwrap();
+    let asked = post_plan(&c, "c1", None);
+    assert_eq!(asked.status, 202, "{asked:?}");
+    wait_for(|| started.exists(), CONVERGE);
+
+    // Stopped while it runs, it has not failed: the next controller runs it again.
+    c.running().signal(libc::SIGTERM);
+    let outcome = c.running.take().unwrap().wait(Duration::from_secs(60));
+    assert_eq!(outcome.code, Some(143), "{outcome}");
+    fs::remove_file(&started).unwrap();
+    let c = bed.start(&args, &env);
+    wait_for(|| started.exists(), CONVERGE);
+    let running = c.get("/v1/clusters/c1/plan").body;
+    assert_eq!(running["status"], "running", "{running:#}");
+    assert_eq!(
+        running["requested_at"], asked.body["requested_at"],
+        "{running:#}"
+    );
+
+    // A preview asked for meanwhile waits; the running plan's end does not replace it.
+    let preview = post_plan(
+        &c,
+        "c1",
+        Some(json!({ "params": { "namesvr_count": 1, "tag": "-p" } })),
+    );
+    assert_eq!(preview.status, 202, "{preview:?}");
+    fs::remove_file(&hold).unwrap();
+    let mut plan = Value::Null;
+    wait_for(
+        || {
+            plan = c.get("/v1/clusters/c1/plan").body;
+            plan["requested_at"] == preview.body["requested_at"]
+                && matches!(plan["status"].as_str(), Some("succeeded" | "failed"))
+        },
+        CONVERGE,
+    );
+    assert_eq!(plan["status"], "succeeded", "{plan:#}");
+    assert_eq!(plan["params"]["tag"], "-p", "{plan:#}");
+    assert_eq!(plan["changes"], true, "{plan:#}");
+    assert_eq!(
+        c.metric("bootstrapper_operations_total{kind=\"plan\",result=\"failed\"}"),
+        0.0
+    );
 }

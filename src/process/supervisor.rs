@@ -342,6 +342,19 @@ mod tests {
         }
     }
 
+    /// Runs `f` with a subscriber of its own; returns what `f` returned and what was logged.
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+        let kept = Kept::default();
+        let writer = {
+            let kept = kept.clone();
+            move || kept.clone()
+        };
+        let subscriber = tracing_subscriber::fmt().with_writer(writer).finish();
+        let result = tracing::subscriber::with_default(subscriber, f);
+        let log = String::from_utf8(kept.0.lock().unwrap().clone()).unwrap();
+        (result, log)
+    }
+
     /// An error report is one line that starts with `Error:`.
     #[derive(Default)]
     struct FirstLine(Option<String>);
@@ -368,13 +381,7 @@ mod tests {
     fn a_callers_own_subscriber_gets_every_line_masked() {
         let redactor = Redactor::default();
         redactor.add("s3cr3t-value-xyz");
-        let kept = Kept::default();
-        let writer = {
-            let kept = kept.clone();
-            move || kept.clone()
-        };
-        let subscriber = tracing_subscriber::fmt().with_writer(writer).finish();
-        let finished = tracing::subscriber::with_default(subscriber, || {
+        let (finished, written) = logged(|| {
             let supervisor = Supervisor {
                 logger: Logger::new(crate::base::log::Format::Text, redactor.clone()),
                 shutdown: Shutdown::default(),
@@ -396,7 +403,6 @@ mod tests {
             };
             supervisor.run(&command, options).unwrap()
         });
-        let written = String::from_utf8(kept.0.lock().unwrap().clone()).unwrap();
         assert!(written.contains("out ********"), "{written}");
         assert!(written.contains("Error: ********"), "{written}");
         assert!(!written.contains("s3cr3t"), "{written}");
@@ -433,13 +439,7 @@ mod tests {
         capture_stdout: bool,
         stop: Stop<'_>,
     ) -> (Finished, String) {
-        let kept = Kept::default();
-        let writer = {
-            let kept = kept.clone();
-            move || kept.clone()
-        };
-        let subscriber = tracing_subscriber::fmt().with_writer(writer).finish();
-        let finished = tracing::subscriber::with_default(subscriber, || {
+        logged(|| {
             let supervisor = Supervisor {
                 logger: Logger::new(crate::base::log::Format::Text, Redactor::default()),
                 shutdown: Shutdown::default(),
@@ -458,9 +458,7 @@ mod tests {
                 ..Options::default()
             };
             supervisor.run(&command, options).unwrap()
-        });
-        let log = String::from_utf8(kept.0.lock().unwrap().clone()).unwrap();
-        (finished, log)
+        })
     }
 
     /// Whether process `pid` is gone: reaped, or a zombie that nobody reaps.

@@ -574,6 +574,8 @@ fn held_log(holds: &std::path::Path) -> Vec<(String, String)> {
         .collect()
 }
 
+const PLANS_FAILED: &str = "bootstrapper_operations_total{kind=\"plan\",result=\"failed\"}";
+
 /// How long since the cluster's last apply, plan or drift check ended or began: what makes a
 /// drift check due once it reaches `--drift-interval`.
 fn quiet_for(bed: &Bed, id: &str) -> Duration {
@@ -668,6 +670,9 @@ fn beside_other_operations_drift_checks_go_one_at_a_time_and_never_on_a_busy_clu
         .filter(|(command, id)| command == "plan" && id == "d1")
         .count();
     assert_eq!(d1_plans, 1, "{log:?}");
+    // Nor did one start and fail against the running plan's lock.
+    assert_eq!(c.metric(PLANS_FAILED), 0.0, "{}", c.stderr());
+    assert_eq!(c.cluster("d1")["drift"]["error"], Value::Null);
 }
 
 #[test]
@@ -707,7 +712,8 @@ fn a_cluster_deleted_while_its_drift_check_waits_is_never_checked_again() {
         .filter(|(command, id)| command == "plan" && id == "a")
         .collect();
     assert_eq!(plans_after, Vec::<&(String, String)>::new(), "{log:?}");
-    assert_eq!(c.cluster("a")["drift"], Value::Null);
+    // Nor did one start and fail on the destroyed root before planning anything.
+    assert_eq!(c.metric(PLANS_FAILED), 0.0, "{}", c.stderr());
 }
 
 #[test]

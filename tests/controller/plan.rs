@@ -3,6 +3,7 @@
 //! refused with 409 when the cluster moved on), and `serve --drift-interval` finds what
 //! changed behind the engine's back.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -505,13 +506,53 @@ fn drift_checks_take_free_slots_side_by_side_and_never_more() {
             .max()
             .unwrap_or(0)
     };
-    wait_for(|| most() >= 2, CONVERGE);
+    // Each check, as (asked at, made at), per cluster.
+    let mut checks: BTreeMap<&str, BTreeSet<(String, String)>> = BTreeMap::new();
+    let mut watch = || {
+        for id in &ids {
+            let plan = c.get(&format!("/v1/clusters/{id}/plan")).body;
+            if plan["drift_check"] == true && plan["status"] == "succeeded" {
+                let asked = plan["requested_at"].as_str().unwrap().to_string();
+                let made = plan["made_at"].as_str().unwrap().to_string();
+                checks.entry(id.as_str()).or_default().insert((asked, made));
+            }
+        }
+    };
+    wait_for(
+        || {
+            watch();
+            most() >= 2
+        },
+        CONVERGE,
+    );
     // Each of the three checked twice more: rounds enough for all three to be due at once.
     wait_for(
-        || c.metric("bootstrapper_drift_checks_total{result=\"clean\"}") >= 6.0,
+        || {
+            watch();
+            c.metric("bootstrapper_drift_checks_total{result=\"clean\"}") >= 6.0
+        },
         CONVERGE,
     );
     assert_eq!(most(), 2, "{}", fs::read_to_string(&seen).unwrap());
+    // A check plans for two seconds, longer than the interval: the next is asked for only
+    // once the last is a second old, not as soon as it ends. (A file's time may lag the
+    // clock by a tick: 900 ms.)
+    let at = |t: &str| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    let mut pairs = 0;
+    for (id, made) in &checks {
+        let made: Vec<_> = made.iter().collect();
+        for pair in made.windows(2) {
+            pairs += 1;
+            let since = at(&pair[1].0) - at(&pair[0].1);
+            assert!(
+                since >= time::Duration::milliseconds(900),
+                "{id}'s check asked for {since} after the last was made: {made:?}"
+            );
+        }
+    }
+    assert!(pairs >= 2, "{checks:?}");
 
     // Both slots taken by applies: no check starts beside them, however due d3 is.
     let slow = json!({ "namesvr_count": 1, "tag": "-b", "sleep_seconds": 8 });

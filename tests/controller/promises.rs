@@ -21,7 +21,6 @@ const CONVERGE: Duration = Duration::from_secs(120);
 /// in a slow backend would.
 fn stubborn_terraform(dir: &Path) -> PathBuf {
     let wrapper = dir.join("bin/terraform");
-    fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
     write_script(
         &wrapper,
         "#!/bin/sh\n[ \"$1\" = apply ] || exec terraform \"$@\"\ntrap '' INT\n\

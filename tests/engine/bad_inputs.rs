@@ -141,7 +141,6 @@ fn bootstrapper() -> Command {
 }
 
 fn write_sh(path: &Path, body: &str) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
     crate::support::write_script(path, format!("#!/bin/sh\n{FAKE_VERSION}{body}"));
 }
 

@@ -332,7 +332,6 @@ fn assert_b_and_c_stopped_once(d: &Diamond, record: &Path, context: &str) {
 /// `script`, written as an executable `bin/terraform` under `dir`, to be `--terraform`.
 fn terraform_wrapper(dir: &Path, script: &str) -> PathBuf {
     let wrapper = dir.join("bin/terraform");
-    fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
     write_script(&wrapper, script);
     wrapper
 }

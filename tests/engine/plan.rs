@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::support::{read_lines, write_script, Bootstrapper, Outcome};
+use crate::support::{read_lines, Bootstrapper, Outcome};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------
@@ -33,14 +33,7 @@ fn demo() -> (Bootstrapper, PathBuf) {
     let mut b = Bootstrapper::new();
     b.write_workflow(&demo_workflow());
     b.write_params(&demo_params());
-    let calls = b.dir().join("terraform-calls");
-    let wrapper = b.dir().join("bin/terraform");
-    fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
-    write_script(&wrapper, format!(
-            "#!/bin/sh\n[ \"$1\" = version ] && exec terraform \"$@\"\n{{ printf '%s\\0' \"$PWD\" \"$@\"; printf '\\n'; }} >> '{}'\nexec terraform \"$@\"\n",
-            calls.display()
-        ));
-    b.arg("--terraform").arg(&wrapper);
+    let calls = b.record_terraform();
     (b, calls)
 }
 

@@ -846,12 +846,12 @@ impl Bootstrapper {
     pub fn record_terraform(&mut self) -> PathBuf {
         let calls = self.dir().join("terraform-calls");
         let wrapper = self.dir().join("bin/terraform");
-        fs::create_dir_all(wrapper.parent().expect("bin dir")).expect("create bin dir");
-        write_script(&wrapper, format!(
-                // The version check is not a step's command: it is left out of the record.
-                "#!/bin/sh\n[ \"$1\" = version ] || {{ printf '%s\\0' \"$PWD\" \"$@\"; printf '\\n'; }} >> '{}'\nexec terraform \"$@\"\n",
-                calls.display()
-            ));
+        // The version check is not a step's command: it is left out of the record.
+        let script = format!(
+            "#!/bin/sh\n[ \"$1\" = version ] || {{ printf '%s\\0' \"$PWD\" \"$@\"; printf '\\n'; }} >> '{}'\nexec terraform \"$@\"\n",
+            calls.display()
+        );
+        write_script(&wrapper, script);
         self.arg("--terraform").arg(&wrapper);
         calls
     }
@@ -904,8 +904,11 @@ pub fn status_json(b: &Bootstrapper) -> Value {
     serde_json::from_str(&outcome.stdout).unwrap_or_else(|e| panic!("{e}\n{outcome}"))
 }
 
-/// Writes an executable script (a terraform wrapper, a fake tool) at `path`.
+/// Writes an executable script (a terraform wrapper, a fake tool) at `path`, making its
+/// directory if need be.
 pub fn write_script(path: &Path, text: impl AsRef<[u8]>) {
+    let dir = path.parent().expect("a script's directory");
+    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     fs::set_permissions(
         path,

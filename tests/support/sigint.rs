@@ -5,7 +5,6 @@
 //! exited), passes every SIGINT on to terraform, and records each one.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 /// How long the wrapper stays after the first SIGINT: longer than a second, so that a
@@ -16,7 +15,6 @@ pub const HOLD: &str = "2";
 /// `INT <wrapper pid> <directory> <subcommand>` to `record`.
 pub fn counting_terraform(dir: &Path, record: &Path) -> PathBuf {
     let wrapper = dir.join("bin/terraform");
-    fs::create_dir_all(wrapper.parent().expect("bin dir")).expect("create bin dir");
     let script = format!(
         r#"#!/bin/sh
 [ "$1" = version ] && exec terraform "$@"
